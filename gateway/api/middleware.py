@@ -1,0 +1,96 @@
+"""Pure ASGI middleware (no per-request task or buffering, so streams flow through untouched).
+
+Gives every request an id, stamps `x-opsgate-request-id` and `x-opsgate-versions` on every answer,
+refuses bodies over the limit with 413 (by Content-Length, or while reading a chunked body), and turns
+any unexpected exception into OpenAI-style error JSON with no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import BodyTooLarge, OpsgateError
+
+log = logging.getLogger("opsgate.http")
+
+
+def error_body(exc: OpsgateError) -> bytes:
+    return orjson.dumps(exc.to_openai())
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(12)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-opsgate-request-id", request_id.encode()))
+                headers.append((b"x-opsgate-versions", str(state.get("versions", "")).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        limit = self.max_body_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_large = int(value) > limit
+                except ValueError:
+                    too_large = False
+                if too_large:
+                    await self._error(send_wrapper, _too_large(limit))
+                    return
+
+        received = 0
+
+        async def receive_wrapper() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _too_large(limit)  # the handler logs it; the app's error handler renders 413
+            return message
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except OpsgateError as exc:  # raised outside a handler (e.g. a body read by the framework)
+            if not started:
+                await self._error(send_wrapper, exc)
+        except Exception:
+            log.exception(
+                "unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), request_id
+            )
+            if not started:
+                await self._error(
+                    send_wrapper,
+                    OpsgateError(f"internal error; quote request id {request_id} when reporting it"),
+                )
+
+    async def _error(self, send: Send, exc: OpsgateError) -> None:
+        body = error_body(exc)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"the request body is larger than the limit of {limit} bytes (server.max_body_bytes)")

@@ -1,0 +1,90 @@
+"""The OpenAI-compatible endpoints: thin HTTP around `gateway.serving.Gateway`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from gateway.api.deps import call_for, gateway_of, read_json
+from gateway.api.schemas import ChatRequest, EmbeddingRequest, upstream_body, validate
+from gateway.errors import OpsgateError
+from gateway.serving import Call, Gateway
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+JSON = "application/json"
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=JSON)
+
+
+@router.post("/chat/completions", summary="Create a chat completion (streaming with SSE)")
+async def chat_completions(request: Request) -> Response:
+    gateway = gateway_of(request)
+    call = call_for(request, "/v1/chat/completions")
+    try:
+        gateway.authenticate(call, request.headers.get("authorization"))
+        data = await read_json(request)
+        req = validate(ChatRequest, data)
+        call.stream = req.stream
+        router = gateway.resolve_router(call, req.model, "chat")
+        request.state.versions = call.versions_header
+        body = upstream_body(data)
+        messages = body["messages"]
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            first, rest = await gateway.open_stream(call, router, body)
+            return StreamingResponse(
+                gateway.stream_sse(call, first, rest, messages, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        result = await gateway.chat(call, router, body, messages)
+    except OpsgateError as exc:
+        _fail(gateway, call, request, exc)
+        raise
+    gateway.finish(call, 200)
+    return _json(result)
+
+
+@router.post("/embeddings", summary="Create embeddings")
+async def embeddings(request: Request) -> Response:
+    gateway = gateway_of(request)
+    call = call_for(request, "/v1/embeddings")
+    try:
+        gateway.authenticate(call, request.headers.get("authorization"))
+        data = await read_json(request)
+        req = validate(EmbeddingRequest, data)
+        router = gateway.resolve_router(call, req.model, "embedding")
+        request.state.versions = call.versions_header
+        result = await gateway.embed(call, router, upstream_body(data))
+    except OpsgateError as exc:
+        _fail(gateway, call, request, exc)
+        raise
+    gateway.finish(call, 200)
+    return _json(result)
+
+
+@router.get("/models", summary="List the models this key may call")
+async def list_models(request: Request) -> Response:
+    gateway = gateway_of(request)
+    call = call_for(request, "/v1/models")
+    principal = gateway.authenticate(call, request.headers.get("authorization"))
+    return _json({"object": "list", "data": gateway.models(principal)})
+
+
+@router.get("/models/{model_id:path}", summary="Describe one model")
+async def get_model(request: Request, model_id: str) -> Response:
+    gateway = gateway_of(request)
+    call = call_for(request, "/v1/models")
+    principal = gateway.authenticate(call, request.headers.get("authorization"))
+    return _json(gateway.model(principal, model_id))
+
+
+def _fail(gateway: Gateway, call: Call, request: Request, exc: OpsgateError) -> None:
+    request.state.versions = call.versions_header
+    gateway.finish(call, exc.status, exc)

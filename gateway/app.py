@@ -1,0 +1,150 @@
+"""The FastAPI app factory: builds every part from settings and passes them in (no module globals)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway import __version__
+from gateway.api import health, metrics_api, openai
+from gateway.api.middleware import GatewayMiddleware, error_body
+from gateway.catalog import Catalog
+from gateway.db.engine import make_engine, migrate
+from gateway.errors import InvalidFields, NotFound, OpsgateError
+from gateway.keys import KeyService
+from gateway.monitoring.metrics import Metrics
+from gateway.monitoring.requestlog import RequestLogWriter
+from gateway.offline import apply_offline_env
+from gateway.providers import Adapters
+from gateway.providers.base import AdapterServices
+from gateway.providers.minilm import MiniLMEmbedder
+from gateway.registry.bootstrap import register_router_files
+from gateway.serving import Gateway
+from gateway.settings import GatewayConfig, Settings
+
+log = logging.getLogger("opsgate")
+
+
+@dataclass
+class Parts:
+    settings: Settings
+    config: GatewayConfig
+    engine: Engine
+    adapters: Adapters
+    catalog: Catalog
+    writer: RequestLogWriter
+    metrics: Metrics
+    gateway: Gateway
+
+
+def prepare_database(settings: Settings) -> Engine:
+    """Engine + migrations + router bootstrap + first admin key. Blocking; also used by the CLI."""
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    for record, created in register_router_files(engine, settings.project_dir, actor="system:startup"):
+        if created:
+            log.info("registered %s from %s", record.ref, record.source_path)
+    key_file = KeyService(engine).ensure_bootstrap_admin(settings.resolved_data_dir())
+    if key_file is not None:
+        print(f"opsgate: no API keys existed; created an admin key in {key_file} (readable only by you)")
+    return engine
+
+
+def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:
+    adapters = Adapters(AdapterServices(MiniLMEmbedder()))
+    catalog = Catalog(engine, adapters, refresh_interval_s=config.cache.refresh_interval_s)
+    metrics = Metrics()
+    writer = RequestLogWriter(
+        engine,
+        queue_size=config.request_log.queue_size,
+        batch_size=config.request_log.batch_size,
+        flush_interval_s=config.request_log.flush_interval_s,
+    )
+    metrics.gauge(
+        "opsgate_request_log_dropped", "Log rows dropped (queue full).", lambda: writer.stats.dropped
+    )
+    metrics.gauge("opsgate_request_log_backlog", "Log rows waiting to be written.", lambda: writer.backlog)
+    metrics.gauge("opsgate_request_log_written", "Log rows written.", lambda: writer.stats.written)
+    gateway = Gateway(catalog, writer, metrics)
+    return Parts(settings, config, engine, adapters, catalog, writer, metrics, gateway)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    apply_offline_env()
+    settings = settings or Settings()
+    config = settings.load_gateway_config()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = await asyncio.to_thread(prepare_database, settings)
+        parts = build_parts(settings, config, engine)
+        app.state.parts = parts
+        app.state.gateway = parts.gateway
+        await parts.catalog.start()
+        parts.writer.start()
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await parts.writer.stop()
+            await parts.catalog.stop()
+            await parts.adapters.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="opsgate",
+        version=__version__,
+        description="A ModelOps gateway: OpenAI-compatible serving of governed artifacts.",
+        lifespan=lifespan,
+    )
+    app.state.ready = False
+    app.add_middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    app.include_router(metrics_api.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _error_response(exc: OpsgateError) -> Response:
+    headers = dict(exc.headers)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if exc.status in (429, 503) and retry_after and "Retry-After" not in headers:
+        headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    return Response(error_body(exc), status_code=exc.status, media_type="application/json", headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def opsgate_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OpsgateError)
+        return _error_response(exc)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return _error_response(NotFound("no such endpoint; see /docs for the API", code="unknown_url"))
+        err = OpsgateError(str(exc.detail), code="http_error")
+        err.status = exc.status_code
+        err.type = "invalid_request_error"
+        return _error_response(err)
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        msg = str(first["msg"])
+        return _error_response(InvalidFields(f"{param}: {msg}" if param else msg, param=param))
+
+    app.add_exception_handler(OpsgateError, opsgate_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)

@@ -1,0 +1,114 @@
+"""Tables. Schema changes go through the Alembic migrations in `gateway/db/migrations/versions/`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    principal: Mapped[str] = mapped_column(String(200))
+    roles: Mapped[list[Any]] = mapped_column(JSON)
+    allow: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class ArtifactVersion(Base):
+    __tablename__ = "artifact_versions"
+    __table_args__ = (
+        UniqueConstraint("kind", "name", "version", name="uq_artifact_version"),
+        Index("ix_artifact_hash", "kind", "name", "content_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int]
+    content_hash: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    source_path: Mapped[str | None] = mapped_column(String(500))
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    git_author: Mapped[str | None] = mapped_column(String(300))
+    git_message: Mapped[str | None] = mapped_column(Text)
+    dirty: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int]
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(200))
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(300))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class GatewayState(Base):
+    """Generation counters: a write that changes keys or aliases bumps one; gateways poll them."""
+
+    __tablename__ = "gateway_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RequestLog(Base):
+    __tablename__ = "request_log"
+    __table_args__ = (Index("ix_request_log_ts", "ts"), Index("ix_request_log_status", "status"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    ts: Mapped[datetime]
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    principal: Mapped[str | None] = mapped_column(String(200))
+    route: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(300))
+    artifacts: Mapped[list[Any]] = mapped_column(JSON)
+    upstream_model: Mapped[str | None] = mapped_column(String(300))
+    deployment: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[int]
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    upstream_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    tokens_in: Mapped[int | None]
+    tokens_out: Mapped[int | None]
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[list[Any]] = mapped_column(JSON)
+    decisions: Mapped[list[Any]] = mapped_column(JSON)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON)

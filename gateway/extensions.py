@@ -1,0 +1,54 @@
+"""Every extension point of opsgate, in one place.
+
+An extension is a factory named in a group. Built-ins are listed here by import path and are loaded
+exactly like third-party ones, which register under the same group names as Python entry points:
+
+    [project.entry-points."opsgate.adapters"]
+    myprovider = "my_package.adapter:create"
+
+| group               | factory signature                                   | used by            |
+| ------------------- | --------------------------------------------------- | ------------------ |
+| opsgate.adapters    | create(services: AdapterServices) -> Adapter        | gateway.providers  |
+| opsgate.checks      | a PolicyCheck class                                 | gateway.policy     |
+| opsgate.metrics     | an eval Metric class                                | gateway.evaluation |
+
+A new provider, check or metric is a new file plus one line in BUILTINS (or an entry point).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Any
+
+ADAPTERS = "opsgate.adapters"
+CHECKS = "opsgate.checks"
+METRICS = "opsgate.metrics"
+
+BUILTINS: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        ADAPTERS: {
+            "openai": "gateway.providers.openai_compat:create",
+            "litellm": "gateway.providers.litellm_adapter:create",
+            "local": "gateway.providers.local:create",
+        },
+        CHECKS: {},
+        METRICS: {},
+    }
+)
+
+
+def _import(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load(group: str) -> dict[str, Any]:
+    """Built-ins of a group, then installed entry points (which may not shadow a built-in)."""
+    found = {name: _import(path) for name, path in BUILTINS.get(group, {}).items()}
+    for ep in entry_points(group=group):
+        if ep.name not in found:
+            found[ep.name] = ep.load()
+    return found

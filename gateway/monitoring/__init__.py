@@ -1,0 +1,1 @@
+"""Request log, Prometheus metrics, and (later) drift, fairness, online scores and alerts."""

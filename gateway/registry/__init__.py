@@ -1,0 +1,1 @@
+"""Governed artifacts: typed specs, content hashes, versions, aliases, promotions and audit."""

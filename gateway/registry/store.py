@@ -1,0 +1,203 @@
+"""Versions and aliases in the database: immutable, content-hashed versions; movable aliases.
+
+Registering content whose hash a version already has is a no-op. `latest` moves by itself; other
+aliases move through the promotion service (see promotion.py), never from here directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from gateway.db.models import Alias, ArtifactVersion
+from gateway.db.state import as_utc, bump_generation, utcnow
+from gateway.registry import audit
+
+KINDS = ("prompt", "router", "index", "model")
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    kind: str
+    name: str
+    version: int
+    content_hash: str
+    spec: dict[str, Any]
+    source_path: str | None
+    git_commit: str | None
+    git_author: str | None
+    git_message: str | None
+    dirty: bool
+    created_at: datetime
+    created_by: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}:{self.name}@{self.version}#{self.content_hash[:12]}"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: str | None = None
+    commit: str | None = None
+    author: str | None = None
+    message: str | None = None
+    dirty: bool = False
+
+
+def to_record(row: ArtifactVersion) -> VersionRecord:
+    return VersionRecord(
+        row.kind,
+        row.name,
+        row.version,
+        row.content_hash,
+        dict(row.spec),
+        row.source_path,
+        row.git_commit,
+        row.git_author,
+        row.git_message,
+        bool(row.dirty),
+        as_utc(row.created_at),
+        row.created_by,
+    )
+
+
+def register_version(
+    session: Session,
+    *,
+    kind: str,
+    name: str,
+    spec: dict[str, Any],
+    content_hash: str,
+    source: SourceInfo,
+    actor: str,
+) -> tuple[VersionRecord, bool]:
+    """Inside the caller's transaction: add a version unless this content is already registered."""
+    existing = session.scalars(
+        select(ArtifactVersion).where(
+            ArtifactVersion.kind == kind,
+            ArtifactVersion.name == name,
+            ArtifactVersion.content_hash == content_hash,
+        )
+    ).first()
+    if existing is not None:
+        return to_record(existing), False
+    current = session.scalar(
+        select(func.max(ArtifactVersion.version)).where(
+            ArtifactVersion.kind == kind, ArtifactVersion.name == name
+        )
+    )
+    row = ArtifactVersion(
+        kind=kind,
+        name=name,
+        version=(current or 0) + 1,
+        content_hash=content_hash,
+        spec=spec,
+        source_path=source.path,
+        git_commit=source.commit,
+        git_author=source.author,
+        git_message=source.message,
+        dirty=source.dirty,
+        created_at=utcnow(),
+        created_by=actor,
+    )
+    session.add(row)
+    session.flush()
+    record = to_record(row)
+    audit.append(
+        session,
+        actor=actor,
+        action="version.register",
+        target=f"{kind}:{name}@{row.version}",
+        after={"hash": content_hash, "commit": source.commit, "path": source.path, "dirty": source.dirty},
+    )
+    set_alias(session, kind=kind, name=name, alias=LATEST, version=row.version, actor=actor, audited=False)
+    bump_generation(session)
+    return record, True
+
+
+def set_alias(
+    session: Session,
+    *,
+    kind: str,
+    name: str,
+    alias: str,
+    version: int,
+    actor: str,
+    audited: bool = True,
+    reason: str | None = None,
+    action: str = "alias.move",
+) -> int | None:
+    """Point an alias at a version; returns the version it pointed at before (None if new)."""
+    row = session.get(Alias, (kind, name, alias))
+    before = row.version if row is not None else None
+    if row is None:
+        session.add(
+            Alias(kind=kind, name=name, alias=alias, version=version, updated_at=utcnow(), updated_by=actor)
+        )
+    else:
+        row.version = version
+        row.updated_at = utcnow()
+        row.updated_by = actor
+    session.flush()
+    if audited:
+        audit.append(
+            session,
+            actor=actor,
+            action=action,
+            target=f"{kind}:{name}@{alias}",
+            before={"version": before},
+            after={"version": version},
+            reason=reason,
+        )
+    bump_generation(session)
+    return before
+
+
+class VersionStore:
+    """Read side of the registry (writes go through `register_version` / the promotion service)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def versions(self, kind: str | None = None, name: str | None = None) -> list[VersionRecord]:
+        with Session(self.engine) as s:
+            q = select(ArtifactVersion).order_by(
+                ArtifactVersion.kind, ArtifactVersion.name, ArtifactVersion.version
+            )
+            if kind:
+                q = q.where(ArtifactVersion.kind == kind)
+            if name:
+                q = q.where(ArtifactVersion.name == name)
+            return [to_record(r) for r in s.scalars(q)]
+
+    def get(self, kind: str, name: str, version: int) -> VersionRecord | None:
+        with Session(self.engine) as s:
+            row = s.scalars(
+                select(ArtifactVersion).where(
+                    ArtifactVersion.kind == kind,
+                    ArtifactVersion.name == name,
+                    ArtifactVersion.version == version,
+                )
+            ).first()
+            return to_record(row) if row else None
+
+    def aliases(
+        self, kind: str | None = None, name: str | None = None
+    ) -> dict[tuple[str, str], dict[str, int]]:
+        """(kind, name) -> {alias: version}."""
+        with Session(self.engine) as s:
+            q = select(Alias)
+            if kind:
+                q = q.where(Alias.kind == kind)
+            if name:
+                q = q.where(Alias.name == name)
+            out: dict[tuple[str, str], dict[str, int]] = {}
+            for row in s.scalars(q):
+                out.setdefault((row.kind, row.name), {})[row.alias] = row.version
+            return out

@@ -1,0 +1,1 @@
+"""Routing: ordered fallbacks, retries, weighted choice and cooldown over provider adapters."""

@@ -1,0 +1,306 @@
+"""The request flow behind the OpenAI-compatible endpoints, free of HTTP details.
+
+auth -> resolve artifacts -> (policies) -> route -> adapter -> usage and cost -> request log.
+Every request, failed or not, ends in exactly one `finish()` call, which writes one log row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from gateway.catalog import Catalog
+from gateway.db.state import utcnow
+from gateway.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    ModelNotFound,
+    OpsgateError,
+    PermissionDenied,
+    UpstreamError,
+)
+from gateway.keys import Principal
+from gateway.monitoring.metrics import Metrics
+from gateway.monitoring.requestlog import LogRow, RequestLogWriter
+from gateway.providers.base import Json
+from gateway.registry.specs import Deployment
+from gateway.routing.router import Router, RouteResult
+from gateway.usage import Prices, cost_usd, count_message_tokens, count_text_tokens, message_text, prices_for
+
+
+@dataclass(slots=True)
+class Call:
+    """One request on its way through the gateway: what the log row will say."""
+
+    request_id: str
+    route: str
+    started: float = field(default_factory=time.perf_counter)
+    ts: datetime = field(default_factory=utcnow)
+    principal: Principal | None = None
+    model: str | None = None
+    artifacts: list[str] = field(default_factory=list)
+    stream: bool = False
+    route_result: RouteResult | None = None
+    upstream_ms: float | None = None
+    ttft_ms: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost: float | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+
+    @property
+    def versions_header(self) -> str:
+        return ",".join(self.artifacts)
+
+
+def _prices(deployment: Deployment) -> Prices | None:
+    if deployment.input_cost_per_token is not None or deployment.output_cost_per_token is not None:
+        return Prices(deployment.input_cost_per_token or 0.0, deployment.output_cost_per_token or 0.0)
+    return prices_for(deployment.model)
+
+
+class Gateway:
+    def __init__(self, catalog: Catalog, writer: RequestLogWriter, metrics: Metrics) -> None:
+        self.catalog = catalog
+        self.writer = writer
+        self.metrics = metrics
+
+    # -- auth and resolution -------------------------------------------------------------------------
+
+    def authenticate(self, call: Call, authorization: str | None) -> Principal:
+        if not authorization:
+            raise AuthenticationFailed(
+                "no API key: send it as 'Authorization: Bearer <key>' (create one with `opsgate keys create`)"
+            )
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationFailed("the Authorization header must be 'Bearer <key>'")
+        principal = self.catalog.principal(token.strip())
+        if principal is None:
+            raise AuthenticationFailed("invalid API key: it is unknown or was revoked")
+        call.principal = principal
+        return principal
+
+    def resolve_router(self, call: Call, model: str, kind: str) -> Router:
+        call.model = model
+        name = model.removeprefix("router:")
+        router = self.catalog.router(name)
+        if router is None:
+            raise ModelNotFound(
+                f"the model {model!r} does not exist; GET /v1/models lists what this key may call",
+                param="model",
+            )
+        assert call.principal is not None
+        if not call.principal.may_call("router", router.name):
+            raise PermissionDenied(
+                f"this key may not call router:{router.name} (its allow list does not include it)",
+                param="model",
+            )
+        if router.spec.kind != kind:
+            raise InvalidRequest(
+                f"router {router.name!r} serves {router.spec.kind} requests, not {kind}",
+                param="model",
+                code="wrong_model_kind",
+            )
+        call.artifacts.append(router.ref)
+        return router
+
+    def models(self, principal: Principal) -> list[Json]:
+        out: list[Json] = []
+        for router in sorted(self.catalog.snapshot.routers.values(), key=lambda r: r.name):
+            if not principal.may_call("router", router.name):
+                continue
+            out.append(model_card(router))
+        return out
+
+    def model(self, principal: Principal, model_id: str) -> Json:
+        router = self.catalog.router(model_id.removeprefix("router:"))
+        if router is None or not principal.may_call("router", router.name):
+            raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
+        return model_card(router)
+
+    # -- calls ---------------------------------------------------------------------------------------
+
+    async def chat(self, call: Call, router: Router, body: Json, messages: list[Any]) -> Json:
+        started = time.perf_counter()
+        data, result = await router.chat(body)
+        call.upstream_ms = (time.perf_counter() - started) * 1000
+        call.route_result = result
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        text = "".join(
+            message_text(c.get("message")) for c in data.get("choices") or () if isinstance(c, dict)
+        )
+        self._account(call, result.deployment, usage, messages, text)
+        return data
+
+    async def embed(self, call: Call, router: Router, body: Json) -> Json:
+        started = time.perf_counter()
+        data, result = await router.embed(body)
+        call.upstream_ms = (time.perf_counter() - started) * 1000
+        call.route_result = result
+        raw_usage = data.get("usage")
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+        call.tokens_in = int(usage.get("prompt_tokens") or 0)
+        call.tokens_out = 0
+        call.cost = cost_usd(_prices(result.deployment), call.tokens_in, 0)
+        return data
+
+    async def open_stream(self, call: Call, router: Router, body: Json) -> tuple[Json, AsyncIterator[Json]]:
+        started = time.perf_counter()
+        first, rest, result = await router.open_stream(body)
+        call.ttft_ms = (time.perf_counter() - started) * 1000
+        call.route_result = result
+        call.extra["upstream_started"] = started
+        return first, rest
+
+    async def stream_sse(
+        self, call: Call, first: Json, rest: AsyncIterator[Json], messages: list[Any], include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        """SSE bytes for the client; ends with [DONE], or with an error event and no [DONE] mid-stream."""
+        started = call.extra.pop("upstream_started", time.perf_counter())
+        pieces: list[str] = []
+        usage: dict[str, Any] | None = None
+        last_meta: Json = first
+        status: int = 200
+        error: OpsgateError | None = None
+        try:
+            chunk: Json | None = first
+            while chunk is not None:
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if isinstance(delta.get("content"), str):
+                        pieces.append(delta["content"])
+                last_meta = chunk
+                if include_usage or chunk.get("choices"):
+                    if not include_usage and "usage" in chunk:
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                chunk = await anext(rest, None)
+            if include_usage and usage is None:
+                usage = self._usage_from_text(call, messages, "".join(pieces))
+                yield b"data: " + orjson.dumps(_usage_chunk(last_meta, usage)) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except UpstreamError as exc:
+            status, error = exc.status, exc
+            yield b"data: " + orjson.dumps(_finish_chunk(last_meta, "error")) + b"\n\n"
+            yield b"data: " + orjson.dumps(exc.to_openai()) + b"\n\n"
+        except BaseException as exc:  # client went away (cancelled) or a bug: still log the row
+            status, error = (
+                499,
+                OpsgateError(f"stream ended early: {type(exc).__name__}", code="client_closed"),
+            )
+            raise
+        finally:
+            await _aclose(rest)
+            call.upstream_ms = (time.perf_counter() - started) * 1000
+            assert call.route_result is not None
+            self._account(call, call.route_result.deployment, usage, messages, "".join(pieces))
+            self.finish(call, status, error)
+
+    # -- accounting and the log row ----------------------------------------------------------------------
+
+    def _usage_from_text(self, call: Call, messages: list[Any], text: str) -> dict[str, int]:
+        model = call.route_result.deployment.model if call.route_result else ""
+        prompt = count_message_tokens(messages, model)
+        completion = count_text_tokens(text, model)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _account(
+        self, call: Call, deployment: Deployment, usage: dict[str, Any] | None, messages: list[Any], text: str
+    ) -> None:
+        if not usage or "prompt_tokens" not in usage:
+            usage = self._usage_from_text(call, messages, text)
+        call.tokens_in = int(usage.get("prompt_tokens") or 0)
+        call.tokens_out = int(usage.get("completion_tokens") or 0)
+        call.cost = cost_usd(_prices(deployment), call.tokens_in, call.tokens_out)
+
+    def finish(self, call: Call, status: int, error: OpsgateError | None = None) -> None:
+        if call.finished:
+            return
+        call.finished = True
+        result = call.route_result
+        row = LogRow(
+            id=call.request_id,
+            ts=call.ts,
+            route=call.route,
+            status=status,
+            latency_ms=(time.perf_counter() - call.started) * 1000,
+            key_id=call.principal.key_id if call.principal else None,
+            principal=call.principal.principal if call.principal else None,
+            model=call.model,
+            artifacts=list(call.artifacts),
+            upstream_model=result.deployment.model if result and result.attempts else None,
+            deployment=result.deployment.id if result and result.attempts else None,
+            error_type=(error.code or error.type) if error else None,
+            error_message=error.message[:2000] if error else None,
+            stream=call.stream,
+            upstream_ms=call.upstream_ms,
+            ttft_ms=call.ttft_ms,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            cost_usd=call.cost,
+            attempts=[a.as_dict() for a in result.attempts] if result else [],
+            decisions=call.decisions,
+            extra=call.extra,
+        )
+        self.writer.submit(row)
+        self.metrics.observe(row)
+
+
+def model_card(router: Router) -> Json:
+    providers = sorted({d.provider for d in router.spec.deployments})
+    local = providers == ["local"]
+    return {
+        "id": router.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "opsgate-local" if local else "opsgate",
+        "opsgate": {
+            "kind": "router",
+            "serves": router.spec.kind,
+            "version": router.version,
+            "hash": router.content_hash,
+            "ref": router.ref,
+            "providers": providers,
+            "local": local,
+            "description": router.spec.description
+            or ("the embedded local provider (no network, no key)" if local else ""),
+            "deployments": [{"id": d.id, "model": d.model} for d in router.spec.deployments],
+        },
+    }
+
+
+def _finish_chunk(meta: Json, reason: str) -> Json:
+    return {
+        "id": meta.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": meta.get("created", int(time.time())),
+        "model": meta.get("model", ""),
+        "choices": [{"index": 0, "delta": {}, "finish_reason": reason}],
+    }
+
+
+def _usage_chunk(meta: Json, usage: dict[str, Any]) -> Json:
+    return {
+        "id": meta.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": meta.get("created", int(time.time())),
+        "model": meta.get("model", ""),
+        "choices": [],
+        "usage": usage,
+    }
+
+
+async def _aclose(stream: AsyncIterator[Json]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

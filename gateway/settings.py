@@ -1,0 +1,75 @@
+"""Settings: environment (`OPSGATE_*`) for where things are, `config/gateway.yaml` for how they behave.
+
+The environment names the project directory (config/, prompts/, evals/), the data directory (database
+file, indexes, key file) and the production services (PostgreSQL, Redis, chroma). Everything else lives
+in `config/gateway.yaml`, parsed into `GatewayConfig`; a missing file means every default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.yamlspec import StrictModel, load_spec
+
+
+class ServerConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
+    access_log: bool = False
+
+
+class RequestLogConfig(StrictModel):
+    queue_size: int = Field(10_000, gt=0, description="Rows waiting to be written; beyond it rows drop.")
+    batch_size: int = Field(500, gt=0)
+    flush_interval_s: float = Field(0.2, gt=0)
+
+
+class CacheConfig(StrictModel):
+    refresh_interval_s: float = Field(
+        0.5, gt=0, description="How often a gateway checks whether keys or aliases changed."
+    )
+
+
+class GatewayConfig(StrictModel):
+    server: ServerConfig = ServerConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
+    cache: CacheConfig = CacheConfig()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPSGATE_", extra="ignore")
+
+    project_dir: Path = Field(default_factory=Path.cwd)
+    data_dir: Path | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    chroma_url: str | None = None
+    api_key: str | None = None
+
+    def resolved_data_dir(self) -> Path:
+        return (self.data_dir or self.project_dir / ".opsgate").resolve()
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir() / 'opsgate.db'}"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.project_dir / "config"
+
+    def load_gateway_config(self) -> GatewayConfig:
+        file = self.config_dir / "gateway.yaml"
+        if not file.exists():
+            return GatewayConfig()
+        return load_spec(file, GatewayConfig, display=self.display_path(file))
+
+    def display_path(self, file: Path) -> str:
+        try:
+            return str(file.resolve().relative_to(self.project_dir.resolve()))
+        except ValueError:
+            return str(file)

@@ -1,0 +1,94 @@
+"""Parse YAML files into typed specs, with errors that name the file, the line and the field.
+
+Every file a user writes (routers, prompts, indexes, models, policies, gateway.yaml) goes through
+`load_spec`: a typo fails at load time as `config/routers/default.yaml:7: deployments.0.timout_s: ...`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gateway.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every spec: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _node_for(root: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Node | None:
+    """Walk the composed YAML tree along a pydantic error location; return the deepest node found."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = None
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                    match = (key, value)
+                    break
+            if match is None:
+                return node
+            # An unknown key is best reported at the key itself.
+            node = match[1] if not isinstance(match[1], yaml.ScalarNode) else match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return node
+            node = node.value[part]
+        else:
+            return node
+    return node
+
+
+def format_validation_error(exc: ValidationError, root: yaml.Node | None, path: str) -> ConfigError:
+    first = exc.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    node = _node_for(root, loc)
+    line = node.start_mark.line + 1 if node is not None else None
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (check its spelling; the spec does not allow it)"
+    return ConfigError(f"{field}: {msg}{extra}", path=path, line=line)
+
+
+def parse_yaml_text(text: str, path: str) -> tuple[Any, yaml.Node | None]:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ConfigError(f"invalid YAML: {exc.problem}", path=path, line=line) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", path=path) from exc
+    return data, root
+
+
+def load_spec_text(text: str, model: type[M], path: str, *, default: dict[str, Any] | None = None) -> M:
+    data, root = parse_yaml_text(text, path)
+    if data is None:
+        data = default if default is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError("the file must hold a mapping (key: value) at its top level", path=path, line=1)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, root, path) from exc
+
+
+def load_spec(file: Path, model: type[M], *, display: str | None = None) -> M:
+    shown = display or str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("the file is not valid UTF-8", path=shown) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", path=shown) from exc
+    return load_spec_text(text, model, shown)
