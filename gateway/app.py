@@ -27,7 +27,7 @@ from gateway.offline import apply_offline_env
 from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
-from gateway.registry.bootstrap import register_router_files
+from gateway.registry.sync import bootstrap
 from gateway.serving import Gateway
 from gateway.settings import GatewayConfig, Settings
 
@@ -50,9 +50,8 @@ def prepare_database(settings: Settings) -> Engine:
     """Engine + migrations + router bootstrap + first admin key. Blocking; also used by the CLI."""
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
-    for record, created in register_router_files(engine, settings.project_dir, actor="system:startup"):
-        if created:
-            log.info("registered %s from %s", record.ref, record.source_path)
+    for record in bootstrap(engine, settings.project_dir, actor="system:bootstrap"):
+        log.info("bootstrap: registered %s from %s as production", record.ref, record.source_path)
     key_file = KeyService(engine).ensure_bootstrap_admin(settings.resolved_data_dir())
     if key_file is not None:
         print(f"opsgate: no API keys existed; created an admin key in {key_file} (readable only by you)")

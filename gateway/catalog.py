@@ -1,9 +1,10 @@
-"""What a gateway serves, cached in memory: keys, and the live version of every router.
+"""What a gateway serves, cached in memory: keys, every artifact version, and every alias.
 
-The request path reads only this snapshot (a dict lookup), never the database. A poller reads the
+The request path reads only this snapshot (dict lookups), never the database. A poller reads the
 generation counter every `refresh_interval_s` (one indexed row) and rebuilds the snapshot when another
 process changed keys, versions or aliases, so a change reaches every replica within that interval.
-Routers whose version did not change keep their run-time state (deployment health, cooldowns).
+Run-time objects built from a version (routers with their deployment health, parsed prompt specs) are
+kept across refreshes: versions are immutable.
 """
 
 from __future__ import annotations
@@ -12,26 +13,30 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from gateway.db.models import Alias, ArtifactVersion
 from gateway.db.state import read_generation
+from gateway.errors import ModelNotFound, NotFound
 from gateway.keys import KeyService, Principal, hash_key
 from gateway.providers import Adapters
-from gateway.registry.specs import RouterSpec
-from gateway.registry.store import LATEST, VersionStore
+from gateway.registry.specs import PromptSpec, RouterSpec
+from gateway.registry.store import VersionRecord, to_record
 from gateway.routing.router import Router
 
 log = logging.getLogger("opsgate.catalog")
-SERVED_ALIAS = "production"
+DEFAULT_ALIAS = "production"
 
 
 @dataclass(frozen=True)
 class Snapshot:
     generation: int = -1
     principals: dict[str, Principal] = field(default_factory=dict)
-    routers: dict[str, Router] = field(default_factory=dict)
+    aliases: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    records: dict[tuple[str, str, int], VersionRecord] = field(default_factory=dict)
 
 
 class Catalog:
@@ -40,45 +45,94 @@ class Catalog:
         self.adapters = adapters
         self.refresh_interval_s = refresh_interval_s
         self.keys = KeyService(engine)
-        self.versions = VersionStore(engine)
         self.snapshot = Snapshot()
-        self._router_cache: dict[tuple[str, int], Router] = {}
+        self._routers: dict[tuple[str, int, str], Router] = {}
+        self._specs: dict[tuple[str, str, int, str], Any] = {}
         self._task: asyncio.Task[None] | None = None
+        self.listeners: list[Any] = []  # callables(snapshot) run after each refresh (e.g. index caches)
+
+    # -- lookups (request path: memory only) ------------------------------------------------------------
 
     def principal(self, token: str) -> Principal | None:
         return self.snapshot.principals.get(hash_key(token))
 
-    def router(self, name: str) -> Router | None:
-        return self.snapshot.routers.get(name)
+    def has(self, kind: str, name: str) -> bool:
+        return (kind, name) in self.snapshot.aliases
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(n for k, n in self.snapshot.aliases if k == kind)
+
+    def aliases_of(self, kind: str, name: str) -> dict[str, int]:
+        return dict(self.snapshot.aliases.get((kind, name), {}))
+
+    def resolve(self, kind: str, name: str, selector: str | None = None) -> VersionRecord:
+        """A version by number or alias (default: production). 404 naming what exists."""
+        aliases = self.snapshot.aliases.get((kind, name))
+        if aliases is None:
+            raise ModelNotFound(f"{kind}:{name} does not exist in the registry", param="model")
+        if selector is None or not selector.isdigit():
+            alias = selector or DEFAULT_ALIAS
+            version = aliases.get(alias)
+            if version is None:
+                known = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items()))
+                raise ModelNotFound(
+                    f"{kind}:{name} has no alias {alias!r} (aliases: {known}); promote a version to it or"
+                    f" ask for {kind}:{name}@latest or a version number",
+                    param="model",
+                )
+        else:
+            version = int(selector)
+        record = self.snapshot.records.get((kind, name, version))
+        if record is None:
+            raise ModelNotFound(f"{kind}:{name}@{version} does not exist", param="model")
+        return record
+
+    def router_for(self, record: VersionRecord) -> Router:
+        key = (record.name, record.version, record.content_hash)
+        router = self._routers.get(key)
+        if router is None:
+            spec = RouterSpec.model_validate(record.spec)
+            router = Router(
+                spec, version=record.version, content_hash=record.content_hash, adapters=self.adapters
+            )
+            self._routers[key] = router
+        return router
+
+    def router(self, name: str, selector: str | None = None) -> Router | None:
+        try:
+            return self.router_for(self.resolve("router", name, selector))
+        except NotFound:
+            return None
+
+    def spec_for(self, record: VersionRecord, cls: type[Any]) -> Any:
+        key = (record.kind, record.name, record.version, record.content_hash)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = cls.model_validate(record.spec)
+            self._specs[key] = spec
+        return spec
+
+    def prompt_spec(self, record: VersionRecord) -> PromptSpec:
+        spec: PromptSpec = self.spec_for(record, PromptSpec)
+        return spec
+
+    # -- loading -------------------------------------------------------------------------------------
 
     def load(self) -> Snapshot:
         """Build a fresh snapshot from the database (blocking; called in a thread)."""
         with Session(self.engine) as s:
             generation = read_generation(s)
+            records = {(r.kind, r.name, r.version): to_record(r) for r in s.scalars(select(ArtifactVersion))}
+            aliases: dict[tuple[str, str], dict[str, int]] = {}
+            for row in s.scalars(select(Alias)):
+                aliases.setdefault((row.kind, row.name), {})[row.alias] = row.version
         principals = self.keys.active_principals()
-        aliases = self.versions.aliases(kind="router")
-        routers: dict[str, Router] = {}
-        cache: dict[tuple[str, int], Router] = {}
-        for (_, name), names in aliases.items():
-            version = names.get(SERVED_ALIAS, names.get(LATEST))
-            if version is None:
-                continue
-            router = self._router_cache.get((name, version))
-            if router is None:
-                record = self.versions.get("router", name, version)
-                if record is None:
-                    continue
-                spec = RouterSpec.model_validate(record.spec)
-                router = Router(
-                    spec, version=version, content_hash=record.content_hash, adapters=self.adapters
-                )
-            cache[(name, version)] = router
-            routers[name] = router
-        self._router_cache = cache
-        return Snapshot(generation, principals, routers)
+        return Snapshot(generation, principals, aliases, records)
 
     async def refresh(self) -> None:
         self.snapshot = await asyncio.to_thread(self.load)
+        for listener in self.listeners:
+            listener(self.snapshot)
 
     async def start(self) -> None:
         await self.refresh()

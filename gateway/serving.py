@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -18,8 +18,10 @@ from gateway.catalog import Catalog
 from gateway.db.state import utcnow
 from gateway.errors import (
     AuthenticationFailed,
+    InvalidFields,
     InvalidRequest,
     ModelNotFound,
+    NotFound,
     OpsgateError,
     PermissionDenied,
     UpstreamError,
@@ -28,9 +30,13 @@ from gateway.keys import Principal
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import LogRow, RequestLogWriter
 from gateway.providers.base import Json
-from gateway.registry.specs import Deployment
+from gateway.registry.refs import Ref, parse_ref
+from gateway.registry.render import render_messages
+from gateway.registry.specs import Deployment, PromptSpec
+from gateway.registry.store import VersionRecord
 from gateway.routing.router import Router, RouteResult
 from gateway.usage import Prices, cost_usd, count_message_tokens, count_text_tokens, message_text, prices_for
+from gateway.wire import ChatRequest, upstream_body
 
 
 @dataclass(slots=True)
@@ -66,11 +72,34 @@ def _prices(deployment: Deployment) -> Prices | None:
     return prices_for(deployment.model)
 
 
+@dataclass(slots=True)
+class ChatPlan:
+    router: Router
+    body: Json
+    prompt: VersionRecord | None = None
+
+
+class Retriever(Protocol):
+    """Fetches context for a RAG prompt (implemented in gateway.retrieval); records lineage on the call."""
+
+    async def retrieve(
+        self, call: Call, spec: PromptSpec, variables: dict[str, Any], messages: list[Any]
+    ) -> list[dict[str, Any]]: ...
+
+
+def prompt_params(spec: PromptSpec) -> Json:
+    params = spec.params.model_dump(exclude_none=True, exclude={"extra_body"})
+    return {**spec.params.extra_body, **params}
+
+
 class Gateway:
-    def __init__(self, catalog: Catalog, writer: RequestLogWriter, metrics: Metrics) -> None:
+    def __init__(
+        self, catalog: Catalog, writer: RequestLogWriter, metrics: Metrics, retriever: Retriever | None = None
+    ) -> None:
         self.catalog = catalog
         self.writer = writer
         self.metrics = metrics
+        self.retriever = retriever
 
     # -- auth and resolution -------------------------------------------------------------------------
 
@@ -89,14 +118,18 @@ class Gateway:
         return principal
 
     def resolve_router(self, call: Call, model: str, kind: str) -> Router:
+        """A router named by the request's model: `name`, `router:name`, with optional @version/@alias."""
         call.model = model
-        name = model.removeprefix("router:")
-        router = self.catalog.router(name)
-        if router is None:
+        ref = parse_ref(model, param="model")
+        if ref.kind not in (None, "router") or not self.catalog.has("router", ref.name):
             raise ModelNotFound(
                 f"the model {model!r} does not exist; GET /v1/models lists what this key may call",
                 param="model",
             )
+        return self._router(call, ref.name, ref.selector, kind)
+
+    def _router(self, call: Call, name: str, selector: str | None, kind: str) -> Router:
+        router = self.catalog.router_for(self.catalog.resolve("router", name, selector))
         assert call.principal is not None
         if not call.principal.may_call("router", router.name):
             raise PermissionDenied(
@@ -112,19 +145,82 @@ class Gateway:
         call.artifacts.append(router.ref)
         return router
 
+    async def plan_chat(self, call: Call, data: Json, req: ChatRequest) -> ChatPlan:
+        """Resolve what the request names (a router, or a prompt and its router) and build the upstream body."""
+        call.model = req.model
+        prompt_ref = self._prompt_ref(req)
+        if prompt_ref is None:
+            if not req.messages:
+                raise InvalidFields(
+                    "messages: this field is required (at least one message)", param="messages"
+                )
+            router = self.resolve_router(call, req.model, "chat")
+            return ChatPlan(router, upstream_body(data))
+        record = self.catalog.resolve("prompt", prompt_ref.name, prompt_ref.selector)
+        assert call.principal is not None
+        if not call.principal.may_call("prompt", record.name):
+            raise PermissionDenied(
+                f"this key may not call prompt:{record.name} (its allow list does not include it)",
+                param="model",
+            )
+        call.artifacts.append(record.ref)
+        spec = self.catalog.prompt_spec(record)
+        variables = req.prompt_variables or {}
+        context: list[dict[str, Any]] = []
+        if spec.retrieval is not None:
+            if self.retriever is None:
+                raise InvalidRequest(
+                    f"prompt {spec.name!r} needs retrieval, which this gateway was built without",
+                    code="retrieval_unavailable",
+                )
+            context = await self.retriever.retrieve(call, spec, variables, data.get("messages") or [])
+        rendered = render_messages(spec, variables, templates=record.files, context=context)
+        router_ref = parse_ref(spec.router, default_kind="router")
+        router = self._router(call, router_ref.name, router_ref.selector, "chat")
+        body = {**prompt_params(spec), **upstream_body(data)}
+        body["messages"] = rendered + list(data.get("messages") or [])
+        if spec.response_format is not None and "response_format" not in data:
+            body["response_format"] = spec.response_format
+        return ChatPlan(router, body, record)
+
+    def _prompt_ref(self, req: ChatRequest) -> Ref | None:
+        """`prompt:x[@sel]`, a bare name that is a prompt, or LiteLLM's prompt_id (+ prompt_version)."""
+        if req.prompt_id:
+            selector = str(req.prompt_version) if req.prompt_version is not None else None
+            ref = parse_ref(req.prompt_id, default_kind="prompt", param="prompt_id")
+            return Ref("prompt", ref.name, selector or ref.selector)
+        ref = parse_ref(req.model, param="model")
+        if ref.kind == "prompt":
+            return ref
+        if (
+            ref.kind is None
+            and not self.catalog.has("router", ref.name)
+            and self.catalog.has("prompt", ref.name)
+        ):
+            return Ref("prompt", ref.name, ref.selector)
+        return None
+
     def models(self, principal: Principal) -> list[Json]:
         out: list[Json] = []
-        for router in sorted(self.catalog.snapshot.routers.values(), key=lambda r: r.name):
-            if not principal.may_call("router", router.name):
+        for name in self.catalog.names("router"):
+            router = self.catalog.router(name)
+            if router is not None and principal.may_call("router", name):
+                out.append(model_card(router))
+        for name in self.catalog.names("prompt"):
+            if not principal.may_call("prompt", name):
                 continue
-            out.append(model_card(router))
+            try:
+                record = self.catalog.resolve("prompt", name)
+            except NotFound:
+                continue
+            out.append(prompt_card(record, self.catalog.prompt_spec(record)))
         return out
 
     def model(self, principal: Principal, model_id: str) -> Json:
-        router = self.catalog.router(model_id.removeprefix("router:"))
-        if router is None or not principal.may_call("router", router.name):
-            raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
-        return model_card(router)
+        for card in self.models(principal):
+            if model_id in (card["id"], f"{card['opsgate']['kind']}:{card['id']}"):
+                return card
+        raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
 
     # -- calls ---------------------------------------------------------------------------------------
 
@@ -304,3 +400,23 @@ async def _aclose(stream: AsyncIterator[Json]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def prompt_card(record: VersionRecord, spec: PromptSpec) -> Json:
+    return {
+        "id": record.name,
+        "object": "model",
+        "created": int(record.created_at.timestamp()),
+        "owned_by": spec.owner or "opsgate",
+        "opsgate": {
+            "kind": "prompt",
+            "version": record.version,
+            "hash": record.content_hash,
+            "ref": record.ref,
+            "router": spec.router,
+            "description": spec.description,
+            "variables": spec.variables,
+            "retrieval": spec.retrieval.model_dump(exclude_none=True) if spec.retrieval else None,
+            "tags": spec.tags,
+        },
+    }

@@ -34,10 +34,37 @@ class CacheConfig(StrictModel):
     )
 
 
+class RequireEval(StrictModel):
+    suite: str = Field(description="Name of the eval suite whose passing run the version needs.")
+
+
+class AliasRule(StrictModel):
+    """How a protected alias may move."""
+
+    approvals: int = Field(1, ge=0, description="Approvals needed before the move applies.")
+    approver_roles: list[str] = Field(default_factory=lambda: ["approver", "admin"])
+    four_eyes: bool = Field(True, description="The version's author and the requester may not approve.")
+    require_eval: RequireEval | None = None
+
+
+class GovernanceConfig(StrictModel):
+    protected_aliases: dict[str, AliasRule] = Field(
+        default_factory=lambda: {"staging": AliasRule(), "production": AliasRule()}
+    )
+    requester_roles: list[str] = Field(
+        default_factory=lambda: ["prompt-engineer", "approver", "admin"],
+        description="Roles that may request a promotion or rollback.",
+    )
+    registrar_roles: list[str] = Field(
+        default_factory=lambda: ["prompt-engineer", "admin"], description="Roles that may run `opsgate sync`."
+    )
+
+
 class GatewayConfig(StrictModel):
     server: ServerConfig = ServerConfig()
     request_log: RequestLogConfig = RequestLogConfig()
     cache: CacheConfig = CacheConfig()
+    governance: GovernanceConfig = GovernanceConfig()
 
 
 class Settings(BaseSettings):

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from gateway.api.deps import call_for, gateway_of, read_json
-from gateway.api.schemas import ChatRequest, EmbeddingRequest, upstream_body, validate
 from gateway.errors import OpsgateError
 from gateway.serving import Call, Gateway
+from gateway.wire import ChatRequest, EmbeddingRequest, upstream_body, validate
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -31,9 +31,9 @@ async def chat_completions(request: Request) -> Response:
         data = await read_json(request)
         req = validate(ChatRequest, data)
         call.stream = req.stream
-        router = gateway.resolve_router(call, req.model, "chat")
+        plan = await gateway.plan_chat(call, data, req)
         request.state.versions = call.versions_header
-        body = upstream_body(data)
+        router, body = plan.router, plan.body
         messages = body["messages"]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

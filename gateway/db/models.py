@@ -49,6 +49,51 @@ class ArtifactVersion(Base):
     dirty: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(200))
+    files: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Promotion(Base):
+    """A request to move an alias to a version: pending -> approved -> applied, or rejected."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int]
+    alias: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # promote | rollback
+    state: Mapped[str] = mapped_column(String(16))
+    from_version: Mapped[int | None]
+    requested_by: Mapped[str] = mapped_column(String(200))
+    requested_at: Mapped[datetime]
+    reason: Mapped[str | None] = mapped_column(Text)
+    rule: Mapped[dict[str, Any]] = mapped_column(JSON)
+    approvals: Mapped[list[Any]] = mapped_column(JSON)
+    checks: Mapped[list[Any]] = mapped_column(JSON)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    applied_at: Mapped[datetime | None]
+    pending_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+
+
+class EvalRun(Base):
+    """One run of an eval suite against one target version (the evaluation issue adds its details)."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    suite: Mapped[str] = mapped_column(String(200))
+    target_kind: Mapped[str | None] = mapped_column(String(16))
+    target_name: Mapped[str | None] = mapped_column(String(128))
+    target_version: Mapped[int | None]
+    target_hash: Mapped[str | None] = mapped_column(String(64))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(200))
 
 
 class Alias(Base):

@@ -35,6 +35,7 @@ class VersionRecord:
     dirty: bool
     created_at: datetime
     created_by: str
+    files: dict[str, Any] | None = None
 
     @property
     def ref(self) -> str:
@@ -64,6 +65,7 @@ def to_record(row: ArtifactVersion) -> VersionRecord:
         bool(row.dirty),
         as_utc(row.created_at),
         row.created_by,
+        dict(row.files) if row.files else None,
     )
 
 
@@ -76,6 +78,7 @@ def register_version(
     content_hash: str,
     source: SourceInfo,
     actor: str,
+    files: dict[str, Any] | None = None,
 ) -> tuple[VersionRecord, bool]:
     """Inside the caller's transaction: add a version unless this content is already registered."""
     existing = session.scalars(
@@ -105,6 +108,7 @@ def register_version(
         dirty=source.dirty,
         created_at=utcnow(),
         created_by=actor,
+        files=files,
     )
     session.add(row)
     session.flush()

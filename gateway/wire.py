@@ -1,4 +1,4 @@
-"""Request shapes of the OpenAI-compatible API. Unknown fields pass through to the upstream."""
+"""Wire shapes of the OpenAI-compatible API (requests). Unknown fields pass through to the upstream."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class StreamOptions(_Open):
 
 class ChatRequest(_Open):
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(default_factory=list)  # required unless a prompt supplies them
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)

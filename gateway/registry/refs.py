@@ -1,0 +1,50 @@
+"""Artifact references: `kind:name`, `kind:name@7`, `kind:name@staging`, or a bare `name`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gateway.errors import InvalidRequest
+
+KINDS = ("prompt", "router", "index", "model")
+_REF = re.compile(
+    r"^(?:(?P<kind>[a-z]+):)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@(?P<sel>[A-Za-z0-9._-]+))?$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    kind: str | None
+    name: str
+    selector: str | None = None  # a version number, an alias, or None (the default alias)
+
+    @property
+    def version(self) -> int | None:
+        return int(self.selector) if self.selector is not None and self.selector.isdigit() else None
+
+    @property
+    def alias(self) -> str | None:
+        return self.selector if self.selector is not None and not self.selector.isdigit() else None
+
+    def __str__(self) -> str:
+        head = f"{self.kind}:{self.name}" if self.kind else self.name
+        return f"{head}@{self.selector}" if self.selector else head
+
+
+def parse_ref(text: str, *, default_kind: str | None = None, param: str | None = None) -> Ref:
+    match = _REF.match(text.strip())
+    if not match:
+        raise InvalidRequest(
+            f"{text!r} is not an artifact reference; use kind:name, kind:name@VERSION or kind:name@ALIAS",
+            param=param,
+            code="invalid_reference",
+        )
+    kind = match.group("kind") or default_kind
+    if kind is not None and kind not in KINDS:
+        raise InvalidRequest(
+            f"unknown artifact kind {kind!r}; kinds are: {', '.join(KINDS)}",
+            param=param,
+            code="invalid_reference",
+        )
+    return Ref(kind, match.group("name"), match.group("sel"))
