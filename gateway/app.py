@@ -21,6 +21,7 @@ from gateway.catalog import Catalog
 from gateway.db.engine import make_engine, migrate
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.keys import KeyService
+from gateway.monitoring.alerts import Alerts
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import RequestLogWriter
 from gateway.offline import apply_offline_env
@@ -44,6 +45,7 @@ class Parts:
     writer: RequestLogWriter
     metrics: Metrics
     gateway: Gateway
+    alerts: Alerts
 
 
 def prepare_database(settings: Settings) -> Engine:
@@ -74,7 +76,8 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     metrics.gauge("opsgate_request_log_backlog", "Log rows waiting to be written.", lambda: writer.backlog)
     metrics.gauge("opsgate_request_log_written", "Log rows written.", lambda: writer.stats.written)
     gateway = Gateway(catalog, writer, metrics)
-    return Parts(settings, config, engine, adapters, catalog, writer, metrics, gateway)
+    alerts = Alerts(config.alerts)
+    return Parts(settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -98,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await parts.writer.stop()
             await parts.catalog.stop()
             await parts.adapters.close()
+            await parts.alerts.close()
             engine.dispose()
 
     app = FastAPI(

@@ -7,7 +7,7 @@ Every request, failed or not, ends in exactly one `finish()` call, which writes 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -100,6 +100,9 @@ class Gateway:
         self.writer = writer
         self.metrics = metrics
         self.retriever = retriever
+        # Called with (call, row) after every request's log row is submitted (e.g. online eval sampling).
+        # Hooks must be quick and must not raise: they run on the request path.
+        self.finish_hooks: list[Callable[[Call, LogRow], None]] = []
 
     # -- auth and resolution -------------------------------------------------------------------------
 
@@ -350,6 +353,8 @@ class Gateway:
         )
         self.writer.submit(row)
         self.metrics.observe(row)
+        for hook in self.finish_hooks:
+            hook(call, row)
 
 
 def model_card(router: Router) -> Json:

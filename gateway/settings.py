@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.monitoring.alerts import AlertsConfig
 from gateway.yamlspec import StrictModel, load_spec
 
 
@@ -65,6 +66,7 @@ class GatewayConfig(StrictModel):
     request_log: RequestLogConfig = RequestLogConfig()
     cache: CacheConfig = CacheConfig()
     governance: GovernanceConfig = GovernanceConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
 
 class Settings(BaseSettings):

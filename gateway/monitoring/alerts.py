@@ -1,0 +1,130 @@
+"""Alerts: HMAC-signed webhooks, shared by every monitor (online eval scores, drift, fairness, accuracy).
+
+Each delivery is a JSON POST with headers
+    X-Opsgate-Event: <kind>                       e.g. drift, fairness, accuracy, online_eval
+    X-Opsgate-Timestamp: <unix seconds>
+    X-Opsgate-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with the webhook's secret>
+so a receiver can check origin and freshness. Deliveries run off the request path, with retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import Field
+
+from gateway.yamlspec import StrictModel
+
+log = logging.getLogger("opsgate.alerts")
+
+
+class WebhookConfig(StrictModel):
+    url: str
+    secret_env: str | None = Field(
+        None, description="Env var holding the HMAC secret (never the secret itself)."
+    )
+    events: list[str] = Field(default_factory=lambda: ["*"], description="Event kinds to send, or * for all.")
+    timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+
+
+class AlertsConfig(StrictModel):
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str, *, max_age_s: float = 300) -> bool:
+    """For receivers (and tests): signature matches and the timestamp is fresh."""
+    try:
+        fresh = abs(time.time() - float(timestamp)) <= max_age_s
+    except ValueError:
+        return False
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+@dataclass
+class AlertStats:
+    sent: int = 0
+    failed: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Alerts:
+    """Send alert events to the configured webhooks. `emit` never blocks the caller."""
+
+    def __init__(self, config: AlertsConfig) -> None:
+        self.config = config
+        self.stats = AlertStats()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def emit(self, kind: str, payload: dict[str, Any]) -> None:
+        event = {"event": kind, "time": time.time(), **payload}
+        self.stats.history = [*self.stats.history[-99:], event]
+        for hook in self.config.webhooks:
+            if "*" in hook.events or kind in hook.events:
+                task = asyncio.get_running_loop().create_task(self._deliver(hook, kind, event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def send(self, kind: str, payload: dict[str, Any]) -> None:
+        """Deliver now and wait (for commands outside the server, e.g. a CLI monitor run)."""
+        event = {"event": kind, "time": time.time(), **payload}
+        await asyncio.gather(
+            *(
+                self._deliver(h, kind, event)
+                for h in self.config.webhooks
+                if "*" in h.events or kind in h.events
+            )
+        )
+
+    async def _deliver(self, hook: WebhookConfig, kind: str, event: dict[str, Any]) -> None:
+        body = orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
+        secret = os.environ.get(hook.secret_env, "") if hook.secret_env else ""
+        for attempt in range(hook.retries + 1):
+            timestamp = str(int(time.time()))
+            headers = {
+                "Content-Type": "application/json",
+                "X-Opsgate-Event": kind,
+                "X-Opsgate-Timestamp": timestamp,
+            }
+            if secret:
+                headers["X-Opsgate-Signature"] = sign(secret, timestamp, body)
+            try:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(
+                        hook.url,
+                        data=body,
+                        headers=headers,
+                        timeout=aiohttp.ClientTimeout(total=hook.timeout_s),
+                    ) as resp,
+                ):
+                    if resp.status < 300:
+                        self.stats.sent += 1
+                        return
+                    error = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt < hook.retries:
+                await asyncio.sleep(0.2 * 2**attempt)
+        self.stats.failed += 1
+        log.warning("alert %s to %s failed after %d attempts: %s", kind, hook.url, hook.retries + 1, error)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5)
