@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.api import health, metrics_api, openai
+from gateway.api import admin, health, metrics_api, openai
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.catalog import Catalog
 from gateway.db.engine import make_engine, migrate
@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
+    app.include_router(admin.router)
     _install_error_handlers(app)
     return app
 

@@ -313,6 +313,370 @@ def logs_tail(
             _print_row(row, json_out)
 
 
+# -- registry: sync, inspect, promote ---------------------------------------------------------------------
+
+audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+def _governance(settings: Any) -> Any:
+    try:
+        return settings.load_gateway_config().governance
+    except OpsgateError as exc:
+        fail(exc.message, 2)
+
+
+def _ref(text: str, *, need_kind: bool = True, need_version: bool = False) -> Any:
+    from gateway.registry.refs import parse_ref
+
+    try:
+        ref = parse_ref(text)
+    except OpsgateError as exc:
+        fail(exc.message, 2)
+    if need_kind and ref.kind is None:
+        fail(f"{text!r}: give the kind, e.g. prompt:{ref.name}", 2)
+    if need_version and ref.version is None:
+        fail(f"{text!r}: give a version number, e.g. {ref.kind}:{ref.name}@3", 2)
+    return ref
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+@app.command("sync")
+def sync_cmd(
+    key: KeyOption = None,
+    allow_dirty: Annotated[
+        bool, typer.Option("--allow-dirty", help="Register uncommitted files as dirty versions.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Register the prompts, routers and models the repository holds at HEAD (new content only)."""
+    from gateway.registry.sync import sync
+
+    settings = _settings()
+    engine = _engine(settings)
+    governance = _governance(settings)
+    principal = authenticate_cli(engine, key, *governance.registrar_roles)
+    try:
+        report = sync(engine, settings.project_dir, actor=principal.actor, allow_dirty=allow_dirty)
+    except OpsgateError as exc:
+        fail(exc.message, 1)
+    if json_out:
+        _print_json(
+            {
+                "commit": report.commit,
+                "registered": [r.ref for r in report.registered],
+                "unchanged": [r.ref for r in report.unchanged],
+                "errors": [e.message for e in report.errors],
+                "dirty_files": report.dirty_files,
+            }
+        )
+    else:
+        for record in report.registered:
+            flag = " (dirty)" if record.dirty else ""
+            typer.echo(
+                f"registered {record.ref}  {record.source_path}  {(record.git_commit or '')[:12]}{flag}"
+            )
+        for record in report.unchanged:
+            typer.echo(f"unchanged  {record.ref}")
+        for err in report.errors:
+            typer.echo(f"error      {err.message}", err=True)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_cmd(
+    kind: Annotated[str | None, typer.Argument(help="prompt, router, index or model")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List artifacts with their versions and aliases."""
+    from gateway.registry.views import artifact_list
+
+    engine = _engine(_settings())
+    items = artifact_list(engine, kind)
+    if json_out:
+        _print_json(items)
+        return
+    for item in items:
+        aliases = ", ".join(f"{a}->{v}" for a, v in sorted(item["aliases"].items()))
+        typer.echo(f"{item['kind']}:{item['name']:<28} {item['versions']:>3} version(s)  {aliases}")
+
+
+@app.command("show")
+def show_cmd(
+    ref: Annotated[str, typer.Argument(help="KIND:NAME or KIND:NAME@VERSION|ALIAS")],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show an artifact (its versions and aliases) or one version (spec, hash, commit, author)."""
+    from gateway.registry.store import VersionStore
+    from gateway.registry.views import artifact_detail, resolve_record, spec_text, version_dict
+
+    parsed = _ref(ref)
+    engine = _engine(_settings())
+    try:
+        if parsed.selector is None:
+            data = artifact_detail(engine, parsed.kind, parsed.name)
+            if json_out:
+                _print_json(data)
+                return
+            typer.echo(f"{parsed.kind}:{parsed.name}")
+            for v in data["versions"]:
+                tags = f"  [{', '.join(v['aliases'])}]" if v["aliases"] else ""
+                dirty = " dirty" if v["dirty"] else ""
+                typer.echo(
+                    f"  @{v['version']:<4} {v['hash'][:12]}  {(v['git_commit'] or '-')[:10]}  "
+                    f"{v['git_author'] or v['created_by']}{dirty}{tags}"
+                )
+            return
+        store = VersionStore(engine)
+        record = resolve_record(store, parsed)
+        data = version_dict(
+            record, store.aliases(parsed.kind, parsed.name).get((parsed.kind, parsed.name), {})
+        )
+    except OpsgateError as exc:
+        fail(exc.message)
+    if json_out:
+        _print_json(data)
+        return
+    for field in (
+        "ref",
+        "aliases",
+        "source_path",
+        "git_commit",
+        "git_author",
+        "git_message",
+        "dirty",
+        "created_at",
+    ):
+        typer.echo(f"{field:<12} {data[field]}")
+    typer.echo("")
+    typer.echo(spec_text(record))
+
+
+@app.command("diff")
+def diff_cmd(
+    a: Annotated[str, typer.Argument(help="KIND:NAME@REF")],
+    b: Annotated[str, typer.Argument(help="KIND:NAME@REF")],
+) -> None:
+    """Unified diff of two versions' specs (and referenced files)."""
+    from gateway.registry.store import VersionStore
+    from gateway.registry.views import diff, resolve_record
+
+    store = VersionStore(_engine(_settings()))
+    try:
+        text = diff(resolve_record(store, _ref(a)), resolve_record(store, _ref(b)))
+    except OpsgateError as exc:
+        fail(exc.message)
+    typer.echo(text or "(no differences)", nl=bool(not text))
+
+
+def _parse_vars(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            fail(f"--var {pair!r}: use NAME=VALUE", 2)
+        try:
+            out[name] = orjson.loads(value) if value[:1] in '[{"' else value
+        except orjson.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+@app.command("render")
+def render_cmd(
+    ref: Annotated[str, typer.Argument(help="prompt:NAME[@REF] (default: latest)")],
+    var: Annotated[
+        list[str] | None, typer.Option("--var", help="NAME=VALUE (repeatable; JSON values allowed).")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="A user message to append.")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show the exact messages a prompt version would send (retrieval context not included)."""
+    from gateway.registry.store import VersionStore
+    from gateway.registry.views import render, resolve_record
+
+    parsed = _ref(ref if ":" in ref else f"prompt:{ref}")
+    if parsed.kind != "prompt":
+        fail("render works on prompts: prompt:NAME[@REF]", 2)
+    store = VersionStore(_engine(_settings()))
+    try:
+        record = resolve_record(store, parsed)
+        messages = render(record, _parse_vars(var or []), [{"role": "user", "content": user}] if user else [])
+    except OpsgateError as exc:
+        fail(exc.message)
+    if json_out:
+        _print_json({"ref": record.ref, "messages": messages})
+        return
+    typer.echo(f"# {record.ref}")
+    for message in messages:
+        typer.echo(f"--- {message['role']}")
+        typer.echo(message["content"])
+
+
+def _promotion_line(p: Any) -> str:
+    approvals = len(p.approvals)
+    needed = p.rule.get("approvals", 0) if isinstance(p.rule, dict) else 0
+    return (
+        f"{p.id}  {p.action:<8} {p.kind}:{p.name}@{p.version} -> {p.alias:<10} {p.state:<8} "
+        f"approvals {approvals}/{needed}  by {p.requested_by}"
+    )
+
+
+@app.command("promote")
+def promote_cmd(
+    ref: Annotated[str, typer.Argument(help="KIND:NAME@VERSION")],
+    to: Annotated[str, typer.Option("--to", help="The alias to move (e.g. staging, production).")],
+    reason: Annotated[str | None, typer.Option(help="Why.")] = None,
+    key: KeyOption = None,
+) -> None:
+    """Request a promotion; prints its id on the last line. Unprotected aliases move at once."""
+    from gateway.registry.promotion import PromotionService
+
+    parsed = _ref(ref, need_version=True)
+    settings = _settings()
+    engine = _engine(settings)
+    principal = authenticate_cli(engine, key)
+    try:
+        record = PromotionService(engine, _governance(settings)).request(
+            principal, kind=parsed.kind, name=parsed.name, version=parsed.version, alias=to, reason=reason
+        )
+    except OpsgateError as exc:
+        fail(exc.message)
+    typer.echo(_promotion_line(record), err=True)
+    typer.echo(record.id)
+
+
+@app.command("approve")
+def approve_cmd(
+    promotion_id: Annotated[str, typer.Argument()],
+    comment: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
+    key: KeyOption = None,
+) -> None:
+    """Approve a pending promotion; the approval that completes its rule applies it."""
+    from gateway.registry.promotion import PromotionService
+
+    settings = _settings()
+    engine = _engine(settings)
+    principal = authenticate_cli(engine, key)
+    try:
+        record = PromotionService(engine, _governance(settings)).approve(
+            principal, promotion_id, comment=comment
+        )
+    except OpsgateError as exc:
+        fail(exc.message)
+    typer.echo(_promotion_line(record))
+
+
+@app.command("reject")
+def reject_cmd(
+    promotion_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option(help="Why (required).")],
+    key: KeyOption = None,
+) -> None:
+    """Reject a pending promotion."""
+    from gateway.registry.promotion import PromotionService
+
+    settings = _settings()
+    engine = _engine(settings)
+    principal = authenticate_cli(engine, key)
+    try:
+        record = PromotionService(engine, _governance(settings)).reject(
+            principal, promotion_id, reason=reason
+        )
+    except OpsgateError as exc:
+        fail(exc.message)
+    typer.echo(_promotion_line(record))
+
+
+@app.command("rollback")
+def rollback_cmd(
+    ref: Annotated[str, typer.Argument(help="KIND:NAME")],
+    to: Annotated[int, typer.Option("--to", help="The version to go back to.")],
+    reason: Annotated[str, typer.Option(help="Why (required).")],
+    alias: Annotated[str, typer.Option(help="The alias to roll back.")] = "production",
+    emergency: Annotated[
+        bool, typer.Option("--emergency", help="Admins only: apply at once, no approval.")
+    ] = False,
+    key: KeyOption = None,
+) -> None:
+    """Roll an alias back to an earlier version (a promotion; prints its id on the last line)."""
+    from gateway.registry.promotion import PromotionService
+
+    parsed = _ref(ref)
+    settings = _settings()
+    engine = _engine(settings)
+    principal = authenticate_cli(engine, key)
+    try:
+        record = PromotionService(engine, _governance(settings)).rollback(
+            principal,
+            kind=parsed.kind,
+            name=parsed.name,
+            to_version=to,
+            reason=reason,
+            alias=alias,
+            emergency=emergency,
+        )
+    except OpsgateError as exc:
+        fail(exc.message)
+    typer.echo(_promotion_line(record), err=True)
+    typer.echo(record.id)
+
+
+@app.command("promotions")
+def promotions_cmd(
+    state: Annotated[str | None, typer.Option(help="pending, applied or rejected")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List promotion requests."""
+    from gateway.registry.promotion import PromotionService
+
+    settings = _settings()
+    records = PromotionService(_engine(settings), _governance(settings)).list_promotions(state=state)
+    for record in records:
+        typer.echo(orjson.dumps(record.as_dict()).decode() if json_out else _promotion_line(record))
+
+
+@audit_app.command("verify")
+def audit_verify_cmd() -> None:
+    """Check the audit hash chain: exit 0 when intact, 1 naming the first bad entry."""
+    from gateway.registry import audit
+
+    result = audit.verify(_engine(_settings()))
+    if result.ok:
+        typer.echo(f"audit log intact: {result.entries} entries")
+        return
+    typer.echo(f"audit log TAMPERED: {result.problem}", err=True)
+    raise typer.Exit(1)
+
+
+@audit_app.command("list")
+def audit_list_cmd(
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The newest audit entries."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from gateway.api.admin import audit_dict
+    from gateway.db.models import AuditEntry
+
+    with Session(_engine(_settings())) as s:
+        rows = list(s.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit)))
+    for row in reversed(rows):
+        data = audit_dict(row)
+        if json_out:
+            typer.echo(orjson.dumps(data).decode())
+        else:
+            typer.echo(
+                f"{data['seq']:>5} {data['ts']}  {data['actor']:<32} {data['action']:<22} {data['target']}"
+            )
+
+
 def main() -> None:
     try:
         app()

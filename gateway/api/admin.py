@@ -1,0 +1,295 @@
+"""Admin REST API under /admin: artifacts, versions, promotions, rollback, audit, keys.
+
+Every endpoint needs a key; reads need a governance role (prompt-engineer, approver or admin), writes
+the role their action needs (checked by the same service layer the CLI uses, so no key or role can move
+a protected alias around a promotion).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from gateway.db.models import AuditEntry
+from gateway.db.state import as_utc
+from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.keys import KeyService, Principal
+from gateway.registry import audit
+from gateway.registry.promotion import PromotionService
+from gateway.registry.refs import KINDS, parse_ref
+from gateway.registry.store import VersionStore
+from gateway.registry.sync import sync
+from gateway.registry.views import artifact_detail, artifact_list, diff, resolve_record, version_dict
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+READ_ROLES = ("prompt-engineer", "approver", "admin")
+
+
+def _principal(request: Request) -> Principal:
+    header = request.headers.get("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("no API key: send it as 'Authorization: Bearer <key>'")
+    principal = request.app.state.parts.catalog.principal(token.strip())
+    if principal is None:
+        raise AuthenticationFailed("invalid API key: it is unknown or was revoked")
+    return cast(Principal, principal)
+
+
+def reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if not principal.has_role(*READ_ROLES):
+        raise PermissionDenied(f"the admin API needs one of the roles {', '.join(READ_ROLES)}")
+    return principal
+
+
+Reader = Annotated[Principal, Depends(reader)]
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def _engine(request: Request) -> Engine:
+    return cast(Engine, request.app.state.parts.engine)
+
+
+def _promotions(request: Request) -> PromotionService:
+    parts = request.app.state.parts
+    return PromotionService(parts.engine, parts.config.governance)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromotionRequest(_Body):
+    ref: str = Field(description="kind:name@version, e.g. prompt:support_qa@7")
+    to: str = Field(description="The alias to move, e.g. production")
+    reason: str | None = None
+
+
+class Decision(_Body):
+    comment: str | None = None
+
+
+class Rejection(_Body):
+    reason: str = Field(min_length=1)
+
+
+class RollbackRequest(_Body):
+    ref: str = Field(description="kind:name")
+    to_version: int = Field(ge=1)
+    reason: str = Field(min_length=1)
+    alias: str = "production"
+    emergency: bool = False
+
+
+class SyncRequest(_Body):
+    allow_dirty: bool = False
+
+
+class KeyRequest(_Body):
+    name: str = Field(min_length=1)
+    roles: list[str] = Field(min_length=1)
+    principal: str | None = None
+    allow: list[str] = Field(default_factory=lambda: ["*"])
+
+
+# -- artifacts ------------------------------------------------------------------------------------------
+
+
+@router.get("/artifacts", summary="List artifacts with their aliases")
+def list_artifacts(
+    request: Request, _: Reader, kind: Annotated[str | None, Query()] = None
+) -> list[dict[str, Any]]:
+    return artifact_list(_engine(request), kind)
+
+
+@router.get("/artifacts/{kind}/{name}", summary="One artifact: its versions and aliases")
+def show_artifact(request: Request, _: Reader, kind: str, name: str) -> dict[str, Any]:
+    parse_ref(f"{kind}:{name}")
+    return artifact_detail(_engine(request), kind, name)
+
+
+@router.get("/artifacts/{kind}/{name}/versions/{selector}", summary="One version (number or alias)")
+def show_version(request: Request, _: Reader, kind: str, name: str, selector: str) -> dict[str, Any]:
+    store = VersionStore(_engine(request))
+    record = resolve_record(store, parse_ref(f"{kind}:{name}@{selector}"))
+    return version_dict(record, store.aliases(kind, name).get((kind, name), {}))
+
+
+@router.get("/diff", summary="Unified diff of two versions' specs")
+def diff_versions(request: Request, _: Reader, a: str, b: str) -> dict[str, str]:
+    store = VersionStore(_engine(request))
+    ra, rb = resolve_record(store, parse_ref(a)), resolve_record(store, parse_ref(b))
+    return {"a": ra.ref, "b": rb.ref, "diff": diff(ra, rb)}
+
+
+@router.post("/sync", summary="Register what the gateway's project repository holds at HEAD")
+def sync_repo(request: Request, caller: Caller, body: SyncRequest) -> dict[str, Any]:
+    parts = request.app.state.parts
+    if not caller.has_role(*parts.config.governance.registrar_roles):
+        raise PermissionDenied(
+            f"sync needs one of the roles {', '.join(parts.config.governance.registrar_roles)}"
+        )
+    report = sync(parts.engine, parts.settings.project_dir, actor=caller.actor, allow_dirty=body.allow_dirty)
+    return {
+        "commit": report.commit,
+        "registered": [r.ref for r in report.registered],
+        "unchanged": [r.ref for r in report.unchanged],
+        "errors": [e.message for e in report.errors],
+        "dirty_files": report.dirty_files,
+    }
+
+
+# -- promotions -----------------------------------------------------------------------------------------
+
+
+@router.get("/promotions", summary="List promotions")
+def list_promotions(request: Request, _: Reader, state: str | None = None) -> list[dict[str, Any]]:
+    return [p.as_dict() for p in _promotions(request).list_promotions(state=state)]
+
+
+@router.get("/promotions/{promotion_id}", summary="One promotion")
+def get_promotion(request: Request, _: Reader, promotion_id: str) -> dict[str, Any]:
+    return _promotions(request).get(promotion_id).as_dict()
+
+
+@router.post(
+    "/promotions",
+    status_code=201,
+    summary="Request a promotion (applies at once if the alias is not protected)",
+)
+def request_promotion(request: Request, caller: Caller, body: PromotionRequest) -> dict[str, Any]:
+    ref = parse_ref(body.ref, param="ref")
+    if ref.kind is None or ref.version is None:
+        raise_ref(body.ref)
+    assert ref.kind is not None and ref.version is not None
+    record = _promotions(request).request(
+        caller, kind=ref.kind, name=ref.name, version=ref.version, alias=body.to, reason=body.reason
+    )
+    return record.as_dict()
+
+
+@router.post(
+    "/promotions/{promotion_id}/approve", summary="Approve; the approval that completes the rule applies it"
+)
+def approve(
+    request: Request, caller: Caller, promotion_id: str, body: Decision | None = None
+) -> dict[str, Any]:
+    return (
+        _promotions(request).approve(caller, promotion_id, comment=body.comment if body else None).as_dict()
+    )
+
+
+@router.post("/promotions/{promotion_id}/reject", summary="Reject with a reason")
+def reject(request: Request, caller: Caller, promotion_id: str, body: Rejection) -> dict[str, Any]:
+    return _promotions(request).reject(caller, promotion_id, reason=body.reason).as_dict()
+
+
+@router.post(
+    "/rollback", status_code=201, summary="Roll an alias back (a promotion; admins may do it at once)"
+)
+def rollback(request: Request, caller: Caller, body: RollbackRequest) -> dict[str, Any]:
+    ref = parse_ref(body.ref, param="ref")
+    if ref.kind is None:
+        raise_ref(body.ref)
+    assert ref.kind is not None
+    record = _promotions(request).rollback(
+        caller,
+        kind=ref.kind,
+        name=ref.name,
+        to_version=body.to_version,
+        reason=body.reason,
+        alias=body.alias,
+        emergency=body.emergency,
+    )
+    return record.as_dict()
+
+
+def raise_ref(text: str) -> None:
+    from gateway.errors import InvalidFields
+
+    raise InvalidFields(f"ref: {text!r} must be kind:name@version (kinds: {', '.join(KINDS)})", param="ref")
+
+
+# -- audit ----------------------------------------------------------------------------------------------
+
+
+@router.get("/audit", summary="Audit entries, newest last")
+def audit_entries(
+    request: Request,
+    _: Reader,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    with Session(_engine(request)) as s:
+        rows = s.scalars(
+            select(AuditEntry).where(AuditEntry.seq > after).order_by(AuditEntry.seq).limit(limit)
+        )
+        return [audit_dict(r) for r in rows]
+
+
+def audit_dict(r: AuditEntry) -> dict[str, Any]:
+    return {
+        "seq": r.seq,
+        "ts": as_utc(r.ts).isoformat(),
+        "actor": r.actor,
+        "action": r.action,
+        "target": r.target,
+        "before": r.before,
+        "after": r.after,
+        "reason": r.reason,
+        "prev_hash": r.prev_hash,
+        "hash": r.entry_hash,
+    }
+
+
+@router.get("/audit/verify", summary="Verify the audit hash chain")
+def audit_verify(request: Request, _: Reader) -> dict[str, Any]:
+    result = audit.verify(_engine(request))
+    return {"ok": result.ok, "entries": result.entries, "problem": result.problem, "seq": result.seq}
+
+
+# -- keys -----------------------------------------------------------------------------------------------
+
+
+def _admin(principal: Principal) -> None:
+    if not principal.has_role("admin"):
+        raise PermissionDenied("managing keys needs the admin role")
+
+
+@router.get("/keys", summary="List keys (never their values)")
+def list_keys(request: Request, caller: Caller) -> list[dict[str, Any]]:
+    _admin(caller)
+    return [
+        {
+            "id": k.id,
+            "prefix": k.prefix,
+            "name": k.name,
+            "principal": k.principal,
+            "roles": k.roles,
+            "allow": k.allow,
+            "created_at": k.created_at.isoformat(),
+            "revoked": k.revoked_at is not None,
+        }
+        for k in KeyService(_engine(request)).list(include_revoked=True)
+    ]
+
+
+@router.post("/keys", status_code=201, summary="Create a key; the value is shown once")
+def create_key(request: Request, caller: Caller, body: KeyRequest) -> dict[str, Any]:
+    _admin(caller)
+    record, value = KeyService(_engine(request)).create(
+        name=body.name, roles=body.roles, principal=body.principal, allow=body.allow, actor=caller.actor
+    )
+    return {"id": record.id, "key": value, "principal": record.principal, "roles": record.roles}
+
+
+@router.delete("/keys/{key_id}", summary="Revoke a key")
+def revoke_key(request: Request, caller: Caller, key_id: str) -> dict[str, Any]:
+    _admin(caller)
+    record = KeyService(_engine(request)).revoke(key_id, actor=caller.actor)
+    return {"id": record.id, "revoked": True}
