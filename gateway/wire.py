@@ -58,13 +58,18 @@ def validate(model: type[M], data: Any) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "str", "list[", "dict["))]
         # unions report the branch tried ("messages.0.content.str"); keep the field path only
+        loc = [str(p) for p in first["loc"] if not _is_union_branch(str(p))]
         param = ".".join(loc) or None
         msg = first["msg"]
         if first["type"] == "missing":
             msg = "this field is required"
         raise InvalidFields(f"{param}: {msg}" if param else msg, param=param) from exc
+
+
+def _is_union_branch(part: str) -> bool:
+    """A union branch tag in an error location (`str`, `list[str]`), not a field (`stream`, `strict`)."""
+    return part in ("str", "int", "float", "bool") or part.startswith(("function-", "list[", "dict["))
 
 
 def upstream_body(data: dict[str, Any]) -> dict[str, Any]:
