@@ -53,7 +53,7 @@ def format_validation_error(exc: ValidationError, root: yaml.Node | None, path: 
     line = node.start_mark.line + 1 if node is not None else None
     field = ".".join(str(p) for p in loc) or "(top level)"
     extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field (check its spelling; the spec does not allow it)"
     return ConfigError(f"{field}: {msg}{extra}", path=path, line=line)

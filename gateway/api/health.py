@@ -29,7 +29,8 @@ async def readyz(request: Request) -> Response:
             checks["database"] = False
             checks["database_error"] = type(exc).__name__
         checks["catalog_generation"] = parts.catalog.snapshot.generation
-        checks["routers"] = len(parts.catalog.snapshot.routers)
+        checks["routers"] = len(parts.catalog.names("router"))
+        checks["prompts"] = len(parts.catalog.names("prompt"))
         checks["request_log"] = {
             "running": parts.writer.running,
             "backlog": parts.writer.backlog,

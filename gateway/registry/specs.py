@@ -112,12 +112,17 @@ class PromptMessage(StrictModel):
     content: str | None = None
     file: str | None = Field(None, description="Template file, relative to the prompts/ directory.")
 
+    @field_validator("content")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_template(value)
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> PromptMessage:
         if (self.content is None) == (self.file is None):
             raise ValueError("give exactly one of content (an inline template) or file (a template file)")
-        if self.content is not None:
-            check_template(self.content)
         if self.file is not None and (self.file.startswith("/") or ".." in self.file.split("/")):
             raise ValueError("file must be a relative path inside the prompts/ directory")
         return self
