@@ -29,6 +29,9 @@ from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry.sync import bootstrap
+from gateway.retrieval.build import bootstrap_indexes
+from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
+from gateway.retrieval.store import make_store
 from gateway.serving import Gateway
 from gateway.settings import GatewayConfig, Settings
 
@@ -46,6 +49,7 @@ class Parts:
     metrics: Metrics
     gateway: Gateway
     alerts: Alerts
+    retrieval: IndexRetriever
 
 
 def prepare_database(settings: Settings) -> Engine:
@@ -61,7 +65,8 @@ def prepare_database(settings: Settings) -> Engine:
 
 
 def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:
-    adapters = Adapters(AdapterServices(MiniLMEmbedder()))
+    minilm = MiniLMEmbedder()  # the one MiniLM of the process: local embeddings and index queries
+    adapters = Adapters(AdapterServices(minilm))
     catalog = Catalog(engine, adapters, refresh_interval_s=config.cache.refresh_interval_s)
     metrics = Metrics()
     writer = RequestLogWriter(
@@ -75,9 +80,13 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     )
     metrics.gauge("opsgate_request_log_backlog", "Log rows waiting to be written.", lambda: writer.backlog)
     metrics.gauge("opsgate_request_log_written", "Log rows written.", lambda: writer.stats.written)
-    gateway = Gateway(catalog, writer, metrics)
+    data_dir = settings.resolved_data_dir()
+    library = IndexLibrary(make_store(data_dir, settings.chroma_url, minilm), data_dir, minilm)
+    retriever = IndexRetriever(catalog, library)
+    catalog.listeners.append(retriever.on_snapshot)  # opens aliased index versions ahead of requests
+    gateway = Gateway(catalog, writer, metrics, retriever)
     alerts = Alerts(config.alerts)
-    return Parts(settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts)
+    return Parts(settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -91,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parts = build_parts(settings, config, engine)
         app.state.parts = parts
         app.state.gateway = parts.gateway
+        builder = parts.retrieval.library.builder(engine, settings.project_dir)
+        await asyncio.to_thread(bootstrap_indexes, builder, actor="system:bootstrap")  # first start only
         await parts.catalog.start()
         parts.writer.start()
         app.state.ready = True
@@ -100,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ready = False
             await parts.writer.stop()
             await parts.catalog.stop()
+            await parts.retrieval.stop()
             await parts.adapters.close()
             await parts.alerts.close()
             engine.dispose()

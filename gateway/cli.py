@@ -17,12 +17,14 @@ import typer
 
 from gateway.errors import OpsgateError
 from gateway.offline import apply_offline_env
+from gateway.retrieval.cli import index_app
 
 app = typer.Typer(help="opsgate: a ModelOps gateway.", no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 logs_app = typer.Typer(help="Read the request log.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(logs_app, name="logs")
+app.add_typer(index_app, name="index")
 
 KeyOption = Annotated[
     str | None, typer.Option("--key", envvar="OPSGATE_API_KEY", help="Your API key (or OPSGATE_API_KEY).")

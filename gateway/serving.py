@@ -59,6 +59,7 @@ class Call:
     cost: float | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    citations: list[dict[str, Any]] | None = None  # RAG answers: the retrieved chunks, for the body
     finished: bool = False
 
     @property
@@ -85,6 +86,17 @@ class Retriever(Protocol):
     async def retrieve(
         self, call: Call, spec: PromptSpec, variables: dict[str, Any], messages: list[Any]
     ) -> list[dict[str, Any]]: ...
+
+
+def citations(context: list[dict[str, Any]], *, include_text: bool) -> list[dict[str, Any]]:
+    """The `citations` of a RAG answer; chunk text only when the caller opted in (`include_context`)."""
+    keys = ("document_id", "chunk_id", "source", "score", "index") + (("text",) if include_text else ())
+    return [{k: c.get("id") if k == "chunk_id" else c.get(k) for k in keys} for c in context]
+
+
+def _include_context(data: Json) -> bool:
+    options = data.get("opsgate")
+    return isinstance(options, dict) and options.get("include_context") is True
 
 
 def prompt_params(spec: PromptSpec) -> Json:
@@ -177,6 +189,7 @@ class Gateway:
                     code="retrieval_unavailable",
                 )
             context = await self.retriever.retrieve(call, spec, variables, data.get("messages") or [])
+            call.citations = citations(context, include_text=_include_context(data))
         rendered = render_messages(spec, variables, templates=record.files, context=context)
         router_ref = parse_ref(spec.router, default_kind="router")
         router = self._router(call, router_ref.name, router_ref.selector, "chat")
@@ -232,6 +245,8 @@ class Gateway:
         data, result = await router.chat(body)
         call.upstream_ms = (time.perf_counter() - started) * 1000
         call.route_result = result
+        if call.citations is not None:
+            data["citations"] = call.citations
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
         text = "".join(
             message_text(c.get("message")) for c in data.get("choices") or () if isinstance(c, dict)
@@ -269,6 +284,8 @@ class Gateway:
         last_meta: Json = first
         status: int = 200
         error: OpsgateError | None = None
+        if call.citations is not None:
+            first = {**first, "citations": call.citations}
         try:
             chunk: Json | None = first
             while chunk is not None:

@@ -1,0 +1,214 @@
+"""Retrieval on the request path: a RAG prompt's index version -> chunks for its template.
+
+`IndexLibrary` keeps the index versions it has opened (versions are immutable, so an entry never goes
+stale; a rolled-back version is still open, so rollback costs nothing). `IndexRetriever` implements
+`gateway.serving.Retriever`: it resolves `retrieval.index` through the catalog (memory only, no
+database), embeds the query the way that version was built, searches, and records lineage on the call:
+the index ref in `call.artifacts`, chunk ids and scores in `call.extra["retrieval"]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from gateway.catalog import Catalog, Snapshot
+from gateway.errors import InvalidRequest, NotFound, UpstreamUnavailable
+from gateway.providers.minilm import MiniLMEmbedder
+from gateway.registry.refs import parse_ref
+from gateway.registry.render import render_template
+from gateway.registry.specs import PromptSpec, RetrievalSpec
+from gateway.registry.store import VersionRecord
+from gateway.retrieval.build import IndexBuilder, lexical_dir
+from gateway.retrieval.embedders import vectors_from_response
+from gateway.retrieval.lexical import LexicalIndex
+from gateway.retrieval.search import DEFAULT_MODE, Hit, IndexReader, Mode
+from gateway.retrieval.spec import IndexSpec, RouterEmbedder
+from gateway.retrieval.store import ChromaStore, collection_name
+from gateway.usage import message_text
+
+log = logging.getLogger("opsgate.retrieval")
+PAGE = 5000
+
+
+def embedder_config(spec: IndexSpec) -> dict[str, Any]:
+    return {"type": spec.embedder.type}
+
+
+class IndexLibrary:
+    def __init__(self, store: ChromaStore, data_dir: Path, minilm: MiniLMEmbedder) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.minilm = minilm
+        self._readers: dict[tuple[str, int, str], IndexReader] = {}
+        self._lock = threading.Lock()
+
+    def reader(self, record: VersionRecord, spec: IndexSpec | None = None) -> IndexReader:
+        key = (record.name, record.version, record.content_hash)
+        reader = self._readers.get(key)
+        if reader is not None:
+            return reader
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is None:
+                reader = self._open(record, spec or IndexSpec.model_validate(record.spec))
+                self._readers[key] = reader
+        return reader
+
+    def _open(self, record: VersionRecord, spec: IndexSpec) -> IndexReader:
+        name = collection_name(record.name, record.version, record.content_hash)
+        collection = self.store.get(name, embedder_config(spec))
+        if collection is None:
+            raise UpstreamUnavailable(
+                f"{record.ref} has no collection {name!r} in the index store ({self.store.where}); build it"
+                f" with `opsgate index build {record.name}`",
+                code="index_unavailable",
+            )
+        folder = lexical_dir(self.data_dir, name)
+        return IndexReader(record.ref, collection, spec.distance, lambda: self._lexical(collection, folder))
+
+    def _lexical(self, collection: Any, folder: Path) -> LexicalIndex:
+        index = LexicalIndex.load(folder)
+        if index is not None:
+            return index
+        log.info("rebuilding the lexical index of %s from its chunks in chroma", collection.name)
+        ids: list[str] = []
+        texts: list[str] = []
+        total = collection.count()
+        for offset in range(0, total, PAGE):
+            page = collection.get(include=["documents"], limit=PAGE, offset=offset)
+            ids.extend(page["ids"])
+            texts.extend(page["documents"] or [])
+        index = LexicalIndex.build(ids, texts)
+        index.save(folder)
+        return index
+
+    def builder(self, engine: Engine, project_dir: Path) -> IndexBuilder:
+        return IndexBuilder(engine, project_dir, self.store, self.data_dir, self.minilm)
+
+    def warm(self, record: VersionRecord) -> None:
+        """Open a version, load its lexical index and the query embedder, so its first query is fast."""
+        reader = self.reader(record)
+        reader.lexical_index()
+        if IndexSpec.model_validate(record.spec).embedder.type == "local":
+            self.minilm.encode(["warm up"])
+
+
+def last_user_message(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message_text(message)
+    return ""
+
+
+class IndexRetriever:
+    def __init__(self, catalog: Catalog, library: IndexLibrary, *, default_mode: Mode = DEFAULT_MODE) -> None:
+        self.catalog = catalog
+        self.library = library
+        self.default_mode = default_mode
+        self._warming: set[tuple[str, int, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def retrieve(
+        self, call: Any, spec: PromptSpec, variables: dict[str, Any], messages: list[Any]
+    ) -> list[dict[str, Any]]:
+        assert spec.retrieval is not None
+        record = self.resolve(spec.retrieval.index, spec.name)
+        index_spec: IndexSpec = self.catalog.spec_for(record, IndexSpec)
+        query = self.query(spec, spec.retrieval, variables, messages)
+        mode: Mode = spec.retrieval.mode or self.default_mode
+        hits = await self.search(record, index_spec, query, spec.retrieval.top_k, mode)
+        if spec.retrieval.min_score is not None:
+            hits = [h for h in hits if h.score >= spec.retrieval.min_score]
+        call.artifacts.append(record.ref)
+        call.extra["retrieval"] = {
+            "index": record.ref,
+            "mode": mode,
+            "top_k": spec.retrieval.top_k,
+            "chunks": [{"id": h.id, "document_id": h.document_id, "score": round(h.score, 6)} for h in hits],
+        }
+        return [h.context(record.ref) for h in hits]
+
+    def resolve(self, index: str, prompt: str) -> VersionRecord:
+        ref = parse_ref(index, default_kind="index", param="retrieval.index")
+        try:
+            return self.catalog.resolve("index", ref.name, ref.selector)
+        except NotFound as exc:
+            raise NotFound(
+                f"prompt {prompt!r} retrieves from {index!r}: {exc.message}; build it with"
+                f" `opsgate index build {ref.name}`",
+                code="index_not_found",
+            ) from exc
+
+    @staticmethod
+    def query(
+        spec: PromptSpec, retrieval: RetrievalSpec, variables: dict[str, Any], messages: list[Any]
+    ) -> str:
+        question = last_user_message(messages)
+        if retrieval.query is not None:
+            values = {**variables, "messages": messages, "question": question}
+            question = render_template(retrieval.query, values, where=f"prompt {spec.name!r} retrieval.query")
+        if not question.strip():
+            raise InvalidRequest(
+                f"prompt {spec.name!r} retrieves with the last user message as its query: send a user message",
+                param="messages",
+                code="missing_query",
+            )
+        return question
+
+    async def search(
+        self, record: VersionRecord, spec: IndexSpec, query: str, top_k: int, mode: Mode
+    ) -> list[Hit]:
+        if isinstance(spec.embedder, RouterEmbedder) and mode != "lexical":
+            vector = await self._router_vector(spec.embedder, query)
+            return await asyncio.to_thread(self._search, record, spec, query, vector, top_k, mode)
+        return await asyncio.to_thread(self._search, record, spec, query, None, top_k, mode)
+
+    def _search(
+        self, record: VersionRecord, spec: IndexSpec, query: str, vector: Any, top_k: int, mode: Mode
+    ) -> list[Hit]:
+        reader = self.library.reader(record, spec)
+        if vector is None and mode != "lexical":
+            vector = self.library.minilm.encode([query])[0]
+        return reader.search(query, vector, top_k, mode)
+
+    async def _router_vector(self, embedder: RouterEmbedder, query: str) -> Any:
+        name, _, version = embedder.router.partition("@")
+        router = self.catalog.router_for(self.catalog.resolve("router", name, version or None))
+        data, _ = await router.embed({"model": router.name, "input": [query]})
+        return vectors_from_response(data, 1, f"router {router.ref}")[0]
+
+    # -- cache refresh ---------------------------------------------------------------------------------
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        """Catalog listener: open (in the background) every index version an alias points at."""
+        for (kind, name), aliases in snapshot.aliases.items():
+            if kind != "index":
+                continue
+            for version in set(aliases.values()):
+                record = snapshot.records.get((kind, name, version))
+                if record is None:
+                    continue
+                key = (record.name, record.version, record.content_hash)
+                if key in self._warming:
+                    continue
+                self._warming.add(key)
+                task = asyncio.get_running_loop().create_task(self._warm(record))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _warm(self, record: VersionRecord) -> None:
+        try:
+            await asyncio.to_thread(self.library.warm, record)
+        except Exception as exc:  # noqa: BLE001 - warming is an optimisation; the request path reports it
+            log.warning("could not open %s ahead of requests: %s", record.ref, exc)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
