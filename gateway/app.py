@@ -16,11 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.api import admin, health, metrics_api, openai
+from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.catalog import Catalog
 from gateway.db.engine import make_engine, migrate
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.keys import KeyService
+from gateway.ml.service import MLService
 from gateway.monitoring.alerts import Alerts
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import RequestLogWriter
@@ -100,15 +102,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parts = build_parts(settings, config, engine)
         app.state.parts = parts
         app.state.gateway = parts.gateway
+        ml = app.state.ml = MLService.create(parts)  # classic models: cache, writer, monitor
         builder = parts.retrieval.library.builder(engine, settings.project_dir)
         await asyncio.to_thread(bootstrap_indexes, builder, actor="system:bootstrap")  # first start only
         await parts.catalog.start()
         parts.writer.start()
+        ml.start()
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            await ml.stop()
             await parts.writer.stop()
             await parts.catalog.stop()
             await parts.retrieval.stop()
@@ -127,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
+    app.include_router(ml_api.router)
     app.include_router(admin.router)
     _install_error_handlers(app)
     return app

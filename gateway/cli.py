@@ -16,6 +16,7 @@ import orjson
 import typer
 
 from gateway.errors import OpsgateError
+from gateway.ml.cli import ml_app
 from gateway.offline import apply_offline_env
 from gateway.retrieval.cli import index_app
 
@@ -24,6 +25,7 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 logs_app = typer.Typer(help="Read the request log.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(logs_app, name="logs")
+app.add_typer(ml_app, name="ml")
 app.add_typer(index_app, name="index")
 
 KeyOption = Annotated[

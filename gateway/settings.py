@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.ml.config import MLConfig
 from gateway.monitoring.alerts import AlertsConfig
 from gateway.yamlspec import StrictModel, load_spec
 
@@ -67,6 +68,7 @@ class GatewayConfig(StrictModel):
     cache: CacheConfig = CacheConfig()
     governance: GovernanceConfig = GovernanceConfig()
     alerts: AlertsConfig = AlertsConfig()
+    ml: MLConfig = MLConfig()
 
 
 class Settings(BaseSettings):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -52,6 +53,57 @@ class Metrics:
             ["deployment", "outcome"],
             registry=r,
         )
+
+        # Classic ML models: the same `artifact` label (model:name@version) as every other request.
+        self.ml_rows = Counter("opsgate_ml_rows", "Rows scored by classic models.", ["artifact"], registry=r)
+        self.ml_violations = Counter(
+            "opsgate_ml_violations",
+            "Data-quality violations by field and rule (rejected or flagged).",
+            ["artifact", "field", "rule"],
+            registry=r,
+        )
+        self.ml_drift_share = Gauge(
+            "opsgate_ml_drift_share", "Share of input columns drifted (last check).", ["artifact"], registry=r
+        )
+        self.ml_dataset_drift = Gauge(
+            "opsgate_ml_dataset_drift", "1 when the last check found dataset drift.", ["artifact"], registry=r
+        )
+        self.ml_quality = Gauge(
+            "opsgate_ml_performance",
+            "Accuracy, F1, AUC (or MAE, RMSE, R2) from feedback (last check).",
+            ["artifact", "metric"],
+            registry=r,
+        )
+        self.ml_fairness = Gauge(
+            "opsgate_ml_fairness",
+            "Disparate impact and parity / opportunity differences (last check).",
+            ["artifact", "attribute", "metric"],
+            registry=r,
+        )
+
+    def observe_ml_rows(self, artifact: str, rows: int) -> None:
+        self.ml_rows.labels(artifact).inc(rows)
+
+    def observe_ml_violations(self, artifact: str, violations: Iterable[tuple[str, str]]) -> None:
+        for field, rule in violations:
+            self.ml_violations.labels(artifact, field, rule).inc()
+
+    def observe_ml_figures(self, artifact: str, figures: dict[str, Any]) -> None:
+        drift = figures.get("drift", {})
+        if drift.get("status") == "ok":
+            self.ml_drift_share.labels(artifact).set(drift["share"])
+            self.ml_dataset_drift.labels(artifact).set(1 if drift["dataset_drift"] else 0)
+        accuracy = figures.get("accuracy", {})
+        for name, window in accuracy.get("windows", {}).items():
+            if name.startswith("last_"):
+                for metric, value in window.items():
+                    if metric != "n" and isinstance(value, int | float):
+                        self.ml_quality.labels(artifact, metric).set(value)
+        fairness = figures.get("fairness", {})
+        for attr, found in fairness.get("attributes", {}).items():
+            for metric in ("disparate_impact", "demographic_parity_difference", "equal_opportunity_difference"):
+                if found.get(metric) is not None:
+                    self.ml_fairness.labels(artifact, attr, metric).set(found[metric])
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         Gauge(name, doc, registry=self.registry).set_function(read)

@@ -1,0 +1,160 @@
+"""Request bodies -> rows (a list of {column: value}), for opsgate's own endpoint and MLflow's.
+
+MLflow's scoring protocol (`POST /invocations`), so MLflow serving clients can switch by changing the URL:
+    {"dataframe_split": {"columns": [...], "data": [[...], ...]}}      pandas "split" orient
+    {"dataframe_records": [{col: value, ...}, ...]}                     pandas "records" orient
+    {"instances": [{...}, ...] | [[...], ...]}                           TF-serving row format
+    {"inputs": {col: [values], ...} | [{...}, ...] | [[...], ...]}       TF-serving columnar format
+    text/csv with a header row
+An optional "params" object is accepted and ignored (sklearn models take no inference params).
+Positional rows (lists) follow the model's feature order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import orjson
+
+from gateway.errors import InvalidFields, InvalidJSON
+from gateway.ml.schema import coerce_csv_value
+from gateway.ml.spec import ModelSpec
+
+MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+Rows = list[Any]
+
+
+def loads(raw: bytes) -> Any:
+    """JSON, also with NaN/Infinity literals (Python's json writes them), so they reach the data checks."""
+    if not raw.strip():
+        raise InvalidJSON("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            reason = str(exc).split(":", 1)[0]
+            raise InvalidJSON(f"the request body is not valid JSON ({reason})") from exc
+
+
+def _rows_list(value: Any, param: str) -> Rows:
+    if not isinstance(value, list):
+        raise InvalidFields(f"{param}: must be a list of rows", param=param)
+    if not value:
+        raise InvalidFields(f"{param}: send at least one row", param=param)
+    return value
+
+
+def positional(rows: list[Any], spec: ModelSpec, param: str) -> Rows:
+    """Rows given as lists of values, in the model's feature order."""
+    order = spec.feature_order or spec.feature_names
+    out: Rows = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            return rows  # mixed shapes: leave it to the row checks, which name the row
+        if len(row) != len(order):
+            raise InvalidFields(
+                f"{param}[{i}]: has {len(row)} values; positional rows need {len(order)} in the order"
+                f" {order}",
+                param=f"{param}[{i}]",
+            )
+        out.append(dict(zip(order, row, strict=True)))
+    return out
+
+
+def predict_rows(data: Any) -> tuple[Rows, bool]:
+    """opsgate's own body: {"records": [...], "explain": false}."""
+    if not isinstance(data, dict):
+        raise InvalidFields("the request body must be a JSON object with records", code="invalid_body")
+    unknown = set(data) - {"records", "explain"}
+    if unknown:
+        raise InvalidFields(
+            f"{sorted(unknown)[0]}: unknown field; send records (a list of rows) and optionally explain",
+            param=sorted(unknown)[0],
+        )
+    if "records" not in data:
+        raise InvalidFields("records: this field is required (a list of rows)", param="records")
+    explain = data.get("explain", False)
+    if not isinstance(explain, bool):
+        raise InvalidFields("explain: must be true or false", param="explain")
+    return _rows_list(data["records"], "records"), explain
+
+
+def mlflow_rows(data: Any, spec: ModelSpec) -> Rows:
+    if not isinstance(data, dict):
+        raise InvalidFields("the body must be a JSON object with one of " + ", ".join(MLFLOW_KEYS))
+    present = [k for k in MLFLOW_KEYS if k in data]
+    extra = set(data) - set(MLFLOW_KEYS) - {"params"}
+    if len(present) != 1 or extra:
+        raise InvalidFields(
+            "the body must have exactly one of dataframe_split, dataframe_records, instances or inputs"
+            + (f" (unknown field: {sorted(extra)[0]})" if extra else ""),
+            code="invalid_mlflow_input",
+        )
+    key = present[0]
+    value = data[key]
+    if key == "dataframe_split":
+        return _split(value, spec)
+    if key == "inputs" and isinstance(value, dict):
+        return _columnar(value)
+    rows = _rows_list(value, key)
+    return positional(rows, spec, key)
+
+
+def _split(value: Any, spec: ModelSpec) -> Rows:
+    if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+        raise InvalidFields(
+            "dataframe_split: needs columns and data (a list of rows)", param="dataframe_split"
+        )
+    data = _rows_list(value["data"], "dataframe_split.data")
+    columns = value.get("columns")
+    if columns is None:
+        return positional(data, spec, "dataframe_split.data")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise InvalidFields(
+            "dataframe_split.columns: must be a list of names", param="dataframe_split.columns"
+        )
+    out: Rows = []
+    for i, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise InvalidFields(
+                f"dataframe_split.data[{i}]: must be a list of {len(columns)} values (one per column)",
+                param=f"dataframe_split.data[{i}]",
+            )
+        out.append(dict(zip(columns, row, strict=True)))
+    return out
+
+
+def _columnar(value: dict[str, Any]) -> Rows:
+    lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
+    if not value or len(lengths) != 1 or -1 in lengths or 0 in lengths:
+        raise InvalidFields("inputs: columnar inputs need one non-empty list per column, all of one length")
+    (n,) = lengths
+    return [{col: values[i] for col, values in value.items()} for i in range(n)]
+
+
+def csv_rows(raw: bytes, spec: ModelSpec) -> Rows:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON("the CSV body is not UTF-8") from exc
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header:
+        raise InvalidFields("the CSV body needs a header row naming the columns", code="invalid_csv")
+    out: Rows = []
+    for i, cells in enumerate(reader):
+        if not cells:
+            continue
+        if len(cells) != len(header):
+            raise InvalidFields(
+                f"CSV row {i}: has {len(cells)} cells for {len(header)} columns", code="invalid_csv"
+            )
+        out.append({c: coerce_csv_value(spec.inputs.get(c), v) for c, v in zip(header, cells, strict=True)})
+    if not out:
+        raise InvalidFields("the CSV body has no data rows", code="invalid_csv")
+    return out

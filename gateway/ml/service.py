@@ -1,0 +1,416 @@
+"""Classic models on the gateway's road: resolve model@v -> data-quality checks -> predict -> log -> monitor.
+
+HTTP-free (gateway/api/ml.py is the thin layer). The request path reads no database: versions come from
+the catalog's snapshot, loaded models from an in-memory cache keyed by (name, version, hash) and filled
+off the request path whenever an alias points at a version (or, once, by the first request for another
+version). Prediction payloads go to the ML writer's queue; the request itself to the shared request log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from gateway.catalog import Catalog, Snapshot
+from gateway.db.state import utcnow
+from gateway.errors import InvalidFields, ModelNotFound, NotFound, OpsgateError, PermissionDenied
+from gateway.ml.artifacts import ArtifactStore, load_estimator, verified_files
+from gateway.ml.config import MLConfig
+from gateway.ml.errors import DataQualityError, ModelUnavailable, Violation
+from gateway.ml.explain import Explainer
+from gateway.ml.model import Outputs, ServedModel
+from gateway.ml.monitor import Monitor
+from gateway.ml.schema import split
+from gateway.ml.spec import ModelSpec
+from gateway.ml.tables import MLFeedback, MLPrediction, MLQualityEvent
+from gateway.ml.writer import Batch, MLWriter
+from gateway.monitoring.alerts import Alerts
+from gateway.monitoring.metrics import Metrics
+from gateway.registry.refs import parse_ref
+from gateway.registry.store import VersionRecord
+from gateway.serving import Call
+
+log = logging.getLogger("opsgate.ml")
+Key = tuple[str, int, str]
+RETRY_FAILED_LOAD_S = 5.0
+RECENT_REQUESTS = 100_000
+
+
+def load_served(
+    record: VersionRecord, spec: ModelSpec, project_dir: Path, store: ArtifactStore
+) -> ServedModel:
+    """Verify the version's bytes (store first, then the project), load the model safely. Blocking."""
+    files = verified_files(spec, record.content_hash, record.ref, record.source_path, project_dir, store)
+    estimator = load_estimator(spec, files[spec.model.file], record.ref)
+    return ServedModel.build(
+        record.ref, record.name, record.version, record.content_hash, spec, estimator, files
+    )
+
+
+class Prediction:
+    """What one predict call produced (the API layer shapes it for its protocol)."""
+
+    __slots__ = ("explanations", "ids", "outputs", "served", "violations")
+
+    def __init__(
+        self, served: ServedModel, outputs: Outputs, ids: list[str], violations: list[Violation]
+    ) -> None:
+        self.served = served
+        self.outputs = outputs
+        self.ids = ids
+        self.violations = violations
+        self.explanations: list[dict[str, Any]] | None = None
+
+
+class MLService:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        catalog: Catalog,
+        metrics: Metrics,
+        alerts: Alerts,
+        config: MLConfig,
+        project_dir: Path,
+        data_dir: Path,
+    ) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.metrics = metrics
+        self.alerts = alerts
+        self.config = config
+        self.project_dir = project_dir
+        self.store = ArtifactStore(data_dir / "ml" / "store")
+        self.writer = MLWriter(
+            engine,
+            queue_size=config.queue_size,
+            batch_size=config.batch_size,
+            flush_interval_s=config.flush_interval_s,
+        )
+        self.monitor = Monitor(engine, project_dir)
+        self._served: dict[Key, ServedModel] = {}
+        self._explainers: dict[Key, Explainer] = {}
+        self._loading: dict[Key, asyncio.Task[ServedModel]] = {}
+        self._failed: dict[Key, tuple[float, OpsgateError]] = {}
+        self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (name, version)
+        self._monitor_task: asyncio.Task[None] | None = None
+        catalog.listeners.append(self._on_snapshot)
+
+    @classmethod
+    def create(cls, parts: Any) -> MLService:
+        """From the app's Parts (gateway.app): the catalog, metrics, alerts and settings it shares."""
+        service = cls(
+            engine=parts.engine,
+            catalog=parts.catalog,
+            metrics=parts.metrics,
+            alerts=parts.alerts,
+            config=parts.config.ml,
+            project_dir=parts.settings.project_dir,
+            data_dir=parts.settings.resolved_data_dir(),
+        )
+        writer = service.writer
+        parts.metrics.gauge(
+            "opsgate_ml_log_dropped", "ML prediction rows dropped (queue full).", lambda: writer.stats.dropped
+        )
+        parts.metrics.gauge(
+            "opsgate_ml_log_backlog", "ML batches waiting to be written.", lambda: writer.backlog
+        )
+        return service
+
+    # -- life cycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.writer.start()
+        if self.config.monitor_interval_s > 0:
+            self._monitor_task = asyncio.create_task(self._monitor_loop(), name="opsgate-ml-monitor")
+
+    async def stop(self) -> None:
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor_task
+        for task in list(self._loading.values()):
+            with contextlib.suppress(Exception):
+                await task
+        await self.writer.stop()
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        if not self.config.preload:
+            return
+        for (kind, name), aliases in snapshot.aliases.items():
+            if kind != "model":
+                continue
+            for version in set(aliases.values()):
+                record = snapshot.records.get((kind, name, version))
+                if record is not None and self._key(record) not in self._served:
+                    task = self._load_task(record)
+                    task.add_done_callback(_log_failure)
+
+    # -- models --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(record: VersionRecord) -> Key:
+        return (record.name, record.version, record.content_hash)
+
+    def _load_task(self, record: VersionRecord) -> asyncio.Task[ServedModel]:
+        key = self._key(record)
+        task = self._loading.get(key)
+        if task is None:
+            spec: ModelSpec = self.catalog.spec_for(record, ModelSpec)
+            task = asyncio.create_task(
+                asyncio.to_thread(load_served, record, spec, self.project_dir, self.store)
+            )
+            self._loading[key] = task
+            task.add_done_callback(functools.partial(self._loaded, key))
+        return task
+
+    def _loaded(self, key: Key, task: asyncio.Task[ServedModel]) -> None:
+        self._loading.pop(key, None)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self._served[key] = task.result()
+            self._failed.pop(key, None)
+        elif isinstance(exc, OpsgateError):
+            self._failed[key] = (time.monotonic(), exc)
+
+    async def served(self, record: VersionRecord) -> ServedModel:
+        key = self._key(record)
+        found = self._served.get(key)
+        if found is not None:
+            return found
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[0] < RETRY_FAILED_LOAD_S:
+            raise failed[1]
+        try:
+            return await asyncio.shield(self._load_task(record))
+        except OpsgateError:
+            raise
+        except Exception as exc:
+            raise ModelUnavailable(f"{record.ref} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+
+    def resolve(self, call: Call, target: str) -> VersionRecord:
+        call.model = target
+        ref = parse_ref(target, default_kind="model", param="model")
+        if ref.kind != "model":
+            raise ModelNotFound(
+                f"{target!r} is not a model; use name, name@VERSION or name@ALIAS", param="model"
+            )
+        record = self.catalog.resolve("model", ref.name, ref.selector)
+        assert call.principal is not None
+        if not call.principal.may_call("model", record.name):
+            raise PermissionDenied(
+                f"this key may not call model:{record.name} (its allow list does not include it)",
+                param="model",
+            )
+        call.artifacts.append(record.ref)
+        return record
+
+    async def served_for(self, name: str, selector: str | None) -> ServedModel:
+        return await self.served(self.catalog.resolve("model", name, selector))
+
+    def explainer(self, served: ServedModel) -> Explainer:
+        key = (served.name, served.version, served.content_hash)
+        found = self._explainers.get(key)
+        if found is None:
+            found = self._explainers[key] = Explainer(served)
+        return found
+
+    # -- predict ---------------------------------------------------------------------------------------
+
+    async def predict(
+        self, call: Call, record: VersionRecord, rows: list[Any], *, explain: bool = False
+    ) -> Prediction:
+        # POLICY: the pre-call policy pipeline (rate limits, budgets) goes here once gateway/policy lands,
+        # called exactly as the chat path calls it, with call.artifacts already holding model:name@v.
+        served = await self.served(record)
+        assert served.validator is not None
+        violations = served.validator.validate(rows)
+        artifact = served.ref.split("#", 1)[0]
+        if violations:
+            self.metrics.observe_ml_violations(artifact, [(v.field, v.rule) for v in violations])
+            hard, _soft = split(violations)
+            reject = bool(hard) or served.spec.data_quality.on_violation == "reject"
+            self._quality_event(call, served, "reject" if reject else "flag", len(rows), violations)
+            call.decisions.append(
+                {
+                    "check": "data_quality",
+                    "action": "reject" if reject else "flag",
+                    "violations": len(violations),
+                }
+            )
+            if reject:
+                raise DataQualityError(violations)
+        try:
+            if len(rows) > self.config.inline_rows:
+                outputs = await asyncio.to_thread(served.predict, rows)
+            else:
+                outputs = served.predict(rows)
+        except (ValueError, TypeError) as exc:
+            raise InvalidFields(
+                f"the model could not score these rows: {str(exc)[:500]}", code="model_input_error"
+            ) from exc
+        ids = [f"{call.request_id}:{i}" for i in range(len(rows))]
+        self._log_predictions(call, served, rows, outputs, ids, violations)
+        self.metrics.observe_ml_rows(artifact, len(rows))
+        call.extra["ml"] = {"rows": len(rows), "flagged": len({v.row for v in violations})}
+        result = Prediction(served, outputs, ids, violations)
+        if explain:
+            result.explanations = await asyncio.to_thread(self.explainer(served).explain_rows, rows)
+        return result
+
+    def _log_predictions(
+        self,
+        call: Call,
+        served: ServedModel,
+        rows: list[Any],
+        outputs: Outputs,
+        ids: list[str],
+        violations: list[Violation],
+    ) -> None:
+        flags: dict[int, list[dict[str, Any]]] = {}
+        for v in violations:
+            flags.setdefault(v.row, []).append({"field": v.field, "rule": v.rule})
+        labels, scores, values = outputs.labels, outputs.scores, outputs.values
+        ts = call.ts
+        batch = [
+            {
+                "id": ids[i],
+                "request_id": call.request_id,
+                "ts": ts,
+                "name": served.name,
+                "version": served.version,
+                "content_hash": served.content_hash,
+                "inputs": row,
+                "label": labels[i] if labels is not None else None,
+                "score": scores[i] if scores is not None else None,
+                "value": values[i] if values is not None else None,
+                "flags": flags.get(i),
+            }
+            for i, row in enumerate(rows)
+        ]
+        self.writer.submit(Batch(MLPrediction, batch))
+        self._recent[call.request_id] = (served.name, served.version)
+        if len(self._recent) > RECENT_REQUESTS:
+            self._recent.popitem(last=False)
+
+    def _quality_event(
+        self, call: Call, served: ServedModel, action: str, rows: int, violations: list[Violation]
+    ) -> None:
+        row = {
+            "request_id": call.request_id,
+            "ts": call.ts,
+            "name": served.name,
+            "version": served.version,
+            "action": action,
+            "rows": rows,
+            "violations": [v.as_dict() for v in violations[:1000]],
+        }
+        self.writer.submit(Batch(MLQualityEvent, [row]))
+
+    # -- feedback --------------------------------------------------------------------------------------
+
+    async def feedback(self, call: Call, name: str, items: list[dict[str, Any]]) -> int:
+        if not self.catalog.has("model", name):
+            raise ModelNotFound(f"model:{name} does not exist in the registry", param="model")
+        assert call.principal is not None
+        if not call.principal.may_call("model", name):
+            raise PermissionDenied(f"this key may not call model:{name}", param="model")
+        versions = await self._prediction_versions(name, [str(i["prediction_id"]) for i in items])
+        rows = []
+        for i, item in enumerate(items):
+            pid = str(item["prediction_id"])
+            version = versions.get(pid)
+            if version is None:
+                raise NotFound(
+                    f"feedback[{i}].prediction_id: {pid!r} is not a prediction of model:{name} (ids are"
+                    " '<x-opsgate-request-id>:<row>')",
+                    code="prediction_not_found",
+                )
+            self._check_label(name, version, item["label"], i)
+            rows.append(
+                {
+                    "prediction_id": pid,
+                    "name": name,
+                    "ts": utcnow(),
+                    "label": item["label"],
+                    "key_id": call.principal.key_id,
+                }
+            )
+        self.writer.submit(Batch(MLFeedback, rows))
+        return len(rows)
+
+    async def _prediction_versions(self, name: str, ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        unknown: list[str] = []
+        for pid in ids:
+            request_id, _, row = pid.rpartition(":")
+            recent = self._recent.get(request_id)
+            if recent is not None and recent[0] == name and row.isdigit():
+                found[pid] = recent[1]
+            else:
+                unknown.append(pid)
+        if unknown:
+            found.update(await asyncio.to_thread(self._lookup, name, unknown))
+        return found
+
+    def _lookup(self, name: str, ids: list[str]) -> dict[str, int]:
+        with Session(self.engine) as s:
+            q = select(MLPrediction.id, MLPrediction.version).where(
+                MLPrediction.name == name, MLPrediction.id.in_(ids)
+            )
+            return {pid: version for pid, version in s.execute(q)}
+
+    def _check_label(self, name: str, version: int, label: Any, i: int) -> None:
+        served = next((m for k, m in self._served.items() if k[0] == name and k[1] == version), None)
+        if isinstance(label, dict | list) or label is None:
+            raise InvalidFields(
+                f"feedback[{i}].label: must be a single value (the true label)", param=f"feedback[{i}].label"
+            )
+        if served is None:
+            return
+        if served.classes is None:
+            if isinstance(label, bool) or not isinstance(label, int | float):
+                raise InvalidFields(
+                    f"feedback[{i}].label: must be a number (regression)", param=f"feedback[{i}].label"
+                )
+        elif str(label) not in {str(c) for c in served.classes}:
+            raise InvalidFields(
+                f"feedback[{i}].label: {label!r} is not one of the model's classes {served.classes}",
+                param=f"feedback[{i}].label",
+            )
+
+    # -- monitoring ------------------------------------------------------------------------------------
+
+    async def _deliver(self, kind: str, payload: dict[str, Any]) -> None:
+        self.alerts.emit(kind, payload)
+
+    async def check(self, served: ServedModel) -> dict[str, Any]:
+        await self.writer.flush()
+        found = await self.monitor.check(served, self._deliver)
+        self.metrics.observe_ml_figures(served.ref.split("#", 1)[0], found)
+        return found
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.monitor_interval_s)
+            for served in list(self._served.values()):
+                try:
+                    await self.check(served)
+                except Exception:
+                    log.exception("monitoring %s failed; will retry", served.ref)
+
+
+def _log_failure(task: asyncio.Task[ServedModel]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("model preload failed: %s", task.exception())
