@@ -242,9 +242,11 @@ class Gateway:
 
     async def chat(self, call: Call, router: Router, body: Json, messages: list[Any]) -> Json:
         started = time.perf_counter()
-        data, result = await router.chat(body)
-        call.upstream_ms = (time.perf_counter() - started) * 1000
-        call.route_result = result
+        call.route_result = RouteResult(router.spec.deployments[0])  # the log sees failed attempts too
+        try:
+            data, result = await router.chat(body, call.route_result)
+        finally:
+            call.upstream_ms = (time.perf_counter() - started) * 1000
         if call.citations is not None:
             data["citations"] = call.citations
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
@@ -256,9 +258,11 @@ class Gateway:
 
     async def embed(self, call: Call, router: Router, body: Json) -> Json:
         started = time.perf_counter()
-        data, result = await router.embed(body)
-        call.upstream_ms = (time.perf_counter() - started) * 1000
-        call.route_result = result
+        call.route_result = RouteResult(router.spec.deployments[0])
+        try:
+            data, result = await router.embed(body, call.route_result)
+        finally:
+            call.upstream_ms = (time.perf_counter() - started) * 1000
         raw_usage = data.get("usage")
         usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
         call.tokens_in = int(usage.get("prompt_tokens") or 0)
@@ -268,9 +272,12 @@ class Gateway:
 
     async def open_stream(self, call: Call, router: Router, body: Json) -> tuple[Json, AsyncIterator[Json]]:
         started = time.perf_counter()
-        first, rest, result = await router.open_stream(body)
-        call.ttft_ms = (time.perf_counter() - started) * 1000
-        call.route_result = result
+        call.route_result = RouteResult(router.spec.deployments[0])
+        try:
+            first, rest, _ = await router.open_stream(body, call.route_result)
+        finally:
+            call.upstream_ms = (time.perf_counter() - started) * 1000
+        call.ttft_ms = call.upstream_ms
         call.extra["upstream_started"] = started
         return first, rest
 

@@ -48,20 +48,20 @@ class GatewayMiddleware:
             await send(message)
 
         limit = self.max_body_bytes
+        declared_too_large = False
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
-                    too_large = int(value) > limit
+                    declared_too_large = int(value) > limit
                 except ValueError:
-                    too_large = False
-                if too_large:
-                    await self._error(send_wrapper, _too_large(limit))
-                    return
+                    declared_too_large = False
 
         received = 0
 
         async def receive_wrapper() -> Message:
             nonlocal received
+            if declared_too_large:  # refused before a byte is read, inside the handler so it is logged
+                raise _too_large(limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

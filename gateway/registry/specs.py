@@ -66,13 +66,15 @@ class Deployment(StrictModel):
 class FallbackStrategy(StrictModel):
     """Try deployments in the order written; move on when one fails."""
 
-    type: Literal["fallback"] = "fallback"
+    # No default on a discriminator: specs are stored and hashed without defaults, and a stored
+    # `strategy: {}` could not be loaded back (nor told apart from another strategy's `{}`).
+    type: Literal["fallback"]
 
 
 class WeightedStrategy(StrictModel):
     """Pick a deployment by weight; on failure, fall back to the others by descending weight."""
 
-    type: Literal["weighted"] = "weighted"
+    type: Literal["weighted"]
 
 
 Strategy = Annotated[FallbackStrategy | WeightedStrategy, Field(discriminator="type")]
@@ -84,7 +86,7 @@ class RouterSpec(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     kind: Literal["chat", "embedding"] = "chat"
-    strategy: Strategy = FallbackStrategy()
+    strategy: Strategy = FallbackStrategy(type="fallback")
     deployments: list[Deployment] = Field(min_length=1)
     retries: int = Field(0, ge=0, le=10, description="Extra tries on the same deployment before moving on.")
     cooldown_s: float = Field(

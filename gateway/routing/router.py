@@ -110,6 +110,7 @@ class Router:
         last: UpstreamError | None = None
         for deployment in self.order():
             adapter = self.adapters.for_deployment(deployment)
+            result.deployment = deployment  # on failure, the log names the last deployment tried
             for _ in range(self._tries(deployment)):
                 started = time.perf_counter()
                 try:
@@ -126,24 +127,26 @@ class Router:
                     continue
                 result.attempts.append(Attempt(deployment.id, True, (time.perf_counter() - started) * 1000))
                 self._succeeded(deployment)
-                result.deployment = deployment
                 return value
         assert last is not None
         raise _final_error(last, result.attempts)
 
-    async def chat(self, body: Json) -> tuple[Json, RouteResult]:
-        result = RouteResult(self.spec.deployments[0])
+    async def chat(self, body: Json, result: RouteResult | None = None) -> tuple[Json, RouteResult]:
+        """`result`, when given, collects the attempts even if every deployment fails (for the log)."""
+        result = result or RouteResult(self.spec.deployments[0])
         value = await self._walk(result, lambda adapter, dep: adapter.chat(dep, body))
         return value, result
 
-    async def embed(self, body: Json) -> tuple[Json, RouteResult]:
-        result = RouteResult(self.spec.deployments[0])
+    async def embed(self, body: Json, result: RouteResult | None = None) -> tuple[Json, RouteResult]:
+        result = result or RouteResult(self.spec.deployments[0])
         value = await self._walk(result, lambda adapter, dep: adapter.embed(dep, body))
         return value, result
 
-    async def open_stream(self, body: Json) -> tuple[Json, AsyncIterator[Json], RouteResult]:
+    async def open_stream(
+        self, body: Json, result: RouteResult | None = None
+    ) -> tuple[Json, AsyncIterator[Json], RouteResult]:
         """Fall back until a deployment yields its first chunk; return it with the rest of the stream."""
-        result = RouteResult(self.spec.deployments[0])
+        result = result or RouteResult(self.spec.deployments[0])
 
         async def first_chunk(adapter: Adapter, dep: Deployment) -> tuple[Json, AsyncIterator[Json]]:
             stream = adapter.chat_stream(dep, body)
