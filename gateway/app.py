@@ -21,6 +21,7 @@ from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.catalog import Catalog
 from gateway.db.engine import make_engine, migrate
 from gateway.errors import InvalidFields, NotFound, OpsgateError
+from gateway.evaluation import online as online_eval
 from gateway.keys import KeyService
 from gateway.ml.service import MLService
 from gateway.monitoring.alerts import Alerts
@@ -102,17 +103,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parts = build_parts(settings, config, engine)
         app.state.parts = parts
         app.state.gateway = parts.gateway
+        online = app.state.online_eval = online_eval.install(parts)  # sampler hooks; worker started below
         ml = app.state.ml = MLService.create(parts)  # classic models: cache, writer, monitor
         builder = parts.retrieval.library.builder(engine, settings.project_dir)
         await asyncio.to_thread(bootstrap_indexes, builder, actor="system:bootstrap")  # first start only
         await parts.catalog.start()
         parts.writer.start()
+        online.start(app)
         ml.start()
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            await online.stop()
             await ml.stop()
             await parts.writer.stop()
             await parts.catalog.stop()
@@ -128,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ready = False
+    app.add_middleware(online_eval.CaptureMiddleware)  # inside GatewayMiddleware: needs the request id
     app.add_middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)
     app.include_router(openai.router)
     app.include_router(health.router)

@@ -16,6 +16,7 @@ import orjson
 import typer
 
 from gateway.errors import OpsgateError
+from gateway.evaluation.cli import eval_app
 from gateway.ml.cli import ml_app
 from gateway.offline import apply_offline_env
 from gateway.retrieval.cli import index_app
@@ -27,6 +28,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(logs_app, name="logs")
 app.add_typer(ml_app, name="ml")
 app.add_typer(index_app, name="index")
+app.add_typer(eval_app, name="eval")
 
 KeyOption = Annotated[
     str | None, typer.Option("--key", envvar="OPSGATE_API_KEY", help="Your API key (or OPSGATE_API_KEY).")

@@ -10,7 +10,7 @@ exactly like third-party ones, which register under the same group names as Pyth
 | ------------------- | --------------------------------------------------- | ------------------ |
 | opsgate.adapters    | create(services: AdapterServices) -> Adapter        | gateway.providers  |
 | opsgate.checks      | a PolicyCheck class                                 | gateway.policy     |
-| opsgate.metrics     | an eval Metric class                                | gateway.evaluation |
+| opsgate.metrics     | a metric family: list[MetricDef] (evaluation.metrics) | gateway.evaluation |
 
 A new provider, check or metric is a new file plus one line in BUILTINS (or an entry point).
 """
@@ -35,7 +35,14 @@ BUILTINS: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "local": "gateway.providers.local:create",
         },
         CHECKS: {},
-        METRICS: {},
+        METRICS: {
+            "strings": "gateway.evaluation.metrics.strings:FAMILY",
+            "context": "gateway.evaluation.metrics.context:FAMILY",
+            "retrieval": "gateway.evaluation.metrics.retrieval:FAMILY",
+            "semantic": "gateway.evaluation.metrics.semantic:FAMILY",
+            "operational": "gateway.evaluation.metrics.operational:FAMILY",
+            "judged": "gateway.evaluation.metrics.judged:FAMILY",
+        },
     }
 )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.evaluation.config import EvaluationConfig
 from gateway.ml.config import MLConfig
 from gateway.monitoring.alerts import AlertsConfig
 from gateway.yamlspec import StrictModel, load_spec
@@ -68,6 +69,7 @@ class GatewayConfig(StrictModel):
     cache: CacheConfig = CacheConfig()
     governance: GovernanceConfig = GovernanceConfig()
     alerts: AlertsConfig = AlertsConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     ml: MLConfig = MLConfig()
 
 
@@ -78,6 +80,7 @@ class Settings(BaseSettings):
     data_dir: Path | None = None
     database_url: str | None = None
     redis_url: str | None = None
+    redis_prefix: str = "opsgate"  # namespace of the gateway's keys in Redis (limits, budgets)
     chroma_url: str | None = None
     api_key: str | None = None
 

@@ -79,21 +79,71 @@ class Promotion(Base):
 
 
 class EvalRun(Base):
-    """One run of an eval suite against one target version (the evaluation issue adds its details)."""
+    """One run of an eval suite against one target version, stamped with every version and hash it used."""
 
     __tablename__ = "eval_runs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     suite: Mapped[str] = mapped_column(String(200))
+    suite_path: Mapped[str | None] = mapped_column(String(500))
+    suite_hash: Mapped[str | None] = mapped_column(String(64))
+    dataset_hash: Mapped[str | None] = mapped_column(String(64))
     target_kind: Mapped[str | None] = mapped_column(String(16))
     target_name: Mapped[str | None] = mapped_column(String(128))
     target_version: Mapped[int | None]
     target_hash: Mapped[str | None] = mapped_column(String(64))
+    target_ref: Mapped[str | None] = mapped_column(String(300))
+    versions: Mapped[list[Any]] = mapped_column(JSON)
+    baseline_run_id: Mapped[str | None] = mapped_column(String(32))
+    mode: Mapped[str | None] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16))
     passed: Mapped[bool] = mapped_column(Boolean)
+    cases: Mapped[int]
+    errors: Mapped[int]
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tool_versions: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(200))
+
+
+class EvalResult(Base):
+    """One case (one repeat) of an eval run: what was asked, answered, retrieved, and how it scored."""
+
+    __tablename__ = "eval_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    case_id: Mapped[str] = mapped_column(String(200))
+    repeat: Mapped[int]
+    request_id: Mapped[str | None] = mapped_column(String(40))
+    question: Mapped[str | None] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(Text)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    versions: Mapped[list[Any]] = mapped_column(JSON)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class OnlineEvalScore(Base):
+    """One metric's score of one sampled production request, with the versions that answered it."""
+
+    __tablename__ = "online_eval_scores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(40))
+    ts: Mapped[datetime]
+    prompt: Mapped[str] = mapped_column(String(128))
+    prompt_version: Mapped[int]
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    versions: Mapped[list[Any]] = mapped_column(JSON)
+    metric: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Alias(Base):

@@ -1,0 +1,110 @@
+"""Datasets: JSONL, one case a line, read into `EvalCase`s (errors name the file and line).
+
+Our field names: id, question, reference, references, reference_contexts, reference_context_ids,
+variables, metadata. A suite's `dataset.fields` maps them to the file's own keys (SQuAD's qa.jsonl has
+reference_answer, answers, reference_context, document_id); any other key of a line lands in metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.errors import ConfigError
+from gateway.evaluation.metrics.base import EvalCase
+from gateway.evaluation.spec import DatasetSpec
+
+OUR_FIELDS = (
+    "id",
+    "question",
+    "reference",
+    "references",
+    "reference_contexts",
+    "reference_context_ids",
+    "variables",
+    "metadata",
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+    content_hash: str
+    cases: list[EvalCase]
+
+
+def resolve_path(spec: DatasetSpec, project_dir: Path, suite_dir: Path) -> Path:
+    path = Path(spec.path)
+    if path.is_absolute():
+        return path
+    for base in (project_dir, suite_dir):
+        if (base / path).exists():
+            return base / path
+    return project_dir / path
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, list | tuple):
+        return tuple(str(v) for v in value if v is not None)
+    return (str(value),)
+
+
+def to_case(line: dict[str, Any], fields: dict[str, str], number: int) -> EvalCase:
+    keys = {ours: fields.get(ours, ours) for ours in OUR_FIELDS}
+    used = set(keys.values())
+    question = line.get(keys["question"])
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"no question: the key {keys['question']!r} must hold a non-empty string")
+    reference = line.get(keys["reference"])
+    variables = line.get(keys["variables"]) or {}
+    metadata = line.get(keys["metadata"]) or {}
+    if not isinstance(variables, dict) or not isinstance(metadata, dict):
+        raise ValueError("variables and metadata must be JSON objects")
+    extra = {k: v for k, v in line.items() if k not in used}
+    return EvalCase(
+        id=str(line.get(keys["id"]) or f"line-{number}"),
+        question=question,
+        reference=None if reference is None else str(reference),
+        references=_strings(line.get(keys["references"])),
+        reference_contexts=_strings(line.get(keys["reference_contexts"])),
+        reference_context_ids=_strings(line.get(keys["reference_context_ids"])),
+        variables=dict(variables),
+        metadata={**extra, **metadata},
+    )
+
+
+def load_dataset(spec: DatasetSpec, path: Path, *, display: str | None = None) -> Dataset:
+    shown = display or str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the dataset: {exc.strerror}", path=shown) from exc
+    cases: list[EvalCase] = []
+    seen: set[str] = set()
+    for number, text in enumerate(raw.splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            line = orjson.loads(text)
+            if not isinstance(line, dict):
+                raise ValueError("each line must be a JSON object")
+            if any(line.get(k) != v for k, v in spec.where.items()):
+                continue
+            case = to_case(line, {str(k): v for k, v in spec.fields.items()}, number)
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            raise ConfigError(str(exc), path=shown, line=number) from exc
+        if case.id in seen:
+            raise ConfigError(f"case id {case.id!r} appears twice", path=shown, line=number)
+        seen.add(case.id)
+        cases.append(case)
+        if spec.limit is not None and len(cases) >= spec.limit:
+            break
+    if not cases:
+        raise ConfigError("the dataset has no cases (after `where`)", path=shown)
+    return Dataset(path, hashlib.sha256(raw).hexdigest(), cases)
