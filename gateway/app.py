@@ -28,6 +28,8 @@ from gateway.monitoring.alerts import Alerts
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import RequestLogWriter
 from gateway.offline import apply_offline_env
+from gateway.policy.pipeline import Pipeline
+from gateway.policy.setup import build_pipeline, validate_policy_file
 from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
@@ -53,6 +55,7 @@ class Parts:
     gateway: Gateway
     alerts: Alerts
     retrieval: IndexRetriever
+    policy: Pipeline
 
 
 def prepare_database(settings: Settings) -> Engine:
@@ -87,15 +90,17 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     library = IndexLibrary(make_store(data_dir, settings.chroma_url, minilm), data_dir, minilm)
     retriever = IndexRetriever(catalog, library)
     catalog.listeners.append(retriever.on_snapshot)  # opens aliased index versions ahead of requests
-    gateway = Gateway(catalog, writer, metrics, retriever)
+    policy = build_pipeline(settings, config, engine)
+    gateway = Gateway(catalog, writer, metrics, retriever, policy)
     alerts = Alerts(config.alerts)
-    return Parts(settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever)
+    return Parts(settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     apply_offline_env()
     settings = settings or Settings()
     config = settings.load_gateway_config()
+    validate_policy_file(settings)  # a bad config/policies.yaml fails here, naming file, line and field
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         builder = parts.retrieval.library.builder(engine, settings.project_dir)
         await asyncio.to_thread(bootstrap_indexes, builder, actor="system:bootstrap")  # first start only
         await parts.catalog.start()
+        await parts.policy.start()  # Redis, or in-process budgets seeded from the request log
         parts.writer.start()
         online.start(app)
         ml.start()
@@ -120,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ml.stop()
             await parts.writer.stop()
             await parts.catalog.stop()
+            await parts.policy.stop()
             await parts.retrieval.stop()
             await parts.adapters.close()
             await parts.alerts.close()

@@ -34,7 +34,16 @@ BUILTINS: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "litellm": "gateway.providers.litellm_adapter:create",
             "local": "gateway.providers.local:create",
         },
-        CHECKS: {},
+        CHECKS: {
+            "access": "gateway.policy.checks.access:Access",
+            "rate_limit": "gateway.policy.checks.rate_limit:RateLimit",
+            "budget": "gateway.policy.checks.budget:Budget",
+            "token_cap": "gateway.policy.checks.token_cap:TokenCap",
+            "pii": "gateway.policy.checks.pii:Pii",
+            "injection": "gateway.policy.checks.injection:Injection",
+            "deny_list": "gateway.policy.checks.deny_list:DenyList",
+            "json_output": "gateway.policy.checks.json_output:JsonOutput",
+        },
         METRICS: {
             "strings": "gateway.evaluation.metrics.strings:FAMILY",
             "context": "gateway.evaluation.metrics.context:FAMILY",

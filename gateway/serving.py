@@ -29,6 +29,7 @@ from gateway.errors import (
 from gateway.keys import Principal
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import LogRow, RequestLogWriter
+from gateway.policy.pipeline import Pipeline
 from gateway.providers.base import Json
 from gateway.registry.refs import Ref, parse_ref
 from gateway.registry.render import render_messages
@@ -60,6 +61,7 @@ class Call:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     citations: list[dict[str, Any]] | None = None  # RAG answers: the retrieved chunks, for the body
+    policy: Any = None  # gateway.policy's state between its hooks (never logged)
     finished: bool = False
 
     @property
@@ -106,12 +108,18 @@ def prompt_params(spec: PromptSpec) -> Json:
 
 class Gateway:
     def __init__(
-        self, catalog: Catalog, writer: RequestLogWriter, metrics: Metrics, retriever: Retriever | None = None
+        self,
+        catalog: Catalog,
+        writer: RequestLogWriter,
+        metrics: Metrics,
+        retriever: Retriever | None = None,
+        policy: Pipeline | None = None,
     ) -> None:
         self.catalog = catalog
         self.writer = writer
         self.metrics = metrics
         self.retriever = retriever
+        self.policy = policy if policy is not None else Pipeline.ungoverned()
         # Called with (call, row) after every request's log row is submitted (e.g. online eval sampling).
         # Hooks must be quick and must not raise: they run on the request path.
         self.finish_hooks: list[Callable[[Call, LogRow], None]] = []
@@ -189,6 +197,7 @@ class Gateway:
                     code="retrieval_unavailable",
                 )
             context = await self.retriever.retrieve(call, spec, variables, data.get("messages") or [])
+            context = self.policy.screen_context(call, spec, context)  # PII and injection in chunks
             call.citations = citations(context, include_text=_include_context(data))
         rendered = render_messages(spec, variables, templates=record.files, context=context)
         router_ref = parse_ref(spec.router, default_kind="router")
@@ -254,6 +263,7 @@ class Gateway:
             message_text(c.get("message")) for c in data.get("choices") or () if isinstance(c, dict)
         )
         self._account(call, result.deployment, usage, messages, text)
+        self.policy.check_chat_output(call, data)
         return data
 
     async def embed(self, call: Call, router: Router, body: Json) -> Json:
@@ -279,7 +289,7 @@ class Gateway:
             call.upstream_ms = (time.perf_counter() - started) * 1000
         call.ttft_ms = call.upstream_ms
         call.extra["upstream_started"] = started
-        return first, rest
+        return await self.policy.wrap_stream(call, first, rest)
 
     async def stream_sse(
         self, call: Call, first: Json, rest: AsyncIterator[Json], messages: list[Any], include_usage: bool
@@ -350,6 +360,7 @@ class Gateway:
         if call.finished:
             return
         call.finished = True
+        self.policy.settle(call)  # true tokens and cost replace the estimates; stream decisions recorded
         result = call.route_result
         row = LogRow(
             id=call.request_id,

@@ -34,6 +34,7 @@ async def chat_completions(request: Request) -> Response:
         plan = await gateway.plan_chat(call, data, req)
         request.state.versions = call.versions_header
         router, body = plan.router, plan.body
+        await gateway.policy.check_chat(call, router, body, data)
         messages = body["messages"]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -61,7 +62,9 @@ async def embeddings(request: Request) -> Response:
         req = validate(EmbeddingRequest, data)
         router = gateway.resolve_router(call, req.model, "embedding")
         request.state.versions = call.versions_header
-        result = await gateway.embed(call, router, upstream_body(data))
+        body = upstream_body(data)
+        await gateway.policy.check_embedding(call, router, body)
+        result = await gateway.embed(call, router, body)
     except OpsgateError as exc:
         _fail(gateway, call, request, exc)
         raise

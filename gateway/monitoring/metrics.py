@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from gateway.monitoring.requestlog import LogRow
 
+POLICY_VERDICTS_COUNTED = frozenset({"blocked", "redacted", "flagged", "error"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -80,6 +81,12 @@ class Metrics:
             ["artifact", "attribute", "metric"],
             registry=r,
         )
+        self.policy_decisions = Counter(
+            "opsgate_policy_decisions",
+            "Policy checks that blocked, redacted, flagged or failed (store error), by check and verdict.",
+            ["check", "verdict"],
+            registry=r,
+        )
 
     def observe_ml_rows(self, artifact: str, rows: int) -> None:
         self.ml_rows.labels(artifact).inc(rows)
@@ -105,6 +112,7 @@ class Metrics:
                 if found.get(metric) is not None:
                     self.ml_fairness.labels(artifact, attr, metric).set(found[metric])
 
+
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         Gauge(name, doc, registry=self.registry).set_function(read)
 
@@ -124,6 +132,10 @@ class Metrics:
             self.cost.labels(artifact).inc(row.cost_usd)
         for attempt in row.attempts:
             self.attempts.labels(attempt["deployment"], "ok" if attempt["ok"] else "error").inc()
+        for decision in row.decisions:
+            verdict = decision.get("verdict")
+            if verdict in POLICY_VERDICTS_COUNTED:
+                self.policy_decisions.labels(decision.get("check", "-"), verdict).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
