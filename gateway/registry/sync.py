@@ -160,3 +160,19 @@ def bootstrap(
 def _existing_names(engine: Engine) -> set[tuple[str, str]]:
     with Session(engine) as s:
         return {(k, n) for k, n in s.execute(select(ArtifactVersion.kind, ArtifactVersion.name).distinct())}
+
+
+def drifted(engine: Engine, project_dir: Path, *, alias: str = "production") -> list[str]:
+    """Artifacts whose file no longer matches the version their alias serves (a hint to sync and promote)."""
+    from gateway.registry.store import VersionStore
+
+    artifacts, _ = load_artifacts(project_dir, SYNC_KINDS)
+    store = VersionStore(engine)
+    aliases = store.aliases()
+    hashes = {(r.kind, r.name, r.version): r.content_hash for r in store.versions()}
+    out: list[str] = []
+    for art in artifacts:
+        version = aliases.get((art.kind, art.name), {}).get(alias)
+        if version is not None and hashes.get((art.kind, art.name, version)) != art.content_hash:
+            out.append(f"{art.path} differs from {art.kind}:{art.name}@{alias} (version {version})")
+    return out
