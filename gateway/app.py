@@ -33,7 +33,7 @@ from gateway.policy.setup import build_pipeline, validate_policy_file
 from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
-from gateway.registry.sync import bootstrap
+from gateway.registry.sync import bootstrap, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
 from gateway.retrieval.store import make_store
@@ -64,6 +64,8 @@ def prepare_database(settings: Settings) -> Engine:
     migrate(engine)
     for record in bootstrap(engine, settings.project_dir, actor="system:bootstrap"):
         log.info("bootstrap: registered %s from %s as production", record.ref, record.source_path)
+    for note in drifted(engine, settings.project_dir):
+        log.warning("%s: serving the registered version; run `opsgate sync` and promote to change it", note)
     key_file = KeyService(engine).ensure_bootstrap_admin(settings.resolved_data_dir())
     if key_file is not None:
         print(f"opsgate: no API keys existed; created an admin key in {key_file} (readable only by you)")
