@@ -19,7 +19,7 @@ from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.models import ApiKey
-from gateway.db.state import bump_generation, utcnow
+from gateway.db.state import as_utc, bump_generation, utcnow
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.registry import audit
 
@@ -79,9 +79,9 @@ def _record(row: ApiKey) -> KeyRecord:
         row.principal,
         list(row.roles),
         list(row.allow),
-        row.created_at,
+        as_utc(row.created_at),
         row.created_by,
-        row.revoked_at,
+        as_utc(row.revoked_at) if row.revoked_at else None,
     )
 
 

@@ -25,7 +25,7 @@ class Adapters:
     def for_deployment(self, deployment: Deployment) -> Adapter:
         name: str = deployment.adapter
         if name == "auto":
-            if deployment.provider in self._by_name and deployment.provider not in ("litellm",):
+            if deployment.provider in self._by_name:  # local, openai, or a plugin named after its provider
                 name = deployment.provider
             elif deployment.provider in DIRECT_PROVIDERS:
                 name = "openai"
