@@ -52,13 +52,16 @@ def message_text(message: Any) -> str:
 
 
 def count_message_tokens(messages: list[Any], model: str = "") -> int:
-    """OpenAI's accounting: 3 tokens of framing per message, 3 to prime the reply."""
+    """OpenAI's accounting: per message 3 tokens of framing plus its role, text and name (and 1 for a
+    name), then 3 to prime the reply. The same count as litellm's `token_counter`."""
     enc = encoding_for(model)
     total = 3
     for message in messages:
         total += 3 + len(enc.encode(message_text(message), disallowed_special=()))
-        if isinstance(message, dict) and message.get("name"):
-            total += 1
+        if isinstance(message, dict):
+            total += len(enc.encode(str(message.get("role") or ""), disallowed_special=()))
+            if message.get("name"):
+                total += 1 + len(enc.encode(str(message["name"]), disallowed_special=()))
     return total
 
 

@@ -11,6 +11,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+import httpx
+
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.providers.base import Json, api_key_for
 from gateway.providers.openai_compat import status_error
@@ -63,8 +66,18 @@ class LiteLLMAdapter:
             return UpstreamTimeout(
                 f"{where} did not answer within {deployment.timeout_s:g} s", deployment=deployment.id
             )
-        if isinstance(exc, lib.APIConnectionError):
+        # litellm reports a refused or broken connection as a 500; the transport error under its wrappers
+        # says what happened, so both adapters give the same status (503 unreachable, 502 broken).
+        transport = _transport_cause(exc)
+        if isinstance(transport, _CONNECT_ERRORS) or (
+            transport is None and isinstance(exc, lib.APIConnectionError)
+        ):
             return UpstreamUnavailable(f"{where} could not be reached: {exc}", deployment=deployment.id)
+        if transport is not None:
+            return UpstreamError(
+                f"{where} broke the connection: {type(transport).__name__}: {transport}",
+                deployment=deployment.id,
+            )
         status = getattr(exc, "status_code", None)
         if isinstance(status, int) and status >= 400:
             response = getattr(exc, "response", None)
@@ -90,6 +103,8 @@ class LiteLLMAdapter:
             raise self._error(exc, deployment) from exc
         data: Json = response.model_dump(exclude_none=True)
         data.pop("_hidden_params", None)
+        if not (data.get("usage") or {}).get("total_tokens"):
+            data.pop("usage", None)  # litellm's all-zero placeholder when the upstream sent none
         return data
 
     async def chat_stream(self, deployment: Deployment, body: Json) -> AsyncIterator[Json]:
@@ -127,6 +142,22 @@ class LiteLLMAdapter:
         data: Json = response.model_dump(exclude_none=True)
         data.pop("_hidden_params", None)
         return data
+
+
+_CONNECT_ERRORS = (httpx.ConnectError, aiohttp.ClientConnectorError, ConnectionRefusedError)
+_TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, ConnectionError)
+
+
+def _transport_cause(exc: BaseException) -> BaseException | None:
+    """The connection-level error in the chain under an exception (a connect error first), if any."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain and len(chain) < 20:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    connect = [e for e in chain if isinstance(e, _CONNECT_ERRORS)]
+    transport = [e for e in chain if isinstance(e, _TRANSPORT_ERRORS)]
+    return (connect or transport or [None])[0]
 
 
 def create(services: object) -> LiteLLMAdapter:
