@@ -107,31 +107,35 @@ def run_command(
 
 
 def _with_progress(make: Any, *, enabled: bool) -> Any:
+    """Run the coroutine `make(update)`; the bar appears with the first case (not before errors)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
     bar = Progress(
         TextColumn("[bold]eval[/bold]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
-        console=console,
+        console=Console(stderr=True),
         disable=not enabled,
-        transient=False,
     )
-    with bar:
-        task = bar.add_task("cases", total=None, rate="")
+    tasks: list[Any] = []
 
-        def update(done: int, total: int) -> None:
-            elapsed = bar.tasks[0].elapsed or 0
-            rate = f"{done / elapsed:.1f} cases/s" if elapsed > 0 else ""
-            if bar.tasks[0].total != total:
-                bar.reset(task, total=total, completed=done, rate=rate)
-            bar.update(task, completed=done, rate=rate)
+    def update(done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+            tasks.append(bar.add_task("cases", total=total, rate=""))
+        task = bar.tasks[0]
+        if task.total != total:  # a baseline run follows the candidate
+            bar.reset(tasks[0], total=total)
+        elapsed = task.elapsed or 0
+        bar.update(tasks[0], completed=done, rate=f"{done / elapsed:.1f} cases/s" if elapsed > 0 else "")
 
+    try:
         return asyncio.run(make(update))
+    finally:
+        bar.stop()
 
 
 def _write_reports(
