@@ -14,6 +14,7 @@ independent broken upstreams (counters and records are kept per full mode string
     cut-<n>       streams n content chunks, then drops the connection (non-streaming: a cut body)
     errevent-<n>  streams n content chunks, then `data: {"error": ...}` (non-streaming: 500)
     flaky-<k>     the first k requests to this exact mode fail with 500, then it answers
+    drip-<ms>     streams like ok, sleeping ms before each word chunk (a slow generator)
 
 Add a mode with `upstream.add_mode(name, handler)`: the handler gets a `Hit` and returns a response,
 or None to answer normally (`await hit.reply(content=...)` builds the normal answer with any text).
@@ -65,8 +66,14 @@ def message_text(message: Any) -> str:
 
 
 def prompt_tokens(messages: list[Any]) -> int:
-    """OpenAI's framing: 3 tokens per message, 3 to prime the reply."""
-    return 3 + sum(3 + count_tokens(message_text(m)) for m in messages)
+    """OpenAI's accounting (its cookbook): per message 3 tokens plus its role, text and name (+1 for a
+    name); 3 to prime the reply."""
+    total = 3
+    for m in messages:
+        total += 3 + count_tokens(message_text(m)) + count_tokens(str(m.get("role") or ""))
+        if m.get("name"):
+            total += 1 + count_tokens(str(m["name"]))
+    return total
 
 
 def echo_text(body: Json) -> str:
@@ -115,7 +122,13 @@ class Hit:
         return json_response(chat_answer(self.body, text, usage=usage))
 
     async def stream_reply(
-        self, text: str, *, usage: bool = True, stop_after: int | None = None, then: str = "finish"
+        self,
+        text: str,
+        *,
+        usage: bool = True,
+        stop_after: int | None = None,
+        then: str = "finish",
+        delay_s: float = 0.0,
     ) -> web.StreamResponse:
         """SSE: a role chunk, one chunk per word, finish, usage if asked, [DONE].
 
@@ -139,6 +152,8 @@ class Hit:
         for i, word in enumerate(words):
             if stop_after is not None and i >= stop_after:
                 break
+            if delay_s:
+                await asyncio.sleep(delay_s)
             await send({**meta, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
         if stop_after is not None:
             if then == "cut":
@@ -286,6 +301,12 @@ async def mode_flaky(hit: Hit) -> web.StreamResponse | None:
     return None
 
 
+async def mode_drip(hit: Hit) -> web.StreamResponse | None:
+    if not hit.stream:
+        return None
+    return await hit.stream_reply(echo_text(hit.body), delay_s=hit.int_arg(100) / 1000)
+
+
 DEFAULT_MODES: dict[str, ModeHandler] = {
     "ok": mode_ok,
     "nousage": mode_nousage,
@@ -294,6 +315,7 @@ DEFAULT_MODES: dict[str, ModeHandler] = {
     "cut": mode_cut,
     "errevent": mode_errevent,
     "flaky": mode_flaky,
+    "drip": mode_drip,
 }
 
 
