@@ -82,7 +82,9 @@ class MLService:
         config: MLConfig,
         project_dir: Path,
         data_dir: Path,
+        policy: Any = None,
     ) -> None:
+        self.policy = policy  # gateway.policy.pipeline.Pipeline: the same checks as chat requests
         self.engine = engine
         self.catalog = catalog
         self.metrics = metrics
@@ -109,6 +111,7 @@ class MLService:
     def create(cls, parts: Any) -> MLService:
         """From the app's Parts (gateway.app): the catalog, metrics, alerts and settings it shares."""
         service = cls(
+            policy=getattr(parts.gateway, "policy", None),
             engine=parts.engine,
             catalog=parts.catalog,
             metrics=parts.metrics,
@@ -231,8 +234,10 @@ class MLService:
     async def predict(
         self, call: Call, record: VersionRecord, rows: list[Any], *, explain: bool = False
     ) -> Prediction:
-        # POLICY: the pre-call policy pipeline (rate limits, budgets) goes here once gateway/policy lands,
-        # called exactly as the chat path calls it, with call.artifacts already holding model:name@v.
+        if self.policy is not None:  # the policy pipeline, as for chat: access, limits, PII in string fields
+            from gateway.policy.payloads import records_payload
+
+            await self.policy.pre_call(call, records_payload([r for r in rows if isinstance(r, dict)]))
         served = await self.served(record)
         assert served.validator is not None
         violations = served.validator.validate(rows)

@@ -144,7 +144,7 @@ def test_missing_column_and_non_finite_values(http: httpx.Client, data: Data) ->
         "row": 0, "field": "mean_area", "rule": "required", "message": "is missing"
     }  # fmt: skip
     for literal in ("NaN", "Infinity", "-Infinity"):
-        raw = '{"records": [{"mean_radius": %s}]}' % literal
+        raw = '{"records": [{"mean_radius": ' + literal + "}]}"
         resp = http.post("/v1/ml/cancer/predict", content=raw, headers={"content-type": "application/json"})
         assert resp.status_code == 422, literal
         first = resp.json()["error"]["violations"][0]
