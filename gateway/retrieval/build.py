@@ -163,7 +163,8 @@ class IndexBuilder:
             raise ConfigError(
                 f"the sources of index {name!r} match no files under {self.project_dir}", path=art.path
             )
-        version_spec = art.spec_json()
+        # The full dump (defaults included): `type:` discriminators equal to their default must survive.
+        version_spec = spec.model_dump(mode="json")
         router = None
         if isinstance(spec.embedder, RouterEmbedder):
             router = self._router_record(spec.embedder)
@@ -352,7 +353,7 @@ class IndexBuilder:
     def _register(
         self, plan: BuildPlan, actor: str, stats: dict[str, Any], version: int
     ) -> tuple[VersionRecord, bool]:
-        source = source_info(self.project_dir, plan.artifact)
+        source = source_info(self.project_dir, plan.artifact, plan.manifest)
 
         def work(session: Session) -> tuple[VersionRecord, bool]:
             record, created = register_version(
@@ -412,13 +413,15 @@ def _chunk_metadata(chunk: Chunk) -> dict[str, Any]:
     }
 
 
-def source_info(project_dir: Path, art: ArtifactFile) -> SourceInfo:
-    """The commit that last changed the index file (dirty when it has uncommitted changes)."""
+def source_info(project_dir: Path, art: ArtifactFile, files: list[SourceFile]) -> SourceInfo:
+    """The commit that last changed the index file; dirty when it, or a corpus file git tracks or
+    could track, has uncommitted changes (git-ignored corpus files are outside git's say)."""
     repo = GitRepo(project_dir)
     if not repo.is_repo():
         return SourceInfo(path=art.path, dirty=True)
     commit = repo.last_commit(art.path)
-    if repo.dirty_paths([art.path]) or commit is None:
+    dirty = set(repo.dirty_paths(["."])) & ({art.path} | {f.path for f in files})
+    if dirty or commit is None:
         return SourceInfo(
             path=art.path, commit=None, author=repo.user(), message="uncommitted changes", dirty=True
         )

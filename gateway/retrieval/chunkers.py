@@ -109,7 +109,7 @@ def markdown_sections(text: str, max_level: int) -> list[tuple[str, str]]:
 def markdown_chunks(text: str, spec: MarkdownChunker) -> list[str]:
     out: list[str] = []
     for heading, body in markdown_sections(text, spec.max_level):
-        prefix = f"{heading}\n" if heading else ""
+        prefix = f"{heading}\n\n" if heading else ""  # a paragraph of its own: never quoted as a sentence
         budget = max(16, spec.size - len(_encoding().encode(prefix, disallowed_special=())))
         for piece in token_windows(body, budget, min(spec.overlap, budget - 1)):
             out.append(prefix + piece)

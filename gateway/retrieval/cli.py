@@ -273,7 +273,9 @@ def query_cmd(
     ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS (default production).")],
     text: Annotated[str, typer.Argument(help="The question.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=100)] = 4,
-    mode: Annotated[str | None, typer.Option(help="dense, lexical or hybrid (default: hybrid).")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="dense, lexical or hybrid (default: the measured best, lexical).")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Retrieve from an index version, as a RAG prompt would (local embedder only)."""
