@@ -16,7 +16,7 @@ from aiohttp import web
 from tests.fakes.upstream import Hit
 
 _SCHEMA = re.compile(r"json_schema:\s*(\{.*\})\s*Make sure to return", re.S)
-_QUESTION = re.compile(r'"(?:question|user_input)":\s*"((?:[^"\\]|\\.)*)"')
+_QUESTION = re.compile(r'"(?:question|user_input|response)":\s*"((?:[^"\\]|\\.)*)"')
 YES_FIELDS = {"verdict", "attributed"}
 NO_FIELDS = {"noncommittal"}
 
