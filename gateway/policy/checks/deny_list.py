@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from gateway.errors import InvalidRequest
 from gateway.policy.base import CheckConfig, Finding, Hit, Payload, PolicyCheck, Scanner, Slot, Subject
 from gateway.policy.checks._text import screen_slots
+from gateway.policy.pii import resolve_overlaps
 
 REPLACEMENT = "[REDACTED:DENIED]"
 
@@ -61,19 +62,23 @@ class DenyList(PolicyCheck[DenyListConfig]):
 
     def __init__(self, config: DenyListConfig, rule: str) -> None:
         super().__init__(config, rule)
-        parts = []
+        self.patterns: list[re.Pattern[str]] = []
         if config.terms:
             words = "|".join(re.escape(t) for t in sorted(config.terms, key=len, reverse=True))
-            parts.append(f"(?i:\\b(?:{words})\\b)")
-        parts.extend(f"(?:{p})" for p in config.patterns)
-        self.pattern = re.compile("|".join(parts))
+            self.patterns.append(re.compile(f"\\b(?:{words})\\b", re.IGNORECASE))
+        # compiled one by one: a pattern may carry its own global flags, e.g. (?i)
+        self.patterns.extend(re.compile(p) for p in config.patterns)
 
     def find(self, text: str) -> list[Hit]:
-        return [
+        hits = [
             Hit(m.start(), m.end(), m.group()[:60])
-            for m in self.pattern.finditer(text)
+            for pattern in self.patterns
+            for m in pattern.finditer(text)
             if m.end() > m.start()
         ]
+        if len(self.patterns) > 1:
+            hits = resolve_overlaps(sorted(hits, key=lambda h: h.start))
+        return hits
 
     def check_input(self, subject: Subject, payload: Payload) -> Finding | None:
         if "input" not in self.config.apply_to:
