@@ -1,18 +1,12 @@
 """Classic ML models on the gateway: specs, safe loading, data-quality checks, predict, monitoring.
 
 `register(model, name, schema, reference)` writes a model as a governed artifact (see register.py).
-Heavy libraries (scikit-learn, pandas, scipy, shap) load only when used.
+Heavy libraries (scikit-learn, skops, pandas, scipy, shap) load only when used.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-
-def register(*args: Any, **kwargs: Any) -> Any:
-    from gateway.ml.register import register as _register
-
-    return _register(*args, **kwargs)
-
+# Bound eagerly: importing the submodule later must not shadow the function on the package.
+from gateway.ml.register import register
 
 __all__ = ["register"]
