@@ -55,6 +55,13 @@ class MetricUse(StrictModel):
     key: str
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _known(self) -> MetricUse:
+        from gateway.evaluation.metrics import registry
+
+        registry().find(self.name).check_params(self.params, self.name)
+        return self
+
 
 class ThresholdGate(StrictModel):
     """The metric's statistic over all cases must lie within [min, max]."""
@@ -186,9 +193,7 @@ class SuiteSpec(StrictModel):
             raise ValueError(f"metric {duplicates[0]!r} is listed twice; give one an `as:` name")
         metrics = registry()
         for use in self.metrics:
-            definition = metrics.find(use.name)
-            definition.check_params(use.params, use.name)
-            if definition.needs_judge and not self.judge:
+            if metrics.find(use.name).needs_judge and not self.judge:
                 raise ValueError(
                     f"metric {use.name!r} is judged by an LLM: set `judge: <router>` in the suite (a chat"
                     " router served by opsgate); opsgate never lets ragas call a provider on its own"
