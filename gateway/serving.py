@@ -303,6 +303,9 @@ class Gateway:
         error: OpsgateError | None = None
         if call.citations is not None:
             first = {**first, "citations": call.citations}
+        # Events the upstream delivered together go out in one write; flushed before waiting for more.
+        out: list[bytes] = []
+        ready = getattr(rest, "ready", None)
         try:
             chunk: Json | None = first
             while chunk is not None:
@@ -316,12 +319,15 @@ class Gateway:
                 if include_usage or chunk.get("choices"):
                     if not include_usage and "usage" in chunk:
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                if out and not (ready is not None and ready()):
+                    yield b"".join(out)
+                    out.clear()
                 chunk = await anext(rest, None)
             if include_usage and usage is None:
                 usage = self._usage_from_text(call, messages, "".join(pieces))
-                yield b"data: " + orjson.dumps(_usage_chunk(last_meta, usage)) + b"\n\n"
-            yield b"data: [DONE]\n\n"
+                out.append(b"data: " + orjson.dumps(_usage_chunk(last_meta, usage)) + b"\n\n")
+            yield b"".join([*out, b"data: [DONE]\n\n"])
         except UpstreamError as exc:
             status, error = exc.status, exc
             yield b"data: " + orjson.dumps(_finish_chunk(last_meta, "error")) + b"\n\n"

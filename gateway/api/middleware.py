@@ -3,10 +3,13 @@
 Gives every request an id, stamps `x-opsgate-request-id` and `x-opsgate-versions` on every answer,
 refuses bodies over the limit with 413 (by Content-Length, or while reading a chunked body), and turns
 any unexpected exception into OpenAI-style error JSON with no traceback.
+
+It also tunes the cyclic garbage collector once start-up is complete (see `_freeze_startup_heap`).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 from typing import Any
@@ -30,6 +33,9 @@ class GatewayMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, _after_startup(send))
+                return
             await self.app(scope, receive, send)
             return
         request_id = "req_" + secrets.token_hex(12)
@@ -90,6 +96,30 @@ class GatewayMiddleware:
         headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+_heap_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    """Once per process, after start-up: collect, then move every object alive now (modules, config,
+    caches: ~150k objects) to the GC's permanent generation. Full collections then scan only what
+    requests create, instead of taking ~100 ms every few seconds under load (p99 spikes)."""
+    global _heap_frozen
+    if _heap_frozen:
+        return
+    _heap_frozen = True
+    gc.collect()
+    gc.freeze()
+
+
+def _after_startup(send: Send) -> Send:
+    async def send_wrapper(message: Message) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            _freeze_startup_heap()
+        await send(message)
+
+    return send_wrapper
 
 
 def _too_large(limit: int) -> BodyTooLarge:

@@ -7,7 +7,8 @@ One pooled aiohttp session, bodies passed through with orjson. This is the hot p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -146,7 +147,12 @@ class OpenAICompatAdapter:
     async def embed(self, deployment: Deployment, body: Json) -> Json:
         return await self._post_json(deployment, "/embeddings", {**body, "model": deployment.model_name})
 
-    async def chat_stream(self, deployment: Deployment, body: Json) -> AsyncIterator[Json]:
+    def chat_stream(self, deployment: Deployment, body: Json) -> ChunkStream:
+        return ChunkStream(self._stream_batches(deployment, body))
+
+    async def _stream_batches(
+        self, deployment: Deployment, body: Json
+    ) -> AsyncGenerator[tuple[list[Json], bool], None]:
         url, headers = self._request(deployment, "/chat/completions")
         headers["Accept"] = "text/event-stream"
         options = dict(body.get("stream_options") or {})
@@ -164,39 +170,95 @@ class OpenAICompatAdapter:
                     raise status_error(
                         resp.status, _loads_or_text(raw), deployment, _retry_after(resp.headers)
                     )
-                async for chunk in _sse_chunks(resp, deployment):
-                    yield chunk
+                async for batch in _sse_batches(resp, deployment):
+                    yield batch
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc, deployment) from exc
 
 
-async def _sse_chunks(resp: aiohttp.ClientResponse, deployment: Deployment) -> AsyncIterator[Json]:
-    """Parse an SSE body into JSON chunks; a stream that ends without a finish or [DONE] is an error."""
+class ChunkStream:
+    """The chunks of one upstream stream, parsed a network read at a time.
+
+    `ready()` says whether the next step (a chunk, or the end) is already parsed, so the caller can
+    write what the upstream sent together to its client in one go and flush only before it must wait."""
+
+    def __init__(self, batches: AsyncGenerator[tuple[list[Json], bool], None]) -> None:
+        self._batches = batches
+        self._ready: deque[Json] = deque()
+        self._ended = False  # the upstream's [DONE] was parsed: the end needs no more reads
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> Json:
+        while not self._ready:
+            if self._ended:
+                raise StopAsyncIteration
+            batch, self._ended = await anext(self._batches)
+            self._ready.extend(batch)
+        return self._ready.popleft()
+
+    def ready(self) -> bool:
+        return bool(self._ready) or self._ended
+
+    async def aclose(self) -> None:
+        self._ready.clear()
+        await self._batches.aclose()
+
+
+async def _sse_batches(
+    resp: aiohttp.ClientResponse, deployment: Deployment
+) -> AsyncIterator[tuple[list[Json], bool]]:
+    """Parse an SSE body into JSON chunks, one list per network read (lines split on LF, as before),
+    each with whether [DONE] ended it; a stream that ends without a finish or [DONE] is an error.
+    Chunks parsed before a bad event are yielded before its error is raised."""
     data_lines: list[bytes] = []
     finished = False
-    async for raw_line in resp.content:
-        line = raw_line.rstrip(b"\r\n")
-        if line.startswith(b"data:"):
-            data_lines.append(line[5:].lstrip(b" "))
-            continue
-        if line or not data_lines:
-            continue  # comments, event:/id: fields, keep-alive blank lines
-        data = b"\n".join(data_lines)
-        data_lines = []
-        if data == b"[DONE]":
-            return
-        chunk = _parse_chunk(data, deployment)
-        for choice in chunk.get("choices") or ():
-            if choice.get("finish_reason"):
-                finished = True
-        yield chunk
+    tail = b""
+    eof = False
+    reads = resp.content.iter_any()
+    while not eof:
+        try:
+            received = await anext(reads)
+        except StopAsyncIteration:
+            eof = True
+            received = b""
+        lines = (tail + received).split(b"\n")
+        tail = lines.pop()
+        if eof and tail:
+            lines.append(tail)  # a last line without its newline
+        batch: list[Json] = []
+        for raw_line in lines:
+            line = raw_line.rstrip(b"\r\n")
+            if line.startswith(b"data:"):
+                data_lines.append(line[5:].lstrip(b" "))
+                continue
+            if line or not data_lines:
+                continue  # comments, event:/id: fields, keep-alive blank lines
+            data = b"\n".join(data_lines)
+            data_lines = []
+            if data == b"[DONE]":
+                yield batch, True
+                return
+            try:
+                chunk = _parse_chunk(data, deployment)
+            except UpstreamError:
+                if batch:
+                    yield batch, False
+                raise
+            for choice in chunk.get("choices") or ():
+                if choice.get("finish_reason"):
+                    finished = True
+            batch.append(chunk)
+        if batch:
+            yield batch, False
     if data_lines:  # a last event without its blank line
         data = b"\n".join(data_lines)
         if data == b"[DONE]":
             return
         chunk = _parse_chunk(data, deployment)
         finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
-        yield chunk
+        yield [chunk], False
     if not finished:
         raise UpstreamError(
             f"deployment {deployment.id!r} ended the stream before it finished",
