@@ -33,7 +33,7 @@ OUR_FIELDS = (
 @dataclass(frozen=True)
 class Dataset:
     path: Path
-    content_hash: str
+    content_hash: str  # sha256 of the lines evaluated (after `where` and `limit`), one per line
     cases: list[EvalCase]
 
 
@@ -87,6 +87,7 @@ def load_dataset(spec: DatasetSpec, path: Path, *, display: str | None = None) -
         raise ConfigError(f"cannot read the dataset: {exc.strerror}", path=shown) from exc
     cases: list[EvalCase] = []
     seen: set[str] = set()
+    digest = hashlib.sha256()  # of the lines evaluated: `where` and `limit` change it, other lines do not
     for number, text in enumerate(raw.splitlines(), start=1):
         if not text.strip():
             continue
@@ -103,8 +104,9 @@ def load_dataset(spec: DatasetSpec, path: Path, *, display: str | None = None) -
             raise ConfigError(f"case id {case.id!r} appears twice", path=shown, line=number)
         seen.add(case.id)
         cases.append(case)
+        digest.update(text.strip() + b"\n")
         if spec.limit is not None and len(cases) >= spec.limit:
             break
     if not cases:
         raise ConfigError("the dataset has no cases (after `where`)", path=shown)
-    return Dataset(path, hashlib.sha256(raw).hexdigest(), cases)
+    return Dataset(path, digest.hexdigest(), cases)
