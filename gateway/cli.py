@@ -221,7 +221,8 @@ def parse_since(value: str) -> datetime:
         raise typer.BadParameter(
             "use an ISO time (2026-11-28T10:00) or a duration (30s, 10m, 2h, 1d)"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    # In UTC: SQLite stores times without their offset, so 10:00+02:00 must be compared as 08:00.
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _log_rows(

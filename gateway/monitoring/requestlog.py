@@ -3,7 +3,9 @@
 Requests put a finished row on a bounded queue and move on (no DB work, no wait). A writer task takes
 rows in batches and inserts each batch in one transaction in a worker thread, so a row is written whole
 or not at all. A full queue drops the row and counts it (exposed in /metrics and /readyz); a failing
-database is retried with back-off while rows keep queueing. Shutdown flushes what is queued.
+database is retried with back-off while rows keep queueing; a batch the database refuses as data (which
+no retry can fix) is written row by row and the bad rows are dropped and counted, so one row never wedges
+the log. Shutdown flushes what is queued.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, String, insert
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from gateway.db.models import RequestLog
 
 log = logging.getLogger("opsgate.requestlog")
 COLUMNS = frozenset(c.name for c in RequestLog.__table__.columns)
+LENGTHS = {
+    c.name: c.type.length
+    for c in RequestLog.__table__.columns
+    if isinstance(c.type, String) and c.type.length is not None
+}
 
 
 @dataclass(slots=True)
@@ -51,7 +58,12 @@ class LogRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_values(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in COLUMNS}
+        values = {name: getattr(self, name) for name in COLUMNS}
+        for name, length in LENGTHS.items():  # text from the request (a model name) can be any length
+            value = values[name]
+            if isinstance(value, str) and len(value) > length:
+                values[name] = value[:length]
+        return values
 
 
 @dataclass
@@ -164,6 +176,10 @@ class RequestLogWriter:
         while True:
             try:
                 await asyncio.to_thread(self._insert, rows)
+            except (DataError, IntegrityError) as exc:
+                self._failed(exc)
+                await self._write_each(rows)
+                return
             except SQLAlchemyError as exc:
                 self.stats.failed_batches += 1
                 self.stats.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
@@ -181,6 +197,28 @@ class RequestLogWriter:
             if self._on_written is not None:
                 self._on_written(rows)
             return
+
+    def _failed(self, exc: SQLAlchemyError) -> None:
+        self.stats.failed_batches += 1
+        self.stats.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+
+    async def _write_each(self, rows: list[LogRow]) -> None:
+        """The database refused the batch's data: retrying cannot help, so write what it accepts."""
+        written: list[LogRow] = []
+        for row in rows:
+            try:
+                await asyncio.to_thread(self._insert, [row])
+            except SQLAlchemyError as exc:
+                self._failed(exc)
+                self.stats.dropped += 1
+                log.error(
+                    "request log row %s refused by the database, dropped: %s", row.id, self.stats.last_error
+                )
+                continue
+            written.append(row)
+        self.stats.written += len(written)
+        if written and self._on_written is not None:
+            self._on_written(written)
 
     def _insert(self, rows: list[LogRow]) -> None:
         with self.engine.begin() as conn:
