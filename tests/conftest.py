@@ -8,9 +8,11 @@
     db_url                         (module) "sqlite" / "postgres": a fresh database URL of each kind
     make_project(routers, files)   (function) a temp project dir: repo config/ + routers + files
     project_factory                (session) the same factory, for module-scoped fixtures
-    start_gateway(project_dir, *, database_url=None, env=None, port=None)
+    start_gateway(project_dir, *, database_url=None, env=None, port=None, admin_key=None)
                                    (function) the real `opsgate serve` subprocess, started and ready
-                                   (tests/fakes/gateway.py: GatewayProcess); stopped after the test
+                                   (tests/fakes/gateway.py: GatewayProcess); stopped after the test.
+                                   On a database that already has keys no admin.key is written: pass
+                                   an admin key of that database, or the handle creates one with the CLI
     gateway_factory                (session) the same, for module-scoped fixtures (use `with`, or .stop())
 
 Importing this file makes the process offline (gateway.offline) and installs the network guard

@@ -14,47 +14,23 @@ import openai
 import pytest
 
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import OPSGATE, GatewayProcess, free_port, subprocess_env
-from tests.fakes.upstream import RETRY_AFTER_S, FakeUpstream
+from tests.fakes.gateway import (
+    FAST_GATEWAY_YAML,
+    OPSGATE,
+    GatewayProcess,
+    assert_error,
+    free_port,
+    subprocess_env,
+)
 
 MAX_BODY = 64 * 1024
 MESSAGES = [{"role": "user", "content": "hello"}]
-GATEWAY_YAML = f"server:\n  max_body_bytes: {MAX_BODY}\ncache:\n  refresh_interval_s: 0.2\n"
-
-# router name -> (fake upstream mode, deployment timeout)
-UPSTREAMS = {
-    "up-500": ("500-e", 30.0),
-    "up-503": ("503-e", 30.0),
-    "up-429": ("429-e", 30.0),
-    "up-400": ("400-e", 30.0),
-    "up-401": ("401-e", 30.0),
-    "up-slow": ("slow-3000-e", 0.3),
-    "up-reset": ("reset-e", 30.0),
-    "up-ok": ("ok-e", 30.0),
-}
+GATEWAY_YAML = f"server:\n  max_body_bytes: {MAX_BODY}\n" + FAST_GATEWAY_YAML
 
 
 @pytest.fixture(scope="module")
-def gw(
-    project_factory: ProjectFactory, gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
-) -> Iterator[GatewayProcess]:
-    routers: dict[str, Any] = {
-        name: {
-            "deployments": [
-                {
-                    "id": "only",
-                    "model": "openai/fake",
-                    "api_base": fake_upstream.url(mode),
-                    "timeout_s": timeout,
-                }
-            ]
-        }
-        for name, (mode, timeout) in UPSTREAMS.items()
-    }
-    routers["up-refused"] = {
-        "deployments": [{"id": "only", "model": "openai/fake", "api_base": fake_upstream.refused_url}]
-    }
-    routers["other"] = {"deployments": [{"id": "local", "model": "local/extractive"}]}
+def gw(project_factory: ProjectFactory, gateway_factory: GatewayFactory) -> Iterator[GatewayProcess]:
+    routers = {"other": {"deployments": [{"id": "local", "model": "local/extractive"}]}}
     project = project_factory(routers=routers, files={"config/gateway.yaml": GATEWAY_YAML})
     with gateway_factory(project) as gateway:
         yield gateway
@@ -72,40 +48,6 @@ def post(gw: GatewayProcess, content: Any = None, *, key: str | None = "admin", 
             headers.setdefault("Content-Type", "application/json")
             return http.post(path, content=content, headers=headers, **kw)
         return http.post(path, json=content, headers=headers, **kw)
-
-
-def assert_error(
-    gw: GatewayProcess,
-    r: httpx.Response,
-    status: int,
-    *,
-    type_: str,
-    code: str | None,
-    param: str | None = None,
-) -> dict[str, Any]:
-    """Exact status and OpenAI error JSON, no traceback, and exactly one complete log row."""
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    assert "Traceback" not in r.text
-    assert 'File "' not in r.text
-    error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == type_
-    assert error["code"] == code
-    assert error["param"] == param
-    assert isinstance(error["message"], str)
-    assert len(error["message"]) > 10
-    request_id = r.headers["x-opsgate-request-id"]
-    row = gw.log_row(request_id)
-    assert gw.count_rows(request_id) == 1
-    assert row["status"] == status
-    assert row["error_type"] == (code or type_)
-    assert row["error_message"] == error["message"]
-    assert row["latency_ms"] is not None
-    assert row["latency_ms"] > 0
-    assert row["ts"] is not None
-    assert row["route"] == "/v1/chat/completions" or row["route"] == "/v1/embeddings"
-    return row
 
 
 # -- bad requests ------------------------------------------------------------------------------------------
@@ -279,43 +221,7 @@ def test_a_body_just_under_the_limit_is_served(gw: GatewayProcess) -> None:
     assert r.status_code == 200
 
 
-# -- upstream failures -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-@pytest.mark.parametrize(
-    ("router", "status", "type_", "code"),
-    [
-        ("up-500", 502, "upstream_error", "upstream_error"),
-        ("up-503", 502, "upstream_error", "upstream_error"),
-        ("up-reset", 502, "upstream_error", "upstream_error"),
-        ("up-401", 502, "upstream_error", "upstream_auth_failed"),
-        ("up-refused", 503, "upstream_error", "upstream_unavailable"),
-        ("up-slow", 504, "upstream_error", "upstream_timeout"),
-        ("up-429", 429, "rate_limit_error", "upstream_rate_limited"),
-        ("up-400", 400, "invalid_request_error", "upstream_rejected"),
-    ],
-)
-def test_upstream_failures_map_to_status(
-    gw: GatewayProcess, router: str, status: int, type_: str, code: str, stream: bool
-) -> None:
-    r = post(gw, {"model": router, "messages": MESSAGES, "stream": stream})
-    row = assert_error(gw, r, status, type_=type_, code=code)
-    assert r.headers["x-opsgate-versions"].startswith(f"router:{router}@")
-    assert row["artifacts"] == [r.headers["x-opsgate-versions"]]
-    assert row["deployment"] == "only"
-    assert row["upstream_model"] == "openai/fake"
-    assert [a["deployment"] for a in row["attempts"]] == ["only"]
-    assert row["attempts"][0]["ok"] is False
-    assert row["stream"] is stream
-    if status == 429:
-        assert r.headers["retry-after"] == str(RETRY_AFTER_S)
-
-
-def test_upstream_ok_for_contrast(gw: GatewayProcess) -> None:
-    r = post(gw, {"model": "up-ok", "messages": MESSAGES})
-    assert r.status_code == 200
-    assert r.json()["choices"][0]["message"]["content"] == "echo: hello"
+# -- unknown URLs ------------------------------------------------------------------------------------------
 
 
 def test_unknown_url_and_method_are_openai_errors(gw: GatewayProcess) -> None:

@@ -95,6 +95,7 @@ class GatewayProcess:
         database_url: str | None = None,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        admin_key: str | None = None,
     ) -> None:
         self.project_dir = Path(project_dir)
         self.data_dir = Path(data_dir)
@@ -109,7 +110,7 @@ class GatewayProcess:
         self.env = subprocess_env(extra)
         self.output_file = self.data_dir.parent / f"{self.data_dir.name}.serve.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self.admin_key = ""
+        self.admin_key = admin_key or ""
         self._engine: Any = None
         self._client: openai.OpenAI | None = None
 
@@ -152,6 +153,8 @@ class GatewayProcess:
         key_file = self.data_dir / "admin.key"
         if key_file.exists():
             return key_file.read_text(encoding="utf-8").strip()
+        if self.admin_key:  # given by the caller: an admin key of the database this gateway shares
+            return self.admin_key
         # The database already had keys (a shared database): make an admin key for this handle.
         value = "sk-test-admin-" + secrets.token_hex(16)
         self.cli("keys", "create", "--name", "test-admin", "--role", "admin", "--key", value)
@@ -314,3 +317,37 @@ class GatewayProcess:
                 url = url.set(drivername="postgresql+psycopg")
             self._engine = create_engine(url)
         return self._engine
+
+
+def assert_error(
+    gw: GatewayProcess,
+    r: httpx.Response,
+    status: int,
+    *,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+) -> dict[str, Any]:
+    """Exact status and OpenAI error JSON, no traceback, and exactly one complete log row."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert "Traceback" not in r.text
+    assert 'File "' not in r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == type_
+    assert error["code"] == code
+    assert error["param"] == param
+    assert isinstance(error["message"], str)
+    assert len(error["message"]) > 10
+    request_id = r.headers["x-opsgate-request-id"]
+    row = gw.log_row(request_id)
+    assert gw.count_rows(request_id) == 1
+    assert row["status"] == status
+    assert row["error_type"] == (code or type_)
+    assert row["error_message"] == error["message"]
+    assert row["latency_ms"] is not None
+    assert row["latency_ms"] > 0
+    assert row["ts"] is not None
+    assert row["route"] == r.request.url.path
+    return row

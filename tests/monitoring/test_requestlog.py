@@ -194,11 +194,15 @@ def request_log_locked(db_url: str) -> Iterator[None]:
 
 
 def test_a_full_queue_drops_rows_without_blocking_requests(
-    start_gateway: GatewayFactory, project_factory: ProjectFactory, fake_upstream: FakeUpstream, db_url: str
+    start_gateway: GatewayFactory,
+    project_factory: ProjectFactory,
+    fake_upstream: FakeUpstream,
+    db_url: str,
+    gw: GatewayProcess,
 ) -> None:
     config = "request_log:\n  queue_size: 1\n  batch_size: 1\n  flush_interval_s: 0.01\n"
     project = project_factory(routers=routers(fake_upstream), files={"config/gateway.yaml": config})
-    gw = start_gateway(project, database_url=db_url)
+    gw = start_gateway(project, database_url=db_url, admin_key=gw.admin_key)  # shares the module's database
     n = 20
     with request_log_locked(db_url):
         ids, slowest = [], 0.0
@@ -229,11 +233,15 @@ def test_a_full_queue_drops_rows_without_blocking_requests(
 
 
 def test_shutdown_flushes_queued_rows(
-    start_gateway: GatewayFactory, project_factory: ProjectFactory, fake_upstream: FakeUpstream, db_url: str
+    start_gateway: GatewayFactory,
+    project_factory: ProjectFactory,
+    fake_upstream: FakeUpstream,
+    db_url: str,
+    gw: GatewayProcess,
 ) -> None:
     config = "request_log:\n  batch_size: 10000\n  flush_interval_s: 60\n"
     project = project_factory(routers=routers(fake_upstream), files={"config/gateway.yaml": config})
-    gw = start_gateway(project, database_url=db_url)
+    gw = start_gateway(project, database_url=db_url, admin_key=gw.admin_key)
     ids = [chat(gw)[1] for _ in range(10)] + [chat(gw, stream=True)[1] for _ in range(5)]
     time.sleep(0.3)
     assert sum(gw.count_rows(i) for i in ids) == 0  # still queued: the batch waits for its interval
