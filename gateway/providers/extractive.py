@@ -5,6 +5,11 @@ RAG prompts lay out retrieved chunks) are cited by their id; when such passages 
 sentences are candidates, so instructions in the system prompt are never quoted as answers.
 Scoring is lexical: the IDF-weighted overlap of content words (lightly stemmed), plus a bonus for
 question bigrams found in order. No randomness, no model: the same input gives the same answer.
+
+With `[id]` passages (RAG), the answer is shorter: for a question that asks for a date, a number or a
+name, the matching span of the best sentences (`answer_spans.py`), else the one best sentence; each
+with its citation. On the SQuAD 2.0 subset (293 answerable questions, top-4 retrieved chunks) this
+took exact match from 0.000 to 0.130 and token F1 from 0.132 to 0.271 (bench/retrieval_quality.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from gateway.providers.answer_spans import short_answer
 from gateway.usage import message_text
 
 NO_CONTEXT = (
@@ -23,6 +29,7 @@ NO_CONTEXT = (
 )
 NO_QUESTION = "There is no question to answer: send a user message."
 NOT_FOUND = "The context does not contain an answer to this question."
+SPAN_SENTENCES = 2  # sentences searched for a short answer span, best first
 
 _PASSAGE = re.compile(r"^[ \t]*\[([^\]\s]{1,200})\][ \t]*", re.MULTILINE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n|\n(?=\s*[-*#\d])")
@@ -232,7 +239,8 @@ def _score(question: list[str], sentence: list[str], idf: dict[str, float]) -> f
     return score / (1.0 + 0.02 * len(sentence))  # mild preference for focused sentences
 
 
-def best_sentences(question: str, sentences: list[Sentence], *, limit: int = 2) -> list[Sentence]:
+def ranked_sentences(question: str, sentences: list[Sentence]) -> list[tuple[float, Sentence]]:
+    """Sentences that share a content word with the question, best first."""
     q_terms = terms(question)
     if not q_terms or not sentences:
         return []
@@ -244,12 +252,35 @@ def best_sentences(question: str, sentences: list[Sentence], *, limit: int = 2) 
     idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in set(q_terms)}
     scored = [(_score(q_terms, toks, idf), s) for toks, s in zip(tokenised, sentences, strict=True)]
     scored = [(sc, s) for sc, s in scored if sc > 0]
+    scored.sort(key=lambda pair: (-pair[0], pair[1].position))
+    return scored
+
+
+def best_sentences(question: str, sentences: list[Sentence], *, limit: int = 2) -> list[Sentence]:
+    scored = ranked_sentences(question, sentences)
     if not scored:
         return []
-    scored.sort(key=lambda pair: (-pair[0], pair[1].position))
     top = scored[0][0]
     chosen = [s for sc, s in scored[:limit] if sc >= 0.6 * top]
     return sorted(chosen, key=lambda s: s.position)
+
+
+def _norm(word: str) -> str:
+    word = word.lower()
+    return "" if word in STOPWORDS else _stem(word)
+
+
+def span_answer(question: str, sentences: list[Sentence]) -> str | None:
+    """For a date, number or name question: the short span and its citation, from the best sentences."""
+    scored = ranked_sentences(question, sentences)
+    q_terms = set(terms(question))
+    for score, sentence in scored[:SPAN_SENTENCES]:
+        if score < 0.6 * scored[0][0]:
+            break
+        span = short_answer(question, sentence.text, q_terms, _norm)
+        if span:
+            return span + (f" [{sentence.passage_id}]" if sentence.passage_id else "")
+    return None
 
 
 def split_messages(messages: list[object]) -> tuple[str, str]:
@@ -274,9 +305,13 @@ def answer(messages: list[object]) -> str:
     if not context.strip():
         return NO_CONTEXT
     sentences = split_context(context)
-    if any(s.passage_id for s in sentences):
+    rag = any(s.passage_id for s in sentences)
+    if rag:  # retrieved passages: a short span for factoid questions, else the one best sentence
         sentences = [s for s in sentences if s.passage_id]
-    chosen = best_sentences(question, sentences)
+        span = span_answer(question, sentences)
+        if span is not None:
+            return span
+    chosen = best_sentences(question, sentences, limit=1 if rag else 2)
     if not chosen:
         return NOT_FOUND
     return " ".join(f'"{s.text}"' + (f" [{s.passage_id}]" if s.passage_id else "") for s in chosen)
