@@ -16,6 +16,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # (metric, label values) -> child: prometheus' labels() validates and locks on every call
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "opsgate_requests",
@@ -116,22 +118,29 @@ class Metrics:
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         Gauge(name, doc, registry=self.registry).set_function(read)
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        child = self._children.get((metric, values))
+        if child is None:
+            child = self._children[(metric, values)] = metric.labels(*values)
+        return child
+
     def observe(self, row: LogRow) -> None:
         artifact = row.artifacts[0].split("#", 1)[0] if row.artifacts else (row.model or "-")
-        self.requests.labels(row.route, artifact, str(row.status)).inc()
-        self.latency.labels(row.route, artifact).observe(row.latency_ms / 1000)
+        labels = self._child
+        labels(self.requests, row.route, artifact, str(row.status)).inc()
+        labels(self.latency, row.route, artifact).observe(row.latency_ms / 1000)
         if row.upstream_ms is not None and row.deployment:
-            self.upstream_latency.labels(row.deployment).observe(row.upstream_ms / 1000)
+            labels(self.upstream_latency, row.deployment).observe(row.upstream_ms / 1000)
         if row.ttft_ms is not None:
-            self.ttft.labels(artifact).observe(row.ttft_ms / 1000)
+            labels(self.ttft, artifact).observe(row.ttft_ms / 1000)
         if row.tokens_in:
-            self.tokens.labels(artifact, "in").inc(row.tokens_in)
+            labels(self.tokens, artifact, "in").inc(row.tokens_in)
         if row.tokens_out:
-            self.tokens.labels(artifact, "out").inc(row.tokens_out)
+            labels(self.tokens, artifact, "out").inc(row.tokens_out)
         if row.cost_usd:
-            self.cost.labels(artifact).inc(row.cost_usd)
+            labels(self.cost, artifact).inc(row.cost_usd)
         for attempt in row.attempts:
-            self.attempts.labels(attempt["deployment"], "ok" if attempt["ok"] else "error").inc()
+            labels(self.attempts, attempt["deployment"], "ok" if attempt["ok"] else "error").inc()
         for decision in row.decisions:
             verdict = decision.get("verdict")
             if verdict in POLICY_VERDICTS_COUNTED:
