@@ -140,10 +140,11 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
         database_url: str | None = None,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        admin_key: str | None = None,
     ) -> GatewayProcess:
         data_dir = tmp_path_factory.mktemp("data")
         gateway = GatewayProcess(
-            project_dir, data_dir=data_dir, database_url=database_url, env=env, port=port
+            project_dir, data_dir=data_dir, database_url=database_url, env=env, port=port, admin_key=admin_key
         )
         started.append(gateway)
         return gateway.start()
