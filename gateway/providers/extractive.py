@@ -209,7 +209,7 @@ def terms(text: str) -> list[str]:
 
 
 def _split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    return [" ".join(s.split()) for s in _SENTENCE_END.split(text) if s and s.strip()]  # hard-wrapped lines
 
 
 def split_context(context: str) -> list[Sentence]:

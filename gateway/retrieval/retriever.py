@@ -91,11 +91,12 @@ class IndexLibrary:
     def builder(self, engine: Engine, project_dir: Path) -> IndexBuilder:
         return IndexBuilder(engine, project_dir, self.store, self.data_dir, self.minilm)
 
-    def warm(self, record: VersionRecord) -> None:
-        """Open a version, load its lexical index and the query embedder, so its first query is fast."""
+    def warm(self, record: VersionRecord, *, vectors: bool) -> None:
+        """Open a version and load its lexical index (and the query embedder when a prompt searches by
+        vector), so its first query is fast."""
         reader = self.reader(record)
         reader.lexical_index()
-        if IndexSpec.model_validate(record.spec).embedder.type == "local":
+        if vectors and IndexSpec.model_validate(record.spec).embedder.type == "local":
             self.minilm.encode(["warm up"])
 
 
@@ -187,6 +188,7 @@ class IndexRetriever:
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """Catalog listener: open (in the background) every index version an alias points at."""
+        vectors = self._vector_search_used(snapshot)
         for (kind, name), aliases in snapshot.aliases.items():
             if kind != "index":
                 continue
@@ -198,13 +200,29 @@ class IndexRetriever:
                 if key in self._warming:
                     continue
                 self._warming.add(key)
-                task = asyncio.get_running_loop().create_task(self._warm(record))
+                task = asyncio.get_running_loop().create_task(self._warm(record, vectors))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _warm(self, record: VersionRecord) -> None:
+    def _vector_search_used(self, snapshot: Snapshot) -> bool:
+        """Whether a served prompt retrieves in dense or hybrid mode (then the query model is worth loading)."""
+        for (kind, name), aliases in snapshot.aliases.items():
+            if kind != "prompt":
+                continue
+            for version in set(aliases.values()):
+                record = snapshot.records.get((kind, name, version))
+                spec = self.catalog.prompt_spec(record) if record is not None else None
+                if (
+                    spec is not None
+                    and spec.retrieval
+                    and (spec.retrieval.mode or self.default_mode) != "lexical"
+                ):
+                    return True
+        return False
+
+    async def _warm(self, record: VersionRecord, vectors: bool) -> None:
         try:
-            await asyncio.to_thread(self.library.warm, record)
+            await asyncio.to_thread(self.library.warm, record, vectors=vectors)
         except Exception as exc:  # noqa: BLE001 - warming is an optimisation; the request path reports it
             log.warning("could not open %s ahead of requests: %s", record.ref, exc)
 
