@@ -33,6 +33,7 @@ from gateway.policy.setup import build_pipeline, validate_policy_file
 from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
+from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.sync import bootstrap, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
@@ -62,7 +63,8 @@ def prepare_database(settings: Settings) -> Engine:
     """Engine + migrations + router bootstrap + first admin key. Blocking; also used by the CLI."""
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
-    for record in bootstrap(engine, settings.project_dir, actor="system:bootstrap"):
+    blobs = BlobStore(blob_root(settings.resolved_data_dir()))
+    for record in bootstrap(engine, settings.project_dir, actor="system:bootstrap", blobs=blobs):
         log.info("bootstrap: registered %s from %s as production", record.ref, record.source_path)
     for note in drifted(engine, settings.project_dir):
         log.warning("%s: serving the registered version; run `opsgate sync` and promote to change it", note)
@@ -95,7 +97,9 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     policy = build_pipeline(settings, config, engine)
     gateway = Gateway(catalog, writer, metrics, retriever, policy)
     alerts = Alerts(config.alerts)
-    return Parts(settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy)
+    return Parts(
+        settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -360,6 +360,7 @@ def sync_cmd(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Register the prompts, routers and models the repository holds at HEAD (new content only)."""
+    from gateway.registry.blobs import BlobStore, blob_root
     from gateway.registry.sync import sync
 
     settings = _settings()
@@ -367,7 +368,10 @@ def sync_cmd(
     governance = _governance(settings)
     principal = authenticate_cli(engine, key, *governance.registrar_roles)
     try:
-        report = sync(engine, settings.project_dir, actor=principal.actor, allow_dirty=allow_dirty)
+        blobs = BlobStore(blob_root(settings.resolved_data_dir()))
+        report = sync(
+            engine, settings.project_dir, actor=principal.actor, allow_dirty=allow_dirty, blobs=blobs
+        )
     except OpsgateError as exc:
         fail(exc.message, 1)
     if json_out:

@@ -19,6 +19,7 @@ from gateway.db.state import as_utc
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.keys import KeyService, Principal
 from gateway.registry import audit
+from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.promotion import PromotionService
 from gateway.registry.refs import KINDS, parse_ref
 from gateway.registry.store import VersionStore
@@ -134,7 +135,14 @@ def sync_repo(request: Request, caller: Caller, body: SyncRequest) -> dict[str, 
         raise PermissionDenied(
             f"sync needs one of the roles {', '.join(parts.config.governance.registrar_roles)}"
         )
-    report = sync(parts.engine, parts.settings.project_dir, actor=caller.actor, allow_dirty=body.allow_dirty)
+    blobs = BlobStore(blob_root(parts.settings.resolved_data_dir()))
+    report = sync(
+        parts.engine,
+        parts.settings.project_dir,
+        actor=caller.actor,
+        allow_dirty=body.allow_dirty,
+        blobs=blobs,
+    )
     return {
         "commit": report.commit,
         "registered": [r.ref for r in report.registered],

@@ -13,49 +13,16 @@ joblib files run code on load, so the spec refuses them at parse time unless `tr
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from gateway.ml.errors import ModelUnavailable
 from gateway.ml.spec import ModelSpec
+from gateway.registry.blobs import BlobStore
 from gateway.registry.hashing import content_hash
 
-
-class ArtifactStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def folder(self, version_hash: str) -> Path:
-        return self.root / version_hash[:2] / version_hash
-
-    def read(self, version_hash: str, names: list[str]) -> dict[str, bytes] | None:
-        folder = self.folder(version_hash)
-        try:
-            return {name: (folder / name).read_bytes() for name in names}
-        except OSError:
-            return None
-
-    def stash(self, version_hash: str, files: dict[str, bytes]) -> None:
-        """Write atomically: a folder is either complete or absent."""
-        target = self.folder(version_hash)
-        if target.is_dir():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-        try:
-            for name, data in files.items():
-                path = tmp / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-            os.replace(tmp, target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not target.is_dir():
-                raise
+ArtifactStore = BlobStore  # the ML name for the registry's content-addressed store
 
 
 def verified_files(

@@ -119,6 +119,7 @@ def monitor_cmd(
     from gateway.ml.service import load_served
     from gateway.ml.spec import ModelSpec
     from gateway.monitoring.alerts import Alerts
+    from gateway.registry.blobs import blob_root
     from gateway.registry.store import VersionStore
 
     settings = _settings()
@@ -134,7 +135,7 @@ def monitor_cmd(
         records = [r for r in records if r.version == version]
         if not records:
             _fail(f"model:{name} has no version or alias {selector!r} (aliases: {aliases})")
-    artifacts = ArtifactStore(settings.resolved_data_dir() / "ml" / "store")
+    artifacts = ArtifactStore(blob_root(settings.resolved_data_dir()))
     config = settings.load_gateway_config()
     for record in records:
         by_alias = sorted(a for a, v in aliases.items() if v == record.version)

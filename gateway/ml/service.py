@@ -35,6 +35,7 @@ from gateway.ml.tables import MLFeedback, MLPrediction, MLQualityEvent
 from gateway.ml.writer import Batch, MLWriter
 from gateway.monitoring.alerts import Alerts
 from gateway.monitoring.metrics import Metrics
+from gateway.registry.blobs import blob_root
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionRecord
 from gateway.serving import Call
@@ -91,7 +92,7 @@ class MLService:
         self.alerts = alerts
         self.config = config
         self.project_dir = project_dir
-        self.store = ArtifactStore(data_dir / "ml" / "store")
+        self.store = ArtifactStore(blob_root(data_dir))
         self.writer = MLWriter(
             engine,
             queue_size=config.queue_size,

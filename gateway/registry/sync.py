@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from gateway.db.models import ArtifactVersion
 from gateway.errors import ConfigError, Conflict
 from gateway.registry import audit
+from gateway.registry.blobs import BlobStore
 from gateway.registry.files import KIND_DIRS, ArtifactFile, load_artifacts
 from gateway.registry.git import GitRepo
 from gateway.registry.store import SourceInfo, VersionRecord, register_version, set_alias
@@ -62,9 +63,20 @@ def _bare_name_clash(session: Session, art: ArtifactFile) -> str | None:
 
 
 def register_artifact(
-    engine: Engine, art: ArtifactFile, source: SourceInfo, *, actor: str, bootstrap_alias: str | None = None
+    engine: Engine,
+    art: ArtifactFile,
+    source: SourceInfo,
+    *,
+    actor: str,
+    bootstrap_alias: str | None = None,
+    blobs: BlobStore | None = None,
 ) -> tuple[VersionRecord, bool]:
-    """Register one file's content (no-op when known). `bootstrap_alias` is set for a first version only."""
+    """Register one file's content (no-op when known). `bootstrap_alias` is set for a first version only.
+
+    Referenced binary files (model files, reference data) go to the blob store under the version's hash,
+    so the version stays servable whatever later happens to the files in the project."""
+    if blobs is not None and art.referenced and art.stored_files() is None:
+        blobs.stash(art.content_hash, art.referenced)
 
     def work(session: Session) -> tuple[VersionRecord, bool]:
         clash = _bare_name_clash(session, art)
@@ -100,7 +112,14 @@ def register_artifact(
     return audit.write_transaction(engine, work)
 
 
-def sync(engine: Engine, project_dir: Path, *, actor: str, allow_dirty: bool = False) -> SyncReport:
+def sync(
+    engine: Engine,
+    project_dir: Path,
+    *,
+    actor: str,
+    allow_dirty: bool = False,
+    blobs: BlobStore | None = None,
+) -> SyncReport:
     repo = GitRepo(project_dir)
     if not repo.is_repo():
         raise ConfigError(f"{project_dir} is not a git repository: `opsgate sync` registers what git holds")
@@ -120,7 +139,8 @@ def sync(engine: Engine, project_dir: Path, *, actor: str, allow_dirty: bool = F
     dirty_set = set(dirty)
     for art in artifacts:
         try:
-            record, created = register_artifact(engine, art, _source(repo, art, dirty_set, head), actor=actor)
+            source = _source(repo, art, dirty_set, head)
+            record, created = register_artifact(engine, art, source, actor=actor, blobs=blobs)
         except ConfigError as exc:
             report.errors.append(exc)
             continue
@@ -129,7 +149,12 @@ def sync(engine: Engine, project_dir: Path, *, actor: str, allow_dirty: bool = F
 
 
 def bootstrap(
-    engine: Engine, project_dir: Path, *, actor: str, alias: str = "production"
+    engine: Engine,
+    project_dir: Path,
+    *,
+    actor: str,
+    alias: str = "production",
+    blobs: BlobStore | None = None,
 ) -> list[VersionRecord]:
     """First start of a fresh install: artifacts with no version at all are registered from the working
     tree and their `alias` points at that first version (audited as a bootstrap). Once an artifact exists,
@@ -151,7 +176,7 @@ def bootstrap(
         if (art.kind, art.name) in existing:
             continue
         source = _source(repo if use_git else None, art, dirty, head)
-        record, new = register_artifact(engine, art, source, actor=actor, bootstrap_alias=alias)
+        record, new = register_artifact(engine, art, source, actor=actor, bootstrap_alias=alias, blobs=blobs)
         if new:
             created.append(record)
     return created

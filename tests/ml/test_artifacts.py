@@ -79,3 +79,26 @@ def test_unsafe_files_are_refused(data: Data) -> None:
         load_estimator(spec, risky, "model:x@1")
     assert not Path("/tmp/opsgate-pwned").exists()
     assert load_estimator(spec, sio.dumps(data.cancer_model), "model:x@1") is not None
+
+
+def test_sync_stashes_model_files_so_the_version_survives_the_file_changing(
+    project: Path, tmp_path: Path
+) -> None:
+    """`opsgate sync` copies verified model bytes into the blob store: no gateway needs to run in between."""
+    from gateway.db.engine import make_engine, migrate
+    from gateway.registry.blobs import BlobStore
+    from gateway.registry.sync import sync
+    from tests.ml.conftest import git_commit
+
+    git_commit(project)
+    engine = make_engine(f"sqlite:///{tmp_path / 'reg.db'}")
+    migrate(engine)
+    blobs = BlobStore(tmp_path / "blobs")
+    report = sync(engine, project, actor="test", blobs=blobs)
+    cancer = next(r for r in report.registered if r.kind == "model" and r.name == "cancer")
+    original = (project / "config/models/cancer.skops").read_bytes()
+    (project / "config/models/cancer.skops").write_bytes(b"replaced after sync")
+    art_spec = ModelSpec.model_validate(cancer.spec)
+    files = verified_files(art_spec, cancer.content_hash, cancer.ref, cancer.source_path, project, blobs)
+    assert files["cancer.skops"] == original
+    engine.dispose()
