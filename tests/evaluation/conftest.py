@@ -31,8 +31,22 @@ def squad_files(extra: dict[str, str] | None = None) -> dict[str, str]:
     }
     files["evals/data/squad_v2_small/qa.jsonl"] = (SQUAD / "qa.jsonl").read_text(encoding="utf-8")
     files["prompts/squad_qa.yaml"] = (REPO / "prompts" / "squad_qa.yaml").read_text(encoding="utf-8")
-    files["evals/squad_small.yaml"] = (REPO / "evals" / "squad_small.yaml").read_text(encoding="utf-8")
+    files["evals/squad_small.yaml"] = slice_gates(
+        (REPO / "evals" / "squad_small.yaml").read_text(encoding="utf-8")
+    )
     return {**files, **(extra or {})}
+
+
+def slice_gates(suite: str) -> str:
+    """The suite's gates are floors for all 293 questions; a slice of a few is too small to hold them, so
+    the tests' copy gates on mechanics (low floors) and keeps the baseline gate."""
+    head, _, rest = suite.partition("gates:\n")
+    tail = rest[rest.index("concurrency:") :]
+    gates = (
+        "gates:\n  - {metric: hit_at_4, min: 0.25}\n  - {metric: hit_at_4, min_delta_vs: production, delta: -0.02}\n"
+        "  - {type: pass_rate, min: 0.1, case: {string_presence: 1}}\n"
+    )
+    return head + gates + tail
 
 
 def judge_router(upstream: FakeUpstream, mode: str = "judge") -> dict[str, Any]:
