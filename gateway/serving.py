@@ -196,7 +196,11 @@ class Gateway:
                     f"prompt {spec.name!r} needs retrieval, which this gateway was built without",
                     code="retrieval_unavailable",
                 )
-            context = await self.retriever.retrieve(call, spec, variables, data.get("messages") or [])
+            # the query is built from a redacted copy: an index may embed it through a remote router
+            query_messages, query_variables = self.policy.screen_query(
+                call, spec, data.get("messages") or [], variables
+            )
+            context = await self.retriever.retrieve(call, spec, query_variables, query_messages)
             context = self.policy.screen_context(call, spec, context)  # PII and injection in chunks
             call.citations = citations(context, include_text=_include_context(data))
         rendered = render_messages(spec, variables, templates=record.files, context=context)

@@ -17,7 +17,7 @@ from gateway.errors import OpsgateError
 from gateway.usage import Prices
 from gateway.yamlspec import StrictModel
 
-Stage = Literal["input", "context", "output"]
+Stage = Literal["input", "query", "context", "output"]
 Verdict = Literal["allowed", "blocked", "redacted", "flagged", "error"]
 STAGES: tuple[Stage, ...] = ("input", "context", "output")
 
@@ -158,6 +158,7 @@ class PolicyCheck(Generic[C]):
     type: ClassVar[str]
     config_model: ClassVar[builtins.type[CheckConfig]]
     phase: ClassVar[int] = 20
+    screens_query: ClassVar[bool] = False  # also run on the retrieval query (an embedder may be remote)
 
     def __init__(self, config: C, rule: str) -> None:
         self.config = config

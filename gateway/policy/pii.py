@@ -27,7 +27,7 @@ EMAIL = re.compile(
     r"\.[A-Za-z]{2,24}(?![A-Za-z0-9-])"
 )
 # Numeric kinds are looked for only inside runs of digits and separators (few in most prose).
-NUMERIC_RUN = re.compile(r"\d[\d ().+:-]*")
+NUMERIC_RUN = re.compile(r"\d(?:[ ().+:-]{0,2}\d){3,}")  # 4 digits or more, as every numeric kind has
 CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d]|[ -]\d)")
 SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
 IPV4 = re.compile(
@@ -94,18 +94,18 @@ def _emails(text: str) -> Iterator[Hit]:
 
 
 def _numeric(text: str, kinds: frozenset[str]) -> Iterator[Hit]:
-    """Every kind but email holds a digit run: one pass finds the runs, then each short window is tried
-    only for the kinds its digit count allows (IBANs and NI numbers start up to 3 characters earlier)."""
+    """Every kind but email holds a run of 4 digits or more: one pass finds the runs, then each short
+    window is tried only for the kinds its digit count allows (an IBAN starts up to 12 characters
+    earlier, an NI number 3)."""
     for run in NUMERIC_RUN.finditer(text):
         start = run.start()
-        if "iban" in kinds and start >= 2 and text[start - 2 : start].isupper():
-            yield from _ibans(text, start - 2, start + 5)
+        if "iban" in kinds and IBAN.search(text, max(0, start - 12), start + 5) is not None:
+            # country, check digits and a bank code of letters may come before the run
+            yield from _ibans(text, max(0, start - 12), start + 5)
         value = run.group()
         digits = sum(map(str.isdigit, value))
-        if digits < 4:
-            continue
         lo = max(0, start - 3)  # '+', '(' or an NI number's letters come before the digits
-        hi = min(len(text), run.end() + 1)  # one more character for the lookaheads
+        hi = min(len(text), run.end() + 3)  # an NI number's letter, and the lookaheads
         if "national_id" in kinds and digits >= 6:
             yield from _ninos(text, lo, hi)
             if digits == 9 and "-" in value:

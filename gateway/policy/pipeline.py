@@ -5,6 +5,7 @@ Entry points (every one records its decisions on the call; none reads a database
     pre_call(call, payload)          any request (chat, embeddings, ML records): access, PII, injection,
                                      deny list, token caps, then every rate and budget charge at once
     check_chat / check_embedding     build the payload of an OpenAI-style body, then pre_call
+    screen_query(call, spec, ...)    the caller's text before it becomes a retrieval query (PII)
     screen_context(call, spec, ...)  retrieved chunks: redact PII, drop (or flag) injected chunks
     post_call(call, payload)         an answer: redact or block PII and denied terms, JSON validity
     check_chat_output(call, data)    the same for a chat completion
@@ -38,6 +39,7 @@ from gateway.policy.quota import MemoryStore, QuotaStore, Settlement
 from gateway.policy.spec import CompiledMatch, LoadedPolicy, PolicySpec, load_policy
 from gateway.policy.streaming import StreamGuard
 from gateway.registry.hashing import content_hash
+from gateway.usage import encoding_for, prices_for
 
 if TYPE_CHECKING:
     from gateway.registry.specs import PromptSpec
@@ -152,6 +154,7 @@ class Pipeline:
     # -- life cycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await asyncio.to_thread(_warm_up)
         await self.store.start()
         if self.spend_seed is not None and isinstance(self.store, MemoryStore):
             await asyncio.to_thread(self.spend_seed, self.store)
@@ -272,22 +275,45 @@ class Pipeline:
             return
         state.charges = charges
 
+    def _prompt_subject(self, call: Call, spec: PromptSpec | None) -> Subject:
+        """Before the prompt's router is resolved: the subject with the router its spec names."""
+        subject = subject_of(call, "chat")
+        if spec is not None and not subject.names("router"):
+            router = spec.router.split(":", 1)[-1].split("@", 1)[0]
+            targets = (*subject.targets, ("router", router))
+            subject = Subject(subject.key_id, subject.principal, subject.roles, targets, "chat")
+        return subject
+
+    def screen_query(
+        self, call: Call, spec: PromptSpec | None, messages: list[Any], variables: dict[str, Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Copies of the caller's messages and variables, redacted, to build the retrieval query from:
+        an index may embed queries through a remote embeddings router. Raises when a check blocks."""
+        state = self._state(call)
+        subject = self._prompt_subject(call, spec)
+        checks = [c for c in state.policy.checks_for(subject) if c.screens_query]
+        if not checks:
+            return messages, variables
+        messages = [dict(m) if isinstance(m, dict) else m for m in messages]
+        variables = dict(variables)
+        payload = Payload("chat", _query_slots(messages, variables))
+        for check in checks:
+            started = time.perf_counter()
+            finding = check.check_input(subject, payload)
+            us = (time.perf_counter() - started) * 1e6
+            if finding is not None and finding.verdict != "allowed":
+                call.decisions.append(decision(state.policy, check, "query", finding, us))
+                if finding.verdict == "blocked" and finding.error is not None:
+                    raise finding.error
+        return messages, variables
+
     def screen_context(
         self, call: Call, spec: PromptSpec | None, chunks: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """Retrieved chunks before they are rendered: redact PII, drop or flag injected chunks."""
         state = self._state(call)
         policy = state.policy
-        subject = subject_of(call, "chat")
-        if spec is not None and not subject.names("router"):
-            router = spec.router.split(":", 1)[-1].split("@", 1)[0]
-            subject = Subject(
-                subject.key_id,
-                subject.principal,
-                subject.roles,
-                (*subject.targets, ("router", router)),
-                "chat",
-            )
+        subject = self._prompt_subject(call, spec)
         checks = policy.checks_for(subject)
         if not checks or not chunks:
             return chunks
@@ -406,6 +432,27 @@ class Pipeline:
             )
         if settlements:
             self.store.settle(settlements)
+
+
+def _warm_up() -> None:
+    """Load the tokenizers and the cost map now: lazily, the first request would wait ~2 s for them."""
+    for model in ("gpt-4", "gpt-4o"):
+        encoding_for(model).encode("warm up")
+    prices_for("gpt-4o-mini")
+
+
+def _query_slots(messages: list[Any], variables: dict[str, Any]) -> list[Slot]:
+    slots = [
+        Slot(f"messages[{i}]", str(m.get("role")), m, "content")
+        for i, m in enumerate(messages)
+        if isinstance(m, dict) and isinstance(m.get("content"), str)
+    ]
+    slots += [
+        Slot(f"prompt_variables.{k}", "variable", variables, k)
+        for k, v in variables.items()
+        if isinstance(v, str)
+    ]
+    return slots
 
 
 def _no_check(hash12: str, verdict: str, why: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ price`. Without Redis the ledgers are per process: N replicas may spend N x the 
 from __future__ import annotations
 
 import calendar
+import functools
 import time
 from datetime import UTC, datetime
 from typing import Literal
@@ -38,13 +39,22 @@ def nano_usd(usd: float) -> int:
 
 def day_period(now: float) -> tuple[str, float]:
     """(period id, end in epoch seconds) of the UTC day holding `now`."""
-    day = datetime.fromtimestamp(now, UTC).date()
-    start = calendar.timegm(day.timetuple())
-    return f"d{day:%Y%m%d}", float(start + 86_400)
+    return _day(int(now // 86_400))
 
 
 def month_period(now: float) -> tuple[str, float]:
-    moment = datetime.fromtimestamp(now, UTC)
+    return _month(int(now // 86_400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day(day: int) -> tuple[str, float]:
+    date = datetime.fromtimestamp(day * 86_400, UTC).date()
+    return f"d{date:%Y%m%d}", float((day + 1) * 86_400)
+
+
+@functools.lru_cache(maxsize=4)
+def _month(day: int) -> tuple[str, float]:
+    moment = datetime.fromtimestamp(day * 86_400, UTC)
     year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
     end = calendar.timegm((year, month, 1, 0, 0, 0))
     return f"m{moment:%Y%m}", float(end)

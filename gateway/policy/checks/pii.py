@@ -58,6 +58,7 @@ class Pii(PolicyCheck[PiiConfig]):
     type = "pii"
     config_model = PiiConfig
     phase = 10
+    screens_query = True
 
     def __init__(self, config: PiiConfig, rule: str) -> None:
         super().__init__(config, rule)
