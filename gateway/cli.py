@@ -88,12 +88,8 @@ def serve(
     apply_offline_env()
     import logging
 
-    import uvicorn
-
-    from gateway.app import create_app
-
     settings = _settings()
-    try:
+    try:  # validate the files before importing the app (seconds), so a typo fails fast
         config = settings.load_gateway_config()
         from gateway.registry.files import load_artifacts
 
@@ -104,6 +100,10 @@ def serve(
             raise typer.Exit(2)
     except OpsgateError as exc:
         fail(exc.message, 2)
+    import uvicorn
+
+    from gateway.app import create_app
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bind_host = host or config.server.host
     bind_port = port if port is not None else config.server.port
