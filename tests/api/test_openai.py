@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import struct
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -28,9 +29,32 @@ MESSAGES = [
 
 
 @pytest.fixture(scope="module")
-def gw(project_factory: ProjectFactory, gateway_factory: GatewayFactory) -> Iterator[GatewayProcess]:
+def started(
+    project_factory: ProjectFactory, gateway_factory: GatewayFactory
+) -> Iterator[tuple[GatewayProcess, threading.Thread]]:
     with gateway_factory(project_factory()) as gateway:
-        yield gateway
+        # The first embedding loads torch and MiniLM (~10 s): start it now, alongside the chat tests.
+        warmup = threading.Thread(
+            target=lambda: gateway.client(timeout=300).embeddings.create(model="minilm", input="warm up"),
+            daemon=True,
+        )
+        warmup.start()
+        yield gateway, warmup
+        warmup.join(timeout=300)
+
+
+@pytest.fixture(scope="module")
+def gw(started: tuple[GatewayProcess, threading.Thread]) -> GatewayProcess:
+    return started[0]
+
+
+@pytest.fixture(scope="module")
+def minilm(started: tuple[GatewayProcess, threading.Thread]) -> GatewayProcess:
+    """The gateway once its embedding model is loaded."""
+    gateway, warmup = started
+    warmup.join(timeout=300)
+    assert not warmup.is_alive()
+    return gateway
 
 
 def model_card(gw: GatewayProcess, name: str) -> dict:
@@ -143,13 +167,13 @@ def test_citations_of_id_passages_through_the_server(gw: GatewayProcess) -> None
 # -- embeddings ------------------------------------------------------------------------------------------
 
 
-def test_embeddings_float_minilm(gw: GatewayProcess) -> None:
+def test_embeddings_float_minilm(minilm: GatewayProcess) -> None:
     texts = ["The cat sits on the mat.", "A cat is sitting on a rug.", "Quarterly tax filing deadlines."]
-    raw = gw.client(timeout=120).embeddings.with_raw_response.create(
+    raw = minilm.client(timeout=120).embeddings.with_raw_response.create(
         model="minilm", input=texts, encoding_format="float"
     )
     result = raw.parse()
-    assert_stamped(gw, raw.headers, "minilm")
+    assert_stamped(minilm, raw.headers, "minilm")
     assert [d.index for d in result.data] == [0, 1, 2]
     vectors = np.array([d.embedding for d in result.data])
     assert vectors.shape == (3, 384)
@@ -159,18 +183,18 @@ def test_embeddings_float_minilm(gw: GatewayProcess) -> None:
     assert result.usage.prompt_tokens > 0
 
 
-def test_embeddings_base64_on_the_wire_and_through_the_client(gw: GatewayProcess) -> None:
+def test_embeddings_base64_on_the_wire_and_through_the_client(minilm: GatewayProcess) -> None:
     text = "The cat sits on the mat."
-    floats = gw.client(timeout=120).embeddings.create(model="minilm", input=text, encoding_format="float")
+    floats = minilm.client(timeout=120).embeddings.create(model="minilm", input=text, encoding_format="float")
     body = {"model": "minilm", "input": [text], "encoding_format": "base64"}
-    with gw.http(timeout=120) as http:
-        wire = http.post("/v1/embeddings", json=body, headers=gw.auth()).json()
+    with minilm.http(timeout=120) as http:
+        wire = http.post("/v1/embeddings", json=body, headers=minilm.auth()).json()
     encoded = wire["data"][0]["embedding"]
     assert isinstance(encoded, str)
     decoded = struct.unpack("<384f", base64.b64decode(encoded))
     np.testing.assert_allclose(decoded, floats.data[0].embedding, atol=1e-6)
     # the openai client asks for base64 by default and decodes it itself
-    default = gw.client(timeout=120).embeddings.create(model="minilm", input=text)
+    default = minilm.client(timeout=120).embeddings.create(model="minilm", input=text)
     np.testing.assert_allclose(default.data[0].embedding, floats.data[0].embedding, atol=1e-6)
 
 

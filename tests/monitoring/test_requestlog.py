@@ -138,33 +138,23 @@ def test_logs_query_filters(gw: GatewayProcess) -> None:
     failed = [chat(gw, "broken")[1] for _ in range(2)]
     gw.log_rows(ok + failed)
 
-    everything = gw.logs()
-    assert {r["id"] for r in everything} >= set(ok + failed)
-    assert [r["ts"] for r in everything] == sorted((r["ts"] for r in everything), reverse=True)
-    newest_two = gw.logs("--limit", "2")
-    assert [r["id"] for r in newest_two] == [failed[-1], failed[-2]]
+    newest = gw.logs("--limit", "5")  # one JSON object a line, newest first
+    assert [r["id"] for r in newest] == failed[::-1] + ok[::-1]
 
     recent_errors = gw.logs("--since", "10m", "--status", "5xx")
     assert {r["id"] for r in recent_errors} >= set(failed)
     assert all(500 <= r["status"] < 600 for r in recent_errors)
     assert not {r["id"] for r in recent_errors} & set(ok)
-    successes = gw.logs("--status", "200")
-    assert {r["id"] for r in successes} >= set(ok)
-    assert all(r["status"] == 200 for r in successes)
 
     # an ISO time with an offset means that instant, whatever the database stores
     a_minute_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
     plus_two = (a_minute_ago + timedelta(hours=2)).replace(tzinfo=None).isoformat() + "+02:00"
-    assert {r["id"] for r in gw.logs("--since", plus_two)} >= set(ok + failed)
+    successes = gw.logs("--since", plus_two, "--status", "200")
+    assert {r["id"] for r in successes} >= set(ok)
+    assert all(r["status"] == 200 for r in successes)
     in_two_minutes = (a_minute_ago + timedelta(minutes=3)).isoformat()
     assert gw.logs("--since", in_two_minutes) == []
 
-
-def test_logs_query_prints_one_json_object_per_line(gw: GatewayProcess) -> None:
-    chat(gw)
-    out = gw.cli("logs", "query", "--json", "--limit", "3").stdout.strip().splitlines()
-    assert len(out) == 3
-    assert all(line.startswith("{") and line.endswith("}") for line in out)
     bad = gw.cli("logs", "query", "--status", "teapot", check=False)
     assert bad.returncode == 2
     assert "status" in bad.stderr

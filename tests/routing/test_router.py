@@ -265,7 +265,7 @@ def test_a_rejected_request_is_not_retried_and_reaches_the_client_as_400(
 async def test_weighted_choice_follows_the_weights(
     gw: GatewayProcess, fake_upstream: FakeUpstream, adapter: str
 ) -> None:
-    n = 400
+    n = 240
     gate = asyncio.Semaphore(8)
     async with gw.async_client() as client:
 
@@ -279,8 +279,8 @@ async def test_weighted_choice_follows_the_weights(
         await asyncio.gather(*(one(i) for i in range(n)))
     heavy, light = fake_upstream.count(f"ok-heavy-{adapter}"), fake_upstream.count(f"ok-light-{adapter}")
     assert heavy + light == n
-    # expected share 0.75; its standard deviation over 400 draws is 0.022, so +-0.08 is a 3.7-sigma band
-    assert abs(heavy / n - 0.75) < 0.08, (heavy, light)
+    # expected share 0.75; its standard deviation over 240 draws is 0.028, so +-0.09 is a 3.2-sigma band
+    assert abs(heavy / n - 0.75) < 0.09, (heavy, light)
 
 
 def test_weighted_falls_back_by_weight_and_cools_down(
