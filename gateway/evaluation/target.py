@@ -171,13 +171,11 @@ class TargetCaller:
         latency = (time.perf_counter() - started) * 1000
         body = completion.model_dump()
         citations = [c for c in body.get("citations") or [] if isinstance(c, dict)]
+        contexts: list[str] | None = None  # None: not a RAG answer, context metrics do not apply
         if self.record.kind == "router":
-            contexts: list[str] | None = list(case.reference_contexts)
-        else:
-            texts = [c.get("text") for c in citations]
-            contexts = [t for t in texts if isinstance(t, str)] if citations and all(texts) else None
-            if not citations and self.spec.include_context:
-                contexts = []
+            contexts = list(case.reference_contexts)
+        elif "citations" in body and all(isinstance(c.get("text"), str) for c in citations):
+            contexts = [c["text"] for c in citations]  # a RAG answer (possibly with nothing retrieved)
         usage = completion.usage
         return TargetOutput(
             answer=completion.choices[0].message.content or "" if completion.choices else "",

@@ -24,10 +24,11 @@ def judge_upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
 
 
 def squad_files(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The SQuAD documents and questions, the squad_qa prompt, and the repo's suites."""
+    """The SQuAD questions, the squad_qa prompt, the repo's suites, and the documents of the article the
+    test slices ask about (Normans, 39 of the 87 paragraphs: the index builds in half the time)."""
     files = {
         f"evals/data/squad_v2_small/documents/{p.name}": p.read_text(encoding="utf-8")
-        for p in (SQUAD / "documents").glob("*.txt")
+        for p in sorted((SQUAD / "documents").glob("Normans__*.txt"))
     }
     files["evals/data/squad_v2_small/qa.jsonl"] = (SQUAD / "qa.jsonl").read_text(encoding="utf-8")
     files["prompts/squad_qa.yaml"] = (REPO / "prompts" / "squad_qa.yaml").read_text(encoding="utf-8")
