@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/policy_checks.py [--requests 20000] [--redis redis://127.0.0.1:6379/0]
 
-Runs the governed pipeline of bench/policy_governed.yaml (rate limit rpm + tpm, budget, PII redact,
+Each request's user message differs (a counter in the middle), so only the repeated system prompt hits
+the pipeline's per-message token-count cache. Runs the governed pipeline of bench/policy_governed.yaml (rate limit rpm + tpm, budget, PII redact,
 injection block, token cap, deny list) exactly as the gateway does for one chat request: check_chat
 (build the payload, match rules, run the input checks, take every counted limit in one store call),
 check_chat_output on the answer, and settle. Three prompts of ~2 KB: clean prose (the shared harness's
@@ -92,6 +93,15 @@ ANSWER = {
 }
 
 
+def vary(messages: list[dict[str, Any]], i: int) -> list[dict[str, Any]]:
+    """A different user message each request (same length): only the repeated system prompt may hit the
+    pipeline's token-count cache, as in real traffic."""
+    text = messages[-1]["content"]
+    tag, mid = f" #{i} ", len(text) // 2
+    messages[-1]["content"] = text[:mid] + tag + text[mid + len(tag) :]
+    return messages
+
+
 async def measure(
     pipeline: Pipeline, messages: list[dict[str, Any]], n: int
 ) -> tuple[list[float], list[float], dict[str, list[float]]]:
@@ -103,7 +113,7 @@ async def measure(
     for i in range(n):
         call = Call(request_id=f"req_{i}", route="/v1/chat/completions", principal=principal)
         call.artifacts.append(target.ref)
-        data = {"model": "fake-gpt", "messages": [dict(m) for m in messages], "max_tokens": 256}
+        data = {"model": "fake-gpt", "messages": vary([dict(m) for m in messages], i), "max_tokens": 256}
         body = dict(data)
         answer = json.loads(json.dumps(ANSWER))
         started, started_cpu = time.perf_counter(), time.thread_time()

@@ -14,13 +14,54 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.policy.base import Payload, Slot
-from gateway.usage import Prices, count_message_tokens, count_text_tokens, prices_for
+from gateway.usage import (
+    Prices,
+    count_message_tokens,
+    count_text_tokens,
+    encoding_name_for,
+    message_text,
+    prices_for,
+)
 
 if TYPE_CHECKING:
     from gateway.registry.specs import Deployment
     from gateway.routing.router import Router
 
 Json = dict[str, Any]
+
+
+class TokenCounter:
+    """Input tokens of chat messages (gateway.usage's count, OpenAI's framing), cached per message:
+    system prompts and rendered templates repeat across requests, and tiktoken costs ~50 µs per KB.
+
+    The count is additive per message (3 to prime the reply, plus each message's own framing and
+    text), so `3 + sum(count([m]) - 3)` equals `count(messages)` exactly."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._cache: dict[tuple[str, str, str, str], int] = {}
+
+    def messages(self, messages: list[Any], model: str) -> int:
+        encoding = encoding_name_for(model)
+        total = 3
+        for message in messages:
+            if not isinstance(message, dict):
+                total += count_message_tokens([message], model) - 3
+                continue
+            key = (
+                encoding,
+                str(message.get("role") or ""),
+                str(message.get("name") or ""),
+                message_text(message),
+            )
+            own = self._cache.get(key)
+            if own is None:
+                own = count_message_tokens([message], model) - 3
+                if len(self._cache) >= self.size:
+                    self._cache.clear()
+                self._cache[key] = own
+            total += own
+        return total
 
 
 def deployment_prices(deployment: Deployment) -> Prices | None:
@@ -54,7 +95,7 @@ def _message_slots(messages: list[Any], first_caller: int) -> list[Slot]:
     return slots
 
 
-def chat_payload(router: Router, body: Json, data: Json) -> Payload:
+def chat_payload(router: Router, body: Json, data: Json, counter: TokenCounter | None = None) -> Payload:
     """`body` is what goes upstream (rendered prompt messages, then the caller's); `data` the request."""
     messages = body.get("messages") or []
     caller = data.get("messages") or []
@@ -66,13 +107,14 @@ def chat_payload(router: Router, body: Json, data: Json) -> Payload:
                 # Already rendered into the messages: screened for injection, redacted there.
                 slots.append(Slot(f"prompt_variables.{name}", "variable", variables, name, upstream=False))
     model = router.spec.deployments[0].model
+    count = counter.messages if counter is not None else count_message_tokens
     return Payload(
         "chat",
         slots,
         model,
         dearest_prices(router),
         body,
-        token_counter=lambda: count_message_tokens(body.get("messages") or [], model),
+        token_counter=lambda: count(body.get("messages") or [], model),
     )
 
 

@@ -106,20 +106,24 @@ def _numeric(text: str, kinds: frozenset[str]) -> Iterator[Hit]:
         digits = sum(map(str.isdigit, value))
         lo = max(0, start - 3)  # '+', '(' or an NI number's letters come before the digits
         hi = min(len(text), run.end() + 3)  # an NI number's letter, and the lookaheads
-        if "national_id" in kinds and digits >= 6:
-            yield from _ninos(text, lo, hi)
-            if digits == 9 and "-" in value:
+        if "national_id" in kinds:
+            if digits == 6:
+                yield from _ninos(text, lo, hi)
+            elif digits == 9 and "-" in value:
                 yield from (Hit(m.start(), m.end(), "national_id") for m in SSN.finditer(text, lo, hi))
-        if "ip" in kinds and "." in value:
+        if "ip" in kinds and value.count(".") >= 3:
             yield from (Hit(m.start(), m.end(), "ip") for m in IPV4.finditer(text, lo, hi))
         if "card" in kinds and digits >= 13:
             for m in CARD.finditer(text, lo, hi):
                 if luhn_ok(m.group().replace(" ", "").replace("-", "")):
                     yield Hit(m.start(), m.end(), "card")
-        if "phone" in kinds and digits >= 8:
+        if "phone" in kinds and 8 <= digits <= 24:
             for m in PHONE.finditer(text, lo, hi):
-                if 8 <= sum(map(str.isdigit, m.group())) <= 15:
-                    yield Hit(m.start(), m.end(), "phone")
+                found = m.group()
+                if 8 <= sum(map(str.isdigit, found)) <= 15:
+                    # "(+44 20 7946 0958)": a closing parenthesis with no opening one is not part of it
+                    end = m.end() - 1 if found.endswith(")") and "(" not in found else m.end()
+                    yield Hit(m.start(), end, "phone")
 
 
 def _ibans(text: str, lo: int, hi: int) -> Iterator[Hit]:

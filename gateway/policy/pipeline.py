@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import ConfigError, OpsgateError
 from gateway.policy.base import Charge, Finding, Payload, PolicyCheck, Slot, Stage, Subject, Usage
 from gateway.policy.checks.budget import day_period, ledger, month_period, nano_usd
-from gateway.policy.payloads import chat_output, chat_payload, embedding_payload
+from gateway.policy.payloads import TokenCounter, chat_output, chat_payload, embedding_payload
 from gateway.policy.quota import MemoryStore, QuotaStore, Settlement
 from gateway.policy.spec import CompiledMatch, LoadedPolicy, PolicySpec, load_policy
 from gateway.policy.streaming import StreamGuard
@@ -139,6 +139,7 @@ class Pipeline:
         self.refresh_interval_s = refresh_interval_s
         self.spend_seed = spend_seed  # callable(store) filling in-process ledgers from the request log
         self.reload_error: str | None = None
+        self.tokens = TokenCounter()
         self._stamp = self._file_stamp()
         self._task: asyncio.Task[None] | None = None
 
@@ -211,7 +212,7 @@ class Pipeline:
         return state
 
     async def check_chat(self, call: Call, router: Router, body: Json, data: Json) -> None:
-        await self.pre_call(call, chat_payload(router, body, data))
+        await self.pre_call(call, chat_payload(router, body, data, self.tokens))
 
     async def check_embedding(self, call: Call, router: Router, body: Json) -> None:
         await self.pre_call(call, embedding_payload(router, body))
