@@ -252,6 +252,16 @@ class IndexBuilder:
             )
         progress.chunks(len(chunks))
         vectorizer = self._vectorizer(plan)
+        try:
+            embed_seconds = self._embed_and_add(chunks, vectorizer, collection, progress)
+        finally:
+            vectorizer.close()
+        return _Ingested(documents, chunks, skipped, embed_seconds)
+
+    def _embed_and_add(
+        self, chunks: list[Chunk], vectorizer: Vectorizer, collection: Any, progress: Progress
+    ) -> float:
+        """Embeds in groups while the previous group is added to chroma; returns the seconds spent embedding."""
         # Longest first, as SentenceTransformer.encode orders one call: groups pad little.
         order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i].text))
         embed_seconds = 0.0
@@ -275,7 +285,7 @@ class IndexBuilder:
                 progress.embedded(len(group))
             if pending is not None:
                 pending.result()
-        return _Ingested(documents, chunks, skipped, embed_seconds)
+        return embed_seconds
 
     def _chunk_files(
         self, plan: BuildPlan, progress: Progress
@@ -316,13 +326,14 @@ class IndexBuilder:
         from gateway.routing.router import Router
 
         assert isinstance(plan.spec.embedder, RouterEmbedder)
+        adapters = Adapters(AdapterServices(self.minilm))
         router = Router(
             RouterSpec.model_validate(plan.router.spec),
             version=plan.router.version,
             content_hash=plan.router.content_hash,
-            adapters=Adapters(AdapterServices(self.minilm)),
+            adapters=adapters,
         )
-        return RouterVectorizer(router, plan.spec.embedder.batch_size)
+        return RouterVectorizer(router, adapters, plan.spec.embedder.batch_size)
 
     def _save_lexical(self, collection: str, chunks: list[Chunk]) -> None:
         index = lexical.LexicalIndex.build([c.id for c in chunks], [c.text for c in chunks])

@@ -23,6 +23,7 @@ Vectors = npt.NDArray[np.float32]
 
 class Vectorizer(Protocol):
     def encode(self, texts: list[str]) -> Vectors: ...
+    def close(self) -> None: ...
 
 
 def local_identity(spec: LocalEmbedder) -> dict[str, Any]:
@@ -41,6 +42,9 @@ class LocalVectorizer:
     def encode(self, texts: list[str]) -> Vectors:
         return self.minilm.encode(texts)
 
+    def close(self) -> None:
+        return None
+
 
 def vectors_from_response(data: dict[str, Any], expected: int, where: str) -> Vectors:
     rows = sorted(data.get("data") or [], key=lambda d: int(d.get("index", 0)))
@@ -56,11 +60,14 @@ def vectors_from_response(data: dict[str, Any], expected: int, where: str) -> Ve
 
 
 class RouterVectorizer:
-    """Sync facade over an embedding router, for builds run from the CLI (its own event loop)."""
+    """Sync facade over an embedding router, for builds (run from the CLI, or in a worker thread of the
+    gateway): one private event loop for the whole build, so pooled upstream sessions stay usable."""
 
-    def __init__(self, router: Any, batch_size: int) -> None:
+    def __init__(self, router: Any, adapters: Any, batch_size: int) -> None:
         self.router = router
+        self.adapters = adapters
         self.batch_size = batch_size
+        self._loop = asyncio.new_event_loop()
 
     async def aencode(self, texts: list[str]) -> Vectors:
         parts = []
@@ -71,7 +78,11 @@ class RouterVectorizer:
         return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
     def encode(self, texts: list[str]) -> Vectors:
-        return asyncio.run(self.aencode(texts))
+        return self._loop.run_until_complete(self.aencode(texts))
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self.adapters.close())
+        self._loop.close()
 
 
 def router_record(
