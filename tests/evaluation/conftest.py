@@ -32,6 +32,9 @@ def squad_files(extra: dict[str, str] | None = None) -> dict[str, str]:
     }
     files["evals/data/squad_v2_small/qa.jsonl"] = (SQUAD / "qa.jsonl").read_text(encoding="utf-8")
     files["prompts/squad_qa.yaml"] = (REPO / "prompts" / "squad_qa.yaml").read_text(encoding="utf-8")
+    files["prompts/squad_online.yaml"] = files["prompts/squad_qa.yaml"].replace(
+        "name: squad_qa", "name: squad_online"
+    ) + ("online_eval: {sample_rate: 1.0, metrics: [faithfulness], judge: judge, window: 2}\n")
     files["evals/squad_small.yaml"] = slice_gates(
         (REPO / "evals" / "squad_small.yaml").read_text(encoding="utf-8")
     )

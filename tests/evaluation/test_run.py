@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -301,3 +302,25 @@ def test_html_report_is_self_contained_and_opens_in_chromium_without_errors(
     assert problems == []
     assert all(u.startswith("file://") for u in requests), requests
     assert title.startswith("opsgate eval: squad_small on prompt:squad_qa@1") and svgs >= 13 and gates == 1
+
+
+def test_online_faithfulness_of_a_rag_prompt_is_judged_on_its_retrieved_chunks(
+    squad_gateway: GatewayProcess,
+) -> None:
+    """The client does not ask for the context; the sampler records the retrieved chunks itself."""
+    from gateway.db.models import OnlineEvalScore
+
+    raw = squad_gateway.client().chat.completions.with_raw_response.create(
+        model="squad_online", messages=[{"role": "user", "content": "Who was the Norse leader?"}]
+    )
+    rid = raw.headers["x-opsgate-request-id"]
+    assert all("text" not in c for c in raw.parse().model_dump()["citations"])
+    deadline = time.monotonic() + 60
+    row = None
+    while row is None and time.monotonic() < deadline:
+        with Session(squad_gateway._db()) as s:
+            row = s.scalars(select(OnlineEvalScore).where(OnlineEvalScore.request_id == rid)).first()
+        time.sleep(0.2)
+    assert row is not None and row.metric == "faithfulness" and row.error is None
+    assert row.score == 1.0  # the judge said yes to statements checked against the retrieved chunks
+    assert any(v.startswith("index:squad@1#") for v in row.versions)
