@@ -82,8 +82,18 @@ def threshold(run: RunResult, gate: ThresholdGate) -> GateResult:
     return GateResult(name, ok, f"{gate.stat} = {value:.4f}", value, spec=gate.model_dump())
 
 
+def lower_is_better(run: RunResult, gate: BaselineGate) -> bool:
+    if gate.lower_is_better is not None:
+        return gate.lower_is_better
+    from gateway.evaluation.metrics import registry
+
+    name = next((u.name for u in run.suite.spec.metrics if u.key == gate.metric), gate.metric)
+    return registry().find(name).lower_is_better
+
+
 def baseline_gate(run: RunResult, gate: BaselineGate, baseline: ScoreTable | None, label: str) -> GateResult:
-    sign = "-" if gate.lower_is_better else ""
+    lower = lower_is_better(run, gate)
+    sign = "-" if lower else ""
     unit = "relative" if gate.relative else "absolute"
     name = f"{gate.metric} {gate.stat} vs {label}: change >= {gate.delta:+g} ({unit}{', lower is better' if sign else ''})"
     if baseline is None:
@@ -98,7 +108,7 @@ def baseline_gate(run: RunResult, gate: BaselineGate, baseline: ScoreTable | Non
     base = stat(_values(baseline, gate.metric), gate.stat)
     if value is None or base is None:
         return GateResult(name, False, "no scores to compare", value, base, spec=gate.model_dump())
-    change = (base - value) if gate.lower_is_better else (value - base)
+    change = (base - value) if lower else (value - base)
     if gate.relative:
         change = change / abs(base) if base else (0.0 if change == 0 else float("inf") * change)
     ok = change >= gate.delta

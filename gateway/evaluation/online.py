@@ -99,13 +99,6 @@ class RollingMeans:
         scores.append(value)
         return sum(scores) / len(scores), len(scores)
 
-    def mean(self, key: tuple[str, int, str]) -> float | None:
-        scores = self._windows.get(key)
-        return sum(scores) / len(scores) if scores else None
-
-    def items(self) -> list[tuple[tuple[str, int, str], float, int]]:
-        return [(k, sum(v) / len(v), len(v)) for k, v in self._windows.items() if v]
-
 
 class OnlineEvaluator:
     """The sampler (finish hook + capture middleware + retriever wrapper) and its background worker."""

@@ -54,7 +54,7 @@ class RunResources:
         if self._llm is None:
             from ragas.llms import llm_factory
 
-            self._llm = llm_factory(self.judge, client=self.connection.judge_client())
+            self._llm = llm_factory(self.judge, client=self.connection.client)
         return self._llm
 
     def ragas_embeddings(self) -> Any:

@@ -83,7 +83,8 @@ class BaselineGate(StrictModel):
     """No regression against a baseline version or alias: candidate - baseline >= delta.
 
     `delta` is absolute (-0.02 allows a drop of 0.02), or relative to the baseline with `relative: true`
-    (-0.05 allows a 5% drop). Higher is better unless `lower_is_better` (latency, cost).
+    (-0.05 allows a 5% drop). The metric says which way is better (latency and cost: lower);
+    `lower_is_better` overrides it.
     """
 
     type: Literal["baseline"] = "baseline"
@@ -91,7 +92,7 @@ class BaselineGate(StrictModel):
     min_delta_vs: str = Field(description="The baseline: an alias (production) or a version number.")
     delta: float = 0.0
     relative: bool = False
-    lower_is_better: bool = False
+    lower_is_better: bool | None = None
     stat: Stat = "mean"
 
 

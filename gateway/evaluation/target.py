@@ -66,9 +66,6 @@ class Connection:
     mode: str
     served: dict[str, Any] = field(default_factory=dict)  # request id -> log row (in-process only)
 
-    def judge_client(self) -> Any:
-        return self.client
-
 
 @asynccontextmanager
 async def connect(

@@ -88,3 +88,15 @@ def test_gate_mistakes_are_refused(bad: dict[str, object]) -> None:
 
     with pytest.raises(ValidationError):
         run({"exact_match": [[1.0]], "hit_at_4": [[1.0]]}, gates=[bad])
+
+
+def test_latency_regression_is_judged_lower_is_better() -> None:
+    scores = {"exact_match": [[1.0]] * 2, "hit_at_4": [[1.0]] * 2}  # latencies 10 and 11 ms: mean 10.5
+    faster = ScoreTable(
+        "b", "prompt:qa@1", [ScoreRow("c0", 0, {}, latency_ms=5.0), ScoreRow("c1", 0, {}, latency_ms=5.0)]
+    )
+    gate = {"metric": "latency_ms", "min_delta_vs": "production", "delta": -1.0}
+    [_, result] = evaluate_gates(run(scores, gates=[gate]), {"production": faster})
+    assert not result.passed and "lower is better" in result.name and result.detail.endswith("change -5.5000")
+    [_, result] = evaluate_gates(run(scores, gates=[{**gate, "delta": -6.0}]), {"production": faster})
+    assert result.passed
