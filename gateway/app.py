@@ -159,8 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _error_response(exc: OpsgateError) -> Response:
     headers = dict(exc.headers)
     retry_after = getattr(exc, "retry_after_s", None)
-    if exc.status in (429, 503) and retry_after and "Retry-After" not in headers:
-        headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    # a 429 always says when to come back (1 s when the upstream did not say); a 503 when it is known
+    if exc.status in (429, 503) and (retry_after or exc.status == 429) and "Retry-After" not in headers:
+        headers["Retry-After"] = str(max(1, int((retry_after or 1) + 0.999)))
     return Response(error_body(exc), status_code=exc.status, media_type="application/json", headers=headers)
 
 
