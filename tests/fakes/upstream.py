@@ -8,7 +8,8 @@ independent broken upstreams (counters and records are kept per full mode string
                   cl100k_base, OpenAI's message framing), streams one chunk per word; embeddings
                   (float or base64, 8 dims, unit length); models
     nousage       answers without any usage (the gateway must count tokens itself)
-    <status>      e.g. 500, 503, 400, 401, 429 (with `Retry-After: 7`): that status, OpenAI error JSON
+    <status>      e.g. 500, 503, 400, 401, 429 (with `Retry-After: 7`; `429-bare` without it): that
+                  status, OpenAI error JSON
     slow-<ms>     sleeps, then answers
     reset         closes the connection abruptly (TCP RST) before any byte
     cut-<n>       streams n content chunks, then drops the connection (non-streaming: a cut body)
@@ -263,7 +264,7 @@ async def mode_nousage(hit: Hit) -> web.StreamResponse | None:
 
 async def mode_status(hit: Hit) -> web.StreamResponse | None:
     status = int(hit.name)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 and "bare" not in hit.args else None
     return error_response(status, f"the fake upstream answers {status} (mode {hit.mode})", headers)
 
 

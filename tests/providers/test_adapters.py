@@ -33,6 +33,7 @@ FAILING = {
     "up-500": ("500", 30.0),
     "up-503": ("503", 30.0),
     "up-429": ("429", 30.0),
+    "up-429-bare": ("429-bare", 30.0),
     "up-400": ("400", 30.0),
     "up-401": ("401", 30.0),
     "up-slow": ("slow-3000", 0.3),
@@ -236,6 +237,7 @@ def test_embeddings_float_and_base64(gw: GatewayProcess, fake_upstream: FakeUpst
         ("up-refused", 503, "upstream_error", "upstream_unavailable"),
         ("up-slow", 504, "upstream_error", "upstream_timeout"),
         ("up-429", 429, "rate_limit_error", "upstream_rate_limited"),
+        ("up-429-bare", 429, "rate_limit_error", "upstream_rate_limited"),
         ("up-400", 400, "invalid_request_error", "upstream_rejected"),
     ],
 )
@@ -255,8 +257,10 @@ def test_upstream_failures_map_to_status(
     assert row["upstream_model"] == "openai/fake"
     assert [(a["deployment"], a["ok"]) for a in row["attempts"]] == [("only", False)]
     assert row["stream"] is stream
-    if status == 429:
-        assert r.headers["retry-after"] == str(RETRY_AFTER_S)
+    if router == "up-429":
+        assert r.headers["retry-after"] == str(RETRY_AFTER_S)  # the upstream's own
+    if router == "up-429-bare":
+        assert r.headers["retry-after"] == "1"  # the upstream gave none: a 429 still says when
 
 
 # -- mid-stream failures --------------------------------------------------------------------------------------
