@@ -9,8 +9,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.errors import OpsgateError
+from gateway.keys import Principal
 from gateway.policy.base import Charge
+from gateway.policy.pipeline import Pipeline
 from gateway.policy.quota import MemoryStore, RedisStore, Settlement
+from gateway.policy.spec import parse_policy, registered_checks
+from gateway.registry.specs import RouterSpec
+from gateway.routing.router import Router
+from gateway.serving import Call
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -132,3 +139,37 @@ async def test_redis_down_is_reported_not_raised() -> None:
     grant = await store.acquire([rpm("a", 1)])
     assert grant.refusal is None and grant.error is not None and "Connection" in grant.error
     await store.stop()
+
+
+# -- the pipeline when the store fails ---------------------------------------------------------------------
+
+
+def _pipeline(on_store_error: str) -> tuple[Pipeline, Call, Router]:
+    text = f"on_store_error: {on_store_error}\nrules:\n  - name: r\n    checks:\n      - {{type: rate_limit, rpm: 5}}\n"
+    checks = registered_checks()
+    store = RedisStore("redis://127.0.0.1:1/0", prefix="x", timeout_s=0.2)
+    pipeline = Pipeline(parse_policy(text, checks), checks, store)
+    call = Call(request_id="req_1", route="/v1/chat/completions")
+    call.principal = Principal("key_1", "k", "team", frozenset({"app"}), ("*",))
+    spec = RouterSpec.model_validate({"name": "echo", "deployments": [{"id": "a", "model": "openai/fake"}]})
+    router = Router(spec, version=1, content_hash="0" * 64, adapters=None)  # type: ignore[arg-type]
+    call.artifacts.append(router.ref)
+    return pipeline, call, router
+
+
+async def test_store_down_fails_open_with_an_error_decision() -> None:
+    pipeline, call, router = _pipeline("allow")
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    await pipeline.check_chat(call, router, body, body)
+    (decision,) = call.decisions
+    assert decision["verdict"] == "error" and decision["matched"].startswith("redis: ConnectionError")
+    await pipeline.stop()
+
+
+async def test_store_down_blocks_with_503_when_the_policy_says_so() -> None:
+    pipeline, call, router = _pipeline("block")
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(OpsgateError) as err:
+        await pipeline.check_chat(call, router, body, body)
+    assert err.value.status == 503 and err.value.code == "limit_store_unavailable"
+    await pipeline.stop()

@@ -1,4 +1,7 @@
-"""Policy decisions, budgets (placeholder: filled by the issue that needs it).
+"""Policy: no tables of its own.
+
+Decisions are stored with each request log row (`request_log.decisions`, from 0001); shared rate limits
+and budgets live in Redis; in-process budgets are read back from `request_log.cost_usd` at start-up.
 
 Revision ID: 0004_policy
 Revises: 0003_retrieval
