@@ -40,9 +40,10 @@ class Workspace:
     project_dir: Path
     minilm: MiniLMEmbedder
     chroma_url: str | None = None
+    database_url: str | None = None
 
     def __post_init__(self) -> None:
-        self.engine = make_engine(f"sqlite:///{self.root / 'opsgate.db'}")
+        self.engine = make_engine(self.database_url or f"sqlite:///{self.root / 'opsgate.db'}")
         migrate(self.engine)
         self.store = ChromaStore(path=self.root / "chroma", url=self.chroma_url, minilm=self.minilm)
         self.builder = IndexBuilder(self.engine, self.project_dir, self.store, self.root, self.minilm)
@@ -64,8 +65,10 @@ def minilm() -> MiniLMEmbedder:
 
 @pytest.fixture(scope="session")
 def workspace_factory(tmp_path_factory: pytest.TempPathFactory, minilm: MiniLMEmbedder) -> WorkspaceFactory:
-    def make(project_dir: Path = REPO, chroma_url: str | None = None) -> Workspace:
-        return Workspace(tmp_path_factory.mktemp("workspace"), project_dir, minilm, chroma_url)
+    def make(
+        project_dir: Path = REPO, chroma_url: str | None = None, database_url: str | None = None
+    ) -> Workspace:
+        return Workspace(tmp_path_factory.mktemp("workspace"), project_dir, minilm, chroma_url, database_url)
 
     return make
 

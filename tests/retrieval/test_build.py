@@ -191,3 +191,17 @@ def test_router_embedder_pins_the_router_version(
     got = collection.get(ids=["notes#0"], include=["embeddings", "documents"])
     local = ws.minilm.encode([got["documents"][0]])[0]
     assert np.allclose(np.asarray(got["embeddings"][0]), local, atol=1e-5)
+
+
+@pytest.mark.postgres
+def test_build_registers_on_postgres(
+    handbook: Path, workspace_factory: WorkspaceFactory, pg_url: str
+) -> None:
+    ws = workspace_factory(handbook, database_url=pg_url)
+    result = ws.build("handbook")
+    assert result.status == "built" and result.bootstrapped and result.record.version == 1
+    with Session(ws.engine) as s:
+        build = build_of(s, "handbook", 1)
+        assert build is not None and build.stats["chunks"] == result.chunks and len(build.manifest) == 5
+    assert ws.build("handbook").status == "unchanged"
+    ws.engine.dispose()
