@@ -62,13 +62,13 @@ class LiteLLMAdapter:
     def _error(self, exc: Exception, deployment: Deployment) -> UpstreamError:
         lib = self._lib()
         where = f"deployment {deployment.id!r} ({deployment.model})"
-        if isinstance(exc, (lib.Timeout, asyncio.TimeoutError)):
+        # litellm reports a refused or broken connection (and a stream that stalls) as a 500; the transport
+        # error under its wrappers says what happened, so both adapters give the same status.
+        transport = _transport_cause(exc)
+        if isinstance(exc, (lib.Timeout, asyncio.TimeoutError)) or isinstance(transport, _TIMEOUT_ERRORS):
             return UpstreamTimeout(
                 f"{where} did not answer within {deployment.timeout_s:g} s", deployment=deployment.id
             )
-        # litellm reports a refused or broken connection as a 500; the transport error under its wrappers
-        # says what happened, so both adapters give the same status (503 unreachable, 502 broken).
-        transport = _transport_cause(exc)
         if isinstance(transport, _CONNECT_ERRORS) or (
             transport is None and isinstance(exc, lib.APIConnectionError)
         ):
@@ -145,17 +145,18 @@ class LiteLLMAdapter:
 
 
 _CONNECT_ERRORS = (httpx.ConnectError, aiohttp.ClientConnectorError, ConnectionRefusedError)
+_TIMEOUT_ERRORS = (httpx.TimeoutException, aiohttp.ServerTimeoutError, TimeoutError)
 _TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, ConnectionError)
 
 
 def _transport_cause(exc: BaseException) -> BaseException | None:
-    """The connection-level error in the chain under an exception (a connect error first), if any."""
+    """The connection-level error in the chain under an exception (a connect error or timeout first)."""
     chain: list[BaseException] = []
     cur: BaseException | None = exc
     while cur is not None and cur not in chain and len(chain) < 20:
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
-    connect = [e for e in chain if isinstance(e, _CONNECT_ERRORS)]
+    connect = [e for e in chain if isinstance(e, _CONNECT_ERRORS + _TIMEOUT_ERRORS)]
     transport = [e for e in chain if isinstance(e, _TRANSPORT_ERRORS)]
     return (connect or transport or [None])[0]
 
