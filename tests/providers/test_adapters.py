@@ -68,6 +68,7 @@ def routers_for(up: FakeUpstream, adapter: str) -> dict[str, Any]:
     }
     routers["embed"] = {"kind": "embedding", **single("ok")}
     routers["drip"] = single("drip-300")
+    routers["stall"] = single("drip-2000", timeout_s=0.5)
     return routers
 
 
@@ -308,6 +309,15 @@ def test_mid_stream_failure_ends_with_an_error_not_a_clean_end(
     if router == "cut-then-fallback":  # after the first chunk there is no falling back
         assert fake_upstream.count(f"ok-cutfb-{adapter}") == 0
         assert [(a["deployment"], a["ok"]) for a in row["attempts"]] == [("cuts", True)]
+
+
+def test_a_stream_that_stalls_mid_way_times_out(gw: GatewayProcess, adapter: str) -> None:
+    chunks, request_id, error = stream_until_error(gw, "stall")
+    assert [c.choices[0].delta.role for c in chunks if c.choices][:1] == ["assistant"]
+    assert error.body["code"] == "upstream_timeout"  # type: ignore[index]
+    row = gw.log_row(request_id)
+    assert (row["status"], row["error_type"]) == (504, "upstream_timeout")
+    assert row["latency_ms"] < 1900  # gave up after the 0.5 s read timeout, not after the 2 s stall
 
 
 @pytest.mark.parametrize("router", ["cut", "errevent"])
