@@ -20,6 +20,7 @@ from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, assert_error,
 from tests.fakes.upstream import RETRY_AFTER_S, FakeUpstream, count_tokens, fake_vector, prompt_tokens
 
 ADAPTERS = ["openai", "litellm"]
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 QUESTION = "hello world again"
 MESSAGES = [{"role": "user", "content": QUESTION}]
 ANSWER = f"echo: {QUESTION}"
@@ -69,6 +70,8 @@ def routers_for(up: FakeUpstream, adapter: str) -> dict[str, Any]:
     routers["embed"] = {"kind": "embedding", **single("ok")}
     routers["drip"] = single("drip-300")
     routers["stall"] = single("drip-2000", timeout_s=0.5)
+    routers["keyed"] = single("ok-keyed", api_key_env="FAKE_UPSTREAM_KEY")
+    routers["unkeyed"] = single("ok-unkeyed", api_key_env="OPSGATE_TEST_UNSET_KEY")
     return routers
 
 
@@ -82,7 +85,8 @@ def gw(
     project = project_factory(
         routers=routers_for(fake_upstream, request.param), files={"config/gateway.yaml": FAST_GATEWAY_YAML}
     )
-    with gateway_factory(project, env={"OPSGATE_TEST_ADAPTER": request.param}) as gateway:
+    env = {"OPSGATE_TEST_ADAPTER": request.param, "FAKE_UPSTREAM_KEY": UPSTREAM_KEY}
+    with gateway_factory(project, env=env) as gateway:
         yield gateway
 
 
@@ -198,6 +202,26 @@ def test_priced_model_costs_tokens_times_litellm_prices(gw: GatewayProcess, adap
     assert row["cost_usd"] == pytest.approx(prompt_cost + completion_cost, rel=1e-9)
     assert row["cost_usd"] > 0
     assert row["upstream_model"] == "openai/gpt-4o-mini"
+
+
+def test_the_upstream_key_comes_from_the_named_environment_variable(
+    gw: GatewayProcess, fake_upstream: FakeUpstream, adapter: str
+) -> None:
+    raw = gw.client().chat.completions.with_raw_response.create(model="keyed", messages=MESSAGES)  # type: ignore[arg-type]
+    assert raw.parse().choices[0].message.content == ANSWER
+    assert (
+        fake_upstream.hits(f"ok-keyed-{adapter}")[-1]["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    )
+    row = gw.log_row(raw.headers["x-opsgate-request-id"])
+    assert UPSTREAM_KEY not in str(row)
+    with gw.http() as http:
+        r = http.post(
+            "/v1/chat/completions", json={"model": "unkeyed", "messages": MESSAGES}, headers=gw.auth()
+        )
+    assert_error(gw, r, 502, type_="upstream_error", code="upstream_key_missing")
+    assert "OPSGATE_TEST_UNSET_KEY" in r.json()["error"]["message"]
+    assert fake_upstream.count(f"ok-unkeyed-{adapter}") == 0
+    assert UPSTREAM_KEY not in gw.output()
 
 
 # -- embeddings ------------------------------------------------------------------------------------------------
