@@ -15,6 +15,7 @@ from gateway.offline import apply_offline_env  # noqa: E402
 
 apply_offline_env()
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the gateway sets it (gateway/app.py)
 
 from gateway.db.engine import make_engine, migrate  # noqa: E402
 from gateway.providers.minilm import MiniLMEmbedder  # noqa: E402

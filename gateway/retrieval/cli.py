@@ -6,6 +6,7 @@ skipped files and the progress bar go to stderr. Heavy imports stay inside the c
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import orjson
@@ -31,6 +32,7 @@ def _context() -> tuple[Any, Any]:
     from gateway.offline import apply_offline_env
 
     apply_offline_env()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see gateway/app.py: no spinning threads
     settings = _settings()
     return settings, _engine(settings)
 

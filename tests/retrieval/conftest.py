@@ -32,6 +32,7 @@ from gateway.retrieval.store import ChromaStore
 from tests.fakes.gateway import BIN, REPO, build_project, free_port, subprocess_env
 
 CHROMA_START_TIMEOUT_S = 60
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the gateway sets it (gateway/app.py)
 
 
 @dataclass
