@@ -14,6 +14,8 @@ class OnlineEvalConfig(StrictModel):
         1000, gt=0, description="Sampled answers waiting for scoring; beyond it they drop."
     )
     workers: int = Field(1, ge=1, le=16, description="Concurrent scoring tasks.")
+    batch_size: int = Field(500, gt=0, description="Scores written to the database in one transaction.")
+    flush_interval_s: float = Field(1.0, gt=0, description="Longest a score waits to be written.")
     api_key_env: str | None = Field(
         None,
         pattern=ENV_NAME_PATTERN,

@@ -9,7 +9,8 @@
   so every evaluator, replica or re-scoring job picks the same requests, and a request sampled at 10% is
   also sampled at 20%.
 - On the request path there is only: one hash of the id, appending body chunks to a list for sampled
-  requests, and a `put_nowait`. Scoring, judge calls, database writes and alerts run in the worker.
+  requests, and a `put_nowait`. Scoring, judge calls, database writes (batched) and alerts run in the
+  worker.
 - A RAG prompt's retrieved chunk texts are recorded by wrapping the retriever (only for sampled requests),
   so faithfulness can be judged without asking the client to take the context in its answer.
 - Rolling means per (prompt, version, metric) over the prompt's `online_eval.window` are exposed as the
@@ -24,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +35,7 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -129,6 +132,8 @@ class OnlineEvaluator:
         self._alerting: set[tuple[str, int, str]] = set()
         self._metrics: dict[tuple[str, int], dict[str, Metric]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._rows: list[dict[str, Any]] = []  # scores waiting for the next batch write
+        self._flushed = time.monotonic()
         self._connection: Any = None
         self.app: Any = None
         self._gauge = Gauge(
@@ -231,14 +236,21 @@ class OnlineEvaluator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.flush()
         if self._connection is not None:
             await self._connection.client.close()
 
     async def _work(self) -> None:
+        """Score jobs as they come; write their rows in batches (by size, or after flush_interval_s)."""
+        interval = self.config.flush_interval_s
         while True:
-            job = await self.queue.get()
             try:
-                await self.process(job)
+                job = await asyncio.wait_for(self.queue.get(), timeout=interval)
+            except TimeoutError:
+                await self.flush()
+                continue
+            try:
+                self._rows.extend(await self.process(job))
                 self.stats.scored += 1
                 self._counter.labels("scored").inc()
             except Exception:  # one bad job must not stop the worker
@@ -247,8 +259,20 @@ class OnlineEvaluator:
                 log.exception("online eval of %s failed", job.request_id)
             finally:
                 self.queue.task_done()
+            if len(self._rows) >= self.config.batch_size or time.monotonic() - self._flushed > interval:
+                await self.flush()
 
-    async def process(self, job: Job) -> None:
+    async def flush(self) -> None:
+        rows, self._rows = self._rows, []
+        self._flushed = time.monotonic()
+        if rows:
+            try:
+                await asyncio.to_thread(self._store, rows)
+            except SQLAlchemyError:
+                log.exception("online eval: %d scores could not be written", len(rows))
+
+    async def process(self, job: Job) -> list[dict[str, Any]]:
+        """Score one sampled answer; update rolling means and alerts; return its rows for the store."""
         ctx = EvalContext(*_case_and_output(job))
         scores: dict[str, float | None] = {}
         errors: dict[str, str] = {}
@@ -257,10 +281,23 @@ class OnlineEvaluator:
                 scores[name] = await metric.evaluate(ctx)
             except Exception as exc:  # noqa: BLE001  a judge failure is recorded with the score
                 scores[name], errors[name] = None, f"{type(exc).__name__}: {exc}"[:1000]
-        await asyncio.to_thread(self._store, job, scores, errors)
         for name, score in scores.items():
             if score is not None:
                 self._observe(job, name, score)
+        return [
+            {
+                "request_id": job.request_id,
+                "ts": job.ts,
+                "prompt": job.prompt,
+                "prompt_version": job.version,
+                "prompt_hash": job.content_hash,
+                "versions": job.versions,
+                "metric": name,
+                "score": score,
+                "error": errors.get(name),
+            }
+            for name, score in scores.items()
+        ]
 
     def _metrics_for(self, job: Job) -> dict[str, Metric]:
         key = (job.prompt, job.version)
@@ -305,24 +342,9 @@ class OnlineEvaluator:
         log.error("online eval: no API key for judge calls (set evaluation.online.api_key_env)")
         return None
 
-    def _store(self, job: Job, scores: dict[str, float | None], errors: dict[str, str]) -> None:
-        rows = [
-            {
-                "request_id": job.request_id,
-                "ts": job.ts,
-                "prompt": job.prompt,
-                "prompt_version": job.version,
-                "prompt_hash": job.content_hash,
-                "versions": job.versions,
-                "metric": name,
-                "score": score,
-                "error": errors.get(name),
-            }
-            for name, score in scores.items()
-        ]
-        if rows:
-            with Session(self.engine) as s, s.begin():
-                s.execute(insert(OnlineEvalScore), rows)
+    def _store(self, rows: list[dict[str, Any]]) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.execute(insert(OnlineEvalScore), rows)
 
     def _observe(self, job: Job, metric: str, score: float) -> None:
         key = (job.prompt, job.version, metric)
