@@ -13,8 +13,9 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 from sqlalchemy import Engine
 
 from gateway.catalog import Catalog, Snapshot
@@ -31,6 +32,9 @@ from gateway.retrieval.search import DEFAULT_MODE, Hit, IndexReader, Mode
 from gateway.retrieval.spec import IndexSpec, RouterEmbedder
 from gateway.retrieval.store import ChromaStore, collection_name
 from gateway.usage import message_text
+
+if TYPE_CHECKING:
+    from gateway.serving import Call
 
 log = logging.getLogger("opsgate.retrieval")
 PAGE = 5000
@@ -116,7 +120,7 @@ class IndexRetriever:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def retrieve(
-        self, call: Any, spec: PromptSpec, variables: dict[str, Any], messages: list[Any]
+        self, call: Call, spec: PromptSpec, variables: dict[str, Any], messages: list[Any]
     ) -> list[dict[str, Any]]:
         assert spec.retrieval is not None
         record = self.resolve(spec.retrieval.index, spec.name)
@@ -173,10 +177,18 @@ class IndexRetriever:
     def _search(
         self, record: VersionRecord, spec: IndexSpec, query: str, vector: Any, top_k: int, mode: Mode
     ) -> list[Hit]:
+        from chromadb.errors import ChromaError
+
         reader = self.library.reader(record, spec)
         if vector is None and mode != "lexical":
             vector = self.library.minilm.encode([query])[0]
-        return reader.search(query, vector, top_k, mode)
+        try:
+            return reader.search(query, vector, top_k, mode)
+        except (ChromaError, httpx.HTTPError, OSError) as exc:
+            raise UpstreamUnavailable(
+                f"the index store ({self.library.store.where}) failed to search {record.ref}: {exc}",
+                code="index_store_unavailable",
+            ) from exc
 
     async def _router_vector(self, embedder: RouterEmbedder, query: str) -> Any:
         name, _, version = embedder.router.partition("@")
