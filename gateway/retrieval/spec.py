@@ -15,12 +15,23 @@ in `gateway.retrieval.build`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from gateway.registry.specs import NAME_PATTERN
 from gateway.yamlspec import StrictModel
+
+
+def _type_or(default: str) -> Callable[[Any], str]:
+    """A `type:` discriminator that may be left out when it is the default one."""
+
+    def kind(value: Any) -> str:
+        found = value.get("type", default) if isinstance(value, dict) else getattr(value, "type", default)
+        return str(found)
+
+    return kind
 
 
 def _relative_glob(pattern: str) -> str:
@@ -63,7 +74,10 @@ class JsonlSource(StrictModel):
         return self
 
 
-Source = Annotated[FilesSource | JsonlSource, Field(discriminator="type")]
+Source = Annotated[
+    Annotated[FilesSource, Tag("files")] | Annotated[JsonlSource, Tag("jsonl")],
+    Discriminator(_type_or("files")),
+]
 
 
 class TokenChunker(StrictModel):
@@ -104,7 +118,12 @@ class MarkdownChunker(StrictModel):
         return self
 
 
-Chunker = Annotated[TokenChunker | SentenceChunker | MarkdownChunker, Field(discriminator="type")]
+Chunker = Annotated[
+    Annotated[TokenChunker, Tag("tokens")]
+    | Annotated[SentenceChunker, Tag("sentences")]
+    | Annotated[MarkdownChunker, Tag("markdown")],
+    Discriminator(_type_or("tokens")),
+]
 
 
 class LocalEmbedder(StrictModel):
@@ -123,7 +142,10 @@ class RouterEmbedder(StrictModel):
     batch_size: int = Field(64, ge=1, le=2048)
 
 
-Embedder = Annotated[LocalEmbedder | RouterEmbedder, Field(discriminator="type")]
+Embedder = Annotated[
+    Annotated[LocalEmbedder, Tag("local")] | Annotated[RouterEmbedder, Tag("router")],
+    Discriminator(_type_or("local")),
+]
 
 
 class IndexSpec(StrictModel):

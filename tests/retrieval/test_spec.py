@@ -81,3 +81,11 @@ def test_name_must_match_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         _load(tmp_path, "name: other\nsource: {type: files, paths: [a.md]}\n")
     assert "must match the file name 'handbook'" in err.value.message
+
+
+def test_default_types_may_be_left_out_and_survive_a_round_trip() -> None:
+    spec = IndexSpec.model_validate({"name": "x", "source": {"paths": ["a.md"]}, "chunker": {"size": 100}})
+    assert spec.source.type == "files" and spec.chunker == TokenChunker(size=100)
+    stored = spec.model_dump(mode="json", exclude_defaults=True)  # how registries store specs
+    assert stored == {"name": "x", "source": {"paths": ["a.md"]}, "chunker": {"size": 100}}
+    assert IndexSpec.model_validate(stored) == spec
