@@ -14,10 +14,9 @@ Entry points (every one records its decisions on the call; none reads a database
 
 Decision record (one per check and stage, in `call.decisions`, stored with the request log row):
 `{"check", "rule", "policy" (content hash, 12 hex), "stage", "verdict", "matched", "us"}` plus `"count"`
-when text was redacted or flagged and `"id"` for a named check. A request no check ran on gets one
-`{"check": "policy", "policy", "verdict": "allowed" | "skipped", "matched"}` record, so every row names
-the policy version in force. (Not in `artifacts`: that list is the lineage of registry versions and the
-`x-opsgate-versions` header, which clients compare as is.)
+when text was redacted or flagged and `"id"` for a named check. Every row, governed by a rule or not,
+names the policy version in force in `extra["policy"]` (hash, 12 hex). (Not in `artifacts`: that list is
+the lineage of registry versions and the `x-opsgate-versions` header, which clients compare as is.)
 """
 
 from __future__ import annotations
@@ -412,15 +411,14 @@ class Pipeline:
         """Replace estimates with what the call used; count its spend. Runs once, from Gateway.finish."""
         state = call.policy
         if not isinstance(state, CallState):
-            call.decisions.append(_no_check(self.compiled.hash12, "skipped", "refused before policies ran"))
+            call.extra.setdefault("policy", self.compiled.hash12)  # refused before the policies ran
             return
         if state.settled:
             return
         state.settled = True
+        call.extra["policy"] = state.policy.hash12
         if state.guard is not None:
             state.guard.done()
-        if not any(d.get("policy") == state.policy.hash12 for d in call.decisions):
-            call.decisions.append(_no_check(state.policy.hash12, "allowed", "no rule applies"))
         usage = Usage(call.tokens_in or 0, call.tokens_out or 0, call.cost or 0.0)
         settlements: list[Settlement] = []
         for charge, check in state.charges:
@@ -454,11 +452,6 @@ def _query_slots(messages: list[Any], variables: dict[str, Any]) -> list[Slot]:
         if isinstance(v, str)
     ]
     return slots
-
-
-def _no_check(hash12: str, verdict: str, why: str) -> dict[str, Any]:
-    """The record of a request no check ran on: the policy hash is on every request's row."""
-    return {"check": "policy", "policy": hash12, "verdict": verdict, "matched": why}
 
 
 def _spend_settlements(subject: Subject, usage: Usage, charged: set[str]) -> list[Settlement]:

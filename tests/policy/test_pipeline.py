@@ -68,6 +68,18 @@ rules:
     match: {principals: [limited]}
     checks:
       - {type: access, routers: [echo, "vec*"]}
+  - name: prompts-only
+    match: {principals: [prompt-limited]}
+    checks:
+      - {type: access, prompts: [greet]}
+  - name: no-indexes
+    match: {principals: [index-limited]}
+    checks:
+      - {type: access, indexes: [public-*]}
+  - name: deny-flag
+    match: {principals: [deny-flagger]}
+    checks:
+      - {type: deny_list, terms: [project falcon], mode: flag}
   - name: access-flag
     match: {principals: [limited-flag]}
     checks:
@@ -206,6 +218,7 @@ def tokens(text: str) -> int:
 
 def decisions(row: dict[str, Any], check: str, stage: str | None = None) -> list[dict[str, Any]]:
     found = [d for d in row["decisions"] if d["check"] == check and stage in (None, d["stage"])]
+    assert row["extra"]["policy"] == HASH12
     for d in found:
         assert d["policy"] == HASH12
         assert isinstance(d["us"], float) and d["us"] >= 0
@@ -466,6 +479,26 @@ def test_access_names_what_is_missing(gw: GatewayProcess, keys: dict[str, str]) 
     assert access["verdict"] == "flagged"
 
 
+def test_access_to_prompts_and_indexes(gw: GatewayProcess, keys: dict[str, str]) -> None:
+    ok = post(
+        gw, keys, "prompt-limited", {"model": "greet", "messages": [], "prompt_variables": {"name": "x"}}
+    )
+    assert ok.status_code == 200
+    r = post(gw, keys, "prompt-limited", chat("kbqa", "how do refunds work?"))
+    assert_error(gw, r, 403, type_="permission_error", code="policy_access_denied", param="model")
+    assert (
+        "does not let this key call prompt:kbqa (roles: app); allowed prompts: greet."
+        in r.json()["error"]["message"]
+    )
+    r = post(gw, keys, "index-limited", chat("kbqa", "how do refunds work?"))
+    row = assert_error(gw, r, 403, type_="permission_error", code="policy_access_denied", param="model")
+    assert (
+        "does not let this key call index:kb (roles: app); allowed indexes: public-*."
+        in r.json()["error"]["message"]
+    )
+    assert decisions(row, "access")[0]["matched"] == "index:kb"
+
+
 # -- deny list -------------------------------------------------------------------------------------------
 
 
@@ -478,9 +511,13 @@ def test_deny_list_on_input(
     r = post(gw, keys, "denier", chat("echo", "this is Internal Use Only"))
     assert r.status_code == 400
     assert post(gw, keys, "denier", chat("echo", "falcons are birds")).status_code == 200
+    r = post(gw, keys, "deny-flagger", chat("echo", "status of project falcon?"))
+    assert r.status_code == 200
+    (deny,) = decisions(gw.log_row(r.headers["x-opsgate-request-id"]), "deny_list", "input")
+    assert (deny["verdict"], deny["matched"], deny["count"]) == ("flagged", "project falcon", 1)
     r = post(gw, keys, "deny-redactor", chat("echo", "status of project falcon?"))
     assert r.json()["choices"][0]["message"]["content"] == "echo: status of [REDACTED:DENIED]?"
-    assert "falcon" not in upstream_texts(upstream, mark).replace("falcons", "")
+    assert "falcon" not in upstream_texts(upstream, len(upstream.requests) - 1)  # the redacted one
 
 
 # -- JSON output -------------------------------------------------------------------------------------------
@@ -610,17 +647,13 @@ def test_every_request_records_the_policy_hash(gw: GatewayProcess, keys: dict[st
         model="echo", messages=[{"role": "user", "content": "hi"}]
     )
     row = gw.log_row(admin.headers["x-opsgate-request-id"])
-    assert row["decisions"] == [
-        {"check": "policy", "policy": HASH12, "verdict": "allowed", "matched": "no rule applies"}
-    ]
+    assert row["decisions"] == [] and row["extra"]["policy"] == HASH12  # no rule applies to the admin
     with gw.http() as http:
         r = http.post(
             "/v1/chat/completions", json=chat("echo", "hi"), headers={"Authorization": "Bearer nope"}
         )
     row = gw.log_row(r.headers["x-opsgate-request-id"])
-    assert row["decisions"] == [
-        {"check": "policy", "policy": HASH12, "verdict": "skipped", "matched": "refused before policies ran"}
-    ]
+    assert row["status"] == 401 and row["decisions"] == [] and row["extra"]["policy"] == HASH12
     assert "policy" not in admin.headers["x-opsgate-versions"]
 
 

@@ -104,14 +104,14 @@ def test_the_policy_file_reloads_and_a_broken_edit_keeps_the_old_policy(
     project = make_project(routers(upstream), files={"config/policies.yaml": "rules: []\n"})
     gw = start_gateway(project)
     key = make_key(gw, "team")
-    before = gw.log_row(post(gw, key).headers["x-opsgate-request-id"])["decisions"][0]["policy"]
+    before = gw.log_row(post(gw, key).headers["x-opsgate-request-id"])["extra"]["policy"]
     (project / "config/policies.yaml").write_text(limits(1), encoding="utf-8")
     new_hash = parse_policy(limits(1), registered_checks()).short_hash
     deadline = time.monotonic() + 10
     while True:
         r = post(gw, key)
         row = gw.log_row(r.headers["x-opsgate-request-id"])
-        if row["decisions"][0]["policy"] == new_hash:
+        if row["extra"]["policy"] == new_hash:
             break
         assert time.monotonic() < deadline, "the new policy was not picked up"
         time.sleep(0.2)
@@ -122,7 +122,7 @@ def test_the_policy_file_reloads_and_a_broken_edit_keeps_the_old_policy(
     time.sleep(2)
     r = post(gw, key)
     assert r.status_code == 429  # still the rpm 1 policy
-    assert gw.log_row(r.headers["x-opsgate-request-id"])["decisions"][0]["policy"] == new_hash
+    assert gw.log_row(r.headers["x-opsgate-request-id"])["extra"]["policy"] == new_hash
     assert (
         "policy file not reloaded, the previous policy stays in force: config/policies.yaml:1:" in gw.output()
     )

@@ -13,6 +13,8 @@ from gateway.errors import PermissionDenied
 from gateway.policy.base import CheckConfig, Finding, Payload, PolicyCheck, Subject
 from gateway.policy.spec import Globs, compile_globs
 
+PLURAL = {"router": "routers", "prompt": "prompts", "index": "indexes", "model": "models"}
+
 
 class AccessConfig(CheckConfig):
     type: Literal["access"]
@@ -53,7 +55,7 @@ class Access(PolicyCheck[AccessConfig]):
             allowed = ", ".join(patterns) if patterns else "none"
             error = PermissionDenied(
                 f"policy rule {self.rule!r} (access) does not let this key call {kind}:{name}"
-                f" (roles: {', '.join(sorted(subject.roles)) or 'none'}); allowed {kind}s: {allowed}."
+                f" (roles: {', '.join(sorted(subject.roles)) or 'none'}); allowed {PLURAL[kind]}: {allowed}."
                 " Ask an admin to extend the rule in config/policies.yaml, or call an allowed one.",
                 param="model",
                 code="policy_access_denied",
