@@ -14,6 +14,9 @@
                                    On a database that already has keys no admin.key is written: pass
                                    an admin key of that database, or the handle creates one with the CLI
     gateway_factory                (session) the same, for module-scoped fixtures (use `with`, or .stop())
+    spine_gateway                  (session) one gateway on the repo's config with a 64 KiB body limit and
+                                   routers `other` (local) and `flaky` (fake 500, then fake ok), shared
+                                   by the API, metrics and CLI tests; start your own to change its config
 
 Importing this file makes the process offline (gateway.offline) and installs the network guard
 (tests/fakes/netguard.py) here and in every subprocess: only 127.0.0.1 may be reached, and the session
@@ -33,7 +36,7 @@ import pytest
 
 from gateway.offline import apply_offline_env
 from tests.fakes import netguard
-from tests.fakes.gateway import GatewayProcess, build_project
+from tests.fakes.gateway import SPINE_GATEWAY_YAML, GatewayProcess, build_project, deployment
 from tests.fakes.upstream import FakeUpstream
 
 apply_offline_env()
@@ -166,3 +169,21 @@ def start_gateway(gateway_factory: GatewayFactory) -> Iterator[GatewayFactory]:
     yield start
     for gateway in mine:
         gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def spine_gateway(
+    project_factory: ProjectFactory, gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
+) -> Iterator[GatewayProcess]:
+    routers: dict[str, Any] = {
+        "other": {"deployments": [{"id": "local", "model": "local/extractive"}]},
+        "flaky": {
+            "deployments": [
+                deployment("bad", fake_upstream.url("500-spine")),
+                deployment("good", fake_upstream.url("ok-spine")),
+            ]
+        },
+    }
+    project = project_factory(routers=routers, files={"config/gateway.yaml": SPINE_GATEWAY_YAML})
+    with gateway_factory(project) as gateway:
+        yield gateway

@@ -9,26 +9,19 @@ import hashlib
 import json
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import GatewayProcess
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def gw(project_factory: ProjectFactory, gateway_factory: GatewayFactory) -> Iterator[GatewayProcess]:
-    # the repo's own config/gateway.yaml: key changes must reach a gateway within its default interval
-    with gateway_factory(
-        project_factory(
-            routers={"other": "name: other\ndeployments:\n  - {id: l, model: local/extractive}\n"}
-        )
-    ) as gateway:
-        yield gateway
+def gw(spine_gateway: GatewayProcess) -> GatewayProcess:
+    # the repo's key refresh interval (0.5 s): key changes must reach a gateway within it
+    return spine_gateway
 
 
 def create_key(gw: GatewayProcess, *args: str) -> str:

@@ -13,27 +13,23 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import GatewayFactory, ProjectFactory
+from tests.conftest import ProjectFactory
 from tests.fakes.gateway import (
-    FAST_GATEWAY_YAML,
     OPSGATE,
+    SPINE_MAX_BODY,
     GatewayProcess,
     assert_error,
     free_port,
     subprocess_env,
 )
 
-MAX_BODY = 64 * 1024
+MAX_BODY = SPINE_MAX_BODY
 MESSAGES = [{"role": "user", "content": "hello"}]
-GATEWAY_YAML = f"server:\n  max_body_bytes: {MAX_BODY}\n" + FAST_GATEWAY_YAML
 
 
 @pytest.fixture(scope="module")
-def gw(project_factory: ProjectFactory, gateway_factory: GatewayFactory) -> Iterator[GatewayProcess]:
-    routers = {"other": {"deployments": [{"id": "local", "model": "local/extractive"}]}}
-    project = project_factory(routers=routers, files={"config/gateway.yaml": GATEWAY_YAML})
-    with gateway_factory(project) as gateway:
-        yield gateway
+def gw(spine_gateway: GatewayProcess) -> GatewayProcess:
+    return spine_gateway  # its body limit is SPINE_MAX_BODY; it has the local router `other`
 
 
 def post(gw: GatewayProcess, content: Any = None, *, key: str | None = "admin", **kw: Any) -> httpx.Response:

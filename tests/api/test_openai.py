@@ -14,7 +14,6 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import GatewayProcess
 
 VERSIONS = re.compile(r"^router:(?P<name>[a-z0-9._-]+)@(?P<version>\d+)#(?P<hash>[0-9a-f]{12})$")
@@ -29,18 +28,16 @@ MESSAGES = [
 
 
 @pytest.fixture(scope="module")
-def started(
-    project_factory: ProjectFactory, gateway_factory: GatewayFactory
-) -> Iterator[tuple[GatewayProcess, threading.Thread]]:
-    with gateway_factory(project_factory()) as gateway:
-        # The first embedding loads torch and MiniLM (~10 s): start it now, alongside the chat tests.
-        warmup = threading.Thread(
-            target=lambda: gateway.client(timeout=300).embeddings.create(model="minilm", input="warm up"),
-            daemon=True,
-        )
-        warmup.start()
-        yield gateway, warmup
-        warmup.join(timeout=300)
+def started(spine_gateway: GatewayProcess) -> Iterator[tuple[GatewayProcess, threading.Thread]]:
+    gateway = spine_gateway
+    # The first embedding loads torch and MiniLM (~10 s): start it now, alongside the chat tests.
+    warmup = threading.Thread(
+        target=lambda: gateway.client(timeout=300).embeddings.create(model="minilm", input="warm up"),
+        daemon=True,
+    )
+    warmup.start()
+    yield gateway, warmup
+    warmup.join(timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,9 @@ SITE_DIR = Path(__file__).resolve().parent / "site"
 START_TIMEOUT_S = 60
 # config/gateway.yaml for test projects: log rows and key changes land fast, so tests wait little.
 FAST_GATEWAY_YAML = "request_log:\n  flush_interval_s: 0.02\ncache:\n  refresh_interval_s: 0.2\n"
+# The shared spine gateway (conftest `spine_gateway`): small body limit, fast log, default key refresh.
+SPINE_MAX_BODY = 64 * 1024
+SPINE_GATEWAY_YAML = f"server:\n  max_body_bytes: {SPINE_MAX_BODY}\nrequest_log:\n  flush_interval_s: 0.02\n"
 
 
 def free_port() -> int:

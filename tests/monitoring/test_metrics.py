@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, deployment
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.gateway import GatewayProcess
 
 MESSAGES = [
     {"role": "system", "content": "Oslo is the capital of Norway."},
@@ -18,20 +14,8 @@ MESSAGES = [
 
 
 @pytest.fixture(scope="module")
-def gw(
-    project_factory: ProjectFactory, gateway_factory: GatewayFactory, fake_upstream: FakeUpstream
-) -> Iterator[GatewayProcess]:
-    routers = {
-        "flaky": {
-            "deployments": [
-                deployment("bad", fake_upstream.url("500-m")),
-                deployment("good", fake_upstream.url("ok-m")),
-            ]
-        }
-    }
-    project = project_factory(routers=routers, files={"config/gateway.yaml": FAST_GATEWAY_YAML})
-    with gateway_factory(project) as gateway:
-        yield gateway
+def gw(spine_gateway: GatewayProcess) -> GatewayProcess:
+    return spine_gateway  # router `flaky`: deployment `bad` (fake 500), then `good` (fake ok)
 
 
 def samples(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
