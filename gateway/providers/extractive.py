@@ -6,10 +6,9 @@ sentences are candidates, so instructions in the system prompt are never quoted 
 Scoring is lexical: the IDF-weighted overlap of content words (lightly stemmed), plus a bonus for
 question bigrams found in order. No randomness, no model: the same input gives the same answer.
 
-With `[id]` passages (RAG), the answer is shorter: for a question that asks for a date, a number or a
-name, the matching span of the best sentences (`answer_spans.py`), else the one best sentence; each
-with its citation. On the SQuAD 2.0 subset (293 answerable questions, top-4 retrieved chunks) this
-took exact match from 0.000 to 0.130 and token F1 from 0.132 to 0.271 (bench/retrieval_quality.py).
+With `[id]` passages (RAG), a question that asks for a date or a number is answered with the matching
+span of the best sentences and its citation (`answer_spans.py`); other questions get the quoted
+sentences as before.
 """
 
 from __future__ import annotations
@@ -271,7 +270,7 @@ def _norm(word: str) -> str:
 
 
 def span_answer(question: str, sentences: list[Sentence]) -> str | None:
-    """For a date, number or name question: the short span and its citation, from the best sentences."""
+    """For a date or number question: the short span and its citation, from the best sentences."""
     scored = ranked_sentences(question, sentences)
     q_terms = set(terms(question))
     for score, sentence in scored[:SPAN_SENTENCES]:
@@ -305,13 +304,12 @@ def answer(messages: list[object]) -> str:
     if not context.strip():
         return NO_CONTEXT
     sentences = split_context(context)
-    rag = any(s.passage_id for s in sentences)
-    if rag:  # retrieved passages: a short span for factoid questions, else the one best sentence
+    if any(s.passage_id for s in sentences):  # retrieved passages: a span for date and number questions
         sentences = [s for s in sentences if s.passage_id]
         span = span_answer(question, sentences)
         if span is not None:
             return span
-    chosen = best_sentences(question, sentences, limit=1 if rag else 2)
+    chosen = best_sentences(question, sentences)
     if not chosen:
         return NOT_FOUND
     return " ".join(f'"{s.text}"' + (f" [{s.passage_id}]" if s.passage_id else "") for s in chosen)

@@ -33,17 +33,16 @@ def test_question_types(question: str, kind: str | None) -> None:
     assert question_type(question) == kind
 
 
-def test_factoid_questions_get_a_cited_span() -> None:
+def test_date_and_number_questions_get_a_cited_span() -> None:
     assert ask("When did the Duchy of Normandy begin?") == "911 [n#0]"
-    assert ask("Who was the Viking ruler of the Duchy?") == "Rollo [n#0]"
+    assert ask("In what year did the Duchy of Normandy begin?") == "911 [n#0]"
     assert ask("How many men crossed to England?") == "7,000 men [n#1]"
-    assert ask("What river bounded the Duchy?") == "Seine [n#1]"
 
 
-def test_other_questions_get_the_one_best_sentence() -> None:
-    assert ask("Was the Duchy of Normandy a fiefdom?") == (
-        '"The Duchy of Normandy began in 911 as a fiefdom, under the Viking ruler Rollo." [n#0]'
-    )
+def test_other_questions_get_the_quoted_sentence() -> None:
+    sentence = '"The Duchy of Normandy began in 911 as a fiefdom, under the Viking ruler Rollo." [n#0]'
+    assert ask("Was the Duchy of Normandy a fiefdom?") == sentence
+    assert ask("Who was the Viking ruler of the Duchy of Normandy?") == sentence  # names: measured worse
 
 
 def test_plain_context_keeps_whole_sentences() -> None:
