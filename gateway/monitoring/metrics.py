@@ -110,10 +110,13 @@ class Metrics:
                         self.ml_quality.labels(artifact, metric).set(value)
         fairness = figures.get("fairness", {})
         for attr, found in fairness.get("attributes", {}).items():
-            for metric in ("disparate_impact", "demographic_parity_difference", "equal_opportunity_difference"):
+            for metric in (
+                "disparate_impact",
+                "demographic_parity_difference",
+                "equal_opportunity_difference",
+            ):
                 if found.get(metric) is not None:
                     self.ml_fairness.labels(artifact, attr, metric).set(found[metric])
-
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         Gauge(name, doc, registry=self.registry).set_function(read)
