@@ -227,7 +227,7 @@ def render_html(outcome: Outcome) -> str:
     )
     hists = "".join(f'<div class="card">{histogram_svg(k, table.values(k))}</div>' for k in keys)
     compare = _comparison_section(outcome, table, keys)
-    worst_key = run.metric_keys[0] if run.metric_keys else keys[0]
+    worst_key = _telling_metric(table, run.metric_keys or keys)
     worst = "".join(
         f"<tr><td><code>{_e(r.case.id)}</code></td><td>{_e(r.case.question)}</td><td>{_e(r.case.reference)}</td>"
         f"<td>{_e(r.output.answer if not r.output.error else 'ERROR: ' + r.output.error)}</td>"
@@ -253,6 +253,11 @@ suite <code>{_e(run.suite.path)}</code> sha256 <code>{_e(run.suite.content_hash[
 <table><tr><th>case</th><th>question</th><th>reference</th><th>answer</th><th>scores</th></tr>{worst}</table>
 </body></html>
 """
+
+
+def _telling_metric(table: ScoreTable, keys: list[str]) -> str:
+    """The first metric whose scores differ between cases (sorting by a constant one shows nothing)."""
+    return next((k for k in keys if len(set(table.values(k))) > 1), keys[0])
 
 
 def _comparison_section(outcome: Outcome, table: ScoreTable, keys: list[str]) -> str:
