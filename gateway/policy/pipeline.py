@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,7 +128,7 @@ class Pipeline:
         file: Path | None = None,
         display: str | None = None,
         refresh_interval_s: float = 1.0,
-        spend_seed: Any = None,
+        spend_seed: Callable[[MemoryStore], object] | None = None,
     ) -> None:
         self.checks = dict(checks)
         self.compiled = CompiledPolicy(policy, self.checks)
@@ -136,7 +136,7 @@ class Pipeline:
         self.file = file
         self.display = display
         self.refresh_interval_s = refresh_interval_s
-        self.spend_seed = spend_seed  # callable(store) filling in-process ledgers from the request log
+        self.spend_seed = spend_seed  # fills in-process ledgers from the request log at start
         self.reload_error: str | None = None
         self.tokens = TokenCounter()
         self._stamp = self._file_stamp()

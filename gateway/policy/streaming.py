@@ -5,7 +5,9 @@ and released only up to a safe cut: `holdback` characters before the end of the 
 that may contain spaces, 64 by default), moved back to the start of the unbroken run of non-space
 characters it falls in (an email has no spaces but may be long), and moved back again to the start of
 any hit that crosses it. Everything before the cut is final: no hit can still grow into it. When the
-choice finishes, the rest is released. Cost: the caller sees text ~64 characters (~16 tokens) later.
+choice finishes, the rest is released. Text is released (and scanned) in steps of 32 characters or
+more, and a chunk whose text is all held back is not sent. Cost: the caller sees text ~64-96
+characters (~16-24 tokens) later.
 
 A `block` hit releases the text before it and ends the answer with finish_reason `content_filter`.
 """
@@ -20,6 +22,7 @@ from gateway.policy.base import Finding, Hit, PolicyCheck, Scanner, Verdict
 
 Json = dict[str, Any]
 MAX_RUN = 256  # a run of non-space characters longer than this is cut anyway (emails are <= 254)
+STEP = 32  # release (and scan) only once this much text is ready beyond the hold-back
 
 
 @dataclass(slots=True)
@@ -62,19 +65,23 @@ class GuardedStream:
         return self
 
     async def __anext__(self) -> Json:
-        if self._ended:
-            raise StopAsyncIteration
-        chunk = self._first
-        self._first = None
-        if chunk is None and not self.guard.stopped:
-            chunk = await anext(self.rest, None)
-        if chunk is None or self.guard.stopped:
-            tail = None if self.guard.stopped else self.guard.flush_all()
-            await self.aclose()
-            if tail is None:
+        while True:
+            if self._ended:
                 raise StopAsyncIteration
-            return tail
-        return self.guard.process(chunk)
+            chunk = self._first
+            self._first = None
+            if chunk is None and not self.guard.stopped:
+                chunk = await anext(self.rest, None)
+            if chunk is None or self.guard.stopped:
+                tail = None if self.guard.stopped else self.guard.flush_all()
+                await self.aclose()
+                if tail is None:
+                    raise StopAsyncIteration
+                return tail
+            processed = self.guard.process(chunk)
+            if not _held_back_whole(processed):
+                return processed
+            # all its text is held back and it carries nothing else: sending it would be an empty event
 
     def buffered(self) -> bool:
         inner = getattr(self.rest, "buffered", None)
@@ -90,6 +97,19 @@ class GuardedStream:
                 await aclose()
         finally:
             self.guard.done()
+
+
+def _held_back_whole(chunk: Json) -> bool:
+    choices = chunk.get("choices")
+    if not choices or chunk.get("usage"):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict) or choice.get("finish_reason") is not None or choice.get("logprobs"):
+            return False
+        delta = choice.get("delta")
+        if not isinstance(delta, dict) or delta.keys() != {"content"} or delta["content"]:
+            return False
+    return True
 
 
 def safe_cut(buffer: str, hits: list[tuple[Hit, _Bound]], holdback: int) -> int:
@@ -176,6 +196,9 @@ class StreamGuard:
     def release(self, index: int, *, final: bool) -> tuple[str, bool]:
         """The text of choice `index` that is safe to send now, and whether a block hit stopped it."""
         buffer = self.buffers.get(index, "")
+        if not final and len(buffer) < self.holdback + STEP:
+            self.delivered.setdefault(index, [])
+            return "", False
         hits = self._hits(buffer)
         cut = len(buffer) if final else safe_cut(buffer, hits, self.holdback)
         out: list[str] = []
