@@ -91,13 +91,17 @@ def serve(
     settings = _settings()
     try:  # validate the files before importing the app (seconds), so a typo fails fast
         config = settings.load_gateway_config()
+        from gateway.policy.setup import validate_policy_file
         from gateway.registry.files import load_artifacts
+        from gateway.registry.sync import SYNC_KINDS
 
-        _, errors = load_artifacts(settings.project_dir, ("router",))
+        # every file start-up reads: a bad prompt failed later, inside the app, as a traceback (exit 3)
+        _, errors = load_artifacts(settings.project_dir, SYNC_KINDS)
         if errors:
             for err in errors:
                 typer.echo(f"opsgate: {err.message}", err=True)
             raise typer.Exit(2)
+        validate_policy_file(settings)
     except OpsgateError as exc:
         fail(exc.message, 2)
     import uvicorn
