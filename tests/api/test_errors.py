@@ -249,6 +249,10 @@ BAD_PROJECTS: dict[str, dict[str, Any]] = {
     "gateway-yaml": {"files": {"config/gateway.yaml": "server:\n  host: 127.0.0.1\n  prot: 9\n"}},
     "invalid-yaml": {"routers": {"x": "name: x\ndeployments: [\n"}},
     "name-mismatch": {"routers": {"x": "name: y\ndeployments:\n  - {id: a, model: local/extractive}\n"}},
+    "bad-prompt": {"files": {"prompts/p.yaml": "name: p\nrouter: default\nmesages: []\n"}},
+    "bad-policy": {
+        "files": {"config/policies.yaml": "rules:\n  - name: r\n    checks:\n      - {type: nope}\n"}
+    },
 }
 
 
@@ -314,3 +318,12 @@ def test_router_name_must_match_its_file(refusals: dict[str, tuple[int, str]]) -
     code, stderr = refusals["name-mismatch"]
     assert code == 2, stderr
     assert "config/routers/x.yaml:1: name: 'y' must match the file name 'x'" in stderr
+
+
+@pytest.mark.parametrize("case", ["bad-prompt", "bad-policy"])
+def test_every_file_start_up_reads_is_checked_first(refusals: dict[str, tuple[int, str]], case: str) -> None:
+    code, stderr = refusals[case]
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    where = "prompts/p.yaml:1: messages: " if case == "bad-prompt" else "config/policies.yaml:4: "
+    assert where in stderr
