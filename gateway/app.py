@@ -96,6 +96,11 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     retriever = IndexRetriever(catalog, library)
     catalog.listeners.append(retriever.on_snapshot)  # opens aliased index versions ahead of requests
     policy = build_pipeline(settings, config, engine)
+    metrics.gauge(
+        "opsgate_policy_reload_failed",
+        "1 when the last edit of config/policies.yaml did not load (the previous policy stays in force).",
+        lambda: 1.0 if policy.reload_error else 0.0,
+    )
     gateway = Gateway(catalog, writer, metrics, retriever, policy)
     alerts = Alerts(config.alerts)
     return Parts(

@@ -126,3 +126,4 @@ def test_the_policy_file_reloads_and_a_broken_edit_keeps_the_old_policy(
     assert (
         "policy file not reloaded, the previous policy stays in force: config/policies.yaml:1:" in gw.output()
     )
+    assert "opsgate_policy_reload_failed 1.0" in gw.metrics()
