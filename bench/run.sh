@@ -4,8 +4,9 @@
 #   bench/run.sh [extra peer.sh options, e.g. --rounds 1 --conc 8 --no-litellm]
 #
 # Builds a throwaway opsgate project for the run under bench/runs/<stamp>/ (its own
-# config/gateway.yaml with the request log on, routers fake-gpt -> {upstream} and
-# fake-gpt-stream -> {upstream_stream}), imports the bench key, and runs the harness in place:
+# config/gateway.yaml with the request log on, routers fake-gpt -> {upstream},
+# fake-gpt-stream -> {upstream_stream} and, for --modes slowstream, fake-gpt-slow ->
+# {upstream_slow}), imports the bench key, and runs the harness in place:
 # ../shared/bench/peer.sh from the repo root, or $BENCH_HARNESS.
 #
 # Environment:
@@ -61,9 +62,11 @@ EOF
 }
 router_template fake-gpt @UPSTREAM@ >"$PROJ/templates/fake-gpt.yaml"
 router_template fake-gpt-stream @UPSTREAM_STREAM@ >"$PROJ/templates/fake-gpt-stream.yaml"
+router_template fake-gpt-slow @UPSTREAM_SLOW@ >"$PROJ/templates/fake-gpt-slow.yaml"
 # Rendered with the default upstream too, so that `keys create` and a manual `serve` see valid files.
 for t in "$PROJ"/templates/*.yaml; do
   sed -e 's|@UPSTREAM@|http://127.0.0.1:18080/v1|; s|@UPSTREAM_STREAM@|http://127.0.0.1:18080/stream/v1|' \
+    -e 's|@UPSTREAM_SLOW@|http://127.0.0.1:18080/slow/v1|' \
     "$t" >"$PROJ/config/routers/$(basename "$t")"
 done
 
@@ -74,13 +77,14 @@ export OPSGATE_PROJECT_DIR="$PROJ" OPSGATE_DATA_DIR="$DATA"
 TARGET_CMD="cd '$PROJ' && export OPSGATE_PROJECT_DIR='$PROJ' OPSGATE_DATA_DIR='$DATA' \
 BENCH_FAKE_UPSTREAM_KEY=sk-fake-upstream && \
 for t in templates/*.yaml; do sed -e 's|@UPSTREAM@|{upstream}|; s|@UPSTREAM_STREAM@|{upstream_stream}|' \
+-e 's|@UPSTREAM_SLOW@|{upstream_slow}|' \
 \"\$t\" > config/routers/\$(basename \"\$t\") || exit 1; done && \
 exec '$OPSGATE_BIN' serve --host 127.0.0.1 --port {port}"
 
 echo "bench: run folder $RUN" >&2
 set +e
 "$HARNESS" --stream --target-name opsgate --target-url http://127.0.0.1:8080 \
-  --model fake-gpt --stream-model fake-gpt-stream \
+  --model fake-gpt --stream-model fake-gpt-stream --slow-model fake-gpt-slow \
   --target-cmd "$TARGET_CMD" \
   --litellm-bin "$LITELLM_BIN" \
   --json-out "$RUN/results.json" \
