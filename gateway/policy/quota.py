@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from gateway.policy.base import Charge, Grant, Refusal
 
 log = logging.getLogger("opsgate.policy.quota")
 BUDGET_GRACE_S = 86_400  # keep a ledger a day past its period (for inspection), then let it expire
+SETTLE_BATCH = 256  # settlements per Redis script call
 
 
 @dataclass(slots=True)
@@ -194,7 +195,8 @@ for i = 1, n do
     local ttl = math.ceil(news[i] - now) + 1000
     redis.call('SET', KEYS[i], string.format('%.3f', news[i]), 'PX', ttl)
   else
-    redis.call('HINCRBY', KEYS[i], 'r', news[i])
+    -- amounts go to Redis as the caller's integer strings: a Lua number may print as -0 or 1e+15
+    if ARGV[b + 3] ~= '0' then redis.call('HINCRBY', KEYS[i], 'r', ARGV[b + 3]) end
     redis.call('PEXPIREAT', KEYS[i], tonumber(ARGV[b + 4]) + %(grace_ms)d)
   end
 end
@@ -222,9 +224,11 @@ for i = 1, #KEYS do
       redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', ttl)
     end
   else
-    local reserved = tonumber(redis.call('HINCRBY', KEYS[i], 'r', -estimate))
-    if reserved < 0 then redis.call('HSET', KEYS[i], 'r', 0) end
-    redis.call('HINCRBY', KEYS[i], 's', actual)
+    if ARGV[b + 3] ~= '0' then
+      local reserved = redis.call('HINCRBY', KEYS[i], 'r', '-' .. ARGV[b + 3])
+      if reserved < 0 then redis.call('HSET', KEYS[i], 'r', 0) end
+    end
+    if ARGV[b + 4] ~= '0' then redis.call('HINCRBY', KEYS[i], 's', ARGV[b + 4]) end
     redis.call('PEXPIREAT', KEYS[i], span + %(grace_ms)d)
   end
 end
@@ -241,15 +245,23 @@ class RedisStore:
 
     backend = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "opsgate", timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "opsgate", timeout_s: float = 1.0, max_connections: int = 64
+    ) -> None:
         self.url = url
         self.prefix = prefix.rstrip(":") + ":"
-        self.client: Any = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=False
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
         )
+        self.client: Any = aioredis.Redis(connection_pool=pool, decode_responses=False)
         self._acquire = self.client.register_script(ACQUIRE)
         self._settle = self.client.register_script(SETTLE)
-        self._pending: set[asyncio.Task[None]] = set()
+        self._queue: list[Settlement] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
@@ -258,8 +270,7 @@ class RedisStore:
             log.warning("Redis at %s is not reachable yet (%s); limits follow on_store_error", self.url, exc)
 
     async def stop(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.flush()
         await self.client.aclose()
 
     async def acquire(self, charges: list[Charge]) -> Grant:
@@ -278,21 +289,21 @@ class RedisStore:
         return grant
 
     def settle(self, settlements: list[Settlement]) -> None:
-        """Off the response path: a task, awaited at shutdown."""
-        keys = [self.prefix + s.charge.counter for s in settlements]
-        args: list[Any] = []
-        for s in settlements:
-            c = s.charge
-            args += ["r" if c.kind == "rate" else "b", c.limit, c.amount, s.actual, _span_ms(c)]
-        self._spawn(self._run_settle(keys, args))
+        """Off the response path: queued, and sent by one flusher task in batches (one script call
+        per batch), so a burst of finished requests costs a few round trips, not one each."""
+        self._queue.extend(settlements)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self.flush())
 
-    async def _run_settle(self, keys: list[str], args: list[Any]) -> None:
-        try:
-            await self._settle(keys=keys, args=args)
-        except (OSError, TimeoutError, RedisError) as exc:
-            log.warning("settling %d counters in Redis failed: %s", len(keys), exc)
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    async def flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:SETTLE_BATCH], self._queue[SETTLE_BATCH:]
+            keys = [self.prefix + s.charge.counter for s in batch]
+            args: list[Any] = []
+            for s in batch:
+                c = s.charge
+                args += ["r" if c.kind == "rate" else "b", c.limit, c.amount, s.actual, _span_ms(c)]
+            try:
+                await self._settle(keys=keys, args=args)
+            except (OSError, TimeoutError, RedisError) as exc:
+                log.warning("settling %d counters in Redis failed: %s", len(keys), exc)

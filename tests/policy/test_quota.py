@@ -128,10 +128,18 @@ async def test_redis_all_or_nothing_and_budget_settle(redis_store: RedisStore) -
     assert (await redis_store.acquire([first])).refusal is None  # b was not reserved by the refused call
     assert (await redis_store.acquire([budget("b", 100, 60)])).refusal is not None
     redis_store.settle([Settlement(first, 30)])
-    await asyncio.gather(*redis_store._pending)
+    await redis_store.flush()
     assert (await redis_store.acquire([budget("b", 100, 60)])).refusal is None
     raw = await redis_store.client.hgetall(redis_store.prefix + "b")
     assert {k.decode(): int(v) for k, v in raw.items()} == {"s": 30, "r": 60}
+
+
+async def test_redis_settles_ledgers_nothing_was_reserved_on(redis_store: RedisStore) -> None:
+    """Spend is counted in every ledger of the key and principal, reserved on or not (estimate 0)."""
+    redis_store.settle([Settlement(budget("k", 0, 0), 25), Settlement(budget("k", 0, 0), 5)])
+    await redis_store.flush()
+    raw = await redis_store.client.hgetall(redis_store.prefix + "k")
+    assert {k.decode(): int(v) for k, v in raw.items()} == {"s": 30}
 
 
 async def test_redis_down_is_reported_not_raised() -> None:

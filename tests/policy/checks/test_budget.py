@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from typing import Any
 
 import openai
@@ -71,6 +72,10 @@ def test_capped_answers_never_overshoot(
     admitted, total = spent(gateways[0], results)
     assert admitted == int(LIMIT / ((PROMPT_TOKENS + 10) * PRICE) + 1e-9)  # 15: all in before any settles
     assert total <= LIMIT
+    # once settled, the reservations are released and the true cost counted: room for more
+    time.sleep(0.5)
+    more = asyncio.run(fire([g.async_client(api_key=key) for g in gateways], 1, max_tokens=10))
+    assert not isinstance(more[0], openai.RateLimitError)
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
