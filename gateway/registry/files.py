@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from gateway.errors import ConfigError
-from gateway.registry.hashing import content_hash
+from gateway.registry.hashing import canonical_data, content_hash
 from gateway.yamlspec import load_spec
 
 KIND_DIRS: dict[str, str] = {
@@ -53,7 +53,8 @@ class ArtifactFile:
         return {name: data.decode("utf-8") for name, data in self.referenced.items()}
 
     def spec_json(self) -> dict[str, object]:
-        return self.spec.model_dump(mode="json", exclude_defaults=True)
+        data: dict[str, object] = canonical_data(self.spec)
+        return data
 
 
 def artifact_paths(project_dir: Path, kind: str) -> list[Path]:
