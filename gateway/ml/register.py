@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from gateway.ml.spec import ModelSpec
+from gateway.registry.hashing import canonical_data
 
 MODELS_DIR = "config/models"
 
@@ -77,6 +78,6 @@ def register(
     if reference is not None:
         reference.to_csv(folder / f"{name}.reference.csv", index=False)
     path = folder / f"{name}.yaml"
-    text = yaml.safe_dump(parsed.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    text = yaml.safe_dump(canonical_data(parsed), sort_keys=False)
     path.write_text(text, encoding="utf-8")
     return path
