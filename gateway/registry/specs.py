@@ -168,6 +168,22 @@ class OnlineEvalSpec(StrictModel):
     thresholds: dict[str, float] = Field(default_factory=dict)
     window: int = Field(100, ge=1)
 
+    @model_validator(mode="after")
+    def _usable_online(self) -> OnlineEvalSpec:
+        """Live traffic has no reference answers: only reference-free metrics; judged ones need a judge."""
+        from gateway.evaluation.metrics import registry
+
+        for name in self.metrics:
+            definition = registry().find(name)
+            if not definition.reference_free:
+                raise ValueError(f"metric {name!r} needs reference answers, which live traffic does not have")
+            if definition.needs_judge and not self.judge:
+                raise ValueError(f"metric {name!r} is judged by an LLM: set judge to a chat router")
+        unknown = sorted(set(self.thresholds) - set(self.metrics))
+        if unknown:
+            raise ValueError(f"thresholds name metrics that are not measured: {', '.join(unknown)}")
+        return self
+
 
 class PromptSpec(StrictModel):
     """`prompts/<name>.yaml`."""

@@ -153,3 +153,23 @@ def test_bootstrap_registers_only_new_artifacts_as_production(
     project.commit("price")
     assert bootstrap(engine, project.path, actor="system:bootstrap") == []  # governed from now on
     assert VersionStore(engine).aliases()[("prompt", "support_qa")] == {"latest": 1, "production": 1}
+
+
+def test_online_eval_blocks_are_checked_at_load_time(
+    git_project: Callable[..., GitProject], engine: Engine
+) -> None:
+    online = SUPPORT_QA + "online_eval: {sample_rate: 0.1, metrics: [exact_match]}\n"
+    judged = SUPPORT_QA + "online_eval: {sample_rate: 0.1, metrics: [faithfulness]}\n"
+    good = SUPPORT_QA + "online_eval: {sample_rate: 0.1, metrics: [faithfulness], judge: default}\n"
+    project = git_project(
+        {
+            "prompts/ref_needed.yaml": online.replace("name: support_qa", "name: ref_needed"),
+            "prompts/no_judge.yaml": judged.replace("name: support_qa", "name: no_judge"),
+            "prompts/support_qa.yaml": good,
+        }
+    )
+    report = sync(engine, project.path, actor=ACTOR)
+    assert "support_qa" in {r.name for r in report.registered}
+    errors = sorted(e.message for e in report.errors)
+    assert errors[0].startswith("prompts/no_judge.yaml:") and "set judge to a chat router" in errors[0]
+    assert errors[1].startswith("prompts/ref_needed.yaml:") and "needs reference answers" in errors[1]
