@@ -261,6 +261,16 @@ def audit_verify(request: Request, _: Reader) -> dict[str, Any]:
     return {"ok": result.ok, "entries": result.entries, "problem": result.problem, "seq": result.seq}
 
 
+# -- online evaluation --------------------------------------------------------------------------------
+
+
+@router.get("/online-eval", summary="Rolling means of online eval scores per prompt version and metric")
+def online_eval_means(request: Request, _: Reader, prompt: str | None = None) -> list[dict[str, Any]]:
+    from gateway.evaluation.online import rolling_means_from_db
+
+    return rolling_means_from_db(_engine(request), prompt=prompt)
+
+
 # -- keys -----------------------------------------------------------------------------------------------
 
 

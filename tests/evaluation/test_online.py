@@ -124,6 +124,9 @@ def test_sampling_is_deterministic_and_scores_alert_and_roll(
     means = [orjson.loads(line) for line in gw.cli("eval", "online", "--json").stdout.splitlines()]
     relevancy = next(m for m in means if m["metric"] == "response_relevancy")
     assert relevancy["mean"] == 0.0 and relevancy["n"] == 3 and relevancy["total"] == len(expected)
+    with gw.http() as http:  # the same figures on the admin API
+        admin = http.get("/admin/online-eval", params={"prompt": "qa"}, headers=gw.auth()).json()
+    assert next(m for m in admin if m["metric"] == "response_relevancy") == relevancy
 
 
 def wait_for_scores(gw: GatewayProcess, expected: set[str], timeout: float = 90) -> list[OnlineEvalScore]:
