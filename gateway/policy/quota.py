@@ -18,16 +18,17 @@ that can only refuse more, never spend more.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.policy.base import Charge, Grant, Refusal
+from gateway.policy.resp import RespConnection
 
 log = logging.getLogger("opsgate.policy.quota")
 BUDGET_GRACE_S = 86_400  # keep a ledger a day past its period (for inspection), then let it expire
@@ -236,36 +237,28 @@ return 0
 """.replace("%(grace_ms)d", str(BUDGET_GRACE_S * 1000))
 
 
+SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (ACQUIRE, SETTLE)}
+
+
 def _span_ms(charge: Charge) -> int:
     return int(charge.window_s * 1000) if charge.kind == "rate" else int(charge.period_end * 1000)
 
 
 class RedisStore:
-    """Counters shared by every gateway on one Redis: one script call to admit, one to settle."""
+    """Counters shared by every gateway on one Redis: one script call to admit; settles batched."""
 
     backend = "redis"
 
-    def __init__(
-        self, url: str, *, prefix: str = "opsgate", timeout_s: float = 1.0, max_connections: int = 64
-    ) -> None:
+    def __init__(self, url: str, *, prefix: str = "opsgate", timeout_s: float = 1.0) -> None:
         self.url = url
         self.prefix = prefix.rstrip(":") + ":"
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-        )
-        self.client: Any = aioredis.Redis(connection_pool=pool, decode_responses=False)
-        self._acquire = self.client.register_script(ACQUIRE)
-        self._settle = self.client.register_script(SETTLE)
+        self.client = RespConnection(url, timeout_s=timeout_s)
         self._queue: list[Settlement] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
-            await self.client.ping()
+            await self.client.call("PING")
         except (OSError, TimeoutError, RedisError) as exc:  # start anyway; each call reports it
             log.warning("Redis at %s is not reachable yet (%s); limits follow on_store_error", self.url, exc)
 
@@ -273,13 +266,20 @@ class RedisStore:
         await self.flush()
         await self.client.aclose()
 
+    async def _script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, and EVAL when Redis does not know the script yet (which also caches it there)."""
+        try:
+            return await self.client.call("EVALSHA", SHAS[script], len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.client.call("EVAL", script, len(keys), *keys, *args)
+
     async def acquire(self, charges: list[Charge]) -> Grant:
         keys = [self.prefix + c.counter for c in charges]
         args: list[Any] = []
         for c in charges:
             args += ["r" if c.kind == "rate" else "b", c.limit, c.amount, _span_ms(c), "1" if c.soft else "0"]
         try:
-            reply = await self._acquire(keys=keys, args=args)
+            reply = await self._script(ACQUIRE, keys, args)
         except (OSError, TimeoutError, RedisError) as exc:
             return Grant(error=f"{type(exc).__name__}: {exc}")
         refused, retry_ms, *over = (int(v) for v in reply)
@@ -304,6 +304,6 @@ class RedisStore:
                 c = s.charge
                 args += ["r" if c.kind == "rate" else "b", c.limit, c.amount, s.actual, _span_ms(c)]
             try:
-                await self._settle(keys=keys, args=args)
+                await self._script(SETTLE, keys, args)
             except (OSError, TimeoutError, RedisError) as exc:
                 log.warning("settling %d counters in Redis failed: %s", len(keys), exc)

@@ -4,10 +4,12 @@ decided atomically for all of a request's charges at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.exceptions import RedisError
 
 from gateway.errors import OpsgateError
 from gateway.keys import Principal
@@ -130,16 +132,16 @@ async def test_redis_all_or_nothing_and_budget_settle(redis_store: RedisStore) -
     redis_store.settle([Settlement(first, 30)])
     await redis_store.flush()
     assert (await redis_store.acquire([budget("b", 100, 60)])).refusal is None
-    raw = await redis_store.client.hgetall(redis_store.prefix + "b")
-    assert {k.decode(): int(v) for k, v in raw.items()} == {"s": 30, "r": 60}
+    raw = await redis_store.client.call("HGETALL", redis_store.prefix + "b")
+    assert dict(zip(raw[::2], map(int, raw[1::2]), strict=True)) == {b"s": 30, b"r": 60}
 
 
 async def test_redis_settles_ledgers_nothing_was_reserved_on(redis_store: RedisStore) -> None:
     """Spend is counted in every ledger of the key and principal, reserved on or not (estimate 0)."""
     redis_store.settle([Settlement(budget("k", 0, 0), 25), Settlement(budget("k", 0, 0), 5)])
     await redis_store.flush()
-    raw = await redis_store.client.hgetall(redis_store.prefix + "k")
-    assert {k.decode(): int(v) for k, v in raw.items()} == {"s": 30}
+    raw = await redis_store.client.call("HGETALL", redis_store.prefix + "k")
+    assert raw == [b"s", b"30"]
 
 
 async def test_redis_down_is_reported_not_raised() -> None:
@@ -181,3 +183,25 @@ async def test_store_down_blocks_with_503_when_the_policy_says_so() -> None:
         await pipeline.check_chat(call, router, body, body)
     assert err.value.status == 503 and err.value.code == "limit_store_unavailable"
     await pipeline.stop()
+
+
+async def test_a_dropped_connection_is_opened_again(redis_store: RedisStore) -> None:
+    assert (await redis_store.acquire([rpm("a", 5)])).refusal is None
+    own_id = await redis_store.client.call("CLIENT", "ID")
+    with contextlib.suppress(RedisError):  # Redis may close before it answers
+        await redis_store.client.call("CLIENT", "KILL", "ID", own_id, "SKIPME", "no")
+    await asyncio.sleep(0.05)
+    grants = [await redis_store.acquire([rpm("a", 5)]) for _ in range(3)]
+    assert [g.error for g in grants if g.error] in ([], [grants[0].error])  # at most the first sees it
+    assert (await redis_store.acquire([rpm("a", 5)])).error is None
+    assert await redis_store.client.call("CLIENT", "ID") != own_id
+
+
+async def test_a_silent_server_times_out_and_fails_the_call() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never answers
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="x", timeout_s=0.2)
+    grant = await store.acquire([rpm("a", 1)])
+    assert grant.refusal is None and grant.error is not None and grant.error.startswith("TimeoutError")
+    await store.stop()
+    server.close()
