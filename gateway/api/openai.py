@@ -76,16 +76,29 @@ async def embeddings(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     gateway = gateway_of(request)
     call = call_for(request, "/v1/models")
-    principal = gateway.authenticate(call, request.headers.get("authorization"))
-    return _json({"object": "list", "data": gateway.models(principal)})
+    try:
+        principal = gateway.authenticate(call, request.headers.get("authorization"))
+        data = {"object": "list", "data": gateway.models(principal)}
+    except OpsgateError as exc:
+        _fail(gateway, call, request, exc)
+        raise
+    gateway.finish(call, 200)
+    return _json(data)
 
 
 @router.get("/models/{model_id:path}", summary="Describe one model")
 async def get_model(request: Request, model_id: str) -> Response:
     gateway = gateway_of(request)
-    call = call_for(request, "/v1/models")
-    principal = gateway.authenticate(call, request.headers.get("authorization"))
-    return _json(gateway.model(principal, model_id))
+    call = call_for(request, "/v1/models/{id}")
+    call.model = model_id
+    try:
+        principal = gateway.authenticate(call, request.headers.get("authorization"))
+        data = gateway.model(principal, model_id)
+    except OpsgateError as exc:
+        _fail(gateway, call, request, exc)
+        raise
+    gateway.finish(call, 200)
+    return _json(data)
 
 
 def _fail(gateway: Gateway, call: Call, request: Request, exc: OpsgateError) -> None:

@@ -223,6 +223,17 @@ def test_models_list_and_retrieve(gw: GatewayProcess) -> None:
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
 
+    # Listing and describing models are requests too: each gets its log row.
+    listed = client.models.with_raw_response.list()
+    missing = gw.http().get("/v1/models/no-such-model", headers=gw.auth())
+    rows = gw.log_rows([listed.headers["x-opsgate-request-id"], missing.headers["x-opsgate-request-id"]])
+    assert rows[listed.headers["x-opsgate-request-id"]]["status"] == 200
+    assert rows[listed.headers["x-opsgate-request-id"]]["route"] == "/v1/models"
+    miss = rows[missing.headers["x-opsgate-request-id"]]
+    assert (
+        miss["status"] == 404 and miss["model"] == "no-such-model" and miss["error_type"] == "model_not_found"
+    )
+
 
 def test_health_and_readiness(gw: GatewayProcess) -> None:
     with gw.http() as http:
