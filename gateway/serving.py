@@ -7,7 +7,7 @@ Every request, failed or not, ends in exactly one `finish()` call, which writes 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -297,7 +297,7 @@ class Gateway:
 
     async def stream_sse(
         self, call: Call, first: Json, rest: AsyncIterator[Json], messages: list[Any], include_usage: bool
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         """SSE bytes for the client; ends with [DONE], or with an error event and no [DONE] mid-stream."""
         started = call.extra.pop("upstream_started", time.perf_counter())
         pieces: list[str] = []
@@ -348,6 +348,16 @@ class Gateway:
             assert call.route_result is not None
             self._account(call, call.route_result.deployment, usage, messages, "".join(pieces))
             self.finish(call, status, error)
+
+    async def abandon_stream(self, call: Call, rest: AsyncIterator[Json]) -> None:
+        """The client left before the stream's first byte was sent: close the upstream, log the request."""
+        if call.finished:
+            return
+        await _aclose(rest)
+        call.extra.pop("upstream_started", None)
+        self.finish(
+            call, 499, OpsgateError("the client left before the stream started", code="client_closed")
+        )
 
     # -- accounting and the log row ----------------------------------------------------------------------
 

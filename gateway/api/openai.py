@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from gateway.api.deps import call_for, gateway_of, read_json
 from gateway.errors import OpsgateError
@@ -39,8 +42,15 @@ async def chat_completions(request: Request) -> Response:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             first, rest = await gateway.open_stream(call, router, body)
-            return StreamingResponse(
-                gateway.stream_sse(call, first, rest, messages, include_usage),
+            sse = gateway.stream_sse(call, first, rest, messages, include_usage)
+
+            async def cleanup() -> None:
+                await sse.aclose()  # runs the stream's own clean-up if it started
+                await gateway.abandon_stream(call, rest)  # and covers a client gone before it started
+
+            return ClosingStreamingResponse(
+                sse,
+                cleanup,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -99,6 +109,23 @@ async def get_model(request: Request, model_id: str) -> Response:
         raise
     gateway.finish(call, 200)
     return _json(data)
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streaming response that always runs `cleanup`, even when the client left before the first byte
+    (Starlette then cancels the response without ever starting the body iterator)."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]], **kw: Any
+    ) -> None:
+        super().__init__(content, **kw)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await asyncio.shield(self._cleanup())
 
 
 def _fail(gateway: Gateway, call: Call, request: Request, exc: OpsgateError) -> None:
