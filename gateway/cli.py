@@ -10,11 +10,14 @@ import re
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import orjson
 import typer
 
+from gateway.cli_common import KeyOption, authenticate_cli, fail
+from gateway.cli_common import load_settings as _settings
+from gateway.cli_common import open_engine as _engine
 from gateway.errors import OpsgateError
 from gateway.evaluation.cli import eval_app
 from gateway.ml.cli import ml_app
@@ -29,48 +32,6 @@ app.add_typer(logs_app, name="logs")
 app.add_typer(ml_app, name="ml")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
-
-KeyOption = Annotated[
-    str | None, typer.Option("--key", envvar="OPSGATE_API_KEY", help="Your API key (or OPSGATE_API_KEY).")
-]
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"opsgate: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Any:
-    from gateway.settings import Settings
-
-    return Settings()
-
-
-def _engine(settings: Any) -> Any:
-    from gateway.db.engine import make_engine, migrate
-
-    engine = make_engine(settings.resolved_database_url())
-    migrate(engine)
-    return engine
-
-
-def authenticate_cli(engine: Any, key: str | None, *roles: str) -> Any:
-    """Governance commands act as the principal of a key: local DB access is no licence to skip checks."""
-    from gateway.keys import KeyService, hash_key
-
-    if not key:
-        fail("this command needs an API key: set OPSGATE_API_KEY or pass --key", 1)
-    principal = KeyService(engine).active_principals().get(hash_key(str(key)))
-    if principal is None:
-        fail("invalid API key: it is unknown or was revoked", 1)
-    if roles and not principal.has_role(*roles):
-        fail(
-            f"permission denied: this needs the role {' or '.join(roles)} (key {principal.key_id} has "
-            f"{', '.join(sorted(principal.roles))})",
-            1,
-        )
-    return principal
-
 
 # -- serve ----------------------------------------------------------------------------------------------
 

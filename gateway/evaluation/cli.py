@@ -14,6 +14,10 @@ from typing import Annotated, Any, NoReturn
 import orjson
 import typer
 
+from gateway.cli_common import fail
+from gateway.cli_common import load_settings as _settings
+from gateway.cli_common import open_engine as _engine
+
 eval_app = typer.Typer(
     help="Evaluate prompts and routers: suites as CI gates, runs, comparisons.", no_args_is_help=True
 )
@@ -27,22 +31,7 @@ KeyOption = Annotated[
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    typer.echo(f"opsgate: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Any:
-    from gateway.settings import Settings
-
-    return Settings()
-
-
-def _engine(settings: Any) -> Any:
-    from gateway.db.engine import make_engine, migrate
-
-    engine = make_engine(settings.resolved_database_url())
-    migrate(engine)
-    return engine
+    fail(message, code)
 
 
 def _api_key(key: str | None, settings: Any) -> str:

@@ -12,14 +12,10 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from gateway.cli_common import fail as _fail
 from gateway.errors import OpsgateError
 
 ml_app = typer.Typer(help="Classic ML models: register, monitor.", no_args_is_help=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"opsgate: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _read_schema(path: Path) -> dict[str, Any]:
@@ -113,7 +109,8 @@ def monitor_cmd(
     ] = False,
 ) -> None:
     """Drift, data-quality, accuracy and fairness figures per version."""
-    from gateway.cli import _engine, _settings
+    from gateway.cli_common import load_settings as _settings
+    from gateway.cli_common import open_engine as _engine
     from gateway.ml.artifacts import ArtifactStore
     from gateway.ml.monitor import Monitor, figures
     from gateway.ml.service import load_served

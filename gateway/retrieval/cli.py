@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from gateway.cli_common import fail as _fail
 from gateway.errors import OpsgateError
 
 index_app = typer.Typer(help="Build, list, show and query retrieval indexes.", no_args_is_help=True)
@@ -22,13 +23,9 @@ KeyOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
-def _fail(message: str, code: int = 1) -> Any:
-    typer.echo(f"opsgate: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _context() -> tuple[Any, Any]:
-    from gateway.cli import _engine, _settings
+    from gateway.cli_common import load_settings as _settings
+    from gateway.cli_common import open_engine as _engine
     from gateway.offline import apply_offline_env
 
     apply_offline_env()
@@ -132,7 +129,7 @@ def build_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Build index versions: a no-op when the corpus, chunker and embedder are unchanged."""
-    from gateway.cli import authenticate_cli
+    from gateway.cli_common import authenticate_cli
     from gateway.registry.files import artifact_paths
 
     settings, engine = _context()
@@ -304,7 +301,7 @@ def query_cmd(
     try:
         reader = library.reader(record, spec)
         vector = None if chosen == "lexical" else minilm.encode([text])[0]
-        hits = reader.search(text, vector, top_k, chosen)  # type: ignore[arg-type]
+        hits = reader.search(text, vector, top_k, chosen)
     except OpsgateError as exc:
         _fail(exc.message)
     for hit in hits:

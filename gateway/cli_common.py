@@ -1,0 +1,51 @@
+"""What every `opsgate` sub-command shares: the key option, failing with a message, settings, the
+database, and acting as the principal of a key. Its own module so sub-apps (index, eval, ml) can import
+it at module level without importing the main CLI."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+KeyOption = Annotated[
+    str | None, typer.Option("--key", envvar="OPSGATE_API_KEY", help="Your API key (or OPSGATE_API_KEY).")
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"opsgate: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load_settings() -> Any:
+    from gateway.settings import Settings
+
+    return Settings()
+
+
+def open_engine(settings: Any) -> Any:
+    """The database of these settings, migrated to the current schema."""
+    from gateway.db.engine import make_engine, migrate
+
+    eng = make_engine(settings.resolved_database_url())
+    migrate(eng)
+    return eng
+
+
+def authenticate_cli(engine: Any, key: str | None, *roles: str) -> Any:
+    """Governance commands act as the principal of a key: local DB access is no licence to skip checks."""
+    from gateway.keys import KeyService, hash_key
+
+    if not key:
+        fail("this command needs an API key: set OPSGATE_API_KEY or pass --key", 1)
+    principal = KeyService(engine).active_principals().get(hash_key(str(key)))
+    if principal is None:
+        fail("invalid API key: it is unknown or was revoked", 1)
+    if roles and not principal.has_role(*roles):
+        fail(
+            f"permission denied: this needs the role {' or '.join(roles)} (key {principal.key_id} has "
+            f"{', '.join(sorted(principal.roles))})",
+            1,
+        )
+    return principal
