@@ -143,7 +143,10 @@ class Gateway:
     def resolve_router(self, call: Call, model: str, kind: str) -> Router:
         """A router named by the request's model: `name`, `router:name`, with optional @version/@alias."""
         call.model = model
-        ref = parse_ref(model, param="model")
+        try:
+            ref = parse_ref(model, param="model")
+        except InvalidRequest:
+            ref = Ref(None, "")  # not even a name: unknown
         if ref.kind not in (None, "router") or not self.catalog.has("router", ref.name):
             raise ModelNotFound(
                 f"the model {model!r} does not exist; GET /v1/models lists what this key may call",
@@ -151,10 +154,13 @@ class Gateway:
             )
         return self._router(call, ref.name, ref.selector, kind)
 
-    def _router(self, call: Call, name: str, selector: str | None, kind: str) -> Router:
+    def _router(
+        self, call: Call, name: str, selector: str | None, kind: str, *, check_access: bool = True
+    ) -> Router:
+        """`check_access` is off for a prompt's own router: a key allowed the prompt may use what it runs on."""
         router = self.catalog.router_for(self.catalog.resolve("router", name, selector))
         assert call.principal is not None
-        if not call.principal.may_call("router", router.name):
+        if check_access and not call.principal.may_call("router", router.name):
             raise PermissionDenied(
                 f"this key may not call router:{router.name} (its allow list does not include it)",
                 param="model",
@@ -205,7 +211,7 @@ class Gateway:
             call.citations = citations(context, include_text=_include_context(data))
         rendered = render_messages(spec, variables, templates=record.files, context=context)
         router_ref = parse_ref(spec.router, default_kind="router")
-        router = self._router(call, router_ref.name, router_ref.selector, "chat")
+        router = self._router(call, router_ref.name, router_ref.selector, "chat", check_access=False)
         body = {**prompt_params(spec), **upstream_body(data)}
         body["messages"] = rendered + list(data.get("messages") or [])
         if spec.response_format is not None and "response_format" not in data:
@@ -218,7 +224,10 @@ class Gateway:
             selector = str(req.prompt_version) if req.prompt_version is not None else None
             ref = parse_ref(req.prompt_id, default_kind="prompt", param="prompt_id")
             return Ref("prompt", ref.name, selector or ref.selector)
-        ref = parse_ref(req.model, param="model")
+        try:
+            ref = parse_ref(req.model, param="model")
+        except InvalidRequest:
+            return None  # not a reference at all: resolve_router answers 404
         if ref.kind == "prompt":
             return ref
         if (

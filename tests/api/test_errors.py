@@ -127,11 +127,12 @@ def test_embeddings_wrong_input_is_422(gw: GatewayProcess) -> None:
     assert_error(gw, r, 422, type_="invalid_request_error", code="invalid_fields", param="input")
 
 
-def test_unknown_model_is_404(gw: GatewayProcess) -> None:
-    r = post(gw, {"model": "gpt-17", "messages": MESSAGES})
+@pytest.mark.parametrize("model", ["gpt-17", "openai/gpt-4o", "prompt:nothing@production", "a b"])
+def test_unknown_model_is_404(gw: GatewayProcess, model: str) -> None:
+    r = post(gw, {"model": model, "messages": MESSAGES})
     row = assert_error(gw, r, 404, type_="invalid_request_error", code="model_not_found", param="model")
-    assert "gpt-17" in r.json()["error"]["message"]
-    assert row["model"] == "gpt-17"
+    assert model.split("@")[0] in r.json()["error"]["message"]
+    assert row["model"] == model
     assert row["artifacts"] == []
 
 

@@ -237,6 +237,14 @@ def test_models_lists_prompts_and_routers_the_key_may_call(
     gw.wait_for_key(limited)
     ids = {m.id: m for m in gw.client(api_key=limited).models.list()}
     assert set(ids) == {"support_qa"}
+    # the prompt runs on its router without the key being allowed the router itself...
+    answer = gw.client(api_key=limited).chat.completions.create(
+        model="support_qa",
+        messages=[{"role": "user", "content": "Does Acme support single sign-on?"}],
+        extra_body={"prompt_variables": {"product": "Acme"}},
+    )
+    assert "SAML" in (answer.choices[0].message.content or "")
+    # ...but the router on its own stays out of reach
     with pytest.raises(openai.PermissionDeniedError):
         gw.client(api_key=limited).chat.completions.create(
             model="default", messages=[{"role": "user", "content": "hi"}]
