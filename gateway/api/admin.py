@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from gateway.api.deps import call_for, gateway_of
 from gateway.db.models import AuditEntry
 from gateway.db.state import as_utc
-from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.errors import PermissionDenied
 from gateway.keys import KeyService, Principal
 from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
@@ -32,14 +33,8 @@ READ_ROLES = ("prompt-engineer", "approver", "admin")
 
 
 def _principal(request: Request) -> Principal:
-    header = request.headers.get("authorization") or ""
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed("no API key: send it as 'Authorization: Bearer <key>'")
-    principal = request.app.state.parts.catalog.principal(token.strip())
-    if principal is None:
-        raise AuthenticationFailed("invalid API key: it is unknown or was revoked")
-    return cast(Principal, principal)
+    """The caller's key, checked exactly as the OpenAI endpoints check it (401 when missing or unknown)."""
+    return gateway_of(request).authenticate(call_for(request, "/admin"), request.headers.get("authorization"))
 
 
 def reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
