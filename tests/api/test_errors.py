@@ -131,7 +131,7 @@ def test_embeddings_wrong_input_is_422(gw: GatewayProcess) -> None:
 def test_unknown_model_is_404(gw: GatewayProcess, model: str) -> None:
     r = post(gw, {"model": model, "messages": MESSAGES})
     row = assert_error(gw, r, 404, type_="invalid_request_error", code="model_not_found", param="model")
-    assert model.split("@")[0] in r.json()["error"]["message"]
+    assert model.split("@", 1)[0] in r.json()["error"]["message"]
     assert row["model"] == model
     assert row["artifacts"] == []
 
