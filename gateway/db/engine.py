@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
@@ -34,6 +35,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _json_dumps(value: Any) -> str:
+    """orjson for JSON columns: several times faster than the standard library on the log writers' path."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _json_loads(value: Any) -> Any:
+    # SQLite's NUMERIC affinity turns a stored JSON number back into a number: it is already decoded.
+    if isinstance(value, (int, float)):
+        return value
+    return orjson.loads(value)
+
+
 def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -44,11 +57,23 @@ def make_engine(url: str) -> Engine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 10},
+            json_serializer=_json_dumps,
+            json_deserializer=_json_loads,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        json_serializer=_json_dumps,
+        json_deserializer=_json_loads,
+    )
 
 
 def migrate(engine: Engine) -> None:

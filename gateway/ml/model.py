@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import sklearn
 
 from gateway.ml.errors import ModelUnavailable
 from gateway.ml.schema import RowValidator
@@ -144,6 +145,14 @@ class ServedModel:
         return self.predict_matrix(self.matrix(rows))
 
     def predict_matrix(self, x: Any) -> Outputs:
+        # Rows passed the data-quality checks already: skip scikit-learn's parameter validation, and its
+        # finiteness scan when the matrix is known finite (nullable fields may still bring NaN: then the
+        # estimator checks as usual and refuses what it cannot score).
+        finite = isinstance(x, np.ndarray) and bool(np.isfinite(x).all())
+        with sklearn.config_context(assume_finite=finite, skip_parameter_validation=True):
+            return self._predict_matrix(x)
+
+    def _predict_matrix(self, x: Any) -> Outputs:
         est = self.estimator
         if self.classes is None:
             return Outputs(values=[float(v) for v in np.asarray(est.predict(x)).ravel()])

@@ -24,6 +24,7 @@ from gateway.catalog import Catalog, Snapshot
 from gateway.db.state import utcnow
 from gateway.errors import InvalidFields, ModelNotFound, NotFound, OpsgateError, PermissionDenied
 from gateway.ml.artifacts import ArtifactStore, load_estimator, verified_files
+from gateway.ml.batching import MicroBatcher
 from gateway.ml.config import MLConfig
 from gateway.ml.errors import DataQualityError, ModelUnavailable, Violation
 from gateway.ml.explain import Explainer
@@ -102,6 +103,7 @@ class MLService:
         self.monitor = Monitor(engine, project_dir)
         self._served: dict[Key, ServedModel] = {}
         self._explainers: dict[Key, Explainer] = {}
+        self._batchers: dict[Key, MicroBatcher] = {}
         self._loading: dict[Key, asyncio.Task[ServedModel]] = {}
         self._failed: dict[Key, tuple[float, OpsgateError]] = {}
         self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (name, version)
@@ -223,6 +225,13 @@ class MLService:
     async def served_for(self, name: str, selector: str | None) -> ServedModel:
         return await self.served(self.catalog.resolve("model", name, selector))
 
+    def batcher(self, served: ServedModel) -> MicroBatcher:
+        key = (served.name, served.version, served.content_hash)
+        found = self._batchers.get(key)
+        if found is None:
+            found = self._batchers[key] = MicroBatcher(served)
+        return found
+
     def explainer(self, served: ServedModel) -> Explainer:
         key = (served.name, served.version, served.content_hash)
         found = self._explainers.get(key)
@@ -260,8 +269,8 @@ class MLService:
         try:
             if len(rows) > self.config.inline_rows:
                 outputs = await asyncio.to_thread(served.predict, rows)
-            else:
-                outputs = served.predict(rows)
+            else:  # small requests: on the loop, stacked with whatever else arrived in the same turn
+                outputs = await self.batcher(served).predict(rows)
         except (ValueError, TypeError) as exc:
             raise InvalidFields(
                 f"the model could not score these rows: {str(exc)[:500]}", code="model_input_error"

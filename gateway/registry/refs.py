@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -33,6 +34,12 @@ class Ref:
 
 
 def parse_ref(text: str, *, default_kind: str | None = None, param: str | None = None) -> Ref:
+    return _parse_ref(text, default_kind, param)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_ref(text: str, default_kind: str | None, param: str | None) -> Ref:
+    """Every request parses its model name: the few names clients use are parsed once."""
     match = _REF.match(text.strip())
     if not match:
         raise InvalidRequest(
