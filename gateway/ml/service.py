@@ -128,7 +128,7 @@ class MLService:
             "opsgate_ml_log_dropped", "ML prediction rows dropped (queue full).", lambda: writer.stats.dropped
         )
         parts.metrics.gauge(
-            "opsgate_ml_log_backlog", "ML batches waiting to be written.", lambda: writer.backlog
+            "opsgate_ml_log_backlog", "ML prediction rows waiting to be written.", lambda: writer.backlog
         )
         return service
 
