@@ -17,7 +17,9 @@ async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/readyz", summary="Readiness: database reachable, caches loaded, log writer running")
+@router.get(
+    "/readyz", summary="Readiness: database reachable, caches and aliased models loaded, log writer running"
+)
 async def readyz(request: Request) -> Response:
     checks: dict[str, object] = {"started": bool(request.app.state.ready)}
     parts = getattr(request.app.state, "parts", None)
@@ -38,7 +40,16 @@ async def readyz(request: Request) -> Response:
             "dropped": parts.writer.stats.dropped,
             "last_error": parts.writer.stats.last_error,
         }
-    ok = bool(checks["started"] and checks.get("database") and parts is not None and parts.writer.running)
+    ml = getattr(request.app.state, "ml", None)
+    if ml is not None:
+        checks["models"] = ml.readiness()  # ready once the models aliases point at have loaded (or failed)
+    ok = bool(
+        checks["started"]
+        and checks.get("database")
+        and parts is not None
+        and parts.writer.running
+        and (ml is None or ml.warming == 0)
+    )
     body = {"status": "ready" if ok else "not ready", "checks": checks}
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 

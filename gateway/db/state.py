@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, insert, select, update
+from sqlalchemy import Connection, CursorResult, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.models import GatewayState
@@ -41,6 +41,20 @@ def set_counter(conn: Session, key: str, value: int) -> None:
     )
     if result.rowcount == 0:
         conn.execute(insert(GatewayState).values(key=key, value=value))
+
+
+def lock_key(conn: Session | Connection, key: str) -> None:
+    """Serialise a read-then-write across processes and replicas until the transaction ends.
+
+    Run it first in the transaction: it writes the key's row (PostgreSQL holds a row lock, SQLite its
+    database write lock, until commit), so a second process doing the same waits, then reads what the
+    first committed. The first-ever insert of a key can race: the loser gets an IntegrityError, and a
+    retry of its transaction finds the row."""
+    result: CursorResult[Any] = conn.execute(  # type: ignore[assignment]
+        update(GatewayState).where(GatewayState.key == key).values(value=GatewayState.value + 1)
+    )
+    if result.rowcount == 0:
+        conn.execute(insert(GatewayState).values(key=key, value=1))
 
 
 def utcnow() -> datetime:

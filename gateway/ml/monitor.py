@@ -9,6 +9,7 @@ accuracy) when a kind goes from healthy to breached, and fires the retraining tr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -18,9 +19,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.db.state import as_utc, utcnow
+from gateway.db.state import as_utc, lock_key, utcnow
 from gateway.ml import accuracy as acc
 from gateway.ml.drift import column_drift, dataset_drift
 from gateway.ml.fairness import fairness_report
@@ -263,10 +265,21 @@ class Monitor:
         return session.scalars(q).first()
 
     def _record(self, served: ServedModel, found: dict[str, Any]) -> tuple[list[str], bool]:
-        """Store one report per kind; returns the kinds newly breached and whether retraining is due."""
+        """Store one report per kind; returns the kinds newly breached and whether retraining is due.
+
+        Replicas judging the same version at once take turns (a lock row per version), so a breach is
+        alerted once and retraining fires once per cooldown, however many gateways run the monitor."""
+        try:
+            return self._record_locked(served, found)
+        except IntegrityError:  # two replicas created the version's lock row at once: it exists now
+            return self._record_locked(served, found)
+
+    def _record_locked(self, served: ServedModel, found: dict[str, Any]) -> tuple[list[str], bool]:
         newly: list[str] = []
         spec = served.spec.retrain
+        lock = "ml-monitor:" + hashlib.sha1(f"{served.name}@{served.version}".encode()).hexdigest()
         with self.engine.begin() as conn, Session(bind=conn) as session:
+            lock_key(conn, lock)
             for kind in KINDS:
                 part = found[kind]
                 if part.get("status") != "ok":

@@ -108,6 +108,9 @@ class MLService:
         self._failed: dict[Key, tuple[float, OpsgateError]] = {}
         self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (name, version)
         self._monitor_task: asyncio.Task[None] | None = None
+        # Preloads started before the first request: /readyz waits for them, so a replica takes no traffic
+        # while its models (and skops, ~10 s to import on a cold machine) are still loading. None once warm.
+        self._warming: set[asyncio.Task[ServedModel]] | None = set()
         catalog.listeners.append(self._on_snapshot)
 
     @classmethod
@@ -160,6 +163,22 @@ class MLService:
                 if record is not None and self._key(record) not in self._served:
                     task = self._load_task(record)
                     task.add_done_callback(_log_failure)
+                    if self._warming is not None:
+                        self._warming.add(task)
+
+    @property
+    def warming(self) -> int:
+        """Start-up preloads still running (0 for good once they have all ended, loaded or failed)."""
+        if self._warming is None:
+            return 0
+        self._warming = {t for t in self._warming if not t.done()}
+        if not self._warming:
+            self._warming = None
+            return 0
+        return len(self._warming)
+
+    def readiness(self) -> dict[str, int]:
+        return {"loaded": len(self._served), "loading": self.warming, "failed": len(self._failed)}
 
     # -- models --------------------------------------------------------------------------------------
 

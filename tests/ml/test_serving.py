@@ -207,3 +207,15 @@ def test_metrics_share_the_per_version_labels(gw: GatewayProcess) -> None:
     )
     assert re.search(r'opsgate_ml_rows_total\{artifact="model:cancer@1"\} \d+', text)
     assert 'opsgate_ml_violations_total{artifact="model:cancer@1",field="mean_radius",rule="min"}' in text
+
+
+def test_ready_only_once_aliased_models_are_loaded(gateway_factory: GatewayFactory, ml_project: Path) -> None:
+    """A replica reports ready (and so gets traffic) only when the versions its aliases point at are in
+    memory: the first request must not wait for a model file to be verified and loaded."""
+    # start_ml_gateway returns at the first 200 from /readyz
+    with start_ml_gateway(gateway_factory, ml_project) as fresh, fresh.http(headers=fresh.auth()) as client:
+        ready = client.get("/readyz")
+        models = client.get("/v1/ml").json()["data"]
+    assert ready.status_code == 200
+    assert len(models) >= 2
+    assert ready.json()["checks"]["models"] == {"loaded": len(models), "loading": 0, "failed": 0}
