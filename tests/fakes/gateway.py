@@ -58,14 +58,21 @@ def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _no_models(folder: str, names: list[str]) -> list[str]:
+    return ["models"] if Path(folder) == REPO / "config" else []
+
+
 def build_project(
     root: Path,
     routers: Mapping[str, str | Mapping[str, Any]] | None = None,
     files: Mapping[str, str] | None = None,
 ) -> Path:
-    """A project directory: the repo's config/ copied, then router files (YAML text or a dict), then files."""
+    """A project directory: the repo's config/ copied, then router files (YAML text or a dict), then files.
+
+    The repo's demo classic model (config/models/) is left out: a gateway waits for its models to load
+    before it is ready, and only the tests about models need one (they write their own, or copy it)."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "config", root / "config", dirs_exist_ok=True)
+    shutil.copytree(REPO / "config", root / "config", dirs_exist_ok=True, ignore=_no_models)
     for name, spec in (routers or {}).items():
         text = spec if isinstance(spec, str) else yaml.safe_dump({"name": name, **spec}, sort_keys=False)
         (root / "config" / "routers" / f"{name}.yaml").write_text(text, encoding="utf-8")
