@@ -5,8 +5,11 @@ Each kind is a regex that finds candidates plus, where a format has one, a check
 priority order and an earlier kind wins an overlap (an SSN is not also a phone number). Cheap prefilters
 skip a regex when its text cannot match (no '@', no digit), which keeps a 2 KB prompt at tens of µs.
 
-National ids covered: US SSN (dashed form) and UK National Insurance numbers. Others are left out on
-purpose: most are bare digit runs that cannot be told from order numbers without context.
+National ids covered, each by its written form and, where it has one, its check character: US SSN
+(dashed), UK National Insurance number, Spanish DNI and NIE (check letter), French NIR (mod-97 key),
+Italian codice fiscale (check letter), Indian Aadhaar (Verhoeff, in 4-4-4 groups) and Canadian SIN
+(Luhn, in 3-3-3 groups). Ids that are bare digit runs with no check digit or fixed grouping are left out
+on purpose: they cannot be told from order numbers without context.
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ PHONE = re.compile(
 IBAN = re.compile(r"[A-Z]{2}\d{2}(?= ?[A-Z0-9]{2})")
 NINO = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])")
 NINO_BAD_PREFIXES = ("BG", "GB", "NK", "KN", "TN", "NT", "ZZ")
+DNI = re.compile(r"(?<![\w-])(?:([XYZ])-?)?(\d{7,8})-?([A-Z])(?![\w])")  # NIE: X/Y/Z + 7 digits
+DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
+NIR = re.compile(r"(?<![\d.-])[12] ?\d{2} ?\d{2} ?\d{2} ?\d{3} ?\d{3} ?\d{2}(?![\d]|[ .-]\d)")
+AADHAAR = re.compile(r"(?<![\d.-])[2-9]\d{3}([ -])\d{4}\1\d{4}(?![\d]|[ .-]\d)")
+SIN = re.compile(r"(?<![\d.-])[0-79]\d{2}([ -])\d{3}\1\d{3}(?![\d]|[ .-]\d)")
+CODICE_FISCALE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{6}\d{2}[ABCDEHLMPRST]\d{2}[A-Z]\d{3}[A-Z](?![A-Za-z0-9])")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 DIGIT = re.compile(r"\d")
 
@@ -56,7 +65,8 @@ IBAN_LENGTHS = {
     "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }  # fmt: skip
 # On overlap the kind found first in this order wins (an SSN is not also a phone number).
-PRIORITY = {"email": 0, "iban": 1, "card": 2, "national_id": 3, "ip": 4, "phone": 5}
+# A national id's grouping and check are more specific than a card's Luhn (a French NIR is 15 digits).
+PRIORITY = {"email": 0, "iban": 1, "national_id": 2, "card": 3, "ip": 4, "phone": 5}
 NUMERIC_KINDS = frozenset({"iban", "card", "national_id", "ip", "phone"})
 
 
@@ -68,6 +78,52 @@ def luhn_ok(digits: str) -> bool:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
     return total % 10 == 0
+
+
+_CF_ODD = dict(zip("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                   [1, 0, 5, 7, 9, 13, 15, 17, 19, 21, 1, 0, 5, 7, 9, 13, 15, 17, 19, 21, 2, 4, 18, 20, 11, 3, 6,
+                    8, 12, 14, 16, 10, 22, 25, 24, 23], strict=True))  # fmt: skip
+_VERHOEFF_D = [
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
+    [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
+    [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
+    [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+]  # fmt: skip
+_VERHOEFF_P = [
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
+    [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
+    [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
+]  # fmt: skip
+
+
+def dni_ok(prefix: str, digits: str, letter: str) -> bool:
+    """Spanish DNI (8 digits) or NIE (X/Y/Z and 7 digits): the letter is the number mod 23."""
+    if prefix:
+        if len(digits) != 7:
+            return False
+        digits = str("XYZ".index(prefix)) + digits
+    elif len(digits) != 8:
+        return False
+    return DNI_LETTERS[int(digits) % 23] == letter
+
+
+def nir_ok(digits: str) -> bool:
+    """French NIR: 13 digits and a 2-digit key, 97 - (number mod 97)."""
+    return len(digits) == 15 and 97 - int(digits[:13]) % 97 == int(digits[13:])
+
+
+def verhoeff_ok(digits: str) -> bool:
+    check = 0
+    for i, ch in enumerate(reversed(digits)):
+        check = _VERHOEFF_D[check][_VERHOEFF_P[i % 8][ord(ch) - 48]]
+    return check == 0
+
+
+def codice_fiscale_ok(code: str) -> bool:
+    total = 0
+    for i, ch in enumerate(code[:15]):
+        total += _CF_ODD[ch] if i % 2 == 0 else (ord(ch) - 48 if ch.isdigit() else ord(ch) - 65)
+    return chr(65 + total % 26) == code[15]
 
 
 def iban_ok(compact: str) -> bool:
@@ -107,10 +163,7 @@ def _numeric(text: str, kinds: frozenset[str]) -> Iterator[Hit]:
         lo = max(0, start - 3)  # '+', '(' or an NI number's letters come before the digits
         hi = min(len(text), run.end() + 3)  # an NI number's letter, and the lookaheads
         if "national_id" in kinds:
-            if digits == 6:
-                yield from _ninos(text, lo, hi)
-            elif digits == 9 and "-" in value:
-                yield from (Hit(m.start(), m.end(), "national_id") for m in SSN.finditer(text, lo, hi))
+            yield from _national_ids(text, lo, hi, value, digits)
         if "ip" in kinds and value.count(".") >= 3:
             yield from (Hit(m.start(), m.end(), "ip") for m in IPV4.finditer(text, lo, hi))
         if "card" in kinds and digits >= 13:
@@ -144,6 +197,40 @@ def _ibans(text: str, lo: int, hi: int) -> Iterator[Hit]:
             pos += 1
         if len(chars) == length and not (pos < len(text) and text[pos].isalnum()) and iban_ok("".join(chars)):
             yield Hit(m.start(), pos, "iban")
+
+
+def _national_ids(text: str, lo: int, hi: int, value: str, digits: int) -> Iterator[Hit]:
+    """The ids held in one digit run, chosen by its digit count, each confirmed by its check."""
+    if digits == 6:
+        yield from _ninos(text, lo, hi)
+    elif digits == 9:
+        if "-" in value:
+            yield from (Hit(m.start(), m.end(), "national_id") for m in SSN.finditer(text, lo, hi))
+        for m in SIN.finditer(text, lo, hi):
+            if luhn_ok(_only_digits(m.group())):
+                yield Hit(m.start(), m.end(), "national_id")
+    elif digits in (7, 8):
+        for m in DNI.finditer(text, lo, hi):
+            if dni_ok(m.group(1) or "", m.group(2), m.group(3)):
+                yield Hit(m.start(), m.end(), "national_id")
+    elif digits == 12:
+        for m in AADHAAR.finditer(text, lo, hi):
+            if verhoeff_ok(_only_digits(m.group())):
+                yield Hit(m.start(), m.end(), "national_id")
+    elif digits == 15:
+        for m in NIR.finditer(text, lo, hi):
+            if nir_ok(_only_digits(m.group())):
+                yield Hit(m.start(), m.end(), "national_id")
+
+
+def _only_digits(value: str) -> str:
+    return "".join(ch for ch in value if ch.isdigit())
+
+
+def _codici_fiscali(text: str) -> Iterator[Hit]:
+    for m in CODICE_FISCALE.finditer(text):
+        if codice_fiscale_ok(m.group()):
+            yield Hit(m.start(), m.end(), "national_id")
 
 
 def _ninos(text: str, lo: int, hi: int) -> Iterator[Hit]:
@@ -180,6 +267,8 @@ def find_pii(text: str, kinds: frozenset[str] = frozenset(KINDS)) -> list[Hit]:
         hits.extend(_emails(text))
     if kinds & NUMERIC_KINDS and DIGIT.search(text) is not None:
         hits.extend(_numeric(text, kinds))
+        if "national_id" in kinds:  # letters and short digit groups: not in any numeric run
+            hits.extend(_codici_fiscali(text))
     if "ip" in kinds and ":" in text:
         hits.extend(_ipv6(text))
     return resolve_overlaps(hits)
