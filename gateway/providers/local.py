@@ -49,6 +49,7 @@ class LocalAdapter:
         text, finish = _reply(body)
         prompt_tokens = count_message_tokens(messages)
         completion_tokens = count_text_tokens(text)
+        n = _choices(body)  # deterministic: n identical choices, counted n times as OpenAI does
         return {
             "id": "chatcmpl-" + secrets.token_hex(12),
             "object": "chat.completion",
@@ -56,13 +57,14 @@ class LocalAdapter:
             "model": deployment.model,
             "choices": [
                 {
-                    "index": 0,
+                    "index": i,
                     "message": {"role": "assistant", "content": text},
                     "finish_reason": finish,
                     "logprobs": None,
                 }
+                for i in range(n)
             ],
-            "usage": _usage(prompt_tokens, completion_tokens),
+            "usage": _usage(prompt_tokens, completion_tokens * n),
         }
 
     async def chat_stream(self, deployment: Deployment, body: Json) -> AsyncIterator[Json]:
@@ -75,22 +77,29 @@ class LocalAdapter:
             "created": int(time.time()),
             "model": deployment.model,
         }
-        yield {
-            **base,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-        }
+        n = _choices(body)
         words = text.split(" ")
-        for i in range(0, len(words), WORDS_PER_CHUNK):
-            piece = " ".join(words[i : i + WORDS_PER_CHUNK])
-            if i + WORDS_PER_CHUNK < len(words):
-                piece += " "
-            yield {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-            await asyncio.sleep(0)
-        yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+        for index in range(n):  # one choice after the other, each with its own index
+            yield {
+                **base,
+                "choices": [
+                    {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                ],
+            }
+            for i in range(0, len(words), WORDS_PER_CHUNK):
+                piece = " ".join(words[i : i + WORDS_PER_CHUNK])
+                if i + WORDS_PER_CHUNK < len(words):
+                    piece += " "
+                yield {
+                    **base,
+                    "choices": [{"index": index, "delta": {"content": piece}, "finish_reason": None}],
+                }
+                await asyncio.sleep(0)
+            yield {**base, "choices": [{"index": index, "delta": {}, "finish_reason": finish}]}
         yield {
             **base,
             "choices": [],
-            "usage": _usage(count_message_tokens(messages), count_text_tokens(text)),
+            "usage": _usage(count_message_tokens(messages), count_text_tokens(text) * n),
         }
 
     async def embed(self, deployment: Deployment, body: Json) -> Json:
@@ -118,6 +127,11 @@ class LocalAdapter:
             "model": deployment.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+def _choices(body: Json) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and n > 1 else 1
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -127,6 +127,28 @@ def test_stream_with_include_usage_ends_with_the_usage_chunk(gw: GatewayProcess)
     assert all(c.usage is None for c in chunks[:-1])
 
 
+def test_n_choices_from_the_local_provider(gw: GatewayProcess) -> None:
+    """`n` is honoured: the deterministic answerer gives n identical choices, each counted in usage."""
+    one = gw.client().chat.completions.create(model="default", messages=MESSAGES)
+    three = gw.client().chat.completions.create(model="default", messages=MESSAGES, n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert {c.message.content for c in three.choices} == {one.choices[0].message.content}
+    assert one.usage is not None and three.usage is not None
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    chunks = list(
+        gw.client().chat.completions.create(
+            model="default", messages=MESSAGES, n=2, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    texts: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    assert texts == {0: one.choices[0].message.content, 1: one.choices[0].message.content}
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 2 * one.usage.completion_tokens
+
+
 async def test_stream_async(gw: GatewayProcess) -> None:
     async with gw.async_client() as client:
         stream = await client.chat.completions.create(model="default", messages=MESSAGES, stream=True)
