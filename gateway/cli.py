@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -533,18 +534,7 @@ def approve_cmd(
     key: KeyOption = None,
 ) -> None:
     """Approve a pending promotion; the approval that completes its rule applies it."""
-    from gateway.registry.promotion import PromotionService
-
-    settings = _settings()
-    engine = _engine(settings)
-    principal = authenticate_cli(engine, key)
-    try:
-        record = PromotionService(engine, _governance(settings)).approve(
-            principal, promotion_id, comment=comment
-        )
-    except OpsgateError as exc:
-        fail(exc.message)
-    typer.echo(_promotion_line(record))
+    _decide(key, lambda service, principal: service.approve(principal, promotion_id, comment=comment))
 
 
 @app.command("reject")
@@ -554,15 +544,18 @@ def reject_cmd(
     key: KeyOption = None,
 ) -> None:
     """Reject a pending promotion."""
+    _decide(key, lambda service, principal: service.reject(principal, promotion_id, reason=reason))
+
+
+def _decide(key: str | None, action: Callable[[Any, Any], Any]) -> None:
+    """Approve or reject as the key's principal; print the promotion's new state."""
     from gateway.registry.promotion import PromotionService
 
     settings = _settings()
     engine = _engine(settings)
     principal = authenticate_cli(engine, key)
     try:
-        record = PromotionService(engine, _governance(settings)).reject(
-            principal, promotion_id, reason=reason
-        )
+        record = action(PromotionService(engine, _governance(settings)), principal)
     except OpsgateError as exc:
         fail(exc.message)
     typer.echo(_promotion_line(record))

@@ -10,24 +10,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 
 from gateway.errors import ConfigError
 from gateway.evaluation.metrics.base import EvalCase
-from gateway.evaluation.spec import DatasetSpec
+from gateway.evaluation.spec import CaseField, DatasetSpec
 
-OUR_FIELDS = (
-    "id",
-    "question",
-    "reference",
-    "references",
-    "reference_contexts",
-    "reference_context_ids",
-    "variables",
-    "metadata",
-)
+OUR_FIELDS: tuple[str, ...] = get_args(CaseField)
 
 
 @dataclass(frozen=True)

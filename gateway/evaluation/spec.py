@@ -27,23 +27,23 @@ from gateway.yamlspec import StrictModel, format_validation_error, parse_yaml_te
 Stat = Literal["mean", "median", "p95", "min", "max"]
 
 
+CaseField = Literal[
+    "id",
+    "question",
+    "reference",
+    "references",
+    "reference_contexts",
+    "reference_context_ids",
+    "variables",
+    "metadata",
+]
+
+
 class DatasetSpec(StrictModel):
     """A JSONL file, one case a line. `fields` maps our field names to the file's own keys."""
 
     path: str
-    fields: dict[
-        Literal[
-            "id",
-            "question",
-            "reference",
-            "references",
-            "reference_contexts",
-            "reference_context_ids",
-            "variables",
-            "metadata",
-        ],
-        str,
-    ] = Field(default_factory=dict)
+    fields: dict[CaseField, str] = Field(default_factory=dict)
     where: dict[str, Any] = Field(default_factory=dict, description="Keep only lines whose keys equal these.")
     limit: int | None = Field(None, ge=1, description="The first N cases (after `where`).")
 
