@@ -22,3 +22,8 @@ class MLConfig(StrictModel):
         description="Batches up to this many rows are scored on the event loop; larger in a thread.",
     )
     preload: bool = Field(True, description="Load every version an alias points at when the catalog changes.")
+    warm_explanations: bool = Field(
+        True,
+        description="At start-up, before /readyz says ready, explain one reference row once, so the first"
+        " `explain: true` request does not wait ~5 s for SHAP's code to compile.",
+    )

@@ -9,6 +9,7 @@ shap (and numba under it) takes seconds to import, so it is imported on first us
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -17,7 +18,31 @@ import numpy as np
 from gateway.ml.errors import ModelUnavailable
 from gateway.ml.model import ServedModel, reference_rows
 
+log = logging.getLogger("opsgate.ml")
 SEED = 0
+_warmed = False
+_warm_lock = threading.Lock()
+
+
+def warmed() -> bool:
+    return _warmed
+
+
+def warm_up(served: ServedModel) -> None:
+    """Once per process: explain one reference row, so shap's import and its numba JIT compilation
+    (~5 s together) happen at start-up instead of in the first `explain: true` request. Never fails the
+    caller: a model SHAP cannot explain is reported when it is asked to."""
+    global _warmed
+    with _warm_lock:
+        if _warmed or served.spec.reference is None:
+            return
+        try:
+            explainer = Explainer(served)
+            explainer.explain_matrix(explainer._background(1))
+        except Exception as exc:  # noqa: BLE001 - a warm-up only; the request path reports errors
+            log.info("explanation warm-up on %s skipped: %s", served.ref, exc)
+            return
+        _warmed = True
 
 
 class Explainer:

@@ -27,7 +27,8 @@ from gateway.ml.artifacts import ArtifactStore, load_estimator, verified_files
 from gateway.ml.batching import MicroBatcher
 from gateway.ml.config import MLConfig
 from gateway.ml.errors import DataQualityError, ModelUnavailable, Violation
-from gateway.ml.explain import Explainer
+from gateway.ml.explain import Explainer, warm_up
+from gateway.ml.explain import warmed as explain_warmed
 from gateway.ml.model import Outputs, ServedModel
 from gateway.ml.monitor import Monitor
 from gateway.ml.schema import split
@@ -48,14 +49,18 @@ RECENT_REQUESTS = 100_000
 
 
 def load_served(
-    record: VersionRecord, spec: ModelSpec, project_dir: Path, store: ArtifactStore
+    record: VersionRecord, spec: ModelSpec, project_dir: Path, store: ArtifactStore, *, warm: bool = False
 ) -> ServedModel:
-    """Verify the version's bytes (store first, then the project), load the model safely. Blocking."""
+    """Verify the version's bytes (store first, then the project), load the model safely. Blocking.
+    `warm`: also compile the explanation code once per process (see `explain.warm_up`)."""
     files = verified_files(spec, record.content_hash, record.ref, record.source_path, project_dir, store)
     estimator = load_estimator(spec, files[spec.model.file], record.ref)
-    return ServedModel.build(
+    served = ServedModel.build(
         record.ref, record.name, record.version, record.content_hash, spec, estimator, files
     )
+    if warm:
+        warm_up(served)
+    return served
 
 
 class Prediction:
@@ -161,7 +166,7 @@ class MLService:
             for version in set(aliases.values()):
                 record = snapshot.records.get((kind, name, version))
                 if record is not None and self._key(record) not in self._served:
-                    task = self._load_task(record)
+                    task = self._load_task(record, warm=self.config.warm_explanations)
                     task.add_done_callback(_log_failure)
                     if self._warming is not None:
                         self._warming.add(task)
@@ -177,8 +182,13 @@ class MLService:
             return 0
         return len(self._warming)
 
-    def readiness(self) -> dict[str, int]:
-        return {"loaded": len(self._served), "loading": self.warming, "failed": len(self._failed)}
+    def readiness(self) -> dict[str, int | bool]:
+        return {
+            "loaded": len(self._served),
+            "loading": self.warming,
+            "failed": len(self._failed),
+            "explanations_warm": explain_warmed(),
+        }
 
     # -- models --------------------------------------------------------------------------------------
 
@@ -186,13 +196,13 @@ class MLService:
     def _key(record: VersionRecord) -> Key:
         return (record.name, record.version, record.content_hash)
 
-    def _load_task(self, record: VersionRecord) -> asyncio.Task[ServedModel]:
+    def _load_task(self, record: VersionRecord, *, warm: bool = False) -> asyncio.Task[ServedModel]:
         key = self._key(record)
         task = self._loading.get(key)
         if task is None:
             spec: ModelSpec = self.catalog.spec_for(record, ModelSpec)
             task = asyncio.create_task(
-                asyncio.to_thread(load_served, record, spec, self.project_dir, self.store)
+                asyncio.to_thread(load_served, record, spec, self.project_dir, self.store, warm=warm)
             )
             self._loading[key] = task
             task.add_done_callback(functools.partial(self._loaded, key))
