@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import sklearn
 
 from gateway.ml.errors import ModelUnavailable
 from gateway.ml.schema import RowValidator
@@ -148,6 +147,8 @@ class ServedModel:
         # Rows passed the data-quality checks already: skip scikit-learn's parameter validation, and its
         # finiteness scan when the matrix is known finite (nullable fields may still bring NaN: then the
         # estimator checks as usual and refuses what it cannot score).
+        import sklearn  # here, not at module level: a gateway with no classic model never loads it (~170 MB)
+
         finite = isinstance(x, np.ndarray) and bool(np.isfinite(x).all())
         with sklearn.config_context(assume_finite=finite, skip_parameter_validation=True):
             return self._predict_matrix(x)

@@ -7,6 +7,7 @@ import re
 import struct
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,6 +15,7 @@ import openai
 import orjson
 import pytest
 
+from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import GatewayProcess
 
 VERSIONS = re.compile(r"^router:(?P<name>[a-z0-9._-]+)@(?P<version>\d+)#(?P<hash>[0-9a-f]{12})$")
@@ -255,6 +257,21 @@ def test_models_list_and_retrieve(gw: GatewayProcess) -> None:
     assert (
         miss["status"] == 404 and miss["model"] == "no-such-model" and miss["error_type"] == "model_not_found"
     )
+
+
+def test_no_classic_model_means_no_scikit_learn_in_memory(
+    project_factory: ProjectFactory, gateway_factory: GatewayFactory
+) -> None:
+    """scikit-learn (with scipy and pandas, ~170 MB) is loaded by the first classic model (or by the local
+    MiniLM embedder, which imports it), not by every gateway: this one serves chat only."""
+    with gateway_factory(project_factory()) as fresh:
+        reply = fresh.client().chat.completions.create(model="default", messages=MESSAGES)
+        assert reply.choices[0].message.content
+        with fresh.http() as http:
+            assert http.get("/readyz").json()["checks"]["models"]["loaded"] == 0
+        assert fresh.process is not None
+        maps = Path(f"/proc/{fresh.process.pid}/maps").read_text(encoding="utf-8")
+    assert "site-packages/sklearn/" not in maps and "site-packages/scipy/" not in maps
 
 
 def test_health_and_readiness(gw: GatewayProcess) -> None:
