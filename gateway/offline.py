@@ -22,6 +22,7 @@ OFFLINE_ENV = {
     "ANONYMIZED_TELEMETRY": "False",
     "RAGAS_DO_NOT_TRACK": "true",
     "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no "Loading weights" bar in CLI output when MiniLM loads
 }
 
 
