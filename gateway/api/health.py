@@ -38,6 +38,7 @@ async def readyz(request: Request) -> Response:
             "backlog": parts.writer.backlog,
             "written": parts.writer.stats.written,
             "dropped": parts.writer.stats.dropped,
+            "failed_batches": parts.writer.stats.failed_batches,
             "last_error": parts.writer.stats.last_error,
         }
     ml = getattr(request.app.state, "ml", None)

@@ -26,7 +26,6 @@ log = logging.getLogger("opsgate.db.writer")
 
 @dataclass
 class WriterStats:
-    queued: int = 0
     written: int = 0
     dropped: int = 0
     failed_batches: int = 0
@@ -44,7 +43,6 @@ class BatchWriter(Generic[T]):
         batch_size: int,
         flush_interval_s: float,
         rows_of: Callable[[T], int] = lambda _item: 1,
-        on_written: Callable[[list[T]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.name = name
@@ -53,7 +51,6 @@ class BatchWriter(Generic[T]):
         self.stats = WriterStats()
         self._insert_rows = insert
         self._rows_of = rows_of
-        self._on_written = on_written
         self._queue: asyncio.Queue[T] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[None] | None = None
@@ -71,7 +68,6 @@ class BatchWriter(Generic[T]):
         except asyncio.QueueFull:
             self.stats.dropped += self._rows_of(item)
             return False
-        self.stats.queued += self._rows_of(item)
         self._outstanding += self._rows_of(item)
         self._idle.clear()
         return True
@@ -183,8 +179,6 @@ class BatchWriter(Generic[T]):
         rows = sum(self._rows_of(i) for i in items)
         self.stats.written += rows
         self._outstanding -= rows
-        if items and self._on_written is not None:
-            self._on_written(items)
 
     async def _write(self, items: list[T], *, final: bool = False) -> None:
         delay = 0.2

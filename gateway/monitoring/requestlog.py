@@ -8,7 +8,6 @@ and flushes on shutdown.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -74,7 +73,6 @@ class RequestLogWriter(BatchWriter[LogRow]):
         queue_size: int,
         batch_size: int,
         flush_interval_s: float,
-        on_written: Callable[[list[LogRow]], None] | None = None,
     ) -> None:
         super().__init__(
             engine,
@@ -83,5 +81,4 @@ class RequestLogWriter(BatchWriter[LogRow]):
             queue_size=queue_size,
             batch_size=batch_size,
             flush_interval_s=flush_interval_s,
-            on_written=on_written,
         )
