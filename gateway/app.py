@@ -21,6 +21,7 @@ from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.catalog import Catalog
 from gateway.db.engine import make_engine, migrate
+from gateway.egress import Egress
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
 from gateway.keys import KeyService
@@ -77,7 +78,8 @@ def prepare_database(settings: Settings) -> Engine:
 
 def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:
     minilm = MiniLMEmbedder()  # the one MiniLM of the process: local embeddings and index queries
-    adapters = Adapters(AdapterServices(minilm))
+    egress = Egress(config.egress)  # the operator's allow-lists: provider hosts, key variables, webhooks
+    adapters = Adapters(AdapterServices(minilm, egress))
     catalog = Catalog(engine, adapters, refresh_interval_s=config.cache.refresh_interval_s)
     metrics = Metrics()
     writer = RequestLogWriter(
@@ -102,7 +104,7 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
         lambda: 1.0 if policy.reload_error else 0.0,
     )
     gateway = Gateway(catalog, writer, metrics, retriever, policy)
-    alerts = Alerts(config.alerts)
+    alerts = Alerts(config.alerts, egress)
     return Parts(
         settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
     )

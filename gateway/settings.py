@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.egress import Egress, EgressConfig, raise_problems
 from gateway.evaluation.config import EvaluationConfig
 from gateway.ml.config import MLConfig
 from gateway.monitoring.alerts import AlertsConfig
@@ -71,6 +72,19 @@ class GatewayConfig(StrictModel):
     alerts: AlertsConfig = AlertsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     ml: MLConfig = MLConfig()
+    egress: EgressConfig = EgressConfig()
+
+    @model_validator(mode="after")
+    def _webhooks_allowed(self) -> GatewayConfig:
+        """Alert webhooks post only to hosts on egress.webhook_hosts (reported at the webhook's line)."""
+        egress = Egress(self.egress)
+        problems = [
+            (("alerts", "webhooks", i, "url"), problem)
+            for i, hook in enumerate(self.alerts.webhooks)
+            if (problem := egress.webhook_problem(hook.url))
+        ]
+        raise_problems("GatewayConfig", problems)
+        return self
 
 
 class Settings(BaseSettings):

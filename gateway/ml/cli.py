@@ -111,6 +111,7 @@ def monitor_cmd(
     """Drift, data-quality, accuracy and fairness figures per version."""
     from gateway.cli_common import load_settings as _settings
     from gateway.cli_common import open_engine as _engine
+    from gateway.egress import Egress
     from gateway.ml.artifacts import ArtifactStore
     from gateway.ml.monitor import Monitor, figures
     from gateway.ml.service import load_served
@@ -144,7 +145,7 @@ def monitor_cmd(
             _print({"ref": record.ref, "aliases": by_alias, "error": exc.message}, json_out)
             continue
         if alert:
-            alerts = Alerts(config.alerts)
+            alerts = Alerts(config.alerts, Egress(config.egress))
             found = asyncio.run(Monitor(engine, settings.project_dir).check(served, alerts.send))
         else:
             found = figures(engine, served)

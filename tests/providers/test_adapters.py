@@ -71,7 +71,7 @@ def routers_for(up: FakeUpstream, adapter: str) -> dict[str, Any]:
     routers["drip"] = single("drip-300")
     routers["stall"] = single("drip-2000", timeout_s=0.5)
     routers["keyed"] = single("ok-keyed", api_key_env="FAKE_UPSTREAM_KEY")
-    routers["unkeyed"] = single("ok-unkeyed", api_key_env="OPSGATE_TEST_UNSET_KEY")
+    routers["unkeyed"] = single("ok-unkeyed", api_key_env="UNSET_TEST_API_KEY")
     return routers
 
 
@@ -219,7 +219,7 @@ def test_the_upstream_key_comes_from_the_named_environment_variable(
             "/v1/chat/completions", json={"model": "unkeyed", "messages": MESSAGES}, headers=gw.auth()
         )
     assert_error(gw, r, 502, type_="upstream_error", code="upstream_key_missing")
-    assert "OPSGATE_TEST_UNSET_KEY" in r.json()["error"]["message"]
+    assert "UNSET_TEST_API_KEY" in r.json()["error"]["message"]
     assert fake_upstream.count(f"ok-unkeyed-{adapter}") == 0
     assert UPSTREAM_KEY not in gw.output()
 
