@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.egress import Egress, EgressConfig
-from gateway.monitoring.alerts import Alerts, AlertsConfig, WebhookConfig
 from tests.conftest import ProjectFactory
 from tests.fakes.gateway import OPSGATE, free_port, subprocess_env
 from tests.security.egress_fakes import CANARIES, CANARY_ENV, Listener, attacker, line_of
@@ -31,7 +29,7 @@ def serve(project_factory: ProjectFactory, config: str, tmp_data: str) -> subpro
         env=env,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=60,
         check=False,
     )
 
@@ -68,6 +66,9 @@ def test_a_gateway_with_a_webhook_to_an_unlisted_host_does_not_start(
 
 def test_delivery_checks_the_host_again(attacker: Listener) -> None:
     """Alerts built with rules that do not list the host (a CLI or another caller): nothing is sent."""
+    from gateway.egress import Egress, EgressConfig
+    from gateway.monitoring.alerts import Alerts, AlertsConfig, WebhookConfig
+
     hooks = AlertsConfig(
         webhooks=[WebhookConfig(url=attacker.url + "/hook", secret_env="ANTHROPIC_API_KEY", retries=0)]
     )
