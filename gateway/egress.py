@@ -139,6 +139,8 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_PATTERN = re.compile(r"^[A-Za-z0-9_*?]+$")
 _PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 SPEC_CONTEXT_KEY = "opsgate_egress"
+_UNKNOWN = object()
+_VERDICTS_KEPT = 4096
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -359,6 +361,7 @@ class Egress:
         self._hosts = tuple(HostPattern.parse(h) for h in listed)
         self._webhook_hosts = tuple(HostPattern.parse(h) for h in self.config.webhook_hosts)
         self._headers = frozenset(h.lower() for h in self.config.deployment_headers)
+        self._verdicts: dict[str, str | None | object] = {}  # url -> problem (None: allowed)
 
     @cached_property
     def params(self) -> ParamRules:
@@ -370,7 +373,17 @@ class Egress:
     # -- single checks: None when allowed, else what is wrong and what to configure ------------------------
 
     def url_problem(self, url: str) -> str | None:
-        """A router deployment's api_base."""
+        """A router deployment's api_base (or any URL an adapter is about to call). Verdicts are kept:
+        this runs on every upstream call, and the URLs come from files, not from callers."""
+        verdict = self._verdicts.get(url, _UNKNOWN)
+        if verdict is _UNKNOWN:
+            verdict = self._url_verdict(url)
+            if len(self._verdicts) >= _VERDICTS_KEPT:
+                self._verdicts.clear()
+            self._verdicts[url] = verdict
+        return verdict if isinstance(verdict, str) else None
+
+    def _url_verdict(self, url: str) -> str | None:
         try:
             target = parse_target(url)
         except ValueError as exc:
