@@ -174,14 +174,21 @@ def _port(allowed: Listener | FakeUpstream) -> int:
 
 
 def routers(fake_anthropic: Listener, fake_upstream: FakeUpstream) -> dict[str, Any]:
-    """Legitimate routers: Anthropic through litellm, an OpenAI-compatible upstream direct and through
-    litellm, embeddings both ways."""
+    """Legitimate routers: Anthropic through litellm (at its default address, and at the fake), an
+    OpenAI-compatible upstream direct and through litellm, embeddings both ways."""
 
     def openai_like(dep_id: str, adapter: str, kind: str = "chat") -> dict[str, Any]:
         dep = {"id": dep_id, "model": "openai/fake", "api_base": fake_upstream.url(f"ok-sec-{dep_id}")}
         return {"kind": kind, "deployments": [{**dep, "adapter": adapter, "api_key_env": "OPENAI_API_KEY"}]}
 
     return {
+        # the finding's router: Anthropic through litellm at its default address (a legitimate call would
+        # leave the machine; the attacks below are refused before any call)
+        "claude-default": {
+            "deployments": [
+                {"id": "anthropic", "model": "anthropic/claude-x", "api_key_env": "ANTHROPIC_API_KEY"}
+            ]
+        },
         "claude": {
             "deployments": [
                 {
@@ -219,7 +226,7 @@ def egress_gateway(
 
 def assert_no_leak(gw: GatewayProcess, attacker: Listener, *texts: str) -> None:
     """The attacker saw nothing, and no canary is in the responses given, the log rows or the output."""
-    assert attacker.received == [], [(r.method, r.path) for r in attacker.received]
+    assert attacker.received == [], [(r.method, r.path, r.headers) for r in attacker.received]
     rows = orjson.dumps(gw.logs(limit=1000)).decode()
     for canary in CANARIES:
         for text in texts:

@@ -103,12 +103,12 @@ def test_sync_refuses_a_prompt_whose_params_steer_the_call(gw: GatewayProcess, a
     assert_no_leak(gw, attacker, refused.stdout, refused.stderr)
 
 
-@pytest.mark.parametrize("router", ["claude", "viallm", "direct"])
+@pytest.mark.parametrize("router", ["claude-default", "claude", "viallm", "direct"])
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_a_version_synced_before_the_check_is_refused_at_call_time(
     gw: GatewayProcess, attacker: Listener, fake_anthropic: Listener, router: str, stream: bool
 ) -> None:
-    name = f"old_{router}_{int(stream)}"
+    name = f"old_{router.replace('-', '_')}_{int(stream)}"
     spec = PromptSpec.model_validate(
         {
             "name": name,
