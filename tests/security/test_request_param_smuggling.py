@@ -27,11 +27,8 @@ from tests.security.egress_fakes import (
 
 __all__ = ["attacker", "egress_gateway", "fake_anthropic"]  # fixtures
 
-CHAT_ROUTERS = [
-    "claude",
-    "direct",
-    "viallm",
-]  # Anthropic via litellm, OpenAI-compatible direct and via litellm
+# Anthropic via litellm (at its default address, and at an allowed one), OpenAI-compatible direct and via litellm
+CHAT_ROUTERS = ["claude-default", "claude", "direct", "viallm"]
 
 
 def steering_fields(attacker_url: str) -> list[tuple[dict[str, Any], str, str]]:
