@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -43,74 +44,53 @@ if TYPE_CHECKING:
 
 # Where each provider's API lives when a deployment gives no api_base (litellm's defaults). None: the
 # provider has no fixed address (Azure resources, self-hosted servers): a deployment must set api_base.
-PROVIDER_DEFAULT_HOSTS: Mapping[str, str | None] = {
-    "openai": "api.openai.com",
-    "anthropic": "api.anthropic.com",
-    "azure": None,
-    "azure_ai": None,
-    "gemini": "generativelanguage.googleapis.com",
-    "vertex_ai": "*-aiplatform.googleapis.com",
-    "bedrock": "bedrock-runtime.*.amazonaws.com",
-    "mistral": "api.mistral.ai",
-    "codestral": "codestral.mistral.ai",
-    "cohere": "api.cohere.ai",
-    "cohere_chat": "api.cohere.ai",
-    "groq": "api.groq.com",
-    "together_ai": "api.together.xyz",
-    "fireworks_ai": "api.fireworks.ai",
-    "deepseek": "api.deepseek.com",
-    "openrouter": "openrouter.ai",
-    "xai": "api.x.ai",
-    "perplexity": "api.perplexity.ai",
-    "deepinfra": "api.deepinfra.com",
-    "cerebras": "api.cerebras.ai",
-    "voyage": "api.voyageai.com",
-    "nvidia_nim": "integrate.api.nvidia.com",
-    "sambanova": "api.sambanova.ai",
-    "ai21": "api.ai21.com",
-    "ai21_chat": "api.ai21.com",
-    "huggingface": "router.huggingface.co",
-    "replicate": "api.replicate.com",
-    "jina_ai": "api.jina.ai",
-    "ollama": "localhost:11434",
-    "ollama_chat": "localhost:11434",
-}
+PROVIDER_DEFAULT_HOSTS: Mapping[str, str | None] = MappingProxyType(
+    {
+        "openai": "api.openai.com",
+        "anthropic": "api.anthropic.com",
+        "azure": None,
+        "azure_ai": None,
+        "gemini": "generativelanguage.googleapis.com",
+        "vertex_ai": "*-aiplatform.googleapis.com",
+        "bedrock": "bedrock-runtime.*.amazonaws.com",
+        "mistral": "api.mistral.ai",
+        "codestral": "codestral.mistral.ai",
+        "cohere": "api.cohere.ai",
+        "cohere_chat": "api.cohere.ai",
+        "groq": "api.groq.com",
+        "together_ai": "api.together.xyz",
+        "fireworks_ai": "api.fireworks.ai",
+        "deepseek": "api.deepseek.com",
+        "openrouter": "openrouter.ai",
+        "xai": "api.x.ai",
+        "perplexity": "api.perplexity.ai",
+        "deepinfra": "api.deepinfra.com",
+        "cerebras": "api.cerebras.ai",
+        "voyage": "api.voyageai.com",
+        "nvidia_nim": "integrate.api.nvidia.com",
+        "sambanova": "api.sambanova.ai",
+        "ai21": "api.ai21.com",
+        "ai21_chat": "api.ai21.com",
+        "huggingface": "router.huggingface.co",
+        "replicate": "api.replicate.com",
+        "jina_ai": "api.jina.ai",
+        "ollama": "localhost:11434",
+        "ollama_chat": "localhost:11434",
+    }
+)
 
 # The API hosts of the providers above, allowed while `provider_hosts` is on (public hosts only: a
 # loopback or private address, such as Ollama's, must be listed by the operator).
 PROVIDER_HOSTS: tuple[str, ...] = (
-    "api.openai.com",
-    "api.anthropic.com",
-    "*.openai.azure.com",
-    "*.cognitiveservices.azure.com",
-    "*.services.ai.azure.com",
-    "*.models.ai.azure.com",
-    "generativelanguage.googleapis.com",
-    "aiplatform.googleapis.com",
-    "*-aiplatform.googleapis.com",
-    "bedrock-runtime.*.amazonaws.com",
-    "api.mistral.ai",
-    "codestral.mistral.ai",
-    "api.cohere.ai",
-    "api.cohere.com",
-    "api.groq.com",
-    "api.together.xyz",
-    "api.together.ai",
-    "api.fireworks.ai",
-    "api.deepseek.com",
-    "openrouter.ai",
-    "api.x.ai",
-    "api.perplexity.ai",
-    "api.deepinfra.com",
-    "api.cerebras.ai",
-    "api.voyageai.com",
-    "integrate.api.nvidia.com",
-    "api.sambanova.ai",
-    "api.ai21.com",
-    "router.huggingface.co",
-    "api.replicate.com",
-    "api.jina.ai",
-)
+    "api.openai.com", "api.anthropic.com", "*.openai.azure.com", "*.cognitiveservices.azure.com",
+    "*.services.ai.azure.com", "*.models.ai.azure.com", "generativelanguage.googleapis.com",
+    "aiplatform.googleapis.com", "*-aiplatform.googleapis.com", "bedrock-runtime.*.amazonaws.com",
+    "api.mistral.ai", "codestral.mistral.ai", "api.cohere.ai", "api.cohere.com", "api.groq.com",
+    "api.together.xyz", "api.together.ai", "api.fireworks.ai", "api.deepseek.com", "openrouter.ai",
+    "api.x.ai", "api.perplexity.ai", "api.deepinfra.com", "api.cerebras.ai", "api.voyageai.com",
+    "integrate.api.nvidia.com", "api.sambanova.ai", "api.ai21.com", "router.huggingface.co",
+    "api.replicate.com", "api.jina.ai",
+)  # fmt: skip
 
 # The gateway's own settings (database URL, its API key, ...): never a router's to name.
 RESERVED_ENV_PREFIX = "OPSGATE_"
@@ -118,20 +98,11 @@ RESERVED_ENV_PREFIX = "OPSGATE_"
 # operator lists (a file must not hold a secret, nor bill someone else's account).
 NEVER_HEADERS = frozenset(
     {
-        "authorization",
-        "proxy-authorization",
-        "x-api-key",
-        "api-key",
-        "x-goog-api-key",
-        "cookie",
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "content-type",
+        "authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
+        "host", "content-length", "transfer-encoding", "connection", "content-type",
     }
-)
-DEFAULT_PORTS = {"http": 80, "https": 443}
+)  # fmt: skip
+DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"http": 80, "https": 443})
 _LABEL = re.compile(r"^[a-z0-9_-]+$")
 _LABEL_PATTERN = re.compile(r"^[a-z0-9_*-]+$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -225,12 +196,8 @@ class HostPattern:
         return cls(text, labels, port)
 
     def matches(self, target: Target) -> bool:
-        if self.port == -1:
-            pass
-        elif self.port is None:
-            if target.port != DEFAULT_PORTS.get(target.scheme):
-                return False
-        elif target.port != self.port:
+        wanted = DEFAULT_PORTS.get(target.scheme) if self.port is None else self.port
+        if wanted not in (-1, target.port):  # -1: any port
             return False
         if ":" in target.host:  # IPv6: exact only
             return self.labels == (target.host,)
@@ -361,7 +328,7 @@ class Egress:
         self._hosts = tuple(HostPattern.parse(h) for h in listed)
         self._webhook_hosts = tuple(HostPattern.parse(h) for h in self.config.webhook_hosts)
         self._headers = frozenset(h.lower() for h in self.config.deployment_headers)
-        self._verdicts: dict[str, str | None | object] = {}  # url -> problem (None: allowed)
+        self._verdicts: dict[str, str | object | None] = {}  # url -> problem (None: allowed)
 
     @cached_property
     def params(self) -> ParamRules:
