@@ -76,7 +76,12 @@ class LiteLLMAdapter:
             raise EgressDenied(f"litellm was about to call {request.url.host}: {problem}")
 
     async def close(self) -> None:
-        return None
+        if self._litellm is None:
+            return
+        if self._litellm.aclient_session is not None:
+            await self._litellm.aclient_session.aclose()
+            self._litellm.aclient_session = None
+        await self._handler.close()
 
     def _kwargs(self, deployment: Deployment, body: Json, kind: Kind) -> dict[str, Any]:
         self._egress.params.check(body, kind)  # 400 naming the field, before anything else
