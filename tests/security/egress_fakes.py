@@ -292,3 +292,14 @@ def sync(gw: GatewayProcess, files: dict[str, str], message: str) -> subprocess.
 def line_of(text: str, needle: str) -> int:
     """1-based line of the first line holding `needle`."""
     return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.fixture(scope="module")
+def app_key(egress_gateway: GatewayProcess) -> str:
+    """An application key: the untrusted caller of the attacks."""
+    made = egress_gateway.cli(
+        "keys", "create", "--name", "attacker-app", "--role", "app", key=egress_gateway.admin_key
+    )
+    key = made.stdout.strip().splitlines()[-1]
+    egress_gateway.wait_for_key(key)
+    return key

@@ -19,13 +19,14 @@ from tests.security.egress_fakes import (
     CANARY_ANTHROPIC,
     MESSAGES,
     Listener,
+    app_key,
     assert_no_leak,
     attacker,
     egress_gateway,
     fake_anthropic,
 )
 
-__all__ = ["attacker", "egress_gateway", "fake_anthropic"]  # fixtures
+__all__ = ["app_key", "attacker", "egress_gateway", "fake_anthropic"]  # fixtures
 
 # Anthropic via litellm (at its default address, and at an allowed one), OpenAI-compatible direct and via litellm
 CHAT_ROUTERS = ["claude-default", "claude", "direct", "viallm"]
@@ -67,9 +68,9 @@ def steering_fields(attacker_url: str) -> list[tuple[dict[str, Any], str, str]]:
     ]  # fmt: skip
 
 
-def post(gw: GatewayProcess, path: str, body: dict[str, Any]) -> httpx.Response:
+def post(gw: GatewayProcess, path: str, body: dict[str, Any], key: str | None = None) -> httpx.Response:
     with gw.http() as http:
-        return http.post(path, json=body, headers=gw.auth())
+        return http.post(path, json=body, headers=gw.auth(key))
 
 
 def test_legitimate_requests_take_the_litellm_anthropic_path(
@@ -101,6 +102,7 @@ def test_legitimate_requests_take_the_litellm_anthropic_path(
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_caller_fields_that_steer_the_call_are_refused(
     egress_gateway: GatewayProcess,
+    app_key: str,
     attacker: Listener,
     fake_anthropic: Listener,
     fake_upstream: FakeUpstream,
@@ -113,7 +115,7 @@ def test_caller_fields_that_steer_the_call_are_refused(
     texts = []
     for extra, param, code in steering_fields(attacker.url):
         body = {"model": router, "messages": MESSAGES, "stream": stream, **extra}
-        r = post(gw, "/v1/chat/completions", body)
+        r = post(gw, "/v1/chat/completions", body, app_key)
         assert_error(gw, r, 400, type_="invalid_request_error", code=code, param=param)
         assert param in r.json()["error"]["message"]
         texts.append(r.text)
@@ -125,7 +127,7 @@ def test_caller_fields_that_steer_the_call_are_refused(
 
 @pytest.mark.parametrize("router", ["vectors", "vectorsllm"])
 def test_embedding_fields_that_steer_the_call_are_refused(
-    egress_gateway: GatewayProcess, attacker: Listener, router: str
+    egress_gateway: GatewayProcess, app_key: str, attacker: Listener, router: str
 ) -> None:
     gw = egress_gateway
     cases = [
@@ -137,10 +139,12 @@ def test_embedding_fields_that_steer_the_call_are_refused(
     ]
     texts = []
     for extra, param, code in cases:
-        r = post(gw, "/v1/embeddings", {"model": router, "input": ["a b c"], **extra})
+        r = post(gw, "/v1/embeddings", {"model": router, "input": ["a b c"], **extra}, app_key)
         assert_error(gw, r, 400, type_="invalid_request_error", code=code, param=param)
         texts.append(r.text)
-    ok = post(gw, "/v1/embeddings", {"model": router, "input": ["a b c"], "dimensions": 8, "user": "u"})
+    ok = post(
+        gw, "/v1/embeddings", {"model": router, "input": ["a b c"], "dimensions": 8, "user": "u"}, app_key
+    )
     assert ok.status_code == 200, ok.text
     assert_no_leak(gw, attacker, *texts, ok.text)
 
