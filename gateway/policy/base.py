@@ -100,6 +100,13 @@ class Subject:
     def names(self, kind: str) -> list[str]:
         return [name for k, name in self.targets if k == kind]
 
+    @classmethod
+    def of(cls, principal: Any, targets: tuple[tuple[str, str], ...], route: str) -> Subject:
+        """`principal` is a gateway.keys.Principal, or None before authentication."""
+        if principal is None:
+            return cls("", "", frozenset(), targets, route)
+        return cls(principal.key_id, principal.principal, principal.roles, targets, route)
+
 
 @dataclass(slots=True)
 class Finding:
@@ -152,13 +159,24 @@ class PolicyCheck(Generic[C]):
     """Base of every check. Override only the stages the check takes part in.
 
     `phase` orders checks within a request: access (0), content (10-30) before token caps and counted
-    limits (50+), so text is redacted before it is counted and nothing is charged for a refused request.
+    limits (50+), so text is redacted before it is counted and nothing is charged for a request refused
+    by a content check. Declared properties tell the pipeline how to treat a check (no check is special-
+    cased by its type):
+
+        stage              "authorise": runs on who calls what alone, before any work (access rules);
+                           "admit": runs on the request as it will go upstream
+        screens_query      also runs on the caller's text before it becomes a retrieval query
+        tracks_spend       the request's cost is counted in the key's and principal's ledgers
+        needs_full_answer  on a streamed answer, runs once on the whole text at the end
     """
 
     type: ClassVar[str]
     config_model: ClassVar[builtins.type[CheckConfig]]
     phase: ClassVar[int] = 20
+    stage: ClassVar[Literal["authorise", "admit"]] = "admit"
     screens_query: ClassVar[bool] = False  # also run on the retrieval query (an embedder may be remote)
+    tracks_spend: ClassVar[bool] = False
+    needs_full_answer: ClassVar[bool] = False
 
     def __init__(self, config: C, rule: str) -> None:
         self.config = config
@@ -171,7 +189,13 @@ class PolicyCheck(Generic[C]):
     def check_input(self, subject: Subject, payload: Payload) -> Finding | None:
         return None
 
+    def admission_charges(self, subject: Subject) -> list[Charge]:
+        """Counted limits that need no token count (requests per minute): taken before any work when
+        the request will do some (retrieval), else with the other charges."""
+        return []
+
     def charges(self, subject: Subject, payload: Payload) -> list[Charge]:
+        """Counted limits that need the request's tokens or cost."""
         return []
 
     def refused(self, refusal: Refusal) -> OpsgateError:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from gateway.db.models import Alias, ArtifactVersion
 from gateway.db.state import as_utc, bump_generation, utcnow
 from gateway.registry import audit
+from gateway.shapes import ArtifactRef
 
 KINDS = ("prompt", "router", "index", "model")
 LATEST = "latest"
@@ -38,8 +39,8 @@ class VersionRecord:
     files: dict[str, Any] | None = None
 
     @property
-    def ref(self) -> str:
-        return f"{self.kind}:{self.name}@{self.version}#{self.content_hash[:12]}"
+    def ref(self) -> ArtifactRef:
+        return ArtifactRef(self.kind, self.name, self.version, self.content_hash)
 
 
 @dataclass(frozen=True)

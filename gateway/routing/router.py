@@ -6,7 +6,8 @@ first choice, so a broken deployment is never tried again while a healthy one is
 deterministic. A deployment that failed `allowed_fails` times in a row cools down for `cooldown_s` and
 goes to the back of the order (still tried when nothing else is left).
 
-Streams fall back only before their first chunk; after it, a failure reaches the caller mid-stream.
+Streams fall back only before their first chunk; after it, a failure reaches the caller mid-stream and
+counts as a failure of that deployment (its attempt is logged failed, and it moves toward cooldown).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 
 from gateway.errors import UpstreamError
 from gateway.providers import Adapters
-from gateway.providers.base import Adapter, Json
+from gateway.providers.base import Adapter
 from gateway.registry.specs import Deployment, RouterSpec, WeightedStrategy
+from gateway.shapes import ArtifactRef, ChunkStream, Json, chunk_stream
 
 
 @dataclass(slots=True)
@@ -78,8 +80,8 @@ class Router:
         return self.spec.name
 
     @property
-    def ref(self) -> str:
-        return f"router:{self.spec.name}@{self.version}#{self.content_hash[:12]}"
+    def ref(self) -> ArtifactRef:
+        return ArtifactRef("router", self.spec.name, self.version, self.content_hash)
 
     def order(self) -> list[Deployment]:
         deployments = list(self.spec.deployments)
@@ -144,7 +146,7 @@ class Router:
 
     async def open_stream(
         self, body: Json, result: RouteResult | None = None
-    ) -> tuple[Json, AsyncIterator[Json], RouteResult]:
+    ) -> tuple[Json, ChunkStream, RouteResult]:
         """Fall back until a deployment yields its first chunk; return it with the rest of the stream."""
         result = result or RouteResult(self.spec.deployments[0])
 
@@ -160,7 +162,39 @@ class Router:
             return chunk, stream
 
         first, rest = await self._walk(result, first_chunk)
-        return first, rest, result
+        return first, RoutedStream(self, result, rest), result
+
+
+class RoutedStream:
+    """The rest of a stream after its first chunk (a `ChunkStream`). A failure mid-stream is the
+    deployment's: its attempt is marked failed and the router counts it toward cooldown."""
+
+    def __init__(self, router: Router, result: RouteResult, inner: AsyncIterator[Json]) -> None:
+        self.router = router
+        self.result = result
+        self.inner = chunk_stream(inner)
+
+    def __aiter__(self) -> RoutedStream:
+        return self
+
+    async def __anext__(self) -> Json:
+        try:
+            return await anext(self.inner)
+        except UpstreamError as exc:
+            self._failed(exc)
+            raise
+
+    def _failed(self, exc: UpstreamError) -> None:
+        self.router._failed(self.result.deployment)
+        if self.result.attempts:
+            attempt = self.result.attempts[-1]
+            attempt.ok, attempt.error, attempt.status = False, exc.code, exc.upstream_status
+
+    def ready(self) -> bool:
+        return self.inner.ready()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 async def _aclose(stream: AsyncIterator[Json]) -> None:
