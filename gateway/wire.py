@@ -47,7 +47,7 @@ class _Request(_Open):
 class OpsgateOptions(BaseModel):
     """`opsgate`: options for the gateway itself (never sent upstream)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     include_context: bool = Field(False, description="RAG answers: put each cited chunk's text in citations.")
 
