@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import Field
 
@@ -85,6 +85,26 @@ class Payload:
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
         return None
+
+
+class Lineage(Protocol):
+    """A version in a request's lineage (gateway.shapes.ArtifactRef)."""
+
+    kind: str
+    name: str
+
+
+class PolicyCall(Protocol):
+    """What the pipeline reads and writes on a request (gateway.flow.call.Call implements it)."""
+
+    principal: Any
+    artifacts: Any  # a sequence of Lineage
+    decisions: list[dict[str, Any]]
+    extra: dict[str, Any]
+    policy: Any  # the pipeline's own state between its hooks
+    tokens_in: int | None
+    tokens_out: int | None
+    cost: float | None
 
 
 @dataclass(frozen=True, slots=True)

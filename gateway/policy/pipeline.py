@@ -35,7 +35,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError, OpsgateError
-from gateway.policy.base import Charge, Finding, Payload, PolicyCheck, Slot, Stage, Subject, Usage
+from gateway.policy.base import (
+    Charge,
+    Finding,
+    Payload,
+    PolicyCall,
+    PolicyCheck,
+    Slot,
+    Stage,
+    Subject,
+    Usage,
+)
 from gateway.policy.checks.budget import day_period, ledger, month_period, nano_usd
 from gateway.policy.payloads import TokenCounter, chat_output, chat_payload, embedding_payload
 from gateway.policy.quota import MemoryStore, QuotaStore, Settlement
@@ -46,7 +56,6 @@ from gateway.shapes import ChunkStream, Json
 from gateway.usage import encoding_for, prices_for
 
 if TYPE_CHECKING:
-    from gateway.flow.call import Call
     from gateway.routing.router import Router
 
 log = logging.getLogger("opsgate.policy")
@@ -91,7 +100,7 @@ class CallState:
     settled: bool = False
 
 
-def subject_of(call: Call, route: str) -> Subject:
+def subject_of(call: PolicyCall, route: str) -> Subject:
     """Who calls what, from the call's lineage so far (for `pre_call` callers that resolved on the call)."""
     targets = tuple((ref.kind, ref.name) for ref in call.artifacts)
     return Subject.of(call.principal, targets, route)
@@ -200,7 +209,7 @@ class Pipeline:
 
     # -- before the call ------------------------------------------------------------------------------
 
-    def _state(self, call: Call) -> CallState:
+    def _state(self, call: PolicyCall) -> CallState:
         state = call.policy
         if state is None:
             state = CallState(self.compiled)
@@ -208,20 +217,20 @@ class Pipeline:
         assert isinstance(state, CallState)
         return state
 
-    async def check_chat(self, call: Call, router: Router, body: Json, data: Json) -> None:
+    async def check_chat(self, call: PolicyCall, router: Router, body: Json, data: Json) -> None:
         await self.pre_call(call, chat_payload(router, body, data, self.tokens))
 
-    async def check_embedding(self, call: Call, router: Router, body: Json) -> None:
+    async def check_embedding(self, call: PolicyCall, router: Router, body: Json) -> None:
         await self.pre_call(call, embedding_payload(router, body))
 
-    async def pre_call(self, call: Call, payload: Payload) -> None:
+    async def pre_call(self, call: PolicyCall, payload: Payload) -> None:
         """Authorise (subject from the call's lineage) and admit one payload."""
         await self.authorise(call, subject_of(call, payload.kind))
         await self.admit(call, payload)
 
     async def authorise(
         self,
-        call: Call,
+        call: PolicyCall,
         subject: Subject,
         *,
         query: tuple[list[Any], dict[str, Any]] | None = None,
@@ -249,7 +258,7 @@ class Pipeline:
 
     def _check_input(
         self,
-        call: Call,
+        call: PolicyCall,
         policy: CompiledPolicy,
         check: PolicyCheck[Any],
         subject: Subject,
@@ -264,7 +273,7 @@ class Pipeline:
             if finding.verdict == "blocked" and finding.error is not None:
                 raise finding.error
 
-    async def admit(self, call: Call, payload: Payload) -> None:
+    async def admit(self, call: PolicyCall, payload: Payload) -> None:
         """Content checks on what goes upstream, then every counted limit (and any admission limit not
         taken yet) in one store round trip. Raises the first block."""
         state = self._state(call)
@@ -294,7 +303,7 @@ class Pipeline:
 
     async def _take(
         self,
-        call: Call,
+        call: PolicyCall,
         state: CallState,
         charges: list[tuple[Charge, PolicyCheck[Any]]],
         timings: dict[int, float],
@@ -331,7 +340,7 @@ class Pipeline:
 
     def _screen_query(
         self,
-        call: Call,
+        call: PolicyCall,
         state: CallState,
         checks: tuple[PolicyCheck[Any], ...],
         query: tuple[list[Any], dict[str, Any]],
@@ -354,7 +363,7 @@ class Pipeline:
                     raise finding.error
         return messages, variables
 
-    def screen_context(self, call: Call, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def screen_context(self, call: PolicyCall, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Retrieved chunks before they are rendered: redact PII, drop or flag injected chunks."""
         state = self._state(call)
         policy = state.policy
@@ -389,7 +398,7 @@ class Pipeline:
 
     # -- after the call ---------------------------------------------------------------------------------
 
-    def check_chat_output(self, call: Call, data: Json) -> None:
+    def check_chat_output(self, call: PolicyCall, data: Json) -> None:
         payload = chat_output(data)
         blocked = self.post_call(call, payload)
         if blocked:
@@ -400,7 +409,7 @@ class Pipeline:
                         message["content"] = None
                     choice["finish_reason"] = "content_filter"
 
-    def post_call(self, call: Call, payload: Payload) -> bool:
+    def post_call(self, call: PolicyCall, payload: Payload) -> bool:
         """Run the output checks on an answer. True when a check blocks it (the caller withholds it);
         raises when the answer is the upstream's fault (e.g. invalid JSON under response_format)."""
         state = call.policy
@@ -420,7 +429,7 @@ class Pipeline:
                 blocked = True
         return blocked
 
-    async def wrap_stream(self, call: Call, first: Json, rest: ChunkStream) -> tuple[Json, ChunkStream]:
+    async def wrap_stream(self, call: PolicyCall, first: Json, rest: ChunkStream) -> tuple[Json, ChunkStream]:
         state = call.policy
         if not isinstance(state, CallState) or state.subject is None:
             return first, rest
@@ -436,7 +445,7 @@ class Pipeline:
         return await anext(stream), stream
 
     def _stream_done(
-        self, call: Call, state: CallState, guard: StreamGuard, needs_text: list[PolicyCheck[Any]]
+        self, call: PolicyCall, state: CallState, guard: StreamGuard, needs_text: list[PolicyCheck[Any]]
     ) -> None:
         for check, finding in guard.findings():
             call.decisions.append(decision(state.policy, check, "output", finding, 0.0))
@@ -451,7 +460,7 @@ class Pipeline:
 
     # -- at finish ----------------------------------------------------------------------------------------
 
-    def settle(self, call: Call) -> None:
+    def settle(self, call: PolicyCall) -> None:
         """Replace estimates with what the call used; count its spend. Runs once, from Gateway.finish."""
         state = call.policy
         if not isinstance(state, CallState):
