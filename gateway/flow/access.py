@@ -15,11 +15,15 @@ an unprotected alias) could bring in a version nobody approved, so it is held to
 from __future__ import annotations
 
 import fnmatch
+from typing import TYPE_CHECKING
 
 from gateway.catalog import Catalog, Snapshot
 from gateway.errors import PermissionDenied
 from gateway.keys import Principal
 from gateway.registry.store import VersionRecord
+
+if TYPE_CHECKING:
+    from gateway.flow.plan import Asked
 
 CANDIDATE_ROLES = ("prompt-engineer", "approver", "admin")
 
@@ -43,6 +47,19 @@ class VersionAccess:
             )
             self._seen = snapshot
         return (record.kind, record.name, record.version) in self._approved
+
+    def authorise(self, principal: Principal | None, asked: list[Asked]) -> None:
+        """403 unless the key may be served every version a request resolved: its allow list covers
+        what the caller named, and each version is approved (or the key may see candidates)."""
+        assert principal is not None, "authenticate before authorising"
+        for item in asked:
+            record = item.record
+            if item.listed and not principal.may_call(record.kind, record.name):
+                raise PermissionDenied(
+                    f"this key may not call {record.kind}:{record.name} (its allow list does not include it)",
+                    param="model",
+                )
+            self.check(principal, record, item.selector, pinned=item.pinned)
 
     def check(
         self, principal: Principal, record: VersionRecord, selector: str | None, *, pinned: bool = False

@@ -74,7 +74,7 @@ class Gateway:
         self.retriever = retriever
         self.policy = policy if policy is not None else Pipeline.ungoverned()
         self.access = VersionAccess(catalog, protected_aliases)
-        self.resolver = Resolver(catalog, self.access, retriever)
+        self.resolver = Resolver(catalog, retriever)
         # Called with (call, row) after every request's log row is submitted (e.g. online eval sampling).
         # Hooks must be quick and must not raise: they run on the request path.
         self.finish_hooks: list[FinishHook] = []
@@ -110,8 +110,9 @@ class Gateway:
         return await self.complete(call, upstream)
 
     async def authorise(self, call: Call, plan: ChatPlan) -> None:
-        """Access rules, the query screen, and (for a request that will retrieve) the limits that need no
-        token count: all on one subject, before any work is done for the request."""
+        """Access (the key's allow list, approved versions, policy rules), the query screen, and (for a
+        request that will retrieve) the limits that need no token count: all before any work is done."""
+        self.access.authorise(call.principal, plan.asked)
         subject = Subject.of(call.principal, plan.targets, "chat")
         query = (plan.request.caller_messages(), plan.variables) if plan.index is not None else None
         plan.query_source = await self.policy.authorise(call, subject, query=query, early=query is not None)
@@ -191,6 +192,8 @@ class Gateway:
             self.streams.discard(stream)
             call.upstream_ms = (time.perf_counter() - started) * 1000
             assert call.route_result is not None
+            if isinstance(error, UpstreamError):  # it broke off mid-stream: the deployment's failure
+                upstream.router.failed_mid_stream(call.route_result, error)
             try:
                 self._account(call, call.route_result.deployment, usage, messages, text)
             except UpstreamError as exc:  # already sent: count the answer ourselves, and say why
@@ -228,7 +231,8 @@ class Gateway:
     # -- embeddings ----------------------------------------------------------------------------------
 
     async def embeddings(self, call: Call, request: EmbeddingRequest) -> Json:
-        router = self.resolver.router(call, request.model, "embedding")
+        router, asked = self.resolver.router(call, request.model, "embedding")
+        self.access.authorise(call.principal, [asked])
         await self.policy.authorise(call, Subject.of(call.principal, (("router", router.name),), "embedding"))
         body = request.forward()
         await self.policy.admit(call, embedding_payload(router, body))

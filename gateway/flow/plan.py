@@ -2,8 +2,9 @@
 
 A chat request names a router (`default`, `router:default@production`) or a prompt (`docs_qa`,
 `prompt:docs_qa@7`, LiteLLM's `prompt_id`), and a prompt names its router and, for RAG, its index.
-Resolving finds every version once, checks that the key may be served each of them, validates the
-prompt's variables, and records the lineage on the call (prompt, router, index, in that order).
+Resolving finds every version once, validates the prompt's variables, records the lineage on the call
+(prompt, router, index, in that order) and notes how each version was asked for, so that `authorise`
+can decide whether this key may be served it (gateway.flow.access).
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.catalog import Catalog
-from gateway.errors import InvalidFields, InvalidRequest, ModelNotFound, PermissionDenied
-from gateway.flow.access import VersionAccess
+from gateway.errors import InvalidFields, InvalidRequest, ModelNotFound
 from gateway.flow.call import Call
-from gateway.keys import Principal
 from gateway.registry.refs import Ref, parse_ref
 from gateway.registry.render import check_variables
 from gateway.registry.specs import PromptSpec
@@ -25,12 +24,24 @@ from gateway.routing.router import Router
 from gateway.wire import ChatRequest
 
 
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """One version a request will use, and how it was named: by the caller (`listed`: the key's allow
+    list applies) or by an approved artifact (`pinned`: a version number there was approved with it)."""
+
+    record: VersionRecord
+    selector: str | None
+    listed: bool = True
+    pinned: bool = False
+
+
 @dataclass(slots=True)
 class ChatPlan:
     """A chat request with everything it names resolved."""
 
     request: ChatRequest
     router: Router
+    asked: list[Asked]
     prompt: VersionRecord | None = None
     spec: PromptSpec | None = None
     index: VersionRecord | None = None
@@ -53,9 +64,8 @@ class ChatPlan:
 
 
 class Resolver:
-    def __init__(self, catalog: Catalog, access: VersionAccess, retriever: IndexRetriever | None) -> None:
+    def __init__(self, catalog: Catalog, retriever: IndexRetriever | None) -> None:
         self.catalog = catalog
-        self.access = access
         self.retriever = retriever
 
     def chat(self, call: Call, request: ChatRequest) -> ChatPlan:
@@ -66,18 +76,17 @@ class Resolver:
                 raise InvalidFields(
                     "messages: this field is required (at least one message)", param="messages"
                 )
-            return ChatPlan(request, self.router(call, request.model, "chat"))
-        principal = _principal(call)
+            router, named = self.router(call, request.model, "chat")
+            return ChatPlan(request, router, [named])
         record = self.catalog.resolve("prompt", prompt_ref.name, prompt_ref.selector)
-        _allowed(principal, "prompt", record.name)
-        self.access.check(principal, record, prompt_ref.selector)
         call.add(record.ref)
         spec = self.catalog.prompt_spec(record)
         check_variables(spec, request.prompt_variables or {})
         ref = parse_ref(spec.router, default_kind="router")
         router_record = self.catalog.resolve("router", ref.name, ref.selector)
-        self.access.check(principal, router_record, ref.selector, pinned=True)
-        router = self._router(call, router_record, "chat")  # a key allowed the prompt may use its router
+        router = self._router(call, router_record, "chat")
+        # a key allowed the prompt may use what it runs on: no allow list for its router and index
+        asked = [Asked(record, prompt_ref.selector), Asked(router_record, ref.selector, False, True)]
         index = None
         if spec.retrieval is not None:
             if self.retriever is None:
@@ -86,12 +95,12 @@ class Resolver:
                     code="retrieval_unavailable",
                 )
             index = self.retriever.resolve(spec.retrieval.index, spec.name)
-            selector = parse_ref(spec.retrieval.index, default_kind="index").selector
-            self.access.check(principal, index, selector, pinned=True)
             call.add(index.ref)
-        return ChatPlan(request, router, record, spec, index)
+            selector = parse_ref(spec.retrieval.index, default_kind="index").selector
+            asked.append(Asked(index, selector, False, True))
+        return ChatPlan(request, router, asked, record, spec, index)
 
-    def router(self, call: Call, model: str, kind: str) -> Router:
+    def router(self, call: Call, model: str, kind: str) -> tuple[Router, Asked]:
         """A router named by the caller: `name`, `router:name`, with optional @version/@alias."""
         call.model = model
         try:
@@ -104,10 +113,7 @@ class Resolver:
                 param="model",
             )
         record = self.catalog.resolve("router", ref.name, ref.selector)
-        principal = _principal(call)
-        _allowed(principal, "router", record.name)
-        self.access.check(principal, record, ref.selector)
-        return self._router(call, record, kind)
+        return self._router(call, record, kind), Asked(record, ref.selector)
 
     def _router(self, call: Call, record: VersionRecord, kind: str) -> Router:
         router = self.catalog.router_for(record)
@@ -139,15 +145,3 @@ class Resolver:
         ):
             return Ref("prompt", ref.name, ref.selector)
         return None
-
-
-def _principal(call: Call) -> Principal:
-    assert call.principal is not None, "authenticate before resolving"
-    return call.principal
-
-
-def _allowed(principal: Principal, kind: str, name: str) -> None:
-    if not principal.may_call(kind, name):
-        raise PermissionDenied(
-            f"this key may not call {kind}:{name} (its allow list does not include it)", param="model"
-        )

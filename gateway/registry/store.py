@@ -6,6 +6,7 @@ aliases move through the promotion service (see promotion.py), never from here d
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,7 +39,7 @@ class VersionRecord:
     created_by: str
     files: dict[str, Any] | None = None
 
-    @property
+    @functools.cached_property
     def ref(self) -> ArtifactRef:
         return ArtifactRef(self.kind, self.name, self.version, self.content_hash)
 

@@ -74,14 +74,11 @@ class Router:
         self._clock = clock
         self._rng = rng or random.Random()
         self._health: dict[str, _Health] = {d.id: _Health() for d in spec.deployments}
+        self.ref = ArtifactRef("router", spec.name, version, content_hash)
 
     @property
     def name(self) -> str:
         return self.spec.name
-
-    @property
-    def ref(self) -> ArtifactRef:
-        return ArtifactRef("router", self.spec.name, self.version, self.content_hash)
 
     def order(self) -> list[Deployment]:
         deployments = list(self.spec.deployments)
@@ -162,39 +159,15 @@ class Router:
             return chunk, stream
 
         first, rest = await self._walk(result, first_chunk)
-        return first, RoutedStream(self, result, rest), result
+        return first, chunk_stream(rest), result
 
-
-class RoutedStream:
-    """The rest of a stream after its first chunk (a `ChunkStream`). A failure mid-stream is the
-    deployment's: its attempt is marked failed and the router counts it toward cooldown."""
-
-    def __init__(self, router: Router, result: RouteResult, inner: AsyncIterator[Json]) -> None:
-        self.router = router
-        self.result = result
-        self.inner = chunk_stream(inner)
-
-    def __aiter__(self) -> RoutedStream:
-        return self
-
-    async def __anext__(self) -> Json:
-        try:
-            return await anext(self.inner)
-        except UpstreamError as exc:
-            self._failed(exc)
-            raise
-
-    def _failed(self, exc: UpstreamError) -> None:
-        self.router._failed(self.result.deployment)
-        if self.result.attempts:
-            attempt = self.result.attempts[-1]
-            attempt.ok, attempt.error, attempt.status = False, exc.code, exc.upstream_status
-
-    def ready(self) -> bool:
-        return self.inner.ready()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    def failed_mid_stream(self, result: RouteResult, error: UpstreamError) -> None:
+        """A stream broke off after its first chunk: that is its deployment's failure (its attempt is
+        marked failed, and the deployment moves toward cooldown), though it is too late to fall back."""
+        self._failed(result.deployment)
+        if result.attempts:
+            attempt = result.attempts[-1]
+            attempt.ok, attempt.error, attempt.status = False, error.code, error.upstream_status
 
 
 async def _aclose(stream: AsyncIterator[Json]) -> None:
