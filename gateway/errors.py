@@ -12,6 +12,7 @@
     │   ├── NotFound                  404 unknown model, artifact, version, alias, promotion
     │   ├── Conflict                  409 the state changed under you (e.g. racing promotions)
     │   └── RateLimited               429 with Retry-After
+    ├── StreamCut                     503 the gateway ended a stream itself (shutting down)
     └── UpstreamError                 502 a provider failed (after retries and fallbacks)
         ├── UpstreamUnavailable       503 no deployment could be reached
         ├── UpstreamTimeout           504 the provider did not answer in time
@@ -126,6 +127,14 @@ class RateLimited(ClientError):
         seconds = max(1, int(retry_after_s + 0.999))
         super().__init__(message, code=code, headers={"Retry-After": str(seconds)})
         self.retry_after_s = retry_after_s
+
+
+class StreamCut(OpsgateError):
+    """The gateway ended a stream before it finished (its shutdown grace period ran out)."""
+
+    status = 503
+    type = "server_error"
+    code = "stream_cut_by_server"
 
 
 class UpstreamError(OpsgateError):

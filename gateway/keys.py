@@ -50,8 +50,11 @@ class Principal:
         return "admin" in self.roles or any(r in self.roles for r in roles)
 
     def may_call(self, kind: str, name: str) -> bool:
+        """Whether an allow pattern covers the artifact (a pattern's `@selector` grants versions: see
+        gateway.flow.access)."""
         target = f"{kind}:{name}"
-        return any(fnmatch.fnmatchcase(target, p) or fnmatch.fnmatchcase(name, p) for p in self.allow)
+        patterns = (p.split("@", 1)[0] for p in self.allow)
+        return any(fnmatch.fnmatchcase(target, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
     @property
     def actor(self) -> str:

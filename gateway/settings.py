@@ -24,6 +24,13 @@ class ServerConfig(StrictModel):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
     access_log: bool = False
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long requests in flight may run on; streams still open then are cut"
+        " with an SSE error event (logged as 503 stream_cut_by_server).",
+    )
 
 
 class RequestLogConfig(StrictModel):

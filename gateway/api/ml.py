@@ -23,10 +23,11 @@ from fastapi.responses import Response
 
 from gateway.api.deps import call_for, gateway_of
 from gateway.errors import InvalidFields, NotFound, OpsgateError, PermissionDenied
+from gateway.flow.call import Call
+from gateway.flow.gateway import Gateway
 from gateway.ml import protocol
 from gateway.ml.service import MLService
 from gateway.ml.spec import ModelSpec
-from gateway.serving import Call, Gateway
 
 router = APIRouter(tags=["ml"])
 MONITOR_ROLES = ("admin", "approver", "prompt-engineer")

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from gateway.catalog import Catalog, Snapshot
 from gateway.db.state import utcnow
 from gateway.errors import InvalidFields, ModelNotFound, NotFound, OpsgateError, PermissionDenied
+from gateway.flow.call import Call
 from gateway.ml.artifacts import ArtifactStore, load_estimator, verified_files
 from gateway.ml.batching import MicroBatcher
 from gateway.ml.config import MLConfig
@@ -40,7 +41,6 @@ from gateway.monitoring.metrics import Metrics
 from gateway.registry.blobs import blob_root
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionRecord
-from gateway.serving import Call
 
 log = logging.getLogger("opsgate.ml")
 Key = tuple[str, int, str]
