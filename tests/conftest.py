@@ -6,7 +6,9 @@
     pg_url                         (session) a fresh PostgreSQL database, dropped at the end
     new_pg_database()              (session) factory: another fresh database, dropped at the end
     db_url                         (module) "sqlite" / "postgres": a fresh database URL of each kind
-    make_project(routers, files)   (function) a temp project dir: repo config/ + routers + files
+    make_project(routers, files)   (function) a temp project dir: repo config/ + routers + files, a git
+                                   repository with all of it committed (git=False: a plain directory;
+                                   tests/fakes/gateway.py `commit_project` commits later changes)
     project_factory                (session) the same factory, for module-scoped fixtures
     start_gateway(project_dir, *, database_url=None, env=None, port=None, admin_key=None)
                                    (function) the real `opsgate serve` subprocess, started and ready
@@ -121,9 +123,12 @@ def db_url(
 @pytest.fixture(scope="session")
 def project_factory(tmp_path_factory: pytest.TempPathFactory) -> ProjectFactory:
     def make(
-        routers: Mapping[str, str | Mapping[str, Any]] | None = None, files: Mapping[str, str] | None = None
+        routers: Mapping[str, str | Mapping[str, Any]] | None = None,
+        files: Mapping[str, str] | None = None,
+        *,
+        git: bool = True,
     ) -> Path:
-        return build_project(tmp_path_factory.mktemp("project"), routers, files)
+        return build_project(tmp_path_factory.mktemp("project"), routers, files, git=git)
 
     return make
 

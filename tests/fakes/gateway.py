@@ -66,11 +66,16 @@ def build_project(
     root: Path,
     routers: Mapping[str, str | Mapping[str, Any]] | None = None,
     files: Mapping[str, str] | None = None,
+    *,
+    git: bool = True,
 ) -> Path:
     """A project directory: the repo's config/ copied, then router files (YAML text or a dict), then files.
 
-    The repo's demo classic model (config/models/) is left out: a gateway waits for its models to load
-    before it is ready, and only the tests about models need one (they write their own, or copy it)."""
+    Like a user's project it is a git repository with everything committed (one commit), since a first
+    start registers only committed files; `git=False` leaves it a plain directory. Files written later are
+    uncommitted until `commit_project`. The repo's demo classic model (config/models/) is left out: a
+    gateway waits for its models to load before it is ready, and only the tests about models need one
+    (they write their own, or copy it)."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "config", root / "config", dirs_exist_ok=True, ignore=_no_models)
     for name, spec in (routers or {}).items():
@@ -80,7 +85,32 @@ def build_project(
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+    if git:
+        if not (root / ".gitignore").exists():
+            (root / ".gitignore").write_text(".opsgate/\n", encoding="utf-8")
+        commit_project(root, "test project")
     return root
+
+
+GIT_IDENTITY = ("opsgate tests", "tests@example.com")
+
+
+def commit_project(root: Path, message: str = "changes", *, author: tuple[str, str] = GIT_IDENTITY) -> str:
+    """`git add -A && git commit` in `root` (initialising the repository the first time); returns the sha."""
+    name, email = author
+    config = ["-c", f"user.name={name}", "-c", f"user.email={email}", "-c", "commit.gpgsign=false"]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *config, *args], capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
+    if not (root / ".git").exists():
+        git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "--allow-empty", "-m", message)
+    return git("rev-parse", "HEAD").strip()
 
 
 def deployment(
@@ -167,7 +197,8 @@ class GatewayProcess:
             return self.admin_key
         # The database already had keys (a shared database): make an admin key for this handle.
         value = "sk-test-admin-" + secrets.token_hex(16)
-        self.cli("keys", "create", "--name", "test-admin", "--role", "admin", "--key", value)
+        # as the operator on the box: the handle has write access to its data directory
+        self.cli("keys", "create", "--name", "test-admin", "--role", "admin", "--key", value, "--local-admin")
         return value
 
     def stop(self, timeout: float = 30) -> int | None:

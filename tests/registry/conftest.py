@@ -68,7 +68,7 @@ class GitProject:
 @pytest.fixture
 def git_project(make_project: Callable[..., Path]) -> Callable[..., GitProject]:
     def make(files: dict[str, str] | None = None, *, author: tuple[str, str] = ALICE) -> GitProject:
-        path = make_project(files={".gitignore": ".opsgate/\n", **(files or {})})
+        path = make_project(files={".gitignore": ".opsgate/\n", **(files or {})}, git=False)
         project = GitProject(path)
         project.git("init", "-q", "-b", "main")
         project.commit("initial project", author=author)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
+from gateway.db.models import AuditEntry
 from gateway.errors import ConfigError, Conflict
 from gateway.registry import audit
 from gateway.registry.store import VersionStore
@@ -32,7 +34,12 @@ def test_sync_registers_each_file_with_its_commit_author_and_message(
     assert prompt.git_message == "initial project"
     assert prompt.source_path == "prompts/support_qa.yaml"
     assert not prompt.dirty
-    assert VersionStore(engine).aliases("prompt", "support_qa")[("prompt", "support_qa")] == {"latest": 1}
+    # the first sync into an empty registry is the bootstrap (issue 12): production -> version 1
+    assert report.bootstrapped
+    assert VersionStore(engine).aliases("prompt", "support_qa")[("prompt", "support_qa")] == {
+        "latest": 1,
+        "production": 1,
+    }
 
 
 def test_resync_is_a_no_op_and_a_change_makes_a_new_version_with_its_own_commit(
@@ -135,24 +142,46 @@ def test_template_files_are_part_of_the_version(
 
 
 def test_sync_outside_git_is_refused(make_project: Callable[..., object], engine: Engine) -> None:
-    path = make_project()
+    path = make_project(git=False)
     with pytest.raises(ConfigError, match="not a git repository"):
         sync(engine, path, actor=ACTOR)  # type: ignore[arg-type]
 
 
-def test_bootstrap_registers_only_new_artifacts_as_production(
+def test_bootstrap_registers_committed_files_once_as_production(
     git_project: Callable[..., GitProject], engine: Engine
 ) -> None:
     project = git_project({"prompts/support_qa.yaml": SUPPORT_QA})
-    created = bootstrap(engine, project.path, actor="system:bootstrap")
-    assert {r.name for r in created} == {"support_qa", "default", "minilm"}
+    project.write("prompts/draft.yaml", SUPPORT_QA.replace("name: support_qa", "name: draft"))  # untracked
+    project.write("prompts/support_qa.yaml", SUPPORT_QA.replace("10", "12"))  # an uncommitted change
+    report = bootstrap(engine, project.path, actor="system:bootstrap")
+    assert report.ran and report.errors == []
+    assert {r.name for r in report.registered} == {"support_qa", "default", "minilm"}
+    assert sorted(line.split()[0] for line in report.skipped) == [
+        "prompts/draft.yaml",
+        "prompts/support_qa.yaml",
+    ]
+    registered = VersionStore(engine).get("prompt", "support_qa", 1)
+    assert registered is not None and 'costs {{ price | default("10") }}' in str(registered.spec)  # HEAD's
+    assert not registered.dirty and registered.git_commit == project.commits[-1]
     aliases = VersionStore(engine).aliases()
     assert aliases[("prompt", "support_qa")] == {"latest": 1, "production": 1}
+    assert ("prompt", "draft") not in aliases
+    entries = [e for e in audit_entries(engine) if e.action == "registry.bootstrap"]
+    assert len(entries) == 1 and entries[0].actor == "system:bootstrap"
+    assert entries[0].after["commit"] == project.commits[-1]
 
-    project.write("prompts/support_qa.yaml", SUPPORT_QA.replace("10", "12"))
-    project.commit("price")
-    assert bootstrap(engine, project.path, actor="system:bootstrap") == []  # governed from now on
+    project.commit("price and a draft")  # committed now, but the registry is governed from here on
+    again = bootstrap(engine, project.path, actor="system:bootstrap")
+    assert not again.ran and again.registered == []
     assert VersionStore(engine).aliases()[("prompt", "support_qa")] == {"latest": 1, "production": 1}
+    assert ("prompt", "draft") not in VersionStore(engine).aliases()
+    assert sync(engine, project.path, actor=ACTOR).bootstrapped is False
+    assert "production" not in VersionStore(engine).aliases()[("prompt", "draft")]
+
+
+def audit_entries(engine: Engine) -> list[AuditEntry]:
+    with Session(engine) as s:
+        return list(s.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
 
 
 def test_online_eval_blocks_are_checked_at_load_time(
