@@ -240,7 +240,7 @@ def dangling_references(
                     (
                         art,
                         ConfigError(
-                            f"{'.'.join(loc)}: {name!r} is not a {kind}: there is no {folder}/{name}.yaml and"
+                            f"{'.'.join(loc)}: {name!r} is not {_a(kind)}: there is no {folder}/{name}.yaml and"
                             f" no {kind}:{name} in the registry; name an existing {kind} or add its file",
                             path=art.path,
                             line=art.line_of(*loc),
@@ -249,6 +249,10 @@ def dangling_references(
                 )
                 break
     return out
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _prompt_references(art: ArtifactFile) -> list[tuple[tuple[str, ...], str, str]]:

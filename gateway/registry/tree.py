@@ -159,9 +159,9 @@ class WorkingTree:
         except UnsafePath as exc:
             raise ConfigError(exc.reason, path=path) from None
         except FileNotFoundError:
-            raise ConfigError("the file does not exist", path=path) from None
+            raise ConfigError("does not exist", path=path) from None
         except OSError as exc:
-            raise ConfigError(f"cannot read the file: {exc.strerror}", path=path) from None
+            raise ConfigError(f"cannot be read: {exc.strerror}", path=path) from None
 
 
 def _is_dir(dir_fd: int, name: str) -> bool:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,45 @@ def deployment(
 ) -> dict[str, Any]:
     """A router deployment dict pointing at an upstream URL (e.g. `fake_upstream.url("500")`)."""
     return {"id": dep_id, "model": model, "api_base": api_base, "adapter": adapter, **fields}
+
+
+@dataclass
+class Cli:
+    """`opsgate` run as a user runs it, in a project with its own data directory (no gateway needed for
+    the commands that read files: sync, index build, keys)."""
+
+    project: Path
+    data_dir: Path
+    env: dict[str, str]
+
+    def __call__(
+        self, *args: str, key: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env)
+        if key is not None:
+            env["OPSGATE_API_KEY"] = key
+        return subprocess.run(
+            [OPSGATE, *args],
+            cwd=self.project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def first_admin_key(self) -> str:
+        done = self("keys", "create", "--name", "owner", "--role", "admin")
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+
+def project_cli(project: Path, data_dir: Path, extra_env: Mapping[str, str] | None = None) -> Cli:
+    env = subprocess_env(
+        {"OPSGATE_PROJECT_DIR": str(project), "OPSGATE_DATA_DIR": str(data_dir), **(extra_env or {})}
+    )
+    env.pop("OPSGATE_API_KEY", None)
+    return Cli(project, data_dir, env)
 
 
 class GatewayStartError(RuntimeError):

@@ -202,3 +202,34 @@ def test_online_eval_blocks_are_checked_at_load_time(
     errors = sorted(e.message for e in report.errors)
     assert errors[0].startswith("prompts/no_judge.yaml:") and "set judge to a chat router" in errors[0]
     assert errors[1].startswith("prompts/ref_needed.yaml:") and "needs reference answers" in errors[1]
+
+
+def test_a_prompt_naming_a_router_index_or_judge_that_does_not_exist_is_refused(
+    git_project: Callable[..., GitProject], engine: Engine
+) -> None:
+    rag = SUPPORT_QA + "retrieval: {index: nowhere, top_k: 2}\n"
+    judged = SUPPORT_QA + "online_eval: {sample_rate: 0.1, metrics: [faithfulness], judge: nojudge}\n"
+    project = git_project(
+        {
+            "prompts/support_qa.yaml": SUPPORT_QA,
+            "prompts/lost.yaml": SUPPORT_QA.replace("name: support_qa", "name: lost").replace(
+                "router: default", "router: nope@production"
+            ),
+            "prompts/rag.yaml": rag.replace("name: support_qa", "name: rag"),
+            "prompts/judged.yaml": judged.replace("name: support_qa", "name: judged"),
+            "prompts/handbook_qa.yaml": SUPPORT_QA.replace("name: support_qa", "name: handbook_qa")
+            + "retrieval: {index: docs}\n",  # config/indexes/docs.yaml: exists, even unbuilt
+        }
+    )
+    report = sync(engine, project.path, actor=ACTOR)
+    assert {r.name for r in report.registered} == {"support_qa", "handbook_qa", "default", "minilm"}
+    assert sorted(e.message for e in report.errors) == [
+        "prompts/judged.yaml:16: online_eval.judge: 'nojudge' is not a router: there is no"
+        " config/routers/nojudge.yaml and no router:nojudge in the registry; name an existing router or add"
+        " its file",
+        "prompts/lost.yaml:4: router: 'nope' is not a router: there is no config/routers/nope.yaml and no"
+        " router:nope in the registry; name an existing router or add its file",
+        "prompts/rag.yaml:16: retrieval.index: 'nowhere' is not an index: there is no"
+        " config/indexes/nowhere.yaml and no index:nowhere in the registry; name an existing index or add"
+        " its file",
+    ]

@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import GatewayStartError, commit_project, deployment
+from tests.fakes.gateway import Cli, GatewayStartError, commit_project, deployment
 from tests.fakes.upstream import FakeUpstream
-from tests.security.conftest import Canary, Cli
+from tests.security.conftest import Canary
 
 MODE = "ok-exfil-templates"
 
