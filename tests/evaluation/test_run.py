@@ -264,6 +264,11 @@ def test_junit_report_is_valid(in_process: dict[str, Any]) -> None:
     assert props["target"].startswith("prompt:squad_qa@1#")
 
 
+CHROMIUM_HINT = (
+    "opsgate: the eval HTML report test needs Debian's chromium: run 'sudo apt-get install -y chromium'"
+)
+
+
 def test_html_report_is_self_contained_and_opens_in_chromium_without_errors(
     in_process: dict[str, Any],
 ) -> None:
@@ -275,7 +280,7 @@ def test_html_report_is_self_contained_and_opens_in_chromium_without_errors(
     assert html.count("<svg") >= 13  # a distribution per metric, plus the comparison
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.fail("Debian's chromium is needed for this test: apt-get install -y chromium")
+        pytest.fail(CHROMIUM_HINT)  # the line `make test` prints when it cannot install chromium
     from playwright.sync_api import sync_playwright
 
     problems: list[str] = []
