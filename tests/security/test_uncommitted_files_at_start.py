@@ -46,12 +46,12 @@ def test_uncommitted_files_never_become_production_at_a_start(
         "name: hello\nrouter: sneaky\nmessages:\n  - {role: system, content: Hi.}\n", encoding="utf-8"
     )  # an uncommitted edit of a committed prompt
     first = start_gateway(project)
-    log = first.output()
-    assert "config/routers/sneaky.yaml has uncommitted changes (or is not in git)" in log
-    assert "prompts/hello.yaml has uncommitted changes" in log
     assert chat_status(first, "sneaky") == 404
     assert chat_status(first, "hello") == 200  # the committed version, on the default router
     assert fake_upstream.count("ok-sneaky") == 0
+    log = first.output()
+    assert "config/routers/sneaky.yaml has uncommitted changes (or is not in git)" in log
+    assert "prompts/hello.yaml has uncommitted changes" in log
     (entry,) = bootstrap_entries(first)
     assert entry["actor"] == "system:bootstrap"
     assert any(ref.startswith("prompt:hello@1") for ref in entry["after"]["production"])
