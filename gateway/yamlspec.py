@@ -46,38 +46,9 @@ def _node_for(root: yaml.Node | None, loc: tuple[int | str, ...]) -> yaml.Node |
     return node
 
 
-def _without_union_tags(
-    loc: tuple[int | str, ...], root: yaml.Node | None, missing: bool
-) -> tuple[int | str, ...]:
-    """pydantic puts the tag of a discriminated union in the location (`chunker.tokens.size`); the file
-    has no such key, so leave it out (`chunker.size`). A missing field is kept: it is what to add."""
-    out: list[int | str] = []
-    node = root
-    for i, part in enumerate(loc):
-        keep_missing = missing and i == len(loc) - 1
-        is_tag = (
-            isinstance(node, yaml.MappingNode) and isinstance(part, str) and _value_of(node, part) is None
-        )
-        if is_tag and not keep_missing:
-            continue
-        out.append(part)
-        node = _value_of(node, part)
-    return tuple(out)
-
-
-def _value_of(node: yaml.Node | None, part: int | str) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        return next((v for k, v in node.value if _is_scalar(k, str(part))), None)
-    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        child: yaml.Node = node.value[part]
-        return child
-    return None
-
-
 def format_validation_error(exc: ValidationError, root: yaml.Node | None, path: str) -> ConfigError:
     first = exc.errors()[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    loc = _without_union_tags(loc, root, first["type"] == "missing")
     node = _node_for(root, loc)
     line = node.start_mark.line + 1 if node is not None else None
     field = ".".join(str(p) for p in loc) or "(top level)"

@@ -9,7 +9,7 @@ from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import Cli, free_port
 
 BAD_INDEX = "name: bad\nsource: {type: files, paths: ['docs/*.md']}\nchunker: {type: tokens, size: 5}\n"
-PROBLEM = "config/indexes/bad.yaml:3: chunker.size: Input should be greater than or equal to 16"
+PROBLEM = "config/indexes/bad.yaml:3: chunker.tokens.size: Input should be greater than or equal to 16"
 
 
 def test_an_invalid_index_file_is_one_line_in_serve_sync_and_index_build(

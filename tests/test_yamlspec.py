@@ -36,17 +36,20 @@ def test_router_file_errors(text: str, message: str) -> None:
     [
         (
             "name: i\nsource: {paths: [a]}\nchunker: {type: tokens, size: 5}\n",
-            "i.yaml:3: chunker.size: Input",
+            "i.yaml:3: chunker.tokens.size: Input",
         ),
         (
-            "name: i\nsource: {paths: [a]}\nchunker: {type: markdown, sizze: 5}\n",
-            "i.yaml:3: chunker.sizze: unknown",
+            "name: i\nsource: {type: files, paths: ['../a']}\n",
+            "i.yaml:2: source.files: '../a': paths are globs",
         ),
-        ("name: i\nsource: {type: files, paths: ['../a']}\n", "i.yaml:2: source: '../a': paths are globs"),
-        ("name: i\nsource: {type: jsonl}\n", "i.yaml:2: source.paths: Field required"),
+        ("name: i\nsource: {type: jsonl}\n", "i.yaml:2: source.jsonl.paths: Field required"),
+        (
+            "name: i\nsource: {paths: [a]}\nsource: {paths: [b]}\n",
+            "i.yaml:3: source: duplicate key (also on line 2)",
+        ),
     ],
 )
-def test_index_file_errors_name_the_field_without_union_tags(text: str, message: str) -> None:
+def test_index_file_errors_are_one_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_spec_text(text, IndexSpec, "i.yaml")
     assert err.value.message.startswith(message)

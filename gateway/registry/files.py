@@ -161,7 +161,11 @@ def load_artifacts(
     found: list[ArtifactFile] = []
     errors: list[ConfigError] = []
     for kind in kinds:
-        paths = spec_files(tree, kind)
+        try:
+            paths = spec_files(tree, kind)
+        except ConfigError as exc:  # the kind's folder is a link: nothing in it is read
+            errors.append(exc)
+            continue
         if not paths:
             continue
         try:

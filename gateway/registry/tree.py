@@ -146,7 +146,13 @@ class WorkingTree:
         base = normalise(folder)
         try:
             fd = open_dir(self.root, base)
-        except OSError:
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link_on_the_way(self.root, base):
+                raise ConfigError(
+                    "is a symbolic link (or lies beyond one); opsgate never follows links", path=base
+                ) from None
             return []
         try:
             return sorted(f"{base}/{name}" for name in os.listdir(fd) if not _is_dir(fd, name))
@@ -162,6 +168,15 @@ class WorkingTree:
             raise ConfigError("does not exist", path=path) from None
         except OSError as exc:
             raise ConfigError(f"cannot be read: {exc.strerror}", path=path) from None
+
+
+def _is_link_on_the_way(root: Path, path: str) -> bool:
+    current = root
+    for part in path_parts(path):
+        current = current / part
+        if current.is_symlink():
+            return True
+    return False
 
 
 def _is_dir(dir_fd: int, name: str) -> bool:
@@ -200,7 +215,23 @@ class GitTree:
 
     def files(self, folder: str) -> list[str]:
         base = normalise(folder)
+        link = self._link_on_the_way(base)
+        if link is not None:
+            where = "is" if link == base else f"is reached through {link},"
+            raise ConfigError(
+                f"{where} a symbolic link in git (mode 120000); opsgate never follows links", path=base
+            )
         return sorted(p for p in self._entries if p.rpartition("/")[0] == base)
+
+    def _link_on_the_way(self, rel: str) -> str | None:
+        """The first component of `rel` (itself included) that git holds as a symbolic link."""
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            entry = self._entries.get(prefix)
+            if entry is not None and entry.mode == GIT_SYMLINK:
+                return prefix
+        return None
 
     def read(self, path: str) -> bytes:
         try:
@@ -221,9 +252,7 @@ class GitTree:
         return self.repo.blob(entry.sha)
 
     def _missing(self, rel: str) -> str:
-        parts = rel.split("/")
-        for i in range(1, len(parts)):
-            parent = self._entries.get("/".join(parts[:i]))
-            if parent is not None and parent.mode == GIT_SYMLINK:
-                return f"is reached through {'/'.join(parts[:i])}, a symbolic link in git; opsgate never follows links"
+        link = self._link_on_the_way(rel.rpartition("/")[0]) if "/" in rel else None
+        if link is not None:
+            return f"is reached through {link}, a symbolic link in git; opsgate never follows links"
         return f"is not in {self.label} (commit it, or sync with --allow-dirty to register the working tree)"

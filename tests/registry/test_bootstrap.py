@@ -25,8 +25,9 @@ def bootstrap_entries(engine: Engine) -> list[AuditEntry]:
 
 
 def test_a_directory_that_is_not_a_git_repository_registers_nothing_without_the_operator(
-    make_project: ProjectFactory, engine: Engine
+    make_project: ProjectFactory, fresh_engine: Engine
 ) -> None:
+    engine = fresh_engine
     project = make_project(files={"prompts/support_qa.yaml": SUPPORT_QA}, git=False)
     report = bootstrap(engine, project, actor="system:bootstrap")
     assert not report.ran and report.registered == []
@@ -43,8 +44,9 @@ def test_a_directory_that_is_not_a_git_repository_registers_nothing_without_the_
 
 
 def test_two_processes_starting_at_once_bootstrap_once(
-    git_project: Callable[..., GitProject], engine: Engine
+    git_project: Callable[..., GitProject], fresh_engine: Engine
 ) -> None:
+    engine = fresh_engine
     project = git_project({"prompts/support_qa.yaml": SUPPORT_QA})
     reports = []
     threads = [
@@ -63,8 +65,9 @@ def test_two_processes_starting_at_once_bootstrap_once(
 
 
 def test_the_first_sync_is_the_bootstrap_and_dirty_files_do_not_become_production(
-    git_project: Callable[..., GitProject], engine: Engine
+    git_project: Callable[..., GitProject], fresh_engine: Engine
 ) -> None:
+    engine = fresh_engine
     project = git_project({"prompts/support_qa.yaml": SUPPORT_QA})
     project.write("prompts/draft.yaml", SUPPORT_QA.replace("name: support_qa", "name: draft"))
     report = sync(engine, project.path, actor=ACTOR, allow_dirty=True)

@@ -39,7 +39,7 @@ def test_a_new_project_reaches_its_first_answer_in_the_documented_order(
             "GIT_COMMITTER_EMAIL": "me@example.com",
         }
     )
-    script = f"set -euo pipefail\n{shell}\nprintf %s \"$OPSGATE_API_KEY\" > ../api-key\n"
+    script = f'set -euo pipefail\n{shell}\nprintf %s "$OPSGATE_API_KEY" > ../api-key\n'
     done = subprocess.run(
         ["bash", "-c", script], cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False
     )

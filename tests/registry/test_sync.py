@@ -34,12 +34,7 @@ def test_sync_registers_each_file_with_its_commit_author_and_message(
     assert prompt.git_message == "initial project"
     assert prompt.source_path == "prompts/support_qa.yaml"
     assert not prompt.dirty
-    # the first sync into an empty registry is the bootstrap (issue 12): production -> version 1
-    assert report.bootstrapped
-    assert VersionStore(engine).aliases("prompt", "support_qa")[("prompt", "support_qa")] == {
-        "latest": 1,
-        "production": 1,
-    }
+    assert VersionStore(engine).aliases("prompt", "support_qa")[("prompt", "support_qa")] == {"latest": 1}
 
 
 def test_resync_is_a_no_op_and_a_change_makes_a_new_version_with_its_own_commit(
@@ -148,8 +143,9 @@ def test_sync_outside_git_is_refused(make_project: Callable[..., object], engine
 
 
 def test_bootstrap_registers_committed_files_once_as_production(
-    git_project: Callable[..., GitProject], engine: Engine
+    git_project: Callable[..., GitProject], fresh_engine: Engine
 ) -> None:
+    engine = fresh_engine
     project = git_project({"prompts/support_qa.yaml": SUPPORT_QA})
     project.write("prompts/draft.yaml", SUPPORT_QA.replace("name: support_qa", "name: draft"))  # untracked
     project.write("prompts/support_qa.yaml", SUPPORT_QA.replace("10", "12"))  # an uncommitted change

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -100,3 +101,23 @@ def test_serve_refuses_to_start_on_linked_artifact_files(
     assert_refused(done.stderr)
     assert "Traceback" not in done.stderr
     assert not canary.found_in(done.stdout, done.stderr)
+
+
+def test_a_linked_artifact_folder_is_refused_whole(
+    make_project: ProjectFactory, cli_for: Callable[..., Cli], canary: Canary
+) -> None:
+    project = make_project()
+    outside = canary.file.parent / "routers"
+    shutil.move(project / "config" / "routers", outside)
+    (outside / "leakr.yaml").write_text(
+        f"name: leakr\ndeployments: [{{id: l, model: local/extractive}}]\ndescription: '{canary.value}'\n",
+        encoding="utf-8",
+    )
+    os.symlink(outside, project / "config" / "routers")
+    commit_project(project, "routers elsewhere")
+    cli = cli_for(project, canary.env)
+    done = cli("sync", "--json", key=cli.first_admin_key())
+    assert done.returncode == 1
+    errors = json.loads(done.stdout)["errors"]
+    assert "config/routers: is a symbolic link in git (mode 120000); opsgate never follows links" in errors
+    assert not canary.found_in(done.stdout, done.stderr, cli("list", "--json").stdout)

@@ -60,7 +60,7 @@ def test_index_sources_never_follow_links_and_never_read_the_data_dir(
         "opsgate: index through: config/indexes/through.yaml:2: source.paths: 'docs/linked/more.md' is reached"
         " through docs/linked, a symbolic link",
         "opsgate: index pipe: config/indexes/pipe.yaml:2: source.paths: 'pipes/feed.txt' is a FIFO",
-        "opsgate: index up: config/indexes/up.yaml:2: source: '../*.md': paths are globs relative to the project",
+        "opsgate: index up: config/indexes/up.yaml:2: source.files: '../*.md': paths are globs relative to the project",
     ]
     for start in expected:
         assert any(line.startswith(start) for line in lines), f"{start!r} not in:\n{done.stderr}"
