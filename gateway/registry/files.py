@@ -74,9 +74,13 @@ class ArtifactFile:
 
 
 def artifact_paths(project_dir: Path, kind: str) -> list[Path]:
-    """The spec files of a kind in the working tree (links included: reading them is refused, loudly)."""
+    """The spec files of a kind in the working tree (links included: reading them is refused, loudly).
+    A kind's folder that is itself a link holds nothing (`load_artifacts` reports it)."""
     tree = WorkingTree(project_dir)
-    return [tree.root / p for p in spec_files(tree, kind)]
+    try:
+        return [tree.root / p for p in spec_files(tree, kind)]
+    except ConfigError:
+        return []
 
 
 def spec_files(tree: Tree, kind: str) -> list[str]:

@@ -182,7 +182,11 @@ def sync(
 
 def _index_files(tree: Tree) -> set[str]:
     """Names of index files, valid or not: an invalid index file is reported as such, not as missing."""
-    return {p.rsplit("/", 1)[-1].rsplit(".", 1)[0] for p in spec_files(tree, "index")}
+    try:
+        paths = spec_files(tree, "index")
+    except ConfigError:  # the folder is a link: reported by load_artifacts, and no index is there
+        return set()
+    return {p.rsplit("/", 1)[-1].rsplit(".", 1)[0] for p in paths}
 
 
 def _sync_as_bootstrap(
