@@ -49,8 +49,7 @@ def gateway(
             }
         )
     )
-    project.git("init", "-q", "-b", "main")
-    project.commit("initial project")
+    # build_project commits everything: a first start registers only committed files
     gw = gateway_factory(project.path)
     keys = {
         "app": _key(gw, "app", "app"),
