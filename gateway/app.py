@@ -21,6 +21,7 @@ from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.catalog import Catalog
 from gateway.db.engine import make_engine, migrate
+from gateway.db.locks import bootstrap_lock
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
 from gateway.keys import KeyService
@@ -64,6 +65,13 @@ def prepare_database(settings: Settings) -> Engine:
     """Engine + migrations + router bootstrap + first admin key. Blocking; also used by the CLI."""
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
+    # replicas starting together on one PostgreSQL database: one bootstraps, the others then find it done
+    with bootstrap_lock(engine):
+        _bootstrap_registry(settings, engine)
+    return engine
+
+
+def _bootstrap_registry(settings: Settings, engine: Engine) -> None:
     blobs = BlobStore(blob_root(settings.resolved_data_dir()))
     for record in bootstrap(engine, settings.project_dir, actor="system:bootstrap", blobs=blobs):
         log.info("bootstrap: registered %s from %s as production", record.ref, record.source_path)
@@ -72,7 +80,6 @@ def prepare_database(settings: Settings) -> Engine:
     key_file = KeyService(engine).ensure_bootstrap_admin(settings.resolved_data_dir())
     if key_file is not None:
         print(f"opsgate: no API keys existed; created an admin key in {key_file} (readable only by you)")
-    return engine
 
 
 def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:

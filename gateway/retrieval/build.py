@@ -23,6 +23,7 @@ import orjson
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from gateway.db.locks import bootstrap_lock
 from gateway.db.models import Alias, ArtifactVersion
 from gateway.db.state import utcnow
 from gateway.errors import ConfigError
@@ -227,6 +228,7 @@ class IndexBuilder:
                 "opsgate_hash": plan.content_hash,
                 "chunks": len(ingested.chunks),
             },
+            plan.embedder,
         )
         record, bootstrapped = self._register(plan, actor, stats, version)
         result = BuildResult(
@@ -442,7 +444,13 @@ def source_info(project_dir: Path, art: ArtifactFile, files: list[SourceFile]) -
 def bootstrap_indexes(builder: IndexBuilder, *, actor: str) -> list[BuildResult]:
     """First start: build each index that has no version yet (its first version becomes production).
     Indexes with a version are governed: rebuild them with `opsgate index build`. An index whose sources
-    match no files is left out with a warning (a project copied without its documents)."""
+    match no files is left out with a warning (a project copied without its documents). Replicas starting
+    together on one PostgreSQL database build one at a time: the first builds, the others find it built."""
+    with bootstrap_lock(builder.engine):
+        return _bootstrap_indexes(builder, actor=actor)
+
+
+def _bootstrap_indexes(builder: IndexBuilder, *, actor: str) -> list[BuildResult]:
     with Session(builder.engine) as s:
         known = set(s.scalars(select(ArtifactVersion.name).where(ArtifactVersion.kind == "index").distinct()))
     results = []
