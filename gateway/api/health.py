@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
+
+from gateway.retrieval.readiness import check_indexes
 
 router = APIRouter(tags=["health"])
 
@@ -42,7 +43,7 @@ async def readyz(request: Request) -> Response:
             "failed_batches": parts.writer.stats.failed_batches,
             "last_error": parts.writer.stats.last_error,
         }
-    indexes_ready = await _indexes(parts, checks) if parts is not None else False
+    indexes_ready = await check_indexes(parts, checks) if parts is not None else False
     ml = getattr(request.app.state, "ml", None)
     if ml is not None:
         checks["models"] = ml.readiness()  # ready once the models aliases point at have loaded (or failed)
@@ -56,25 +57,6 @@ async def readyz(request: Request) -> Response:
     )
     body = {"status": "ready" if ok else "not ready", "checks": checks}
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
-
-
-async def _indexes(parts: Any, checks: dict[str, object]) -> bool:
-    """The `indexes` check (gateway/retrieval/readiness.py): False only when this replica cannot serve an
-    aliased index version that other replicas can (a local index store beside a shared registry)."""
-    from gateway.retrieval.readiness import index_readiness
-
-    shared = not parts.settings.resolved_database_url().startswith("sqlite")
-    try:
-        ready, checks["indexes"] = await asyncio.wait_for(
-            asyncio.to_thread(
-                index_readiness, parts.catalog, parts.retrieval.library, shared_registry=shared
-            ),
-            timeout=2,
-        )
-    except TimeoutError:
-        checks["indexes"] = {"error": "the index store did not answer within 2 s"}
-        return True  # a slow shared store is every replica's fault: reported, not a reason to pull this one
-    return ready
 
 
 def _ping(engine: object) -> None:

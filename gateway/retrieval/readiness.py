@@ -12,11 +12,14 @@ embeddings and classic models still serve. Indexed prompts answer 503 meanwhile,
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from gateway.catalog import Catalog
 from gateway.errors import OpsgateError
 from gateway.retrieval.retriever import IndexLibrary
+
+READINESS_TIMEOUT_S = 2
 
 
 def index_readiness(
@@ -55,3 +58,20 @@ def index_readiness(
             " (OPSGATE_CHROMA_URL)"
         )
     return ready, body
+
+
+async def check_indexes(parts: Any, checks: dict[str, object]) -> bool:
+    """`/readyz`'s `indexes` check (gateway/api/health.py): sets `checks["indexes"]`; False only when this
+    replica cannot serve an aliased index version that other replicas can."""
+    shared = not parts.settings.resolved_database_url().startswith("sqlite")
+    try:
+        ready, checks["indexes"] = await asyncio.wait_for(
+            asyncio.to_thread(
+                index_readiness, parts.catalog, parts.retrieval.library, shared_registry=shared
+            ),
+            timeout=READINESS_TIMEOUT_S,
+        )
+    except TimeoutError:
+        checks["indexes"] = {"error": f"the index store did not answer within {READINESS_TIMEOUT_S} s"}
+        return True  # a slow shared store is every replica's fault: reported, not a reason to pull this one
+    return ready
