@@ -230,20 +230,22 @@ admin_key() {  # the first start's admin key, kept at $STATE/admin.key
 # -- balancer -------------------------------------------------------------------------------------------
 
 nginx_config() {
-  local n i
+  local n i ips=""
   n="$(replica_count)"
+  for ((i = 1; i <= n; i++)); do ips+="$(replica_ip "$i") "; done
   mkdir -p "$STATE/nginx/tmp"
-  {
-    echo "# written by deploy/topology.sh: the shape of deploy/nginx/compose/opsgate-upstreams.conf"
-    for pool in "opsgate max_fails=1 fail_timeout=2s" "opsgate_reads max_fails=0"; do
-      read -r name params <<<"$pool"
-      echo "upstream $name {"
-      for ((i = 1; i <= n; i++)); do echo "    server $(replica_ip "$i"):8080 $params;"; done
-      echo "    keepalive $([[ $name == opsgate ]] && echo 64 || echo 16);"
-      echo "    keepalive_timeout 4s;"
-      echo "}"
-    done
-  } >"$STATE/nginx/opsgate-upstreams.conf"
+  # compose's upstream blocks, with one `server` line per replica here for gateway-1's (same parameters)
+  awk -v ips="$ips" '
+    BEGIN { print "# written by deploy/topology.sh from deploy/nginx/compose/opsgate-upstreams.conf" }
+    /^[[:space:]]*server gateway-1:8080/ {
+      params = $0; sub(/^[[:space:]]*server gateway-1:8080/, "", params)
+      n = split(ips, list, " ")
+      for (i = 1; i <= n; i++) print "    server " list[i] ":8080" params
+      next
+    }
+    /^[[:space:]]*server gateway-[0-9]+:8080/ { next }
+    { print }
+  ' "$DEPLOY/nginx/compose/opsgate-upstreams.conf" >"$STATE/nginx/opsgate-upstreams.conf"
   echo "listen ${HOST_IP}:8080;" >"$STATE/nginx/opsgate-listen.conf"
   cat >"$STATE/nginx/nginx.conf" <<EOF
 # written by deploy/topology.sh; the server itself is deploy/nginx/opsgate.conf, as in compose
