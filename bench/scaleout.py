@@ -160,17 +160,28 @@ def group_of(pid: int, procs: dict[int, tuple[int, int]], roots: dict[int, str])
     return "other"
 
 
+def machine_busy_ticks() -> int:
+    """Busy time of every CPU since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
 def cpu_by_group(
     before: dict[int, tuple[int, int]],
     after: dict[int, tuple[int, int]],
     roots: dict[int, str],
     seconds: float,
+    machine_busy: int,
 ) -> dict[str, float]:
+    """Cores busy per group; 'other' is the machine's busy time less ours (processes that came and went
+    during the run included)."""
     busy = dict.fromkeys(GROUPS, 0.0)
     for pid, (_, ticks) in after.items():
         spent = ticks - before.get(pid, (0, 0))[1]
         if spent > 0:
             busy[group_of(pid, after, roots)] += spent / CLK_TCK / seconds
+    ours = sum(v for k, v in busy.items() if k != "other")
+    busy["other"] = max(0.0, machine_busy / CLK_TCK / seconds - ours)
     return {k: round(v, 2) for k, v in busy.items()}
 
 
@@ -194,6 +205,7 @@ def run_wrk(
 ) -> tuple[str, dict[str, float], float]:
     """wrk's report, CPU by group over the run, and the run's wall seconds."""
     before = cpu_ticks()
+    machine = machine_busy_ticks()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     wrk = subprocess.run(
@@ -212,9 +224,11 @@ def run_wrk(
         check=True,
     )
     elapsed = time.monotonic() - started
-    cpu = cpu_by_group(before, cpu_ticks(), roots, elapsed)
+    after, machine = cpu_ticks(), machine_busy_ticks() - machine
     done = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk has exited: its CPU is a child's
-    cpu["wrk"] = round((done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime) / elapsed, 2)
+    wrk_cpu = (done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime) / elapsed
+    cpu = cpu_by_group(before, after, roots, elapsed, machine - round(wrk_cpu * elapsed * CLK_TCK))
+    cpu["wrk"] = round(wrk_cpu, 2)
     return wrk.stdout, cpu, elapsed
 
 
