@@ -343,6 +343,12 @@ def test_redis_restart_under_load(topology: Topology) -> None:
         )
     )
     assert "restart redis done" in result.events
+    if result.failed and not topology.redis_tracked():
+        pytest.xfail(
+            f"{len(result.failed)} requests failed while Redis restarted ({result.summary()}): a Redis error"
+            " escapes the limit check as a 500 on this tree; [infra]'s Redis handling (fail fast and"
+            " reconnect, on_store_error) is not merged"
+        )
     assert not result.failed, result.summary()
     deadline = time.monotonic() + 15
     with topology.http() as http:

@@ -183,6 +183,11 @@ class Topology:
         spool = body.get("checks", {}).get("request_log", {}).get("spool", {})
         return bool(spool.get("enabled"))
 
+    def redis_tracked(self) -> bool:
+        """Whether the replicas track Redis as a dependency in /readyz ([infra]'s Redis handling)."""
+        _, body = self.readyz(self.replica_urls[-1])
+        return "redis" in body.get("checks", {})
+
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
