@@ -259,7 +259,8 @@ def _costs(topology: Topology, ids: set[str]) -> list[float]:
 
 
 def test_kill_9_of_a_replica_under_load(topology: Topology) -> None:
-    """Only the requests the killed replica had taken fail (502 from nginx, no answer was sent); nginx
+    """Only the requests the killed replica had taken fail (502 from nginx, or a response cut off after
+    its header when the replica died mid-write; no complete answer was sent); nginx
     retries the rest on the other replica; every answered request keeps its log row (the killed
     replica's spool is replayed when it starts again on its data dir)."""
     key = topology.create_key("load-kill", "app")
@@ -278,7 +279,9 @@ def test_kill_9_of_a_replica_under_load(topology: Topology) -> None:
     print(f"kill -9 under load: {result.summary()}")
     assert len(result.answered) > 100, result.summary()
     for failure in result.failed:
-        assert failure.status == 502, (failure, result.summary())  # nginx's, never a replica's 500
+        # nginx's 502 (never a replica's 500), or a response cut off: r1 died between its header and body
+        cut = failure.status == 0 and "RemoteProtocolError" in failure.error
+        assert failure.status == 502 or cut, (failure, result.summary())
         assert killed <= failure.ended <= killed + 2, (failure, result.summary())
     # each client has one request in flight: those r1 held when it died (or took while its sockets were
     # being closed, before nginx saw the first failure and stopped sending it more) are all that fail
