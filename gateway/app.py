@@ -22,6 +22,7 @@ from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.catalog import Catalog
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
+from gateway.db.locks import bootstrap_lock
 from gateway.egress import Egress
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
@@ -69,6 +70,13 @@ def prepare_database(settings: Settings) -> Engine:
     ensure_private_dir(settings.resolved_data_dir())
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
+    # replicas starting together on one PostgreSQL database: one bootstraps, the others then find it done
+    with bootstrap_lock(engine):
+        _bootstrap_registry(settings, engine)
+    return engine
+
+
+def _bootstrap_registry(settings: Settings, engine: Engine) -> None:
     blobs = BlobStore(blob_root(settings.resolved_data_dir()))
     report = bootstrap(
         engine,
@@ -88,7 +96,6 @@ def prepare_database(settings: Settings) -> Engine:
     key_file = KeyService(engine).ensure_bootstrap_admin(settings.resolved_data_dir())
     if key_file is not None:
         print(f"opsgate: no API keys existed; created an admin key in {key_file} (readable only by you)")
-    return engine
 
 
 def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:

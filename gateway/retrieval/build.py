@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from gateway.db.locks import bootstrap_lock
 from gateway.db.models import Alias, ArtifactVersion
 from gateway.db.state import utcnow
 from gateway.errors import ConfigError
@@ -235,6 +236,7 @@ class IndexBuilder:
                 "opsgate_hash": plan.content_hash,
                 "chunks": len(ingested.chunks),
             },
+            plan.embedder,
         )
         record, bootstrapped = self._register(plan, actor, stats, version)
         result = BuildResult(
@@ -454,7 +456,13 @@ def bootstrap_indexes(builder: IndexBuilder, *, actor: str, working_tree: bool =
     production), once (gateway/registry/bootstrap.py). Indexes with a version, and every index after the
     first start, are governed: build them with `opsgate index build` and promote. An index whose sources
     match no files is left out with a warning (a project copied without its documents); an index file
-    with uncommitted changes is left out with a warning too."""
+    with uncommitted changes is left out with a warning too. Replicas starting together on one PostgreSQL
+    database build one at a time: the first builds, the others find it built."""
+    with bootstrap_lock(builder.engine):
+        return _bootstrap_indexes(builder, actor=actor, working_tree=working_tree)
+
+
+def _bootstrap_indexes(builder: IndexBuilder, *, actor: str, working_tree: bool) -> list[BuildResult]:
     if not indexes_open_now(builder.engine) or registry_open_now(builder.engine):
         return []  # already done, or nothing was registered yet (a project with no commit)
     not_committed = uncommitted(builder.project_dir, KIND_DIRS["index"], working_tree=working_tree)
