@@ -109,7 +109,7 @@ def make_project(root: Path) -> Path:
     project = build_project(root, files=files)
     git(project, "init", "-q")
     git(project, "add", "-A")
-    git(project, "commit", "-qm", "project")
+    git(project, "commit", "-q", "--allow-empty", "-m", "project")
     return project
 
 

@@ -153,7 +153,7 @@ def rag_project(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
                 path.write_text(content, encoding="utf-8")
         git(root, "init", "-q")
         git(root, "add", "-A")
-        git(root, "commit", "-qm", "project")
+        git(root, "commit", "-q", "--allow-empty", "-m", "project")
         return root
 
     return make
