@@ -51,6 +51,9 @@ EOF
     sed -e 's|@UPSTREAM@|http://127.0.0.1:18080/v1|; s|@UPSTREAM_STREAM@|http://127.0.0.1:18080/stream/v1|' \
       "$proj/templates/$name.yaml" >"$proj/config/routers/$name.yaml"
   done
+  # a git repository of its own (bench/runs/ is ignored around it): a first start registers what is committed
+  git -C "$proj" init -q && git -C "$proj" add -A \
+    && git -C "$proj" -c user.name=bench -c user.email=bench@localhost commit -q -m "bench project"
   OPSGATE_PROJECT_DIR="$proj" OPSGATE_DATA_DIR="$data" \
     "$OPSGATE_BIN" keys create --name bench --role app --key "$BENCH_KEY" >"$run/keys-create.log" 2>&1 \
     || { cat "$run/keys-create.log" >&2; exit 1; }
@@ -61,10 +64,11 @@ run_mode() {  # mode policy-file [peer.sh options...]
   local run="$REPO/bench/runs/$STAMP-policy-$mode"
   build_project "$run" "$policy"
   local proj="$run/project" data="$run/data"
-  local cmd="cd '$proj' && export OPSGATE_PROJECT_DIR='$proj' OPSGATE_DATA_DIR='$data' OPSGATE_BOOTSTRAP_WORKING_TREE=true \
+  local cmd="cd '$proj' && export OPSGATE_PROJECT_DIR='$proj' OPSGATE_DATA_DIR='$data' \
 BENCH_FAKE_UPSTREAM_KEY=sk-fake-upstream && \
 for t in templates/*.yaml; do sed -e 's|@UPSTREAM@|{upstream}|; s|@UPSTREAM_STREAM@|{upstream_stream}|' \
 \"\$t\" > config/routers/\$(basename \"\$t\") || exit 1; done && \
+git add -A && git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m 'routers for this run' && \
 exec '$OPSGATE_BIN' serve --host 127.0.0.1 --port {port}"
   echo "bench: $mode mode, run folder $run" >&2
   set +e

@@ -73,17 +73,22 @@ for t in "$PROJ"/templates/*.yaml; do
     "$t" >"$PROJ/config/routers/$(basename "$t")"
 done
 
-# The bench project is not a git repository: its first start registers the working tree (an operator's
-# explicit choice, docs/registry.md "A fresh install").
-export OPSGATE_PROJECT_DIR="$PROJ" OPSGATE_DATA_DIR="$DATA" OPSGATE_BOOTSTRAP_WORKING_TREE=true
+# The bench project is a git repository of its own (bench/runs/ is ignored by the opsgate repository
+# around it): a first start registers only what is committed. The target command commits the routers it
+# renders with the harness's upstream addresses before each start.
+GIT_BENCH=(git -C "$PROJ" -c user.name=bench -c user.email=bench@localhost -c commit.gpgsign=false)
+"${GIT_BENCH[@]}" init -q && "${GIT_BENCH[@]}" add -A && "${GIT_BENCH[@]}" commit -q -m "bench project"
+export OPSGATE_PROJECT_DIR="$PROJ" OPSGATE_DATA_DIR="$DATA"
 "$OPSGATE_BIN" keys create --name bench --role app --key "$BENCH_KEY" >"$RUN/keys-create.log" 2>&1 \
   || { cat "$RUN/keys-create.log" >&2; exit 1; }
 
-TARGET_CMD="cd '$PROJ' && export OPSGATE_PROJECT_DIR='$PROJ' OPSGATE_DATA_DIR='$DATA' OPSGATE_BOOTSTRAP_WORKING_TREE=true \
+TARGET_CMD="cd '$PROJ' && export OPSGATE_PROJECT_DIR='$PROJ' OPSGATE_DATA_DIR='$DATA' \
 BENCH_FAKE_UPSTREAM_KEY=sk-fake-upstream && \
 for t in templates/*.yaml; do sed -e 's|@UPSTREAM@|{upstream}|; s|@UPSTREAM_STREAM@|{upstream_stream}|' \
 -e 's|@UPSTREAM_SLOW@|{upstream_slow}|' \
 \"\$t\" > config/routers/\$(basename \"\$t\") || exit 1; done && \
+git -c user.name=bench -c user.email=bench@localhost add -A && \
+git -c user.name=bench -c user.email=bench@localhost commit -q --allow-empty -m 'routers for this run' && \
 exec '$OPSGATE_BIN' serve --host 127.0.0.1 --port {port}"
 
 echo "bench: run folder $RUN" >&2

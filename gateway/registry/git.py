@@ -95,6 +95,14 @@ class GitRepo:
                 i += 1
         return sorted(p.removeprefix(prefix) for p in found)
 
+    def ignored_paths(self, paths: list[str]) -> list[str]:
+        """Files under `paths` that git ignores (never committed, never reported as changes), relative to
+        this directory."""
+        if not paths:
+            return []
+        out = self._git_bytes("ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--", *paths)
+        return sorted(r.decode("utf-8", errors="surrogateescape") for r in out.split(b"\0") if r)
+
     def last_commit(self, path: str) -> Commit | None:
         out = self._git("log", "-1", "--format=%H%x1f%an <%ae>%x1f%B", "--", path)
         if not out.strip():

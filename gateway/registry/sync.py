@@ -297,6 +297,7 @@ def bootstrap(
         assert head is not None
         artifacts, errors = load_artifacts(project_dir, SYNC_KINDS, git_tree(repo, head))
         skipped = [_skipped_line(p) for p in repo.dirty_paths(folders)] if folders else []
+        skipped += [_ignored_line(p) for p in repo.ignored_paths(folders) if p.endswith((".yaml", ".yml"))]
         sourced = [(art, _committed_source(repo, art)) for art in artifacts]
     elif working_tree:
         head = None
@@ -327,6 +328,10 @@ def _skipped_line(path: str) -> str:
         f"{path} has uncommitted changes (or is not in git): they were not registered; commit them, then"
         " `opsgate sync` and promote"
     )
+
+
+def _ignored_line(path: str) -> str:
+    return f"{path} is ignored by git (.gitignore), so it is not committed: it was not registered"
 
 
 def uncommitted(project_dir: Path, folder: str, *, working_tree: bool) -> set[str] | None:

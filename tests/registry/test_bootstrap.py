@@ -83,3 +83,18 @@ def test_the_first_sync_is_the_bootstrap_and_dirty_files_do_not_become_productio
     project.commit("draft")
     assert not sync(engine, project.path, actor=ACTOR).bootstrapped
     assert len(bootstrap_entries(engine)) == 1
+
+
+def test_files_git_ignores_are_named_and_leave_the_registry_open(
+    git_project: Callable[..., GitProject], fresh_engine: Engine
+) -> None:
+    """A router file under a .gitignore'd path is never committed: the bootstrap says so (it used to pass
+    over it in silence and leave the gateway with no router)."""
+    project = git_project({".gitignore": ".opsgate/\nconfig/routers/local-*.yaml\n"})
+    project.write(
+        "config/routers/local-echo.yaml",
+        "name: local-echo\ndeployments:\n  - {id: a, model: local/extractive}\n",
+    )
+    report = bootstrap(fresh_engine, project.path, actor="test")
+    assert any("config/routers/local-echo.yaml is ignored by git" in line for line in report.skipped)
+    assert "local-echo" not in {r.name for r in VersionStore(fresh_engine).versions()}
