@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from typing import Any
 
 import orjson
@@ -23,22 +24,98 @@ from gateway.errors import InvalidFields, InvalidJSON
 from gateway.ml.schema import coerce_csv_value
 from gateway.ml.spec import ModelSpec
 
+MAX_DEPTH = 32  # {"dataframe_split": {"data": [[...]]}} is 4 levels deep
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 Rows = list[Any]
 
 
 def loads(raw: bytes) -> Any:
-    """JSON, also with NaN/Infinity literals (Python's json writes them), so they reach the data checks."""
+    """JSON, also with NaN/Infinity literals (Python's json writes them), so they reach the data checks.
+    Nesting deeper than MAX_DEPTH is refused: rows hold flat values, and a deep body must not reach code
+    that recurses (repr, the policy checks, the log writer)."""
     if not raw.strip():
         raise InvalidJSON("the request body is empty; send a JSON object")
     try:
-        return orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            reason = str(exc).split(":", 1)[0]
-            raise InvalidJSON(f"the request body is not valid JSON ({reason})") from exc
+        data = _lenient(raw, exc)
+    check_depth(data)
+    return data
+
+
+def _lenient(raw: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """The standard library's parser, for the NaN/Infinity literals orjson refuses."""
+    reason = str(exc).split(":", 1)[0]
+    field = _top_level_key(raw, exc.pos)
+    too_deep = InvalidFields(
+        f"{field or 'the request body'}: nested deeper than {MAX_DEPTH} levels (at character {exc.pos});"
+        " send flat rows, e.g."
+        ' {"records": [{"column": 1.5}]}',
+        param=field,
+        code="too_deep",
+    )
+    if "depth" in reason or "recursion" in reason.lower():
+        raise too_deep from exc
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise too_deep from exc
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJSON(f"the request body is not valid JSON ({reason})") from exc
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:,]')
+KEY_SCAN_BYTES = 65536
+
+
+def _top_level_key(raw: bytes, pos: int) -> str | None:
+    """The key of the body's top-level object under which position `pos` lies (scans at most 64 KiB)."""
+    if pos > KEY_SCAN_BYTES or not raw.lstrip().startswith(b"{"):
+        return None
+    depth, key, last_string = 0, None, None
+    for token in _TOKEN.finditer(raw, 0, pos):
+        text = token.group()
+        if text in (b"{", b"["):
+            depth += 1
+        elif text in (b"}", b"]"):
+            depth -= 1
+        elif text == b":" and depth == 1:
+            key = last_string
+        elif text.startswith(b'"'):
+            last_string = text
+    try:
+        return str(json.loads(key)) if key is not None else None
+    except ValueError:
+        return None
+
+
+def check_depth(data: Any, limit: int | None = None) -> None:
+    """422 naming the field when containers nest deeper than `limit` (walks containers, not loops)."""
+    limit = MAX_DEPTH if limit is None else limit
+    if not isinstance(data, dict | list):
+        return
+    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(data, 1, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    where = _path((*path, key))
+                    raise InvalidFields(
+                        f"{where}: nested deeper than {limit} levels; rows hold flat values (numbers,"
+                        " strings, booleans, null)",
+                        param=where,
+                        code="too_deep",
+                    )
+                stack.append((child, depth + 1, (*path, key) if len(path) < 5 else path))
+
+
+def _path(parts: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in parts[:4]:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return (out or "body") + ("..." if len(parts) > 4 else "")
 
 
 def _rows_list(value: Any, param: str) -> Rows:
