@@ -36,6 +36,7 @@ from gateway.serving import Call, Gateway
 
 router = APIRouter(tags=["ml"])
 MONITOR_ROLES = ("admin", "approver", "prompt-engineer")
+MAX_FEEDBACK = 10_000
 INTERNAL = "internal error; quote request id {request_id} when reporting it"  # as the middleware says
 
 
@@ -140,7 +141,6 @@ async def feedback(request: Request, name: str) -> Response:
     ml = ml_of(request)
 
     async def handle(call: Call) -> Response:
-        call.model = name
         items = _feedback_items(protocol.loads(await _body(request)))
         return _json({"accepted": await ml.feedback(call, name, items)})
 
@@ -156,6 +156,11 @@ def _feedback_items(data: Any) -> list[dict[str, Any]]:
             )
     else:
         items = [data]
+    if len(items) > MAX_FEEDBACK:
+        raise InvalidFields(
+            f"feedback: at most {MAX_FEEDBACK} items per request (this one has {len(items)}); split it",
+            param="feedback",
+        )
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "prediction_id" not in item or "label" not in item:
             raise InvalidFields(

@@ -353,7 +353,13 @@ class Monitor:
         }
         await deliver("retrain", evidence)
         result: dict[str, Any] = {"reasons": reasons, "webhook": True}
-        if spec.command:  # the operator's command by that name, in the background; no output comes back
+        if isinstance(spec.command, list):  # registered before the rule: never run
+            result["command"] = {
+                "status": "refused",
+                "error": "this version's spec holds a command instead of naming one of the operator's"
+                " ml.retrain_commands (config/gateway.yaml); it does not run",
+            }
+        elif spec.command:  # the operator's command by that name, in the background; no output comes back
             result["command"] = self.runner.start(served, spec.command, evidence)
         return result
 

@@ -57,11 +57,24 @@ def _lenient(raw: bytes, exc: orjson.JSONDecodeError) -> Any:
     if "depth" in reason or "recursion" in reason.lower():
         raise too_deep from exc
     try:
-        return json.loads(raw)
+        data = json.loads(raw, parse_int=_int)
     except RecursionError:
         raise too_deep from exc
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidJSON(f"the request body is not valid JSON ({reason})") from exc
+    except (ValueError, UnicodeDecodeError) as err:
+        detail = reason if isinstance(err, json.JSONDecodeError) else str(err).split(":", 1)[0]
+        raise InvalidJSON(f"the request body is not valid JSON ({detail})") from exc
+    try:  # what the standard parser lets through must still be loggable (the log writers use orjson)
+        orjson.dumps(data)
+    except orjson.JSONEncodeError as bad:
+        raise InvalidJSON(f"the request body holds a value that cannot be stored ({bad})") from exc
+    return data
+
+
+def _int(text: str) -> int | float:
+    """Integers as orjson reads them: 64-bit ones exactly, larger ones as floats (inf beyond the range
+    of a double, which the data checks refuse as not finite)."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)
 
 
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:,]')
@@ -111,10 +124,15 @@ def check_depth(data: Any, limit: int | None = None) -> None:
                 stack.append((child, depth + 1, (*path, key) if len(path) < 5 else path))
 
 
+def shown(name: str) -> str:
+    """A caller's field name as it may appear in a message and the log: short, printable (no NUL)."""
+    return name if len(name) <= 64 and name.isprintable() else repr(name[:64])
+
+
 def _path(parts: tuple[str | int, ...]) -> str:
     out = ""
     for part in parts[:4]:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{shown(part)}" if out else shown(part))
     return (out or "body") + ("..." if len(parts) > 4 else "")
 
 
@@ -150,8 +168,9 @@ def predict_rows(data: Any) -> tuple[Rows, bool]:
     unknown = set(data) - {"records", "explain"}
     if unknown:
         raise InvalidFields(
-            f"{sorted(unknown)[0]}: unknown field; send records (a list of rows) and optionally explain",
-            param=sorted(unknown)[0],
+            f"{shown(sorted(unknown)[0])}: unknown field; send records (a list of rows) and optionally"
+            " explain",
+            param=shown(sorted(unknown)[0]),
         )
     if "records" not in data:
         raise InvalidFields("records: this field is required (a list of rows)", param="records")
@@ -169,7 +188,7 @@ def mlflow_rows(data: Any, spec: ModelSpec) -> Rows:
     if len(present) != 1 or extra:
         raise InvalidFields(
             "the body must have exactly one of dataframe_split, dataframe_records, instances or inputs"
-            + (f" (unknown field: {sorted(extra)[0]})" if extra else ""),
+            + (f" (unknown field: {shown(sorted(extra)[0])})" if extra else ""),
             code="invalid_mlflow_input",
         )
     key = present[0]
@@ -220,9 +239,21 @@ def csv_rows(raw: bytes, spec: ModelSpec) -> Rows:
     except UnicodeDecodeError as exc:
         raise InvalidJSON("the CSV body is not UTF-8") from exc
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header:
-        raise InvalidFields("the CSV body needs a header row naming the columns", code="invalid_csv")
+    try:
+        header = next(reader, None)
+        if not header:
+            raise InvalidFields("the CSV body needs a header row naming the columns", code="invalid_csv")
+        out = _csv_data(reader, header, spec)
+    except csv.Error as exc:  # NUL bytes, a field over the csv module's size limit
+        raise InvalidFields(
+            f"the CSV body cannot be read at line {reader.line_num} ({exc})", code="invalid_csv"
+        ) from exc
+    if not out:
+        raise InvalidFields("the CSV body has no data rows", code="invalid_csv")
+    return out
+
+
+def _csv_data(reader: Any, header: list[str], spec: ModelSpec) -> Rows:
     out: Rows = []
     for i, cells in enumerate(reader):
         if not cells:
@@ -232,6 +263,4 @@ def csv_rows(raw: bytes, spec: ModelSpec) -> Rows:
                 f"CSV row {i}: has {len(cells)} cells for {len(header)} columns", code="invalid_csv"
             )
         out.append({c: coerce_csv_value(spec.inputs.get(c), v) for c, v in zip(header, cells, strict=True)})
-    if not out:
-        raise InvalidFields("the CSV body has no data rows", code="invalid_csv")
     return out

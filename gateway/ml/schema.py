@@ -52,13 +52,13 @@ def field_check(field: FieldSpec) -> Check:
         if numeric and isinstance(value, float) and not math.isfinite(value):
             return ("finite", f"{value} is not a finite number")
         if not is_type(value):
-            return ("type", f"{value!r} is not {'an' if field.type == 'integer' else 'a'} {field.type}")
+            return ("type", f"{value!r:.80} is not {'an' if field.type == 'integer' else 'a'} {field.type}")
         if low is not None and value < low:
             return ("min", f"{value} is below the minimum {low:g}")
         if high is not None and value > high:
             return ("max", f"{value} is above the maximum {high:g}")
         if allowed is not None and value not in allowed:
-            return ("categories", f"{value!r} is not one of {sorted(allowed, key=str)}")
+            return ("categories", f"{value!r:.80} is not one of {sorted(allowed, key=str)}")
         return None
 
     return check

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -57,6 +58,8 @@ log = logging.getLogger("opsgate.ml")
 Key = tuple[str, int, str]
 RETRY_FAILED_LOAD_S = 5.0
 RECENT_REQUESTS = 100_000
+LOOKUP_CHUNK = 900  # ids per query: under every database's bound-parameter limit
+PREDICTION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,48}:[0-9]{1,9}$")  # <request id>:<row>
 
 
 def load_served(
@@ -298,8 +301,8 @@ class MLService:
             raise ModelUnavailable(f"{record.ref} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
     def resolve(self, call: Call, target: str) -> VersionRecord:
-        call.model = target
         ref = parse_ref(target, default_kind="model", param="model")
+        call.model = target  # a valid reference only: the log row and metrics never carry arbitrary text
         if ref.kind != "model":
             raise ModelNotFound(
                 f"{target!r} is not a model; use name, name@VERSION or name@ALIAS", param="model"
@@ -451,7 +454,8 @@ class MLService:
 
     async def feedback(self, call: Call, name: str, items: list[dict[str, Any]]) -> int:
         if not self.catalog.has("model", name):
-            raise ModelNotFound(f"model:{name} does not exist in the registry", param="model")
+            raise ModelNotFound(f"model:{name!r} does not exist in the registry", param="model")
+        call.model = name
         assert call.principal is not None
         if not call.principal.may_call("model", name):
             raise PermissionDenied(f"this key may not call model:{name}", param="model")
@@ -494,11 +498,17 @@ class MLService:
         return found
 
     def _lookup(self, name: str, ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        wellformed = [
+            pid for pid in ids if PREDICTION_ID.match(pid)
+        ]  # others cannot exist (nor NUL reach SQL)
         with Session(self.engine) as s:
-            q = select(MLPrediction.id, MLPrediction.version).where(
-                MLPrediction.name == name, MLPrediction.id.in_(ids)
-            )
-            return {pid: version for pid, version in s.execute(q)}
+            for start in range(0, len(wellformed), LOOKUP_CHUNK):
+                q = select(MLPrediction.id, MLPrediction.version).where(
+                    MLPrediction.name == name, MLPrediction.id.in_(wellformed[start : start + LOOKUP_CHUNK])
+                )
+                found.update({pid: version for pid, version in s.execute(q)})
+        return found
 
     def _check_label(self, name: str, version: int, label: Any, i: int) -> None:
         served = next((m for k, m in self._served.items() if k[0] == name and k[1] == version), None)

@@ -22,14 +22,15 @@ commands retraining runs are the operator's (`ml:` in config/gateway.yaml, see g
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gateway.registry.specs import NAME_PATTERN
 from gateway.yamlspec import StrictModel
 
 log = logging.getLogger("opsgate.ml")
+STORED = "stored"  # validation context: a registered version's spec, read back from the registry
 Scalar = int | float | str | bool
 FieldType = Literal["number", "integer", "string", "boolean"]
 NUMERIC: frozenset[str] = frozenset({"number", "integer", "boolean"})
@@ -162,18 +163,19 @@ def _default_breaches() -> list[Breach]:
 
 class RetrainSpec(StrictModel):
     on: list[Breach] = Field(default_factory=_default_breaches)
-    command: str | None = Field(
+    command: Annotated[str, Field(pattern=NAME_PATTERN)] | list[str] | None = Field(
         None,
-        pattern=NAME_PATTERN,
         description="The name of a command the operator configured in config/gateway.yaml"
-        " (ml.retrain_commands); it runs with the evidence as JSON on stdin and OPSGATE_MODEL_REF set.",
+        " (ml.retrain_commands); it runs with the evidence as JSON on stdin and OPSGATE_MODEL_REF set."
+        " A list (a command written in the spec) is refused; versions registered before that rule keep"
+        " it in their content, and it never runs.",
     )
     cooldown_s: float = Field(3600, ge=0, description="At most one trigger per version in this time.")
 
-    @field_validator("command", mode="before")
+    @field_validator("command")
     @classmethod
-    def _named_command(cls, value: object) -> object:
-        if isinstance(value, list):
+    def _named_command(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        if isinstance(value, list) and not (info.context or {}).get(STORED):
             raise ValueError(
                 "a model spec names a retraining command, it cannot hold one (a command written here would"
                 " run in the gateway). Ask the operator to add it to config/gateway.yaml, e.g."
@@ -245,21 +247,14 @@ class ModelSpec(StrictModel):
 
 
 def stored_spec(data: dict[str, Any], ref: str) -> ModelSpec:
-    """A registered version's spec. Versions registered before retraining commands moved to the operator's
-    config may hold an argv in `retrain.command`: it is dropped (never run), with a warning, so the model
-    still serves; any other spec this code cannot read is a ModelUnavailable that says what to do."""
+    """A registered version's spec, parsed as it was registered (its content hash must still match).
+    Versions registered before retraining commands moved to the operator's config may hold an argv in
+    `retrain.command`: it parses, and never runs (gateway/ml/retrain.py refuses anything but a name).
+    A spec this code cannot read is a ModelUnavailable that says what to do."""
     from gateway.ml.errors import ModelUnavailable
 
-    retrain = data.get("retrain")
-    if isinstance(retrain, dict) and isinstance(retrain.get("command"), list):
-        log.warning(
-            "%s: retrain.command holds a command; it will never run (name one of ml.retrain_commands in"
-            " config/gateway.yaml instead, and register a new version)",
-            ref,
-        )
-        data = {**data, "retrain": {k: v for k, v in retrain.items() if k != "command"}}
     try:
-        return ModelSpec.model_validate(data)
+        spec = ModelSpec.model_validate(data, context={STORED: True})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "spec"
@@ -267,3 +262,10 @@ def stored_spec(data: dict[str, Any], ref: str) -> ModelSpec:
             f"{ref} was registered with a spec this gateway cannot read ({where}: {first['msg']}); fix the"
             " file and register a new version with `opsgate sync`"
         ) from exc
+    if spec.retrain is not None and isinstance(spec.retrain.command, list):
+        log.warning(
+            "%s: retrain.command holds a command, which will never run: name one of the operator's"
+            " ml.retrain_commands (config/gateway.yaml) instead, and register a new version",
+            ref,
+        )
+    return spec
