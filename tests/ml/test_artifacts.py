@@ -75,7 +75,7 @@ def test_a_retrain_command_in_a_spec_is_refused(project: Path) -> None:
     text = spec_file.read_text()
     assert "command: cancer_retrain" in text
     spec_file.write_text(text.replace("command: cancer_retrain", "command: [sh, -c, env]"))
-    with pytest.raises(ConfigError, match="ml.*retrain_commands"):
+    with pytest.raises(ConfigError, match=r"ml.*retrain_commands"):
         load_artifact(project, "model", spec_file)
 
 
