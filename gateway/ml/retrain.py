@@ -49,6 +49,14 @@ class RetrainRunner:
         self.commands = dict(commands)
         self.timeout_s = timeout_s
         self._tasks: set[asyncio.Task[None]] = set()
+        for name, argv in self.commands.items():
+            for path in project_files(project_dir, argv):
+                log.warning(
+                    "retrain command %r runs %s, a file in the project: whoever can commit there changes"
+                    " what runs in the gateway; keep retraining scripts outside the project",
+                    name,
+                    path,
+                )
 
     def start(self, served: ServedModel, name: str, evidence: dict[str, Any]) -> dict[str, Any]:
         """Start the named command for this version; returns what the caller may see (never output)."""
@@ -191,6 +199,23 @@ async def _feed_and_tail(proc: asyncio.subprocess.Process, payload: bytes) -> by
         return kept
 
     return (await asyncio.gather(feed(), tail()))[1]
+
+
+def project_files(project_dir: Path | None, argv: list[str]) -> list[str]:
+    """The arguments of a command that name a file inside the project (prompt engineers commit there)."""
+    if project_dir is None:
+        return []
+    root = project_dir.resolve()
+    found = []
+    for arg in argv:
+        try:
+            path = (root / arg).resolve()
+            inside = path.is_relative_to(root) and path.is_file()
+        except (OSError, ValueError):  # not a path at all (code, a NUL, too long)
+            continue
+        if inside:
+            found.append(arg)
+    return found
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:
