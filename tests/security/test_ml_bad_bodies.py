@@ -10,12 +10,15 @@ fail the writer's whole batch). The list and card routes write their rows too.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import skops.io as sio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess
@@ -135,3 +138,34 @@ def test_model_list_and_card_write_their_log_rows(gw: GatewayProcess) -> None:
         check(gw, missing, 404, "model_not_found", "model")
         unauthenticated = httpx.get(gw.root_url + "/v1/ml")
         check(gw, unauthenticated, 401, "invalid_api_key", None)
+
+
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+)
+FIELD_NAMES = st.sampled_from(["f0", "f1", "f2", "f3", "explain", "records", "x\x00", ""])
+ROWS = st.lists(st.dictionaries(FIELD_NAMES, JSON, max_size=5) | JSON, max_size=4)
+BODIES = st.one_of(
+    JSON,
+    st.fixed_dictionaries({"records": ROWS}, optional={"explain": JSON}),
+    st.fixed_dictionaries({}, optional={"dataframe_records": ROWS, "instances": JSON, "inputs": JSON,
+                                         "dataframe_split": JSON, "params": JSON}),
+    st.fixed_dictionaries({}, optional={"feedback": JSON, "prediction_id": JSON, "label": JSON}),
+)  # fmt: skip
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(route=st.sampled_from(["predict", "invocations", "feedback"]), body=BODIES)
+def test_generated_bodies_never_get_a_5xx_and_always_one_log_row(
+    gw: GatewayProcess, route: str, body: Any
+) -> None:
+    raw = json.dumps(body, allow_nan=True).encode()
+    with gw.http(headers={**gw.auth(), "content-type": "application/json"}) as http:
+        r = http.post(f"/v1/ml/scored/{route}", content=raw)
+    assert r.status_code < 500, (raw[:300], r.text[:300])
+    if r.status_code >= 400:
+        assert r.json()["error"]["message"]
+    request_id = r.headers["x-opsgate-request-id"]
+    assert gw.log_row(request_id)["status"] == r.status_code and gw.count_rows(request_id) == 1
