@@ -499,9 +499,8 @@ class MLService:
 
     def _lookup(self, name: str, ids: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
-        wellformed = [
-            pid for pid in ids if PREDICTION_ID.match(pid)
-        ]  # others cannot exist (nor NUL reach SQL)
+        # ids of another shape cannot exist; leaving them out also keeps NUL and the like away from SQL
+        wellformed = [pid for pid in ids if PREDICTION_ID.match(pid)]
         with Session(self.engine) as s:
             for start in range(0, len(wellformed), LOOKUP_CHUNK):
                 q = select(MLPrediction.id, MLPrediction.version).where(
