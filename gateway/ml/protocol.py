@@ -24,42 +24,32 @@ from gateway.errors import InvalidFields, InvalidJSON
 from gateway.ml.schema import coerce_csv_value
 from gateway.ml.spec import ModelSpec
 
-MAX_DEPTH = 32  # {"dataframe_split": {"data": [[...]]}} is 4 levels deep
+MAX_DEPTH = 1024  # orjson's limit; a request body needs 4 ({"dataframe_split": {"data": [[...]]}})
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 Rows = list[Any]
 
 
 def loads(raw: bytes) -> Any:
     """JSON, also with NaN/Infinity literals (Python's json writes them), so they reach the data checks.
-    Nesting deeper than MAX_DEPTH is refused: rows hold flat values, and a deep body must not reach code
-    that recurses (repr, the policy checks, the log writer)."""
+    Nesting deeper than orjson's limit (1,024 levels) is a 422 naming the top-level field; shallower
+    nesting inside rows is refused by the data checks (rows hold flat values), which never repr it."""
     if not raw.strip():
         raise InvalidJSON("the request body is empty; send a JSON object")
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        data = _lenient(raw, exc)
-    check_depth(data)
-    return data
+        return _lenient(raw, exc)
 
 
 def _lenient(raw: bytes, exc: orjson.JSONDecodeError) -> Any:
     """The standard library's parser, for the NaN/Infinity literals orjson refuses."""
     reason = str(exc).split(":", 1)[0]
-    field = _top_level_key(raw, exc.pos)
-    too_deep = InvalidFields(
-        f"{field or 'the request body'}: nested deeper than {MAX_DEPTH} levels (at character {exc.pos});"
-        " send flat rows, e.g."
-        ' {"records": [{"column": 1.5}]}',
-        param=field,
-        code="too_deep",
-    )
     if "depth" in reason or "recursion" in reason.lower():
-        raise too_deep from exc
+        raise _too_deep(raw, exc) from exc
     try:
         data = json.loads(raw, parse_int=_int)
     except RecursionError:
-        raise too_deep from exc
+        raise _too_deep(raw, exc) from exc
     except (ValueError, UnicodeDecodeError) as err:
         detail = reason if isinstance(err, json.JSONDecodeError) else str(err).split(":", 1)[0]
         raise InvalidJSON(f"the request body is not valid JSON ({detail})") from exc
@@ -68,6 +58,16 @@ def _lenient(raw: bytes, exc: orjson.JSONDecodeError) -> Any:
     except orjson.JSONEncodeError as bad:
         raise InvalidJSON(f"the request body holds a value that cannot be stored ({bad})") from exc
     return data
+
+
+def _too_deep(raw: bytes, exc: orjson.JSONDecodeError) -> InvalidFields:
+    field = _top_level_key(raw, exc.pos)
+    return InvalidFields(
+        f"{field or 'the request body'}: nested too deep (more than {MAX_DEPTH} levels, at character"
+        f' {exc.pos}); send flat rows, e.g. {{"records": [{{"column": 1.5}}]}}',
+        param=field,
+        code="too_deep",
+    )
 
 
 def _int(text: str) -> int | float:
@@ -102,38 +102,9 @@ def _top_level_key(raw: bytes, pos: int) -> str | None:
         return None
 
 
-def check_depth(data: Any, limit: int | None = None) -> None:
-    """422 naming the field when containers nest deeper than `limit` (walks containers, not loops)."""
-    limit = MAX_DEPTH if limit is None else limit
-    if not isinstance(data, dict | list):
-        return
-    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(data, 1, ())]
-    while stack:
-        value, depth, path = stack.pop()
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, child in items:
-            if isinstance(child, dict | list):
-                if depth >= limit:
-                    where = _path((*path, key))
-                    raise InvalidFields(
-                        f"{where}: nested deeper than {limit} levels; rows hold flat values (numbers,"
-                        " strings, booleans, null)",
-                        param=where,
-                        code="too_deep",
-                    )
-                stack.append((child, depth + 1, (*path, key) if len(path) < 5 else path))
-
-
-def shown(name: str) -> str:
-    """A caller's field name as it may appear in a message and the log: short, printable (no NUL)."""
+def field_name(name: str) -> str:
+    """A caller's field name as a message and the log show it: short and printable (no NUL), else repr'd."""
     return name if len(name) <= 64 and name.isprintable() else repr(name[:64])
-
-
-def _path(parts: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in parts[:4]:
-        out += f"[{part}]" if isinstance(part, int) else (f".{shown(part)}" if out else shown(part))
-    return (out or "body") + ("..." if len(parts) > 4 else "")
 
 
 def _rows_list(value: Any, param: str) -> Rows:
@@ -168,9 +139,9 @@ def predict_rows(data: Any) -> tuple[Rows, bool]:
     unknown = set(data) - {"records", "explain"}
     if unknown:
         raise InvalidFields(
-            f"{shown(sorted(unknown)[0])}: unknown field; send records (a list of rows) and optionally"
+            f"{field_name(sorted(unknown)[0])}: unknown field; send records (a list of rows) and optionally"
             " explain",
-            param=shown(sorted(unknown)[0]),
+            param=field_name(sorted(unknown)[0]),
         )
     if "records" not in data:
         raise InvalidFields("records: this field is required (a list of rows)", param="records")
@@ -188,7 +159,7 @@ def mlflow_rows(data: Any, spec: ModelSpec) -> Rows:
     if len(present) != 1 or extra:
         raise InvalidFields(
             "the body must have exactly one of dataframe_split, dataframe_records, instances or inputs"
-            + (f" (unknown field: {shown(sorted(extra)[0])})" if extra else ""),
+            + (f" (unknown field: {field_name(sorted(extra)[0])})" if extra else ""),
             code="invalid_mlflow_input",
         )
     key = present[0]

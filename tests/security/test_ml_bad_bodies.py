@@ -50,8 +50,11 @@ CASES: list[tuple[str, bytes, str, int, str, str | None]] = [
     ("predict", b"[" * DEEP + b"]" * DEEP, "json", 422, "too_deep", None),
     ("predict", b'{"explain": false, "records": [' + b'{"a": ' * DEEP + b"1" + b"}" * DEEP + b"]}", "json",
      422, "too_deep", "records"),
-    ("predict", b'{"records": [{"f0": ' + b"[" * 40 + b"]" * 40 + b"}]}", "json", 422, "too_deep",
-     "records[0].f0[0]..."),
+    ("predict", b'{"records": [{"f0": ' + b"[" * 1000 + b"]" * 1000 + b"}]}", "json", 422, "data_quality",
+     "rows[0].f0"),
+    ("predict", b'{"records": [' + ROW.encode()[:-1] + b', "x": ' + b"{\"a\": " * 1000 + b"1" + b"}" * 1000
+     + b"}]}", "json", 422, "data_quality", "rows[0].x"),
+    ("predict", b'{"records": [' + b"[" * 1000 + b"]" * 1000 + b"]}", "json", 422, "data_quality", "rows[0].*"),
     ("predict", b'{"records": [{"f0": 1e400, "f1": 1, "f2": 1, "f3": 1}]}', "json", 422, "data_quality",
      "rows[0].f0"),
     ("predict", b'{"records": [{"f0": NaN, "f1": 1' + b"0" * 400 + b', "f2": 1, "f3": 1}]}', "json", 422,
