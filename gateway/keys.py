@@ -26,10 +26,6 @@ from gateway.registry import audit
 ROLES = ("app", "prompt-engineer", "approver", "admin")
 KEY_PREFIX = "sk-og-"
 ADMIN_KEY_FILE = "admin.key"
-# Aliases an application key may name without a grant: those approvals (or a rollout) move.
-APP_ALIASES = frozenset({"production", "staging", "canary"})
-# Roles that may reach any version (by number, `latest`, any alias): they propose, evaluate, approve.
-VERSION_ROLES = ("prompt-engineer", "approver", "admin")
 
 
 def hash_key(value: str) -> str:
@@ -54,22 +50,11 @@ class Principal:
         return "admin" in self.roles or any(r in self.roles for r in roles)
 
     def may_call(self, kind: str, name: str) -> bool:
+        """Whether an allow pattern covers the artifact (a pattern's `@selector` grants versions: see
+        gateway.flow.access)."""
         target = f"{kind}:{name}"
-        patterns = [p.split("@", 1)[0] for p in self.allow]  # a version grant (`x@3`) also allows the name
+        patterns = (p.split("@", 1)[0] for p in self.allow)
         return any(fnmatch.fnmatchcase(target, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-    def may_use_selector(self, kind: str, name: str, selector: str | None) -> bool:
-        """Which versions of an artifact the key reaches (issue 11, item 6). Application keys reach only
-        what an alias in APP_ALIASES points at (the default, None, is `production`); a version number,
-        `latest` or another alias needs the role prompt-engineer, approver or admin, or an explicit grant
-        on the key: an allow pattern with a selector, e.g. `model:churn@3`, `model:churn@latest`,
-        `prompt:qa@*`. Call it after `may_call`."""
-        if self.has_role(*VERSION_ROLES):
-            return True
-        if selector is None or selector in APP_ALIASES:
-            return True
-        targets = (f"{kind}:{name}@{selector}", f"{name}@{selector}")
-        return any("@" in p and fnmatch.fnmatchcase(t, p) for p in self.allow for t in targets)
 
     @property
     def actor(self) -> str:

@@ -10,7 +10,7 @@
     GET  /admin/ml/{name}/importance global feature importance of a version (SHAP)
     GET  /admin/ml/{name}/retrain/{run_id}   a retraining run's status (its output is never returned)
 `{name}` takes a selector like any artifact reference: `churn`, `churn@production`, `churn@3`; an
-application key reaches only the versions behind its aliases (see `Principal.may_use_selector`).
+application key reaches only approved versions (a protected alias points at them; gateway/ml/access.py).
 Prediction ids are `<x-opsgate-request-id>:<row index>`. Every request writes exactly one log row.
 """
 
@@ -27,7 +27,7 @@ from fastapi.responses import Response
 from gateway.api.deps import call_for, gateway_of
 from gateway.errors import InvalidFields, NotFound, OpsgateError, PermissionDenied
 from gateway.keys import Principal
-from gateway.ml import protocol
+from gateway.ml import access, protocol
 from gateway.ml.errors import ExplanationFailed, ModelUnavailable
 from gateway.ml.model import ServedModel
 from gateway.ml.service import MLService, Prediction
@@ -221,15 +221,18 @@ def _card_for(ml: MLService, principal: Principal, record: VersionRecord) -> dic
             "version": record.version,
             "ref": record.ref,
             # only the aliases this key may name (an app key's card does not point at candidates)
-            "aliases": {
-                a: v for a, v in aliases.items() if principal.may_use_selector("model", record.name, a)
-            },
+            "aliases": {a: v for a, v in aliases.items() if _may_name(ml, principal, record, a, v)},
             "task": spec.task,
             "description": spec.description,
             "inputs": {k: v.model_dump(exclude_defaults=True) for k, v in spec.inputs.items()},
             "labels": spec.output.labels,
         },
     }
+
+
+def _may_name(ml: MLService, principal: Principal, record: VersionRecord, alias: str, version: int) -> bool:
+    target = ml.catalog.snapshot.records.get(("model", record.name, version))
+    return target is not None and access.may_serve(principal, target, alias, approved=ml.approved(target))
 
 
 # -- admin: monitoring figures ------------------------------------------------------------------------

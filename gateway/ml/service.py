@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from gateway.catalog import Catalog, Snapshot
 from gateway.db.state import utcnow
 from gateway.errors import InvalidFields, ModelNotFound, NotFound, OpsgateError, PermissionDenied
-from gateway.keys import APP_ALIASES, Principal
+from gateway.ml import access
 from gateway.ml.artifacts import ArtifactStore, load_model, verified_files
 from gateway.ml.batching import MicroBatcher
 from gateway.ml.config import MLConfig
@@ -237,6 +237,10 @@ class MLService:
     def _key(record: VersionRecord) -> Key:
         return (record.name, record.version, record.content_hash)
 
+    def approved(self, record: VersionRecord) -> bool:
+        """Whether a protected alias points at this version now."""
+        return self._approved(record)
+
     def _approved(self, record: VersionRecord) -> bool:
         aliases = self.catalog.aliases_of("model", record.name)
         return approved(aliases, record.version, self.protected_aliases)
@@ -309,7 +313,7 @@ class MLService:
             )
         record = self.catalog.resolve("model", ref.name, ref.selector)
         assert call.principal is not None
-        check_access(call.principal, record.name, ref.selector)
+        access.check(call.principal, record, ref.selector, approved=self._approved(record))
         call.artifacts.append(record.ref)
         return record
 
@@ -566,22 +570,6 @@ def _check_explainable(served: ServedModel, rows: int) -> None:
             f"explain: at most {spec.explain.max_rows} rows per request can be explained (this one has"
             f" {rows}); split the request, or send explain: false (the spec's explain.max_rows sets it)",
             param="explain",
-        )
-
-
-def check_access(principal: Principal, name: str, selector: str | None) -> None:
-    """403 unless the key may call the model and reach the version it named (issue 11, item 6)."""
-    if not principal.may_call("model", name):
-        raise PermissionDenied(
-            f"this key may not call model:{name} (its allow list does not include it)", param="model"
-        )
-    if not principal.may_use_selector("model", name, selector):
-        raise PermissionDenied(
-            f"this key reaches model:{name} only through the aliases {', '.join(sorted(APP_ALIASES))};"
-            f" model:{name}@{selector} needs the role prompt-engineer, approver or admin, or a grant on the"
-            f" key (`opsgate keys create ... --allow model:{name}@{selector}`)",
-            param="model",
-            code="version_not_allowed",
         )
 
 

@@ -1,11 +1,12 @@
 """Issue 11, finding 6 (classic models): every registered version was servable to any key by number or
 `latest`, so a version nobody approved (a fresh sync, a dirty one) answered application traffic.
 
-Secure outcome: an application key reaches a model only through the aliases application keys may name
-(`production`, `staging`, `canary`; the default is `production`), on /predict, /invocations and the model
-card; a version by number, `latest` or another alias is a 403 naming what to do, with one log row. The
-prompt-engineer, approver and admin roles reach any version (evaluation), and so does a key granted a
-selector explicitly (`--allow model:NAME@latest`). The card shows an application key only its aliases.
+Secure outcome: an application key is served a model version only while it is approved (a protected
+alias points at it), on /predict, /invocations and the model card, however it names it; `latest`, an
+unprotected alias (`beta`, `canary`, which a prompt engineer moves at once) or the number of an
+unapproved version is a 403 naming what to do, with one log row. The prompt-engineer, approver and admin
+roles reach any version (evaluation), and so does a key granted a selector explicitly
+(`--allow model:NAME@latest`). The card shows an application key only the aliases it may name.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def served(
         write_version_2(folder, x)
         git_commit(project, "scored v2")
         assert "registered model:scored@2" in gw.cli("sync", key=keys["engineer"]).stdout
-        gw.cli("promote", "model:scored@2", "--to", "beta", key=keys["engineer"])
+        for alias in ("beta", "canary"):  # unprotected: they move at once
+            gw.cli("promote", "model:scored@2", "--to", alias, key=keys["engineer"])
         with gw.http(headers=gw.auth()) as http:
             wait_until(lambda: http.get("/v1/ml/scored@beta").status_code == 200)
         yield gw, keys, rows(x)
@@ -68,8 +70,8 @@ def call(http: httpx.Client, target: str, route: str, body: list[dict[str, float
 
 
 ROUTES = ("predict", "invocations", "card")
-ALLOWED = ("scored", "model:scored", "scored@production")
-CANDIDATES = ("scored@1", "scored@2", "scored@latest", "scored@beta")
+ALLOWED = ("scored", "model:scored", "scored@production", "scored@1")
+CANDIDATES = ("scored@2", "scored@latest", "scored@beta", "scored@canary")
 
 
 def test_app_keys_reach_only_their_aliases(served: tuple[GatewayProcess, dict[str, str], Any]) -> None:
@@ -84,12 +86,14 @@ def test_app_keys_reach_only_their_aliases(served: tuple[GatewayProcess, dict[st
                 r = call(http, target, route, body)
                 assert r.status_code == 403, (target, route, r.text)
                 error = r.json()["error"]
-                assert error["code"] == "version_not_allowed" and error["param"] == "model"
-                assert "prompt-engineer" in error["message"] and "--allow model:scored@" in error["message"]
+                assert error["code"] == "version_not_approved" and error["param"] == "model"
+                assert (
+                    "prompt-engineer" in error["message"] and "--allow 'model:scored@*'" in error["message"]
+                )
                 request_id = r.headers["x-opsgate-request-id"]
                 assert gw.log_row(request_id)["status"] == 403 and gw.count_rows(request_id) == 1
         card = http.get("/v1/ml/scored").json()["opsgate"]
-        assert card["aliases"] == {"production": 1}  # latest and beta are not shown to an app key
+        assert card["aliases"] == {"production": 1}  # latest, beta and canary are not shown to an app key
         listed = http.get("/v1/ml").json()["data"]
         assert [c["opsgate"]["aliases"] for c in listed] == [{"production": 1}]
 
@@ -102,7 +106,8 @@ def test_a_grant_on_the_key_reaches_that_selector_only(
         r = call(http, "scored@latest", "predict", body)
         assert r.status_code == 200 and r.json()["version"] == 2
         assert call(http, "scored", "predict", body).json()["version"] == 1
-        for target in ("scored@1", "scored@2", "scored@beta"):
+        assert call(http, "scored@1", "predict", body).status_code == 200  # approved
+        for target in ("scored@2", "scored@beta", "scored@canary"):
             assert call(http, target, "predict", body).status_code == 403, target
 
 
@@ -117,5 +122,6 @@ def test_evaluating_roles_reach_every_version(
             for target in ALLOWED + CANDIDATES:
                 r = call(http, target, route, body)
                 assert r.status_code == 200, (target, route, r.text)
-        assert set(http.get("/v1/ml/scored").json()["opsgate"]["aliases"]) == {"latest", "production", "beta"}
+        aliases = http.get("/v1/ml/scored").json()["opsgate"]["aliases"]
+        assert set(aliases) == {"latest", "production", "beta", "canary"}
         assert call(http, "scored@beta", "predict", body).json()["version"] == 2
