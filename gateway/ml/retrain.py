@@ -49,6 +49,7 @@ class RetrainRunner:
         self.commands = dict(commands)
         self.timeout_s = timeout_s
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, dict[str, Any]] = {}  # run id -> state, until its final report is stored
         for name, argv in self.commands.items():
             for path in project_files(project_dir, argv):
                 log.warning(
@@ -71,6 +72,13 @@ class RetrainRunner:
                 f" in config/gateway.yaml: {known}); ask an operator to add it",
             }
         run_id = "run_" + secrets.token_hex(8)
+        self._running[run_id] = {
+            "model": served.name,
+            "version": served.version,
+            "run_id": run_id,
+            "command": name,
+            "status": "running",
+        }
         task = asyncio.create_task(self._run(run_id, name, argv, served, evidence), name=f"opsgate-{run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -80,16 +88,19 @@ class RetrainRunner:
         self, run_id: str, name: str, argv: list[str], served: ServedModel, evidence: dict[str, Any]
     ) -> None:
         state: dict[str, Any] = {"run_id": run_id, "command": name, "status": "running"}
-        await asyncio.to_thread(self._store, served, state)
-        started = time.monotonic()
-        status, code = await self._execute(run_id, name, argv, served, evidence)
-        final = {
-            **state,
-            "status": status,
-            "exit_code": code,
-            "duration_s": round(time.monotonic() - started, 3),
-        }
-        await asyncio.to_thread(self._store, served, final)
+        try:
+            await asyncio.to_thread(self._store, served, state)
+            started = time.monotonic()
+            status, code = await self._execute(run_id, name, argv, served, evidence)
+            elapsed = round(time.monotonic() - started, 3)
+            final = {**state, "status": status, "exit_code": code, "duration_s": elapsed}
+            await asyncio.to_thread(self._store, served, final)
+        except Exception:  # a background task: nobody awaits it, so say it here (e.g. the database is down)
+            log.exception(
+                "retrain run %s (%s for %s): its status could not be stored", run_id, name, served.ref
+            )
+        finally:  # stored (or cancelled with the gateway): the database answers from now on
+            self._running.pop(run_id, None)
 
     async def _execute(
         self, run_id: str, name: str, argv: list[str], served: ServedModel, evidence: dict[str, Any]
@@ -149,7 +160,11 @@ class RetrainRunner:
             session.commit()
 
     def status(self, name: str, run_id: str) -> dict[str, Any] | None:
-        """The newest state of a run (blocking: a database read), or None if there is no such run."""
+        """The newest state of a run (blocking: a database read unless this replica runs it now), or None
+        if there is no such run."""
+        running = self._running.get(run_id)
+        if running is not None and running["model"] == name:
+            return dict(running)
         q = (
             select(MLReport)
             .where(MLReport.name == name, MLReport.kind == RUN_KIND)
