@@ -32,13 +32,13 @@ from gateway.offline import apply_offline_env  # noqa: E402
 apply_offline_env()
 
 from gateway.errors import OpsgateError  # noqa: E402
+from gateway.flow.call import Call  # noqa: E402
 from gateway.keys import Principal  # noqa: E402
 from gateway.policy.pipeline import Pipeline  # noqa: E402
 from gateway.policy.quota import MemoryStore, QuotaStore, RedisStore  # noqa: E402
 from gateway.policy.spec import load_policy, registered_checks  # noqa: E402
 from gateway.registry.specs import RouterSpec  # noqa: E402
 from gateway.routing.router import Router  # noqa: E402
-from gateway.serving import Call  # noqa: E402
 
 HARNESS_REQUEST = REPO.parent / "shared" / "bench" / "chat-request.json"
 POLICY = Path(__file__).with_name("policy_governed.yaml")

@@ -32,6 +32,7 @@ build_project() {  # run-dir policy-file
 server: {host: 127.0.0.1, port: 8080, access_log: false}
 request_log: {queue_size: 10000, batch_size: 500, flush_interval_s: 0.2}
 cache: {refresh_interval_s: 0.5}
+egress: {hosts: ['127.0.0.1:*'], api_key_envs: [BENCH_FAKE_UPSTREAM_KEY]}  # the harness's fake upstream
 EOF
   cp "$2" "$proj/config/policies.yaml"
   for name in fake-gpt fake-gpt-stream; do

@@ -44,6 +44,9 @@ request_log:
   flush_interval_s: 0.2
 cache:
   refresh_interval_s: 0.5
+egress:   # the harness's fake upstream on 127.0.0.1, with its key variable
+  hosts: ['127.0.0.1:*']
+  api_key_envs: [BENCH_FAKE_UPSTREAM_KEY]
 EOF
 
 # Router templates: the target command renders them with the harness's upstream URLs before `serve`

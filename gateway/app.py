@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -21,9 +22,11 @@ from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.catalog import Catalog
 from gateway.db.engine import make_engine, migrate
+from gateway.egress import Egress
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
-from gateway.keys import KeyService
+from gateway.flow.gateway import Gateway
+from gateway.keys import KeyService, Principal
 from gateway.ml.service import MLService
 from gateway.monitoring.alerts import Alerts
 from gateway.monitoring.metrics import Metrics
@@ -39,10 +42,11 @@ from gateway.registry.sync import bootstrap, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
 from gateway.retrieval.store import make_store
-from gateway.serving import Gateway
 from gateway.settings import GatewayConfig, Settings
 
 log = logging.getLogger("opsgate")
+# Who the gateway's own calls run as (judge calls of online evaluation): no key, logged under this name.
+ONLINE_EVAL_PRINCIPAL = Principal("system", "online-eval", "system:online-eval", frozenset({"app"}), ("*",))
 
 
 @dataclass
@@ -77,7 +81,8 @@ def prepare_database(settings: Settings) -> Engine:
 
 def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:
     minilm = MiniLMEmbedder()  # the one MiniLM of the process: local embeddings and index queries
-    adapters = Adapters(AdapterServices(minilm))
+    egress = Egress(config.egress)  # the operator's allow-lists: provider hosts, key variables, webhooks
+    adapters = Adapters(AdapterServices(minilm, egress))
     catalog = Catalog(engine, adapters, refresh_interval_s=config.cache.refresh_interval_s)
     metrics = Metrics()
     writer = RequestLogWriter(
@@ -101,8 +106,9 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
         "1 when the last edit of config/policies.yaml did not load (the previous policy stays in force).",
         lambda: 1.0 if policy.reload_error else 0.0,
     )
-    gateway = Gateway(catalog, writer, metrics, retriever, policy)
-    alerts = Alerts(config.alerts)
+    protected = frozenset(config.governance.protected_aliases)
+    gateway = Gateway(catalog, writer, metrics, retriever, policy, protected_aliases=protected)
+    alerts = Alerts(config.alerts, egress)
     return Parts(
         settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
     )
@@ -122,14 +128,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parts = build_parts(settings, config, engine)
         app.state.parts = parts
         app.state.gateway = parts.gateway
-        online = app.state.online_eval = online_eval.install(parts)  # sampler hooks; worker started below
+        judge = functools.partial(parts.gateway.system_chat, ONLINE_EVAL_PRINCIPAL)
+        online = app.state.online_eval = online_eval.install(parts, judge)  # sampler; worker started below
         ml = app.state.ml = MLService.create(parts)  # classic models: cache, writer, monitor
         builder = parts.retrieval.library.builder(engine, settings.project_dir)
         await asyncio.to_thread(bootstrap_indexes, builder, actor="system:bootstrap")  # first start only
         await parts.catalog.start()
         await parts.policy.start()  # Redis, or in-process budgets seeded from the request log
         parts.writer.start()
-        online.start(app)
+        online.start()
         ml.start()
         app.state.ready = True
         try:
@@ -153,7 +160,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ready = False
-    app.add_middleware(online_eval.CaptureMiddleware)  # inside GatewayMiddleware: needs the request id
     app.add_middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)
     app.include_router(openai.router)
     app.include_router(health.router)

@@ -87,6 +87,13 @@ class Catalog:
             raise ModelNotFound(f"{kind}:{name}@{version} does not exist", param="model")
         return record
 
+    def find(self, kind: str, name: str, selector: str | None = None) -> VersionRecord | None:
+        """`resolve`, or None when there is no such version."""
+        try:
+            return self.resolve(kind, name, selector)
+        except NotFound:
+            return None
+
     def router_for(self, record: VersionRecord) -> Router:
         key = (record.name, record.version, record.content_hash)
         router = self._routers.get(key)
@@ -99,10 +106,8 @@ class Catalog:
         return router
 
     def router(self, name: str, selector: str | None = None) -> Router | None:
-        try:
-            return self.router_for(self.resolve("router", name, selector))
-        except NotFound:
-            return None
+        record = self.find("router", name, selector)
+        return self.router_for(record) if record is not None else None
 
     def spec_for(self, record: VersionRecord, cls: type[Any]) -> Any:
         key = (record.kind, record.name, record.version, record.content_hash)

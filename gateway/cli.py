@@ -66,8 +66,7 @@ def serve(
         validate_policy_file(settings)
     except OpsgateError as exc:
         fail(exc.message, 2)
-    import uvicorn
-
+    from gateway import server
     from gateway.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,15 +77,15 @@ def serve(
         f"{settings.resolved_data_dir()})",
         err=True,
     )
-    uvicorn.run(
+    server.run(
         create_app(settings),
+        grace_s=config.server.shutdown_grace_s,
         host=bind_host,
         port=bind_port,
         loop="uvloop",
         http="httptools",
         access_log=config.server.access_log,
         log_level="info",
-        timeout_graceful_shutdown=10,
     )
 
 

@@ -12,9 +12,12 @@
     │   ├── NotFound                  404 unknown model, artifact, version, alias, promotion
     │   ├── Conflict                  409 the state changed under you (e.g. racing promotions)
     │   └── RateLimited               429 with Retry-After
+    ├── StreamCut                     503 the gateway ended a stream itself (shutting down)
     └── UpstreamError                 502 a provider failed (after retries and fallbacks)
         ├── UpstreamUnavailable       503 no deployment could be reached
-        └── UpstreamTimeout           504 the provider did not answer in time
+        ├── UpstreamTimeout           504 the provider did not answer in time
+        └── EgressDenied              502 a deployment names a host, variable, header or parameter the
+                                          operator does not allow (nothing was sent)
 
 Every error carries a message that says what to do; `to_openai()` renders OpenAI's error JSON:
 `{"error": {"message", "type", "param", "code"}}`.
@@ -126,6 +129,14 @@ class RateLimited(ClientError):
         self.retry_after_s = retry_after_s
 
 
+class StreamCut(OpsgateError):
+    """The gateway ended a stream before it finished (its shutdown grace period ran out)."""
+
+    status = 503
+    type = "server_error"
+    code = "stream_cut_by_server"
+
+
 class UpstreamError(OpsgateError):
     """A provider failed. `retryable` says whether another try (or deployment) may succeed."""
 
@@ -174,3 +185,11 @@ class UpstreamRejected(UpstreamError):
     status = 400
     type = "invalid_request_error"
     code = "upstream_rejected"
+
+
+class EgressDenied(UpstreamError):
+    """A deployment names what the operator's egress rules (config/gateway.yaml) do not allow: a host, an
+    environment variable, a header or a request parameter. Raised before anything is sent or read; a
+    version registered before the rules changed meets it at call time. Other deployments may still serve."""
+
+    code = "egress_denied"

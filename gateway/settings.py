@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.egress import Egress, EgressConfig, raise_problems
 from gateway.evaluation.config import EvaluationConfig
 from gateway.ml.config import MLConfig
 from gateway.monitoring.alerts import AlertsConfig
@@ -23,6 +24,13 @@ class ServerConfig(StrictModel):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
     access_log: bool = False
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long requests in flight may run on; streams still open then are cut"
+        " with an SSE error event (logged as 503 stream_cut_by_server).",
+    )
 
 
 class RequestLogConfig(StrictModel):
@@ -71,6 +79,19 @@ class GatewayConfig(StrictModel):
     alerts: AlertsConfig = AlertsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     ml: MLConfig = MLConfig()
+    egress: EgressConfig = EgressConfig()
+
+    @model_validator(mode="after")
+    def _webhooks_allowed(self) -> GatewayConfig:
+        """Alert webhooks post only to hosts on egress.webhook_hosts (reported at the webhook's line)."""
+        egress = Egress(self.egress)
+        problems = [
+            (("alerts", "webhooks", i, "url"), problem)
+            for i, hook in enumerate(self.alerts.webhooks)
+            if (problem := egress.webhook_problem(hook.url))
+        ]
+        raise_problems("GatewayConfig", problems)
+        return self
 
 
 class Settings(BaseSettings):

@@ -1,14 +1,20 @@
-"""Wire shapes of the OpenAI-compatible API (requests). Unknown fields pass through to the upstream."""
+"""Wire shapes of the OpenAI-compatible API (requests).
+
+A request is parsed once into its typed model, which keeps the body it came from: the flow reads the
+typed fields (opsgate's own options too, under `opsgate`), and only `forward()` hands the body on,
+without the fields that address the gateway itself.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gateway.errors import InvalidFields
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound="_Request")
 
 # Fields that address the gateway itself; never sent upstream.
 GATEWAY_FIELDS = frozenset({"prompt_variables", "prompt_id", "prompt_version", "opsgate"})
@@ -16,6 +22,34 @@ GATEWAY_FIELDS = frozenset({"prompt_variables", "prompt_id", "prompt_version", "
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+class _Request(_Open):
+    """A request body: typed fields, plus the body as sent (for forwarding only)."""
+
+    _body: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def parse(cls: type[R], data: Any) -> R:
+        request = validate(cls, data)
+        request._body = data
+        return request
+
+    def forward(self) -> dict[str, Any]:
+        """The body for the upstream: as sent, less the fields that address the gateway."""
+        return upstream_body(self._body)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self._body
+
+
+class OpsgateOptions(BaseModel):
+    """`opsgate`: options for the gateway itself (never sent upstream)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_context: bool = Field(False, description="RAG answers: put each cited chunk's text in citations.")
 
 
 class ChatMessage(_Open):
@@ -28,7 +62,7 @@ class StreamOptions(_Open):
     include_usage: bool = False
 
 
-class ChatRequest(_Open):
+class ChatRequest(_Request):
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(default_factory=list)  # required unless a prompt supplies them
     stream: bool = False
@@ -41,9 +75,19 @@ class ChatRequest(_Open):
     prompt_variables: dict[str, Any] | None = None
     prompt_id: str | None = None
     prompt_version: int | str | None = None
+    opsgate: OpsgateOptions | None = None
+
+    @property
+    def include_context(self) -> bool:
+        return self.opsgate is not None and self.opsgate.include_context
+
+    def caller_messages(self) -> list[Any]:
+        """The caller's messages as sent (dicts), for rendering after a prompt's own."""
+        messages = self._body.get("messages")
+        return list(messages) if isinstance(messages, list) else []
 
 
-class EmbeddingRequest(_Open):
+class EmbeddingRequest(_Request):
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None

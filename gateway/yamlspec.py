@@ -71,19 +71,29 @@ def parse_yaml_text(text: str, path: str) -> tuple[Any, yaml.Node | None]:
     return data, root
 
 
-def load_spec_text(text: str, model: type[M], path: str, *, default: dict[str, Any] | None = None) -> M:
+def load_spec_text(
+    text: str,
+    model: type[M],
+    path: str,
+    *,
+    default: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
+) -> M:
+    """`context` reaches the spec's validators (e.g. the operator's egress rules a file is checked against)."""
     data, root = parse_yaml_text(text, path)
     if data is None:
         data = default if default is not None else {}
     if not isinstance(data, dict):
         raise ConfigError("the file must hold a mapping (key: value) at its top level", path=path, line=1)
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise format_validation_error(exc, root, path) from exc
 
 
-def load_spec(file: Path, model: type[M], *, display: str | None = None) -> M:
+def load_spec(
+    file: Path, model: type[M], *, display: str | None = None, context: dict[str, Any] | None = None
+) -> M:
     shown = display or str(file)
     try:
         text = file.read_text(encoding="utf-8")
@@ -91,4 +101,4 @@ def load_spec(file: Path, model: type[M], *, display: str | None = None) -> M:
         raise ConfigError("the file is not valid UTF-8", path=shown) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror}", path=shown) from exc
-    return load_spec_text(text, model, shown)
+    return load_spec_text(text, model, shown, context=context)

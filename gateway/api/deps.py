@@ -1,14 +1,19 @@
-"""Small helpers shared by the HTTP routers: the app's parts, the request's call record, the body."""
+"""Small helpers shared by the HTTP routers: the app's parts, the request's call, the body."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import orjson
 from fastapi import Request
 
-from gateway.errors import InvalidJSON
-from gateway.serving import Call, Gateway
+from gateway.errors import InvalidJSON, OpsgateError
+from gateway.evaluation.target import EVAL_HEADER
+from gateway.flow.call import Call
+from gateway.flow.gateway import Gateway
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -17,6 +22,37 @@ def gateway_of(request: Request) -> Gateway:
 
 def call_for(request: Request, route: str) -> Call:
     return Call(request_id=request.state.request_id, route=route)
+
+
+@asynccontextmanager
+async def opened_call(request: Request, route: str, *, model: str | None = None) -> AsyncIterator[Call]:
+    """One request's call: authenticated on entry; on exit, whatever happened, its one log row is
+    written (a stream's is written by its SSE writer once `call.stream_owner` is set) and the
+    `x-opsgate-versions` header is set. Errors propagate to the app's error handlers unchanged."""
+    gateway = gateway_of(request)
+    call = call_for(request, route)
+    call.model = model
+    run = request.headers.get(EVAL_HEADER)
+    if run:  # evaluator traffic: the log row says which run, and online evaluation leaves it alone
+        call.extra["eval_run"] = run[:64]
+    try:
+        gateway.authenticate(call, request.headers.get("authorization"))
+        yield call
+    except OpsgateError as exc:
+        gateway.finish(call, exc.status, exc)
+        raise
+    except asyncio.CancelledError:  # the client went away while we worked on its request
+        gateway.finish(call, 499, OpsgateError("the client left before the answer", code="client_closed"))
+        raise
+    except Exception as exc:  # a bug: the row says so, and the middleware answers a 500 with no traceback
+        error = OpsgateError(f"internal error ({type(exc).__name__}); quote request id {call.request_id}")
+        gateway.finish(call, 500, error)
+        raise
+    else:
+        if not call.streaming:
+            gateway.finish(call, 200)
+    finally:
+        request.state.versions = call.versions_header
 
 
 async def read_json(request: Request) -> Any:

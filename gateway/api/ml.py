@@ -10,7 +10,7 @@
     GET  /admin/ml/{name}/importance global feature importance of a version (SHAP)
     GET  /admin/ml/{name}/retrain/{run_id}   a retraining run's status (its output is never returned)
 `{name}` takes a selector like any artifact reference: `churn`, `churn@production`, `churn@3`; an
-application key reaches only approved versions (a protected alias points at them; gateway/ml/access.py).
+application key reaches only approved versions (a protected alias points at them; gateway/flow/access.py).
 Prediction ids are `<x-opsgate-request-id>:<row index>`. Every request writes exactly one log row.
 """
 
@@ -26,13 +26,15 @@ from fastapi.responses import Response
 
 from gateway.api.deps import call_for, gateway_of
 from gateway.errors import InvalidFields, NotFound, OpsgateError, PermissionDenied
+from gateway.flow.access import CANDIDATE_ROLES, granted
+from gateway.flow.call import Call
+from gateway.flow.gateway import Gateway
 from gateway.keys import Principal
-from gateway.ml import access, protocol
+from gateway.ml import protocol
 from gateway.ml.errors import ExplanationFailed, ModelUnavailable
 from gateway.ml.model import ServedModel
 from gateway.ml.service import MLService, Prediction
 from gateway.registry.store import VersionRecord
-from gateway.serving import Call, Gateway
 
 router = APIRouter(tags=["ml"])
 MONITOR_ROLES = ("admin", "approver", "prompt-engineer")
@@ -231,8 +233,15 @@ def _card_for(ml: MLService, principal: Principal, record: VersionRecord) -> dic
 
 
 def _may_name(ml: MLService, principal: Principal, record: VersionRecord, alias: str, version: int) -> bool:
+    """The rule of gateway/flow/access.py, as a yes or no for one alias."""
     target = ml.catalog.snapshot.records.get(("model", record.name, version))
-    return target is not None and access.may_serve(principal, target, alias, approved=ml.approved(target))
+    if target is None:
+        return False
+    return (
+        ml.approved(target)
+        or principal.has_role(*CANDIDATE_ROLES)
+        or granted(principal, "model", record.name, alias)
+    )
 
 
 # -- admin: monitoring figures ------------------------------------------------------------------------

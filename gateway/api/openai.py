@@ -1,4 +1,8 @@
-"""The OpenAI-compatible endpoints: thin HTTP around `gateway.serving.Gateway`."""
+"""The OpenAI-compatible endpoints: thin HTTP around `gateway.flow.gateway.Gateway`.
+
+Each endpoint opens the request's call (`opened_call`: authentication, and the one log row whatever
+happens), parses the body into its typed request, and hands it to the flow.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.deps import call_for, gateway_of, read_json
-from gateway.errors import OpsgateError
-from gateway.serving import Call, Gateway
-from gateway.wire import ChatRequest, EmbeddingRequest, upstream_body, validate
+from gateway.api.deps import gateway_of, opened_call, read_json
+from gateway.flow.sse import ChatStream
+from gateway.wire import ChatRequest, EmbeddingRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -27,88 +30,44 @@ def _json(data: Any, status: int = 200) -> Response:
 
 @router.post("/chat/completions", summary="Create a chat completion (streaming with SSE)")
 async def chat_completions(request: Request) -> Response:
-    gateway = gateway_of(request)
-    call = call_for(request, "/v1/chat/completions")
-    try:
-        gateway.authenticate(call, request.headers.get("authorization"))
-        data = await read_json(request)
-        req = validate(ChatRequest, data)
-        call.stream = req.stream
-        plan = await gateway.plan_chat(call, data, req)
-        request.state.versions = call.versions_header
-        router, body = plan.router, plan.body
-        await gateway.policy.check_chat(call, router, body, data)
-        messages = body["messages"]
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            first, rest = await gateway.open_stream(call, router, body)
-            sse = gateway.stream_sse(call, first, rest, messages, include_usage)
-
-            async def cleanup() -> None:
-                await sse.aclose()  # runs the stream's own clean-up if it started
-                await gateway.abandon_stream(call, rest)  # and covers a client gone before it started
-
-            return ClosingStreamingResponse(
-                sse,
-                cleanup,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        result = await gateway.chat(call, router, body, messages)
-    except OpsgateError as exc:
-        _fail(gateway, call, request, exc)
-        raise
-    gateway.finish(call, 200)
-    return _json(result)
+    async with opened_call(request, "/v1/chat/completions") as call:
+        chat = ChatRequest.parse(await read_json(request))
+        answer = await gateway_of(request).chat(call, chat)
+    if isinstance(answer, ChatStream):
+        return _sse(answer)
+    return _json(answer)
 
 
 @router.post("/embeddings", summary="Create embeddings")
 async def embeddings(request: Request) -> Response:
-    gateway = gateway_of(request)
-    call = call_for(request, "/v1/embeddings")
-    try:
-        gateway.authenticate(call, request.headers.get("authorization"))
-        data = await read_json(request)
-        req = validate(EmbeddingRequest, data)
-        router = gateway.resolve_router(call, req.model, "embedding")
-        request.state.versions = call.versions_header
-        body = upstream_body(data)
-        await gateway.policy.check_embedding(call, router, body)
-        result = await gateway.embed(call, router, body)
-    except OpsgateError as exc:
-        _fail(gateway, call, request, exc)
-        raise
-    gateway.finish(call, 200)
-    return _json(result)
+    async with opened_call(request, "/v1/embeddings") as call:
+        data = await gateway_of(request).embeddings(call, EmbeddingRequest.parse(await read_json(request)))
+    return _json(data)
 
 
 @router.get("/models", summary="List the models this key may call")
 async def list_models(request: Request) -> Response:
-    gateway = gateway_of(request)
-    call = call_for(request, "/v1/models")
-    try:
-        principal = gateway.authenticate(call, request.headers.get("authorization"))
-        data = {"object": "list", "data": gateway.models(principal)}
-    except OpsgateError as exc:
-        _fail(gateway, call, request, exc)
-        raise
-    gateway.finish(call, 200)
+    async with opened_call(request, "/v1/models") as call:
+        assert call.principal is not None
+        data = {"object": "list", "data": gateway_of(request).models(call.principal)}
     return _json(data)
 
 
 @router.get("/models/{model_id:path}", summary="Describe one model")
 async def get_model(request: Request, model_id: str) -> Response:
-    gateway = gateway_of(request)
-    call = call_for(request, "/v1/models/{id}")
-    call.model = model_id
-    try:
-        principal = gateway.authenticate(call, request.headers.get("authorization"))
-        data = gateway.model(principal, model_id)
-    except OpsgateError as exc:
-        _fail(gateway, call, request, exc)
-        raise
-    gateway.finish(call, 200)
+    async with opened_call(request, "/v1/models/{id}", model=model_id) as call:
+        assert call.principal is not None
+        data = gateway_of(request).model(call.principal, model_id)
     return _json(data)
+
+
+def _sse(stream: ChatStream) -> Response:
+    return ClosingStreamingResponse(
+        stream.sse(),
+        stream.abandon,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -119,15 +78,17 @@ class ClosingStreamingResponse(StreamingResponse):
         self, content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]], **kw: Any
     ) -> None:
         super().__init__(content, **kw)
+        self._content = content
         self._cleanup = cleanup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await asyncio.shield(self._cleanup())
+            await asyncio.shield(self._close())
 
-
-def _fail(gateway: Gateway, call: Call, request: Request, exc: OpsgateError) -> None:
-    request.state.versions = call.versions_header
-    gateway.finish(call, exc.status, exc)
+    async def _close(self) -> None:
+        aclose = getattr(self._content, "aclose", None)
+        if aclose is not None:
+            await aclose()  # runs the stream's own end if it started
+        await self._cleanup()  # and covers a client gone before it started

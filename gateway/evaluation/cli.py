@@ -8,6 +8,7 @@ stdout is the run id. Heavy imports (ragas, the app) happen inside the commands.
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -64,6 +65,7 @@ def run_command(
     from gateway.offline import apply_offline_env
 
     apply_offline_env()
+    from gateway.app import create_app
     from gateway.errors import OpsgateError
     from gateway.evaluation.service import RunRequest, execute
 
@@ -82,7 +84,7 @@ def run_command(
             target=target,
             baseline=baseline,
             url=url,
-            settings=settings,
+            app=functools.partial(create_app, settings),
             limit=limit,
         )
         outcome = _with_progress(lambda p: execute(request, engine, p), enabled=progress)

@@ -1,18 +1,19 @@
 """Online evaluation: score a deterministic sample of live answers, off the request path.
 
-    request ─► capture middleware ─► app ─► Gateway.finish ─► finish hook: sampled? remember versions
-                  │ (body bytes, only for ids under the highest sample rate)        │
-                  └──── response sent ─► offer(job) ─► bounded queue ─► worker: metrics, store,
-                                          (full: drop, counted)                 rolling means, alerts
+    Gateway.finish ─► finish hook (`on_finish`): a prompt with online_eval, sampled? ─► Job from the call
+                      (question, answer text, retrieved chunks, versions: what the call already holds)
+                      ─► bounded queue (full: drop, counted) ─► worker: metrics, store, rolling means,
+                      alerts
 
 - Sampling is a pure function of the request id (`sampled(id, rate)`: sha256 of the id against the rate),
   so every evaluator, replica or re-scoring job picks the same requests, and a request sampled at 10% is
   also sampled at 20%.
-- On the request path there is only: one hash of the id, appending body chunks to a list for sampled
-  requests, and a `put_nowait`. Scoring, judge calls, database writes (batched) and alerts run in the
-  worker.
-- A RAG prompt's retrieved chunk texts are recorded by wrapping the retriever (only for sampled requests),
-  so faithfulness can be judged without asking the client to take the context in its answer.
+- On the request path there is only one hash of the id and a `put_nowait`. Scoring, judge calls,
+  database writes (batched) and alerts run in the worker. Evaluator traffic (a request marked with the
+  eval-run header) is never sampled.
+- LLM-judged metrics call the judge router through `judge` (a callable the app factory passes in that
+  runs a chat body through the gateway's routing as the system principal `system:online-eval`): no
+  socket, no API key.
 - Rolling means per (prompt, version, metric) over the prompt's `online_eval.window` are exposed as the
   Prometheus gauge `opsgate_online_eval_rolling_mean`; when a full window's mean falls under the prompt's
   threshold for that metric, an `online_eval` alert goes to the webhooks (once, until it recovers).
@@ -24,32 +25,28 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import orjson
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.db.models import ArtifactVersion, OnlineEvalScore
 from gateway.evaluation.config import OnlineEvalConfig
 from gateway.evaluation.metrics import registry
 from gateway.evaluation.metrics.base import EvalCase, EvalContext, Metric, TargetOutput
-from gateway.evaluation.target import EVAL_HEADER
 from gateway.registry.specs import OnlineEvalSpec, PromptSpec
-from gateway.usage import message_text
 
 log = logging.getLogger("opsgate.online_eval")
 _SCALE = float(2**64)
-PENDING_LIMIT = 10_000  # sampled requests whose response is still being sent
+# A chat body -> the judge router's chat.completion (see `install`)
+JudgeCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def sampled(request_id: str, rate: float) -> bool:
@@ -74,10 +71,10 @@ class Job:
     latency_ms: float
     cost_usd: float | None
     tokens_out: int | None
+    question: str = ""
+    answer: str = ""
     retrieved: list[str] | None = None
-    question: str | None = None
-    request: bytes = b""
-    response: bytes = b""
+    citations: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -104,7 +101,7 @@ class RollingMeans:
 
 
 class OnlineEvaluator:
-    """The sampler (finish hook + capture middleware + retriever wrapper) and its background worker."""
+    """The sampler (a finish hook) and its background worker."""
 
     def __init__(
         self,
@@ -115,10 +112,10 @@ class OnlineEvaluator:
         alerts: Any,
         metrics: Any,
         embedder: Any,
-        key_file: Path | None = None,
+        judge: JudgeCall | None = None,
     ) -> None:
         self.config = config
-        self.key_file = key_file
+        self.judge = judge
         self.catalog = catalog
         self.engine = engine
         self.alerts = alerts
@@ -127,15 +124,12 @@ class OnlineEvaluator:
         self.rolling = RollingMeans()
         self.max_rate = 0.0
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=config.queue_size)
-        self._pending: OrderedDict[str, Job] = OrderedDict()
-        self._retrieved: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()
         self._alerting: set[tuple[str, int, str]] = set()
         self._metrics: dict[tuple[str, int], dict[str, Metric]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._rows: list[dict[str, Any]] = []  # scores waiting for the next batch write
         self._flushed = time.monotonic()
         self._connection: Any = None
-        self.app: Any = None
         self._gauge = Gauge(
             "opsgate_online_eval_rolling_mean",
             "Rolling mean of online eval scores, per prompt version and metric.",
@@ -160,49 +154,38 @@ class OnlineEvaluator:
         ]
         self.max_rate = max(rates, default=0.0) if self.config.enabled else 0.0
 
-    def should_capture(self, request_id: str) -> bool:
-        return self.max_rate > 0 and sampled(request_id, self.max_rate)
-
     def on_finish(self, call: Any, row: Any) -> None:
-        """Finish hook: remember a sampled answer of a prompt with online_eval until its body is sent."""
-        if row.status != 200 or self.max_rate <= 0:
+        """Finish hook (a `gateway.flow.call.Call` and its log row): queue a sampled answer of a prompt
+        with online_eval, built from what the call holds. Never blocks; drops when the queue is full."""
+        if row.status != 200 or self.max_rate <= 0 or call.extra.get("eval_run"):
             return
-        prompt = next((a for a in row.artifacts if a.startswith("prompt:")), None)
-        if prompt is None:
+        prompt = next((ref for ref in call.artifacts if ref.kind == "prompt"), None)
+        if prompt is None or not sampled(call.request_id, self.max_rate):
             return
-        name, _, rest = prompt[len("prompt:") :].partition("@")
-        version, _, _short_hash = rest.partition("#")
-        record = self.catalog.snapshot.records.get(("prompt", name, int(version)))
+        record = self.catalog.snapshot.records.get(("prompt", prompt.name, prompt.version))
         if record is None:
             return
         spec: PromptSpec = self.catalog.prompt_spec(record)
         online = spec.online_eval
         if online is None or not sampled(call.request_id, online.sample_rate):
             return
-        question, retrieved = self._retrieved.pop(call.request_id, (None, None))
-        self._pending[call.request_id] = Job(
+        retrieval = call.retrieval
+        job = Job(
             call.request_id,
             row.ts,
-            name,
-            int(version),
+            prompt.name,
+            prompt.version,
             record.content_hash,
             list(row.artifacts),
             online,
             row.latency_ms,
             row.cost_usd,
             row.tokens_out,
-            retrieved,
-            question,
+            question=call.question or "",
+            answer=call.answer or "",
+            retrieved=retrieval.texts() if retrieval is not None else None,
+            citations=retrieval.citations(include_text=False) if retrieval is not None else [],
         )
-        while len(self._pending) > PENDING_LIMIT:
-            self._pending.popitem(last=False)
-
-    def offer(self, request_id: str, request: bytes, response: bytes) -> None:
-        """The response was sent: queue the job if the finish hook sampled it (never blocks; drops when full)."""
-        job = self._pending.pop(request_id, None)
-        if job is None:
-            return
-        job.request, job.response = request, response
         self.stats.sampled += 1
         self._counter.labels("sampled").inc()
         try:
@@ -212,18 +195,9 @@ class OnlineEvaluator:
             self.stats.dropped += 1
             self._counter.labels("dropped").inc()
 
-    def wrap_retriever(self, inner: Any) -> Any:
-        return RecordingRetriever(inner, self)
-
-    def record_retrieval(self, request_id: str, question: str, texts: list[str]) -> None:
-        self._retrieved[request_id] = (question, texts)
-        while len(self._retrieved) > PENDING_LIMIT:
-            self._retrieved.popitem(last=False)
-
     # -- the worker --------------------------------------------------------------------------------------
 
-    def start(self, app: Any) -> None:
-        self.app = app
+    def start(self) -> None:
         for i in range(self.config.workers):
             self._tasks.append(asyncio.create_task(self._work(), name=f"opsgate-online-eval-{i}"))
 
@@ -319,28 +293,30 @@ class OnlineEvaluator:
         return built
 
     def _judge_connection(self) -> Any:
-        """The judge is a router of this very gateway, called over ASGI (no socket) with a configured key."""
-        if self._connection is None and self.app is not None:
+        """An openai client whose requests go straight to `judge` (the judge router, through the
+        gateway's routing): ragas judges with the official client, with no socket and no key."""
+        if self._connection is None and self.judge is not None:
             import httpx2
             from openai import AsyncOpenAI
 
             from gateway.evaluation.target import IN_PROCESS_URL, Connection
 
-            key = self._api_key()
-            if key is None:
-                return None
-            http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.app), timeout=120)
-            client = AsyncOpenAI(base_url=IN_PROCESS_URL, api_key=key, max_retries=1, http_client=http)
-            self._connection = Connection(client, IN_PROCESS_URL, key, mode="online")
-        return self._connection
+            judge = self.judge
 
-    def _api_key(self) -> str | None:
-        if self.config.api_key_env:
-            return os.environ.get(self.config.api_key_env)
-        if self.key_file is not None and self.key_file.exists():
-            return self.key_file.read_text(encoding="utf-8").strip()
-        log.error("online eval: no API key for judge calls (set evaluation.online.api_key_env)")
-        return None
+            async def handle(request: httpx2.Request) -> httpx2.Response:
+                import orjson
+
+                answer = await judge(orjson.loads(request.content or b"{}"))
+                return httpx2.Response(
+                    200, content=orjson.dumps(answer), headers={"content-type": "application/json"}
+                )
+
+            http = httpx2.AsyncClient(transport=httpx2.MockTransport(handle), timeout=120)
+            client = AsyncOpenAI(
+                base_url=IN_PROCESS_URL, api_key="in-process", max_retries=1, http_client=http
+            )
+            self._connection = Connection(client, IN_PROCESS_URL, "", mode="online")
+        return self._connection
 
     def _store(self, rows: list[dict[str, Any]]) -> None:
         with Session(self.engine) as s, s.begin():
@@ -371,117 +347,12 @@ class OnlineEvaluator:
             self._alerting.discard(key)
 
 
-class RecordingRetriever:
-    """Wraps the gateway's retriever: keeps the chunk texts of sampled RAG requests for the worker."""
-
-    def __init__(self, inner: Any, evaluator: OnlineEvaluator) -> None:
-        self.inner = inner
-        self.evaluator = evaluator
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def retrieve(
-        self, call: Any, spec: PromptSpec, variables: dict[str, Any], messages: list[Any]
-    ) -> list[dict[str, Any]]:
-        chunks: list[dict[str, Any]] = await self.inner.retrieve(call, spec, variables, messages)
-        online = spec.online_eval
-        if online is not None and sampled(call.request_id, online.sample_rate):
-            question = _last_user(messages) or " ".join(str(v) for v in variables.values())
-            self.evaluator.record_retrieval(
-                call.request_id, question, [str(c.get("text", "")) for c in chunks]
-            )
-        return chunks
-
-
-class CaptureMiddleware:
-    """Pure ASGI: tees request and response bodies of chat requests whose id is under the highest sample
-    rate, and hands them to the app's evaluator (`app.state.online_eval`) once the response is sent.
-    Everything else passes untouched. Sits inside GatewayMiddleware, which gives the request its id."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = scope.get("state", {}).get("request_id") if scope["type"] == "http" else None
-        evaluator: OnlineEvaluator | None = (
-            getattr(scope["app"].state, "online_eval", None) if request_id else None
-        )
-        if (
-            request_id is None
-            or evaluator is None
-            or scope.get("path") != "/v1/chat/completions"
-            or not evaluator.should_capture(request_id)
-            or any(k == EVAL_HEADER.encode() for k, _ in scope.get("headers", ()))
-        ):
-            await self.app(scope, receive, send)
-            return
-        request: list[bytes] = []
-        response: list[bytes] = []
-
-        async def tee_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                request.append(message.get("body", b""))
-            return message
-
-        async def tee_send(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                response.append(message.get("body", b""))
-            await send(message)
-
-        await self.app(scope, tee_receive, tee_send)
-        evaluator.offer(request_id, b"".join(request), b"".join(response))
-
-
-# -- turning a captured exchange into a case -------------------------------------------------------------
-
-
-def _last_user(messages: list[Any]) -> str:
-    for m in reversed(messages or []):
-        if isinstance(m, dict) and m.get("role") == "user":
-            return message_text(m)
-    return ""
-
-
-def answer_and_citations(body: bytes) -> tuple[str, list[dict[str, Any]]]:
-    """The answer text and citations of a chat response, plain JSON or an SSE stream."""
-    if body.lstrip().startswith(b"data:"):
-        pieces: list[str] = []
-        citations: list[dict[str, Any]] = []
-        for line in body.splitlines():
-            if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
-                continue
-            try:
-                chunk = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                continue
-            citations = chunk.get("citations") or citations
-            for choice in chunk.get("choices") or ():
-                content = (choice.get("delta") or {}).get("content")
-                if isinstance(content, str):
-                    pieces.append(content)
-        return "".join(pieces), citations
-    data = orjson.loads(body)
-    choices = data.get("choices") or [{}]
-    return str((choices[0].get("message") or {}).get("content") or ""), list(data.get("citations") or [])
-
-
 def _case_and_output(job: Job) -> tuple[EvalCase, TargetOutput]:
-    request = orjson.loads(job.request) if job.request else {}
-    answer, citations = answer_and_citations(job.response)
-    question = job.question or _last_user(request.get("messages") or [])
-    if not question:
-        variables = request.get("prompt_variables") or {}
-        question = " ".join(str(v) for v in variables.values())
-    contexts = job.retrieved
-    if contexts is None and citations and all(isinstance(c.get("text"), str) for c in citations):
-        contexts = [c["text"] for c in citations]
-    case = EvalCase(id=job.request_id, question=question or "")
+    case = EvalCase(id=job.request_id, question=job.question)
     output = TargetOutput(
-        answer=answer,
-        contexts=contexts,
-        citations=citations,
+        answer=job.answer,
+        contexts=job.retrieved,
+        citations=job.citations,
         request_id=job.request_id,
         versions=job.versions,
         latency_ms=job.latency_ms,
@@ -545,8 +416,8 @@ def rolling_means_from_db(engine: Engine, *, prompt: str | None = None) -> list[
     return out
 
 
-def install(parts: Any) -> OnlineEvaluator:
-    """Wire online evaluation into the app's parts: finish hook, catalog listener, retriever wrapper."""
+def install(parts: Any, judge: JudgeCall | None) -> OnlineEvaluator:
+    """Wire online evaluation into the app's parts (gateway.app.Parts): finish hook, catalog listener."""
     evaluator = OnlineEvaluator(
         parts.config.evaluation.online,
         catalog=parts.catalog,
@@ -554,12 +425,10 @@ def install(parts: Any) -> OnlineEvaluator:
         alerts=parts.alerts,
         metrics=parts.metrics,
         embedder=parts.retrieval.library.minilm,
-        key_file=parts.settings.resolved_data_dir() / "admin.key",
+        judge=judge,
     )
     parts.gateway.finish_hooks.append(evaluator.on_finish)
     parts.catalog.listeners.append(evaluator.on_snapshot)
-    if parts.gateway.retriever is not None:
-        parts.gateway.retriever = evaluator.wrap_retriever(parts.gateway.retriever)
     parts.metrics.gauge(
         "opsgate_online_eval_backlog", "Sampled answers waiting to be scored.", evaluator.queue.qsize
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ class RunRequest:
     target: str | None = None
     baseline: str | None = None
     url: str | None = None
-    settings: Any = None
+    app: Callable[[], Any] | None = None  # builds the in-process gateway when there is no url
     limit: int | None = None
 
 
@@ -105,7 +106,7 @@ async def execute(request: RunRequest, engine: Engine, progress: Progress | None
     dataset = load_dataset(data_spec, dataset_path, display=data_spec.path)
     embedder = MiniLMEmbedder()
     async with connect(
-        url=request.url, api_key=request.api_key, settings=request.settings, timeout_s=spec.timeout_s
+        url=request.url, api_key=request.api_key, app=request.app, timeout_s=spec.timeout_s
     ) as conn:
         resources = RunResources(conn, judge.name if judge else None, embedder)
         run = await run_suite(

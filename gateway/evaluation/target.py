@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +69,9 @@ class Connection:
 
 @asynccontextmanager
 async def connect(
-    *, url: str | None, api_key: str, settings: Any = None, timeout_s: float = 60
+    *, url: str | None, api_key: str, app: Callable[[], Any] | None = None, timeout_s: float = 60
 ) -> AsyncIterator[Connection]:
+    """A running gateway at `url`, or else the gateway `app()` builds, run in process (over ASGI)."""
     import httpx2
     from openai import AsyncOpenAI
 
@@ -80,13 +81,15 @@ async def connect(
         async with AsyncOpenAI(base_url=base, api_key=api_key, max_retries=0, timeout=timeout_s) as client:
             yield Connection(client, base, api_key, mode=base)
         return
-    from gateway.app import create_app
-
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    if app is None:
+        raise ValueError("connect() needs a url or an app factory")
+    gateway_app = app()
+    async with gateway_app.router.lifespan_context(gateway_app):
         served: dict[str, Any] = {}
-        app.state.gateway.finish_hooks.append(lambda call, row: served.__setitem__(call.request_id, row))
-        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), timeout=timeout_s)
+        gateway_app.state.gateway.finish_hooks.append(
+            lambda call, row: served.__setitem__(call.request_id, row)
+        )
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=gateway_app), timeout=timeout_s)
         async with AsyncOpenAI(
             base_url=IN_PROCESS_URL, api_key=api_key, max_retries=0, timeout=timeout_s, http_client=http
         ) as client:

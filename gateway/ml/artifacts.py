@@ -94,9 +94,10 @@ def load_model(spec: ModelSpec, data: bytes, ref: str, grant: LoadGrant | None =
 def _check_unsafe(grant: LoadGrant, name: str, data: bytes, ref: str, what: str) -> None:
     """Refuse to load a file that can run code unless the operator trusts it and the version is approved."""
     trusted = grant.trust.trusts(name, data)
+    to = "staging" if "staging" in grant.protected or not grant.protected else grant.protected[0]
     promote = (
         f"such a version loads only once a protected alias ({', '.join(grant.protected)}) points at it:"
-        f" `opsgate promote {ref.split('#', 1)[0]} --to {grant.protected[0] if grant.protected else 'staging'}`"
+        f" `opsgate promote {ref.split('#', 1)[0]} --to {to}`"
     )
     if not trusted:
         digest = hashlib.sha256(data).hexdigest()

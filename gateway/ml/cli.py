@@ -155,10 +155,11 @@ def monitor_cmd(
 async def _judge(engine: Any, project_dir: Path, config: Any, served: Any) -> dict[str, Any]:
     """Judge and alert like the gateway's monitor; a retraining run is waited for (its output goes to
     the log, as in the gateway), and its final status shown."""
+    from gateway.egress import Egress
     from gateway.ml.monitor import Monitor
     from gateway.monitoring.alerts import Alerts
 
-    alerts = Alerts(config.alerts)
+    alerts = Alerts(config.alerts, Egress(config.egress))
     monitor = Monitor(
         engine, project_dir, commands=config.ml.retrain_commands, timeout_s=config.ml.retrain_timeout_s
     )

@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 from gateway.catalog import Catalog, Snapshot
 from gateway.db.state import utcnow
 from gateway.errors import InvalidFields, ModelNotFound, NotFound, OpsgateError, PermissionDenied
-from gateway.ml import access
+from gateway.flow.access import VersionAccess
+from gateway.flow.call import Call
 from gateway.ml.artifacts import ArtifactStore, load_model, verified_files
 from gateway.ml.batching import MicroBatcher
 from gateway.ml.config import MLConfig
@@ -52,7 +53,6 @@ from gateway.monitoring.metrics import Metrics
 from gateway.registry.blobs import blob_root
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionRecord
-from gateway.serving import Call
 
 log = logging.getLogger("opsgate.ml")
 Key = tuple[str, int, str]
@@ -110,7 +110,7 @@ class MLService:
         project_dir: Path,
         data_dir: Path,
         policy: Any = None,
-        protected_aliases: tuple[str, ...] = ("staging", "production"),
+        access: VersionAccess | None = None,
     ) -> None:
         self.policy = policy  # gateway.policy.pipeline.Pipeline: the same checks as chat requests
         self.engine = engine
@@ -119,7 +119,9 @@ class MLService:
         self.alerts = alerts
         self.config = config
         self.project_dir = project_dir
-        self.protected_aliases = protected_aliases  # governance: an alias here means "approved"
+        # the request flow's version rule (gateway/flow/access.py): approved = a protected alias points at it
+        self.access = access or VersionAccess(catalog, frozenset({"staging", "production"}))
+        self.protected_aliases = tuple(sorted(self.access.protected))
         self.trust = TrustList.from_config(config)
         self.store = ArtifactStore(blob_root(data_dir))
         self.writer = MLWriter(
@@ -156,7 +158,7 @@ class MLService:
             config=parts.config.ml,
             project_dir=parts.settings.project_dir,
             data_dir=parts.settings.resolved_data_dir(),
-            protected_aliases=tuple(parts.config.governance.protected_aliases),
+            access=parts.gateway.access,
         )
         writer = service.writer
         parts.metrics.gauge(
@@ -242,8 +244,7 @@ class MLService:
         return self._approved(record)
 
     def _approved(self, record: VersionRecord) -> bool:
-        aliases = self.catalog.aliases_of("model", record.name)
-        return approved(aliases, record.version, self.protected_aliases)
+        return self.access.approved(record)
 
     def spec(self, record: VersionRecord) -> ModelSpec:
         """The version's parsed spec (cached: versions are immutable); ModelUnavailable if unreadable."""
@@ -313,7 +314,12 @@ class MLService:
             )
         record = self.catalog.resolve("model", ref.name, ref.selector)
         assert call.principal is not None
-        access.check(call.principal, record, ref.selector, approved=self._approved(record))
+        if not call.principal.may_call("model", record.name):
+            raise PermissionDenied(
+                f"this key may not call model:{record.name} (its allow list does not include it)",
+                param="model",
+            )
+        self.access.check(call.principal, record, ref.selector)
         call.artifacts.append(record.ref)
         return record
 

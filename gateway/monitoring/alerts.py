@@ -5,6 +5,8 @@ Each delivery is a JSON POST with headers
     X-Opsgate-Timestamp: <unix seconds>
     X-Opsgate-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with the webhook's secret>
 so a receiver can check origin and freshness. Deliveries run off the request path, with retries.
+Webhooks post only to hosts on the operator's `egress.webhook_hosts` (checked when config/gateway.yaml
+loads, and again before each delivery); redirects are not followed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import aiohttp
 import orjson
 from pydantic import Field
 
+from gateway.egress import Egress
 from gateway.yamlspec import StrictModel
 
 log = logging.getLogger("opsgate.alerts")
@@ -66,8 +69,9 @@ class AlertStats:
 class Alerts:
     """Send alert events to the configured webhooks. `emit` never blocks the caller."""
 
-    def __init__(self, config: AlertsConfig) -> None:
+    def __init__(self, config: AlertsConfig, egress: Egress | None = None) -> None:
         self.config = config
+        self.egress = egress or Egress()  # the defaults allow no webhook host
         self.stats = AlertStats()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -92,6 +96,11 @@ class Alerts:
         )
 
     async def _deliver(self, hook: WebhookConfig, kind: str, event: dict[str, Any]) -> None:
+        refused = self.egress.webhook_problem(hook.url)
+        if refused:  # the host is never contacted, the secret never read
+            self.stats.failed += 1
+            log.warning("alert %s not sent: %s", kind, refused)
+            return
         body = orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
         secret = os.environ.get(hook.secret_env, "") if hook.secret_env else ""
         for attempt in range(hook.retries + 1):
@@ -111,6 +120,7 @@ class Alerts:
                         data=body,
                         headers=headers,
                         timeout=aiohttp.ClientTimeout(total=hook.timeout_s),
+                        allow_redirects=False,
                     ) as resp,
                 ):
                     if resp.status < 300:

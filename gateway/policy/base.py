@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import Field
 
@@ -87,6 +87,26 @@ class Payload:
         return None
 
 
+class Lineage(Protocol):
+    """A version in a request's lineage (gateway.shapes.ArtifactRef)."""
+
+    kind: str
+    name: str
+
+
+class PolicyCall(Protocol):
+    """What the pipeline reads and writes on a request (gateway.flow.call.Call implements it)."""
+
+    principal: Any
+    artifacts: Any  # a sequence of Lineage
+    decisions: list[dict[str, Any]]
+    extra: dict[str, Any]
+    policy: Any  # the pipeline's own state between its hooks
+    tokens_in: int | None
+    tokens_out: int | None
+    cost: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class Subject:
     """Who calls what: the facts rules match on."""
@@ -99,6 +119,13 @@ class Subject:
 
     def names(self, kind: str) -> list[str]:
         return [name for k, name in self.targets if k == kind]
+
+    @classmethod
+    def of(cls, principal: Any, targets: tuple[tuple[str, str], ...], route: str) -> Subject:
+        """`principal` is a gateway.keys.Principal, or None before authentication."""
+        if principal is None:
+            return cls("", "", frozenset(), targets, route)
+        return cls(principal.key_id, principal.principal, principal.roles, targets, route)
 
 
 @dataclass(slots=True)
@@ -152,13 +179,24 @@ class PolicyCheck(Generic[C]):
     """Base of every check. Override only the stages the check takes part in.
 
     `phase` orders checks within a request: access (0), content (10-30) before token caps and counted
-    limits (50+), so text is redacted before it is counted and nothing is charged for a refused request.
+    limits (50+), so text is redacted before it is counted and nothing is charged for a request refused
+    by a content check. Declared properties tell the pipeline how to treat a check (no check is special-
+    cased by its type):
+
+        stage              "authorise": runs on who calls what alone, before any work (access rules);
+                           "admit": runs on the request as it will go upstream
+        screens_query      also runs on the caller's text before it becomes a retrieval query
+        tracks_spend       the request's cost is counted in the key's and principal's ledgers
+        needs_full_answer  on a streamed answer, runs once on the whole text at the end
     """
 
     type: ClassVar[str]
     config_model: ClassVar[builtins.type[CheckConfig]]
     phase: ClassVar[int] = 20
+    stage: ClassVar[Literal["authorise", "admit"]] = "admit"
     screens_query: ClassVar[bool] = False  # also run on the retrieval query (an embedder may be remote)
+    tracks_spend: ClassVar[bool] = False
+    needs_full_answer: ClassVar[bool] = False
 
     def __init__(self, config: C, rule: str) -> None:
         self.config = config
@@ -171,7 +209,13 @@ class PolicyCheck(Generic[C]):
     def check_input(self, subject: Subject, payload: Payload) -> Finding | None:
         return None
 
+    def admission_charges(self, subject: Subject) -> list[Charge]:
+        """Counted limits that need no token count (requests per minute): taken before any work when
+        the request will do some (retrieval), else with the other charges."""
+        return []
+
     def charges(self, subject: Subject, payload: Payload) -> list[Charge]:
+        """Counted limits that need the request's tokens or cost."""
         return []
 
     def refused(self, refusal: Refusal) -> OpsgateError:

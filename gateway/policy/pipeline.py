@@ -1,16 +1,20 @@
 """The policy pipeline: runs the checks that apply to a request before the upstream call and after it.
 
-Entry points (every one records its decisions on the call; none reads a database):
+Entry points, in the order of the request flow (each records its decisions on the call; none reads a
+database):
 
-    pre_call(call, payload)          any request (chat, embeddings, ML records): access, PII, injection,
-                                     deny list, token caps, then every rate and budget charge at once
-    check_chat / check_embedding     build the payload of an OpenAI-style body, then pre_call
-    screen_query(call, spec, ...)    the caller's text before it becomes a retrieval query (PII)
-    screen_context(call, spec, ...)  retrieved chunks: redact PII, drop (or flag) injected chunks
-    post_call(call, payload)         an answer: redact or block PII and denied terms, JSON validity
-    check_chat_output(call, data)    the same for a chat completion
+    authorise(call, subject, query)  access rules; the caller's text before it becomes a retrieval query
+                                     (PII); and, when `early`, the limits that need no token count (a
+                                     RAG request is refused before it retrieves)
+    screen_context(call, chunks)     retrieved chunks: redact PII, drop (or flag) injected chunks
+    admit(call, payload)             the request as it will go upstream: PII, injection, deny list, token
+                                     caps, then every counted limit at once (one store round trip)
+    check_chat_output(call, data)    an answer: redact or block PII and denied terms, JSON validity
     wrap_stream(call, first, rest)   the same for a streamed chat completion, across chunk boundaries
     settle(call)                     at finish: true tokens and cost replace the estimates
+
+`pre_call(call, payload)` is authorise + admit for one payload (classic models, tools, tests).
+The subject (who calls what) is built once, by the caller of `authorise`, from what the request resolved.
 
 Decision record (one per check and stage, in `call.decisions`, stored with the request log row):
 `{"check", "rule", "policy" (content hash, 12 hex), "stage", "verdict", "matched", "us"}` plus `"count"`
@@ -25,28 +29,36 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError, OpsgateError
-from gateway.policy.base import Charge, Finding, Payload, PolicyCheck, Slot, Stage, Subject, Usage
+from gateway.policy.base import (
+    Charge,
+    Finding,
+    Payload,
+    PolicyCall,
+    PolicyCheck,
+    Slot,
+    Stage,
+    Subject,
+    Usage,
+)
 from gateway.policy.checks.budget import day_period, ledger, month_period, nano_usd
 from gateway.policy.payloads import TokenCounter, chat_output, chat_payload, embedding_payload
 from gateway.policy.quota import MemoryStore, QuotaStore, Settlement
 from gateway.policy.spec import CompiledMatch, LoadedPolicy, PolicySpec, load_policy
 from gateway.policy.streaming import StreamGuard
 from gateway.registry.hashing import content_hash
+from gateway.shapes import ChunkStream, Json
 from gateway.usage import encoding_for, prices_for
 
 if TYPE_CHECKING:
-    from gateway.registry.specs import PromptSpec
     from gateway.routing.router import Router
-    from gateway.serving import Call
 
 log = logging.getLogger("opsgate.policy")
-Json = dict[str, Any]
 ROUTES = {"/v1/chat/completions": "chat", "/v1/embeddings": "embedding"}
 MATCH_CACHE_SIZE = 4096
 
@@ -61,7 +73,7 @@ class CompiledPolicy:
         for rule in loaded.spec.rules:
             built = [checks[c.type](c, rule.name) for c in rule.checks]
             self.rules.append((CompiledMatch.of(rule.match), built))
-        self.tracks_spend = any(c.type == "budget" for _, built in self.rules for c in built)
+        self.tracks_spend = any(c.tracks_spend for _, built in self.rules for c in built)
         self._cache: dict[Subject, tuple[PolicyCheck[Any], ...]] = {}
 
     def checks_for(self, subject: Subject) -> tuple[PolicyCheck[Any], ...]:
@@ -83,20 +95,15 @@ class CallState:
     request: Payload | None = None
     subject: Subject | None = None
     charges: list[tuple[Charge, PolicyCheck[Any]]] = field(default_factory=list)
+    admission: list[tuple[Charge, PolicyCheck[Any]]] = field(default_factory=list)  # not yet taken
     guard: StreamGuard | None = None
     settled: bool = False
 
 
-def subject_of(call: Call, route: str) -> Subject:
-    principal = call.principal
-    targets = []
-    for ref in call.artifacts:
-        kind, _, rest = ref.partition(":")
-        if kind != "policy" and rest:
-            targets.append((kind, rest.split("#", 1)[0].split("@", 1)[0]))
-    if principal is None:
-        return Subject("", "", frozenset(), tuple(targets), route)
-    return Subject(principal.key_id, principal.principal, principal.roles, tuple(targets), route)
+def subject_of(call: PolicyCall, route: str) -> Subject:
+    """Who calls what, from the call's lineage so far (for `pre_call` callers that resolved on the call)."""
+    targets = tuple((ref.kind, ref.name) for ref in call.artifacts)
+    return Subject.of(call.principal, targets, route)
 
 
 def decision(
@@ -202,7 +209,7 @@ class Pipeline:
 
     # -- before the call ------------------------------------------------------------------------------
 
-    def _state(self, call: Call) -> CallState:
+    def _state(self, call: PolicyCall) -> CallState:
         state = call.policy
         if state is None:
             state = CallState(self.compiled)
@@ -210,21 +217,76 @@ class Pipeline:
         assert isinstance(state, CallState)
         return state
 
-    async def check_chat(self, call: Call, router: Router, body: Json, data: Json) -> None:
+    async def check_chat(self, call: PolicyCall, router: Router, body: Json, data: Json) -> None:
         await self.pre_call(call, chat_payload(router, body, data, self.tokens))
 
-    async def check_embedding(self, call: Call, router: Router, body: Json) -> None:
+    async def check_embedding(self, call: PolicyCall, router: Router, body: Json) -> None:
         await self.pre_call(call, embedding_payload(router, body))
 
-    async def pre_call(self, call: Call, payload: Payload) -> None:
-        """Run the input checks, then take every counted limit at once. Raises the first block."""
+    async def pre_call(self, call: PolicyCall, payload: Payload) -> None:
+        """Authorise (subject from the call's lineage) and admit one payload."""
+        await self.authorise(call, subject_of(call, payload.kind))
+        await self.admit(call, payload)
+
+    async def authorise(
+        self,
+        call: PolicyCall,
+        subject: Subject,
+        *,
+        query: tuple[list[Any], dict[str, Any]] | None = None,
+        early: bool = False,
+    ) -> tuple[list[Any], dict[str, Any]] | None:
+        """Access rules, then the query screen (when the request will retrieve: `query` is the caller's
+        messages and prompt variables), then, when `early`, the limits that need no token count.
+
+        Returns redacted copies of the query's messages and variables to build the retrieval query from
+        (an index may embed queries through a remote embeddings router). Raises the first block."""
+        state = self._state(call)
+        state.subject = subject
+        policy = state.policy
+        checks = policy.checks_for(subject)
+        empty = Payload(subject.route, [])
+        for check in checks:
+            if check.stage == "authorise":
+                self._check_input(call, policy, check, subject, empty, "input")
+            state.admission.extend((charge, check) for charge in check.admission_charges(subject))
+        screened = self._screen_query(call, state, checks, query) if query is not None else None
+        if early and state.admission:
+            taken, state.admission = state.admission, []
+            await self._take(call, state, taken, {})
+        return screened
+
+    def _check_input(
+        self,
+        call: PolicyCall,
+        policy: CompiledPolicy,
+        check: PolicyCheck[Any],
+        subject: Subject,
+        payload: Payload,
+        stage: Stage,
+    ) -> None:
+        started = time.perf_counter()
+        finding = check.check_input(subject, payload)
+        us = (time.perf_counter() - started) * 1e6
+        if finding is not None:
+            call.decisions.append(decision(policy, check, stage, finding, us))
+            if finding.verdict == "blocked" and finding.error is not None:
+                raise finding.error
+
+    async def admit(self, call: PolicyCall, payload: Payload) -> None:
+        """Content checks on what goes upstream, then every counted limit (and any admission limit not
+        taken yet) in one store round trip. Raises the first block."""
         state = self._state(call)
         policy = state.policy
-        subject = subject_of(call, payload.kind)
-        state.subject, state.request = subject, payload
-        charges: list[tuple[Charge, PolicyCheck[Any]]] = []
+        subject = state.subject
+        assert subject is not None, "authorise before admit"
+        state.request = payload
+        charges: list[tuple[Charge, PolicyCheck[Any]]] = state.admission
+        state.admission = []
         timings: dict[int, float] = {}
         for check in policy.checks_for(subject):
+            if check.stage == "authorise":
+                continue
             started = time.perf_counter()
             finding = check.check_input(subject, payload)
             made = check.charges(subject, payload)
@@ -241,7 +303,7 @@ class Pipeline:
 
     async def _take(
         self,
-        call: Call,
+        call: PolicyCall,
         state: CallState,
         charges: list[tuple[Charge, PolicyCheck[Any]]],
         timings: dict[int, float],
@@ -249,7 +311,7 @@ class Pipeline:
         charges = _dedupe(charges)
         started = time.perf_counter()
         grant = await self.store.acquire([c for c, _ in charges])
-        store_us = (time.perf_counter() - started) * 1e6 / max(1, len(timings))
+        store_us = (time.perf_counter() - started) * 1e6 / max(1, len({id(c) for _, c in charges}))
         owners: dict[int, PolicyCheck[Any]] = {id(check): check for _, check in charges}
         refused = grant.refusal.charge if grant.refusal else None
         over = {id(c) for c in grant.over}
@@ -266,40 +328,34 @@ class Pipeline:
                 finding = Finding("flagged", "; ".join(c.what for c in mine if id(c) in over))
             else:
                 finding = Finding("allowed")
-            call.decisions.append(decision(state.policy, check, "input", finding, timings[key] + store_us))
+            us = timings.get(key, 0.0) + store_us
+            call.decisions.append(decision(state.policy, check, "input", finding, us))
         if error is not None:
             raise error
         if grant.error is not None:
             if state.policy.loaded.spec.on_store_error == "block":
                 raise _store_unavailable(self.store.backend)
             return
-        state.charges = charges
+        state.charges.extend(charges)
 
-    def _prompt_subject(self, call: Call, spec: PromptSpec | None) -> Subject:
-        """Before the prompt's router is resolved: the subject with the router its spec names."""
-        subject = subject_of(call, "chat")
-        if spec is not None and not subject.names("router"):
-            router = spec.router.split(":", 1)[-1].split("@", 1)[0]
-            targets = (*subject.targets, ("router", router))
-            subject = Subject(subject.key_id, subject.principal, subject.roles, targets, "chat")
-        return subject
-
-    def screen_query(
-        self, call: Call, spec: PromptSpec | None, messages: list[Any], variables: dict[str, Any]
+    def _screen_query(
+        self,
+        call: PolicyCall,
+        state: CallState,
+        checks: tuple[PolicyCheck[Any], ...],
+        query: tuple[list[Any], dict[str, Any]],
     ) -> tuple[list[Any], dict[str, Any]]:
-        """Copies of the caller's messages and variables, redacted, to build the retrieval query from:
-        an index may embed queries through a remote embeddings router. Raises when a check blocks."""
-        state = self._state(call)
-        subject = self._prompt_subject(call, spec)
-        checks = [c for c in state.policy.checks_for(subject) if c.screens_query]
-        if not checks:
+        messages, variables = query
+        screens = [c for c in checks if c.screens_query]
+        if not screens:
             return messages, variables
         messages = [dict(m) if isinstance(m, dict) else m for m in messages]
         variables = dict(variables)
         payload = Payload("chat", _query_slots(messages, variables))
-        for check in checks:
+        assert state.subject is not None
+        for check in screens:
             started = time.perf_counter()
-            finding = check.check_input(subject, payload)
+            finding = check.check_input(state.subject, payload)
             us = (time.perf_counter() - started) * 1e6
             if finding is not None and finding.verdict != "allowed":
                 call.decisions.append(decision(state.policy, check, "query", finding, us))
@@ -307,13 +363,12 @@ class Pipeline:
                     raise finding.error
         return messages, variables
 
-    def screen_context(
-        self, call: Call, spec: PromptSpec | None, chunks: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+    def screen_context(self, call: PolicyCall, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Retrieved chunks before they are rendered: redact PII, drop or flag injected chunks."""
         state = self._state(call)
         policy = state.policy
-        subject = self._prompt_subject(call, spec)
+        subject = state.subject
+        assert subject is not None, "authorise before screen_context"
         checks = policy.checks_for(subject)
         if not checks or not chunks:
             return chunks
@@ -343,7 +398,7 @@ class Pipeline:
 
     # -- after the call ---------------------------------------------------------------------------------
 
-    def check_chat_output(self, call: Call, data: Json) -> None:
+    def check_chat_output(self, call: PolicyCall, data: Json) -> None:
         payload = chat_output(data)
         blocked = self.post_call(call, payload)
         if blocked:
@@ -354,7 +409,7 @@ class Pipeline:
                         message["content"] = None
                     choice["finish_reason"] = "content_filter"
 
-    def post_call(self, call: Call, payload: Payload) -> bool:
+    def post_call(self, call: PolicyCall, payload: Payload) -> bool:
         """Run the output checks on an answer. True when a check blocks it (the caller withholds it);
         raises when the answer is the upstream's fault (e.g. invalid JSON under response_format)."""
         state = call.policy
@@ -374,16 +429,14 @@ class Pipeline:
                 blocked = True
         return blocked
 
-    async def wrap_stream(
-        self, call: Call, first: Json, rest: AsyncIterator[Json]
-    ) -> tuple[Json, AsyncIterator[Json]]:
+    async def wrap_stream(self, call: PolicyCall, first: Json, rest: ChunkStream) -> tuple[Json, ChunkStream]:
         state = call.policy
         if not isinstance(state, CallState) or state.subject is None:
             return first, rest
         subject = state.subject
         checks = state.policy.checks_for(subject)
         bound = [(c, s) for c in checks if (s := c.scanner(subject)) is not None]
-        needs_text = [c for c in checks if c.type == "json_output"]
+        needs_text = [c for c in checks if c.needs_full_answer]
         if not bound and not needs_text:
             return first, rest
         guard = StreamGuard(bound, lambda g: self._stream_done(call, state, g, needs_text))
@@ -392,7 +445,7 @@ class Pipeline:
         return await anext(stream), stream
 
     def _stream_done(
-        self, call: Call, state: CallState, guard: StreamGuard, needs_text: list[PolicyCheck[Any]]
+        self, call: PolicyCall, state: CallState, guard: StreamGuard, needs_text: list[PolicyCheck[Any]]
     ) -> None:
         for check, finding in guard.findings():
             call.decisions.append(decision(state.policy, check, "output", finding, 0.0))
@@ -407,7 +460,7 @@ class Pipeline:
 
     # -- at finish ----------------------------------------------------------------------------------------
 
-    def settle(self, call: Call) -> None:
+    def settle(self, call: PolicyCall) -> None:
         """Replace estimates with what the call used; count its spend. Runs once, from Gateway.finish."""
         state = call.policy
         if not isinstance(state, CallState):

@@ -14,13 +14,14 @@ A `block` hit releases the text before it and ends the answer with finish_reason
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.policy.base import Finding, Hit, PolicyCheck, Scanner, Verdict
+from gateway.shapes import Json, chunk_stream
 
-Json = dict[str, Any]
 MAX_RUN = 256  # a run of non-space characters longer than this is cut anyway (emails are <= 254)
 STEP = 32  # release (and scan) only once this much text is ready beyond the hold-back
 
@@ -52,49 +53,64 @@ class _Bound:
 
 
 class GuardedStream:
-    """The upstream's chunks after the guard; passes `buffered()` through (the SSE writer batches
-    events that arrived together) and closes the upstream stream when closed or stopped."""
+    """The upstream's chunks after the guard (a `gateway.shapes.ChunkStream`). Each pull also takes every
+    chunk the upstream already delivered, so `ready()` is exact even when the guard holds a chunk's text
+    back whole: the SSE writer keeps sending what arrived together in one write. Closes the upstream
+    stream when closed or stopped."""
 
     def __init__(self, guard: StreamGuard, first: Json, rest: AsyncIterator[Json]) -> None:
         self.guard = guard
-        self.rest = rest
+        self.rest = chunk_stream(rest)
         self._first: Json | None = first
+        self._queue: deque[Json] = deque()
+        self._error: Exception | None = None  # raised once the chunks that came before it are sent
         self._ended = False
 
     def __aiter__(self) -> GuardedStream:
         return self
 
     async def __anext__(self) -> Json:
-        while True:
+        while not self._queue:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
             if self._ended:
                 raise StopAsyncIteration
-            chunk = self._first
-            self._first = None
-            if chunk is None and not self.guard.stopped:
-                chunk = await anext(self.rest, None)
+            await self._pull()
+        return self._queue.popleft()
+
+    async def _pull(self) -> None:
+        """The next chunk (waiting for it if it has not come) and every chunk already here after it."""
+        chunk, self._first = self._first, None
+        if chunk is None and not self.guard.stopped:
+            chunk = await anext(self.rest, None)
+        while True:
             if chunk is None or self.guard.stopped:
                 tail = None if self.guard.stopped else self.guard.flush_all()
+                if tail is not None:
+                    self._queue.append(tail)
                 await self.aclose()
-                if tail is None:
-                    raise StopAsyncIteration
-                return tail
+                return
             processed = self.guard.process(chunk)
-            if not _held_back_whole(processed):
-                return processed
-            # all its text is held back and it carries nothing else: sending it would be an empty event
+            if not _held_back_whole(processed):  # a chunk whose text is all held back is not sent
+                self._queue.append(processed)
+            if not self.rest.ready():
+                return
+            try:
+                chunk = await anext(self.rest, None)
+            except Exception as exc:  # noqa: BLE001 - re-raised once the chunks before it are sent
+                self._error = exc
+                return
 
-    def buffered(self) -> bool:
-        inner = getattr(self.rest, "buffered", None)
-        return bool(inner()) if inner is not None else False
+    def ready(self) -> bool:
+        return bool(self._queue) or self._first is not None or self._ended
 
     async def aclose(self) -> None:
         if self._ended:
             return
         self._ended = True
         try:
-            aclose = getattr(self.rest, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await self.rest.aclose()
         finally:
             self.guard.done()
 

@@ -7,6 +7,7 @@ from typing import Any
 from gateway import extensions
 from gateway.errors import ConfigError
 from gateway.providers.base import Adapter, AdapterServices
+from gateway.providers.params import ParamRules
 from gateway.registry.specs import Deployment
 
 # Providers whose API is OpenAI's own wire format: served by the direct pooled adapter.
@@ -21,6 +22,13 @@ class Adapters:
     def __init__(self, services: AdapterServices) -> None:
         factories = extensions.load(extensions.ADAPTERS)
         self._by_name: dict[str, Adapter] = {name: f(services) for name, f in factories.items()}
+        self.services = services
+
+    @property
+    def params(self) -> ParamRules:
+        """The request-parameter allow-list (with the operator's additions), for checks early on the
+        request path: `adapters.params.check_request(body, "chat")` refuses with a 400 naming the field."""
+        return self.services.params
 
     def for_deployment(self, deployment: Deployment) -> Adapter:
         name: str = deployment.adapter

@@ -11,8 +11,10 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from gateway.errors import UpstreamError
+from gateway.egress import Egress, EgressConfig
+from gateway.errors import EgressDenied, UpstreamError
 from gateway.providers.minilm import MiniLMEmbedder
+from gateway.providers.params import Kind, ParamRules
 from gateway.registry.specs import Deployment
 
 Json = dict[str, Any]
@@ -37,10 +39,27 @@ class Adapter(Protocol):
     async def close(self) -> None: ...
 
 
-def api_key_for(deployment: Deployment) -> str | None:
-    """The deployment's key, read from the environment variable its spec names (never from the spec)."""
+def check_deployment(egress: Egress, deployment: Deployment, kind: Kind) -> None:
+    """Before anything is read or sent: the deployment names only what the operator allows (a version
+    registered before the rules changed is stopped here, naming what to configure)."""
+    problems = egress.deployment_problems(deployment, kind)
+    if problems:
+        loc, message = problems[0]
+        field = ".".join(str(p) for p in loc)
+        raise EgressDenied(
+            f"deployment {deployment.id!r} ({deployment.model}) was not called: {field}: {message}",
+            deployment=deployment.id,
+        )
+
+
+def api_key_for(deployment: Deployment, egress: Egress | None = None) -> str | None:
+    """The deployment's key, read from the environment variable its spec names (never from the spec);
+    only a variable the operator allows is ever read."""
     if deployment.api_key_env is None:
         return None
+    problem = egress.env_problem(deployment.api_key_env) if egress is not None else None
+    if problem:
+        raise EgressDenied(f"deployment {deployment.id!r}: api_key_env: {problem}", deployment=deployment.id)
     value = os.environ.get(deployment.api_key_env)
     if not value:
         raise UpstreamError(
@@ -67,7 +86,15 @@ def upstream_message(body: Any, fallback: str) -> str:
 
 
 class AdapterServices:
-    """What the gateway hands to adapter factories (shared, long-lived parts)."""
+    """What the gateway hands to adapter factories (shared, long-lived parts).
 
-    def __init__(self, embedder: MiniLMEmbedder) -> None:
+    `egress` holds the operator's allow-lists (config/gateway.yaml `egress`; its defaults when not given):
+    every adapter that reaches the network checks a deployment with it before sending anything."""
+
+    def __init__(self, embedder: MiniLMEmbedder, egress: Egress | EgressConfig | None = None) -> None:
         self.embedder = embedder
+        self.egress = egress if isinstance(egress, Egress) else Egress(egress)
+
+    @property
+    def params(self) -> ParamRules:
+        return self.egress.params

@@ -1,7 +1,10 @@
 """Direct adapter for OpenAI-compatible upstreams (OpenAI, vLLM, Ollama's /v1, most hosted APIs).
 
-One pooled aiohttp session, bodies passed through with orjson. This is the hot path: going through
+One pooled aiohttp session, bodies sent with orjson. This is the hot path: going through
 `litellm.acompletion` costs 3-5 ms of CPU per call here, several times a whole gateway request.
+Before anything is sent, the deployment is checked against the operator's egress rules and the body
+against the request-parameter allow-list; redirects are never followed (a redirect could carry the key
+to a host nobody allowed).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.egress import Egress
 from gateway.errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -21,7 +25,8 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.providers.base import Json, api_key_for, upstream_message
+from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment, upstream_message
+from gateway.providers.params import Kind
 from gateway.registry.specs import Deployment
 
 DEFAULT_BASES = {"openai": "https://api.openai.com/v1"}
@@ -40,6 +45,14 @@ def status_error(status: int, body: Any, deployment: Deployment, retry_after: fl
     """Map an upstream HTTP error to ours: who is at fault decides the status and whether to fall back."""
     msg = upstream_message(body, f"HTTP {status}")
     where = f"deployment {deployment.id!r} ({deployment.model})"
+    if 300 <= status < 400:
+        return UpstreamError(
+            f"{where} answered with a redirect (HTTP {status}), which opsgate does not follow: set its"
+            " api_base to the final address (on egress.hosts in config/gateway.yaml)",
+            upstream_status=status,
+            deployment=deployment.id,
+            code="upstream_redirect",
+        )
     if status == 429:
         return UpstreamRateLimited(
             f"{where} is rate limited: {msg}",
@@ -84,8 +97,9 @@ def transport_error(exc: BaseException, deployment: Deployment) -> UpstreamError
 class OpenAICompatAdapter:
     name = "openai"
 
-    def __init__(self) -> None:
+    def __init__(self, egress: Egress | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._egress = egress or Egress()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -101,27 +115,34 @@ class OpenAICompatAdapter:
         if self._session is not None:
             await self._session.close()
 
-    def _request(self, deployment: Deployment, path: str) -> tuple[str, dict[str, str]]:
+    def _request(self, deployment: Deployment, path: str, kind: Kind) -> tuple[str, dict[str, str]]:
+        check_deployment(self._egress, deployment, kind)  # before the key is read or a byte is sent
         base = deployment.api_base or DEFAULT_BASES.get(deployment.provider)
         if base is None:
             raise UpstreamError(
                 f"deployment {deployment.id!r} has no api_base", retryable=False, deployment=deployment.id
             )
-        headers = {"Content-Type": "application/json", **deployment.headers}
-        key = api_key_for(deployment)
+        headers = {**deployment.headers, "Content-Type": "application/json"}
+        key = api_key_for(deployment, self._egress)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return base.rstrip("/") + path, headers
 
-    async def _post_json(self, deployment: Deployment, path: str, payload: Json) -> Json:
-        url, headers = self._request(deployment, path)
+    def _payload(self, deployment: Deployment, body: Json, kind: Kind) -> Json:
+        """The body sent upstream: allowed parameters only (400 naming the first other), then the
+        deployment's own params, then what the adapter decides."""
+        self._egress.params.check(body, kind)
+        return {**body, **deployment.params, "model": deployment.model_name}
+
+    async def _post_json(self, deployment: Deployment, path: str, payload: Json, kind: Kind) -> Json:
+        url, headers = self._request(deployment, path, kind)
         timeout = aiohttp.ClientTimeout(total=deployment.timeout_s)
         try:
             async with self._client().post(
-                url, data=orjson.dumps(payload), headers=headers, timeout=timeout
+                url, data=orjson.dumps(payload), headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
                 raw = await resp.read()
-                if resp.status >= 400:
+                if resp.status >= 300:
                     raise status_error(
                         resp.status, _loads_or_text(raw), deployment, _retry_after(resp.headers)
                     )
@@ -140,12 +161,13 @@ class OpenAICompatAdapter:
         return data
 
     async def chat(self, deployment: Deployment, body: Json) -> Json:
-        payload = {**body, "model": deployment.model_name, "stream": False}
+        payload = {**self._payload(deployment, body, "chat"), "stream": False}
         payload.pop("stream_options", None)
-        return await self._post_json(deployment, "/chat/completions", payload)
+        return await self._post_json(deployment, "/chat/completions", payload, "chat")
 
     async def embed(self, deployment: Deployment, body: Json) -> Json:
-        return await self._post_json(deployment, "/embeddings", {**body, "model": deployment.model_name})
+        payload = self._payload(deployment, body, "embedding")
+        return await self._post_json(deployment, "/embeddings", payload, "embedding")
 
     def chat_stream(self, deployment: Deployment, body: Json) -> ChunkStream:
         return ChunkStream(self._stream_batches(deployment, body))
@@ -153,19 +175,20 @@ class OpenAICompatAdapter:
     async def _stream_batches(
         self, deployment: Deployment, body: Json
     ) -> AsyncGenerator[tuple[list[Json], bool], None]:
-        url, headers = self._request(deployment, "/chat/completions")
+        payload = self._payload(deployment, body, "chat")
+        url, headers = self._request(deployment, "/chat/completions", "chat")
         headers["Accept"] = "text/event-stream"
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True  # always: the log needs usage even when the client did not ask
-        payload = {**body, "model": deployment.model_name, "stream": True, "stream_options": options}
+        payload.update(stream=True, stream_options=options)
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=deployment.timeout_s, sock_read=deployment.timeout_s
         )
         try:
             async with self._client().post(
-                url, data=orjson.dumps(payload), headers=headers, timeout=timeout
+                url, data=orjson.dumps(payload), headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
-                if resp.status >= 400:
+                if resp.status >= 300:
                     raw = await resp.read()
                     raise status_error(
                         resp.status, _loads_or_text(raw), deployment, _retry_after(resp.headers)
@@ -293,5 +316,5 @@ def _loads_or_text(raw: bytes) -> Any:
         return raw[:500].decode("utf-8", "replace")
 
 
-def create(services: object) -> OpenAICompatAdapter:
-    return OpenAICompatAdapter()
+def create(services: AdapterServices) -> OpenAICompatAdapter:
+    return OpenAICompatAdapter(services.egress)

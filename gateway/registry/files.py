@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -71,9 +72,20 @@ def _relative(project_dir: Path, file: Path) -> str:
         return str(file)
 
 
-def load_artifact(project_dir: Path, kind: str, file: Path) -> ArtifactFile:
+def file_context(project_dir: Path) -> dict[str, Any]:
+    """What artifact files are checked against beyond their own schema: the operator's egress rules in
+    the project's config/gateway.yaml (hosts, key variables, headers, request parameters)."""
+    from gateway.egress import project_egress, spec_context
+
+    return spec_context(project_egress(project_dir))
+
+
+def load_artifact(
+    project_dir: Path, kind: str, file: Path, *, context: dict[str, Any] | None = None
+) -> ArtifactFile:
     rel = _relative(project_dir, file)
-    spec = load_spec(file, spec_class(kind), display=rel)
+    context = context if context is not None else file_context(project_dir)
+    spec = load_spec(file, spec_class(kind), display=rel, context=context)
     name = getattr(spec, "name", None)
     if name != file.stem:
         raise ConfigError(f"name: {name!r} must match the file name {file.stem!r}", path=rel, line=1)
@@ -97,6 +109,10 @@ def load_artifacts(project_dir: Path, kinds: tuple[str, ...]) -> tuple[list[Arti
     """Every artifact file of the given kinds; invalid ones are returned as errors, valid ones still load."""
     found: list[ArtifactFile] = []
     errors: list[ConfigError] = []
+    try:
+        context = file_context(project_dir)
+    except ConfigError as exc:  # config/gateway.yaml itself is invalid: nothing can be checked
+        return [], [exc]
     for kind in kinds:
         paths = artifact_paths(project_dir, kind)
         if not paths:
@@ -110,7 +126,7 @@ def load_artifacts(project_dir: Path, kinds: tuple[str, ...]) -> tuple[list[Arti
             continue
         for file in paths:
             try:
-                found.append(load_artifact(project_dir, kind, file))
+                found.append(load_artifact(project_dir, kind, file, context=context))
             except ConfigError as exc:
                 errors.append(exc)
     names: dict[str, ArtifactFile] = {}

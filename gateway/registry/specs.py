@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gateway.yamlspec import StrictModel
 
@@ -28,10 +28,13 @@ class Deployment(StrictModel):
     retries: int | None = Field(None, ge=0, le=10, description="Overrides the router's retries.")
     weight: float = Field(1.0, gt=0, description="Share of traffic under the weighted strategy.")
     adapter: Literal["auto", "openai", "litellm", "local"] = "auto"
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Header names the operator allows (egress.deployment_headers)."
+    )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra provider parameters passed to litellm (e.g. aws_region_name).",
+        description="Request parameters added to every call (OpenAI's, or ones the operator allows in"
+        " egress.request_params, e.g. top_k); never hosts, credentials, headers, providers or regions.",
     )
     input_cost_per_token: float | None = Field(None, ge=0)
     output_cost_per_token: float | None = Field(None, ge=0)
@@ -61,6 +64,12 @@ class Deployment(StrictModel):
     @property
     def model_name(self) -> str:
         return self.model.split("/", 1)[1]
+
+    def reaches_network(self, plugin_providers: frozenset[str]) -> bool:
+        """Served by a built-in adapter that calls out (not the embedded local provider, not a plugin)."""
+        if self.adapter == "local" or (self.adapter == "auto" and self.provider == "local"):
+            return False
+        return not (self.adapter == "auto" and self.provider in plugin_providers)
 
 
 class FallbackStrategy(StrictModel):
@@ -103,6 +112,35 @@ class RouterSpec(StrictModel):
             seen.add(dep.id)
         return self
 
+    @model_validator(mode="after")
+    def _egress_allowed(self, info: ValidationInfo) -> RouterSpec:
+        """A file being loaded (sync, start-up) names only hosts, variables, headers and parameters the
+        operator allows. A stored version is not re-checked here: the adapters check it at call time."""
+        from gateway.egress import egress_in, raise_problems
+
+        egress = egress_in(info)
+        if egress is None:
+            return self
+        plugins = _plugin_providers()
+        problems = [
+            (("deployments", i, *loc), message)
+            for i, dep in enumerate(self.deployments)
+            if dep.reaches_network(plugins)
+            for loc, message in egress.deployment_problems(dep, self.kind)
+        ]
+        raise_problems("RouterSpec", problems)
+        return self
+
+
+def _plugin_providers() -> frozenset[str]:
+    """Adapters installed as plugins (named after their provider): they, not opsgate, decide where to go."""
+    from importlib.metadata import entry_points
+
+    from gateway import extensions
+
+    builtins = extensions.BUILTINS.get(extensions.ADAPTERS, {})
+    return frozenset(ep.name for ep in entry_points(group=extensions.ADAPTERS) if ep.name not in builtins)
+
 
 # -- prompts -------------------------------------------------------------------------------------------
 
@@ -141,7 +179,23 @@ class PromptParams(StrictModel):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    extra_body: dict[str, Any] = Field(default_factory=dict, description="Provider-specific parameters.")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More request parameters: OpenAI's, or provider-specific ones the operator allows in"
+        " egress.request_params (e.g. top_k). Never hosts, credentials, headers, providers or regions.",
+    )
+
+    @model_validator(mode="after")
+    def _extra_body_allowed(self, info: ValidationInfo) -> PromptParams:
+        """A file being loaded: extra_body holds only allowed request parameters (stored versions are
+        checked on the request path)."""
+        from gateway.egress import egress_in, raise_problems
+
+        egress = egress_in(info)
+        if egress is not None:
+            problems = egress.params.problems(self.extra_body, "chat")
+            raise_problems("PromptParams", [(("extra_body", *p.loc), p.reason) for p in problems])
+        return self
 
 
 class RetrievalSpec(StrictModel):

@@ -6,6 +6,7 @@ aliases move through the promotion service (see promotion.py), never from here d
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from gateway.db.models import Alias, ArtifactVersion
 from gateway.db.state import as_utc, bump_generation, utcnow
 from gateway.registry import audit
+from gateway.shapes import ArtifactRef
 
 KINDS = ("prompt", "router", "index", "model")
 LATEST = "latest"
@@ -37,9 +39,9 @@ class VersionRecord:
     created_by: str
     files: dict[str, Any] | None = None
 
-    @property
-    def ref(self) -> str:
-        return f"{self.kind}:{self.name}@{self.version}#{self.content_hash[:12]}"
+    @functools.cached_property
+    def ref(self) -> ArtifactRef:
+        return ArtifactRef(self.kind, self.name, self.version, self.content_hash)
 
 
 @dataclass(frozen=True)

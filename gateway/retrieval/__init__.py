@@ -9,7 +9,7 @@
     search.py     dense | lexical | hybrid (reciprocal rank fusion)
     build.py      `opsgate index build`: no-op when unchanged; registers the version
     records.py    the index_builds table (manifest and build statistics)
-    retriever.py  the request path: gateway.serving.Retriever
+    retriever.py  the request path: Retrieval (typed hits) and IndexRetriever
     cli.py        the `opsgate index` commands
 
 Heavy libraries (chromadb, bm25s, torch) load on first use, not on import.

@@ -320,13 +320,14 @@ class IndexBuilder:
     def _vectorizer(self, plan: BuildPlan) -> Vectorizer:
         if plan.router is None:
             return LocalVectorizer(self.minilm)
+        from gateway.egress import project_egress
         from gateway.providers import Adapters
         from gateway.providers.base import AdapterServices
         from gateway.registry.specs import RouterSpec
         from gateway.routing.router import Router
 
         assert isinstance(plan.spec.embedder, RouterEmbedder)
-        adapters = Adapters(AdapterServices(self.minilm))
+        adapters = Adapters(AdapterServices(self.minilm, project_egress(self.project_dir)))
         router = Router(
             RouterSpec.model_validate(plan.router.spec),
             version=plan.router.version,

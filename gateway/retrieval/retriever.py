@@ -1,10 +1,10 @@
-"""Retrieval on the request path: a RAG prompt's index version -> chunks for its template.
+"""Retrieval on the request path: a RAG prompt's index version -> the chunks for its template.
 
 `IndexLibrary` keeps the index versions it has opened (versions are immutable, so an entry never goes
-stale; a rolled-back version is still open, so rollback costs nothing). `IndexRetriever` implements
-`gateway.serving.Retriever`: it resolves `retrieval.index` through the catalog (memory only, no
-database), embeds the query the way that version was built, searches, and records lineage on the call:
-the index ref in `call.artifacts`, chunk ids and scores in `call.extra["retrieval"]`.
+stale; a rolled-back version is still open, so rollback costs nothing). `IndexRetriever` resolves a
+prompt's `retrieval.index` through the catalog (memory only, no database), builds the query, embeds it
+the way that version was built and searches. What it found is a `Retrieval`: typed hits of which the
+template's context, the answer's citations and the log entry are views.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine
@@ -31,10 +32,8 @@ from gateway.retrieval.lexical import LexicalIndex
 from gateway.retrieval.search import DEFAULT_MODE, Hit, IndexReader, Mode
 from gateway.retrieval.spec import IndexSpec, RouterEmbedder
 from gateway.retrieval.store import ChromaStore, collection_name
+from gateway.shapes import ArtifactRef, Json
 from gateway.usage import message_text
-
-if TYPE_CHECKING:
-    from gateway.serving import Call
 
 log = logging.getLogger("opsgate.retrieval")
 PAGE = 5000
@@ -111,6 +110,54 @@ def last_user_message(messages: list[Any]) -> str:
     return ""
 
 
+@dataclass(slots=True)
+class Retrieval:
+    """What one retrieval found: the index version, how it searched, and the hits, best first."""
+
+    index: ArtifactRef
+    mode: Mode
+    top_k: int
+    query: str
+    hits: list[Hit]
+
+    def context(self) -> list[Json]:
+        """What a prompt template sees (`context`), one dict per chunk."""
+        return [h.context(self.index) for h in self.hits]
+
+    def citations(self, *, include_text: bool) -> list[Json]:
+        """The `citations` of a RAG answer; chunk text only when the caller opted in."""
+        out: list[Json] = []
+        for h in self.hits:
+            cited: Json = {
+                "document_id": h.document_id,
+                "chunk_id": h.id,
+                "source": h.source,
+                "score": round(h.score, 6),
+                "index": self.index,
+            }
+            if include_text:
+                cited["text"] = h.text
+            out.append(cited)
+        return out
+
+    def log_entry(self) -> Json:
+        """What the request log keeps: which chunks, with their scores (never their text)."""
+        chunks = [{"id": h.id, "document_id": h.document_id, "score": round(h.score, 6)} for h in self.hits]
+        return {"index": self.index, "mode": self.mode, "top_k": self.top_k, "chunks": chunks}
+
+    def texts(self) -> list[str]:
+        return [h.text for h in self.hits]
+
+    def keep(self, context: list[Json]) -> None:
+        """After the context screen: only the chunks it kept, with their text as it left them (redacted)."""
+        by_id = {h.id: h for h in self.hits}
+        self.hits = [
+            replace(by_id[c["id"]], text=c["text"]) if isinstance(c.get("text"), str) else by_id[c["id"]]
+            for c in context
+            if c.get("id") in by_id
+        ]
+
+
 class IndexRetriever:
     def __init__(self, catalog: Catalog, library: IndexLibrary, *, default_mode: Mode = DEFAULT_MODE) -> None:
         self.catalog = catalog
@@ -119,27 +166,8 @@ class IndexRetriever:
         self._warming: set[tuple[str, int, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def retrieve(
-        self, call: Call, spec: PromptSpec, variables: dict[str, Any], messages: list[Any]
-    ) -> list[dict[str, Any]]:
-        assert spec.retrieval is not None
-        record = self.resolve(spec.retrieval.index, spec.name)
-        index_spec: IndexSpec = self.catalog.spec_for(record, IndexSpec)
-        query = self.query(spec, spec.retrieval, variables, messages)
-        mode: Mode = spec.retrieval.mode or self.default_mode
-        hits = await self.search(record, index_spec, query, spec.retrieval.top_k, mode)
-        if spec.retrieval.min_score is not None:
-            hits = [h for h in hits if h.score >= spec.retrieval.min_score]
-        call.artifacts.append(record.ref)
-        call.extra["retrieval"] = {
-            "index": record.ref,
-            "mode": mode,
-            "top_k": spec.retrieval.top_k,
-            "chunks": [{"id": h.id, "document_id": h.document_id, "score": round(h.score, 6)} for h in hits],
-        }
-        return [h.context(record.ref) for h in hits]
-
     def resolve(self, index: str, prompt: str) -> VersionRecord:
+        """The index version a prompt names (`name`, `name@alias`, `name@7`): memory only."""
         ref = parse_ref(index, default_kind="index", param="retrieval.index")
         try:
             return self.catalog.resolve("index", ref.name, ref.selector)
@@ -149,6 +177,15 @@ class IndexRetriever:
                 f" `opsgate index build {ref.name}`",
                 code="index_not_found",
             ) from exc
+
+    async def retrieve(self, record: VersionRecord, retrieval: RetrievalSpec, query: str) -> Retrieval:
+        """Search one index version the way the prompt's `retrieval` block says."""
+        index_spec: IndexSpec = self.catalog.spec_for(record, IndexSpec)
+        mode: Mode = retrieval.mode or self.default_mode
+        hits = await self.search(record, index_spec, query, retrieval.top_k, mode)
+        if retrieval.min_score is not None:
+            hits = [h for h in hits if h.score >= retrieval.min_score]
+        return Retrieval(record.ref, mode, retrieval.top_k, query, hits)
 
     @staticmethod
     def query(
@@ -191,8 +228,8 @@ class IndexRetriever:
             ) from exc
 
     async def _router_vector(self, embedder: RouterEmbedder, query: str) -> Any:
-        name, _, version = embedder.router.partition("@")
-        router = self.catalog.router_for(self.catalog.resolve("router", name, version or None))
+        ref = parse_ref(embedder.router, default_kind="router", param="embedder.router")
+        router = self.catalog.router_for(self.catalog.resolve("router", ref.name, ref.selector))
         data, _ = await router.embed({"model": router.name, "input": [query]})
         return vectors_from_response(data, 1, f"router {router.ref}")[0]
 

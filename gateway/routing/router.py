@@ -6,7 +6,8 @@ first choice, so a broken deployment is never tried again while a healthy one is
 deterministic. A deployment that failed `allowed_fails` times in a row cools down for `cooldown_s` and
 goes to the back of the order (still tried when nothing else is left).
 
-Streams fall back only before their first chunk; after it, a failure reaches the caller mid-stream.
+Streams fall back only before their first chunk; after it, a failure reaches the caller mid-stream and
+counts as a failure of that deployment (its attempt is logged failed, and it moves toward cooldown).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 
 from gateway.errors import UpstreamError
 from gateway.providers import Adapters
-from gateway.providers.base import Adapter, Json
+from gateway.providers.base import Adapter
 from gateway.registry.specs import Deployment, RouterSpec, WeightedStrategy
+from gateway.shapes import ArtifactRef, ChunkStream, Json, chunk_stream
 
 
 @dataclass(slots=True)
@@ -72,14 +74,11 @@ class Router:
         self._clock = clock
         self._rng = rng or random.Random()
         self._health: dict[str, _Health] = {d.id: _Health() for d in spec.deployments}
+        self.ref = ArtifactRef("router", spec.name, version, content_hash)
 
     @property
     def name(self) -> str:
         return self.spec.name
-
-    @property
-    def ref(self) -> str:
-        return f"router:{self.spec.name}@{self.version}#{self.content_hash[:12]}"
 
     def order(self) -> list[Deployment]:
         deployments = list(self.spec.deployments)
@@ -144,7 +143,7 @@ class Router:
 
     async def open_stream(
         self, body: Json, result: RouteResult | None = None
-    ) -> tuple[Json, AsyncIterator[Json], RouteResult]:
+    ) -> tuple[Json, ChunkStream, RouteResult]:
         """Fall back until a deployment yields its first chunk; return it with the rest of the stream."""
         result = result or RouteResult(self.spec.deployments[0])
 
@@ -160,7 +159,15 @@ class Router:
             return chunk, stream
 
         first, rest = await self._walk(result, first_chunk)
-        return first, rest, result
+        return first, chunk_stream(rest), result
+
+    def failed_mid_stream(self, result: RouteResult, error: UpstreamError) -> None:
+        """A stream broke off after its first chunk: that is its deployment's failure (its attempt is
+        marked failed, and the deployment moves toward cooldown), though it is too late to fall back."""
+        self._failed(result.deployment)
+        if result.attempts:
+            attempt = result.attempts[-1]
+            attempt.ok, attempt.error, attempt.status = False, error.code, error.upstream_status
 
 
 async def _aclose(stream: AsyncIterator[Json]) -> None:

@@ -65,14 +65,14 @@ def judged_project(project_factory: ProjectFactory, judge_upstream: FakeUpstream
 
 
 def run(project: Path, data_dir: Path, suite: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from gateway.app import prepare_database
+    from gateway.app import create_app, prepare_database
 
     for k, v in JUDGE_ENV.items():
         monkeypatch.setenv(k, v)
     settings = Settings(project_dir=project, data_dir=data_dir)
     engine = prepare_database(settings)
     key = (data_dir / "admin.key").read_text(encoding="utf-8").strip()
-    request = RunRequest(project / "evals" / suite, project, key, settings=settings)
+    request = RunRequest(project / "evals" / suite, project, key, app=lambda: create_app(settings))
     try:
         return asyncio.run(execute(request, engine)), engine
     finally:

@@ -36,6 +36,14 @@ FAST_GATEWAY_YAML = "request_log:\n  flush_interval_s: 0.02\ncache:\n  refresh_i
 # The shared spine gateway (conftest `spine_gateway`): small body limit, fast log, default key refresh.
 SPINE_MAX_BODY = 64 * 1024
 SPINE_GATEWAY_YAML = f"server:\n  max_body_bytes: {SPINE_MAX_BODY}\nrequest_log:\n  flush_interval_s: 0.02\n"
+# Fake upstreams and webhook receivers listen on 127.0.0.1, which egress rules allow only when listed:
+# `build_project` appends this to a config/gateway.yaml that has no `egress:` section of its own.
+LOOPBACK_EGRESS_YAML = (
+    "egress:\n"
+    "  hosts: ['127.0.0.1:*', 'localhost:*']\n"
+    "  api_key_envs: ['*_API_KEY', 'FAKE_*']\n"
+    "  webhook_hosts: ['127.0.0.1:*']\n"
+)
 
 
 def free_port() -> int:
@@ -80,7 +88,16 @@ def build_project(
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+    allow_loopback(root)
     return root
+
+
+def allow_loopback(root: Path) -> None:
+    """Let a test project call 127.0.0.1 (unless its config/gateway.yaml has its own egress section)."""
+    file = root / "config" / "gateway.yaml"
+    text = file.read_text(encoding="utf-8") if file.exists() else ""
+    if not any(line.startswith("egress:") for line in text.splitlines()):
+        file.write_text(text + ("\n" if text and not text.endswith("\n") else "") + LOOPBACK_EGRESS_YAML)
 
 
 def deployment(

@@ -28,7 +28,7 @@ import pytest
 
 from gateway.monitoring.alerts import verify
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import GatewayProcess
+from tests.fakes.gateway import LOOPBACK_EGRESS_YAML, GatewayProcess
 
 SECRET = "whsec-test-ml-0123456789"
 CANCER_FEATURES = [
@@ -181,7 +181,7 @@ def gateway_yaml(receiver: Receiver) -> str:
         "alerts:\n  webhooks:\n"
         f"    - {{url: '{receiver.url}', secret_env: OPSGATE_TEST_WEBHOOK_SECRET, retries: 0}}\n"
         "ml:\n  monitor_interval_s: 0\n  flush_interval_s: 0.05\n"
-        "  retrain_commands: {cancer_retrain: [python, retrain.py]}\n"
+        "  retrain_commands: {cancer_retrain: [python, retrain.py]}\n" + LOOPBACK_EGRESS_YAML
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 from redis.exceptions import RedisError
 
 from gateway.errors import OpsgateError
+from gateway.flow.call import Call
 from gateway.keys import Principal
 from gateway.policy.base import Charge
 from gateway.policy.pipeline import Pipeline
@@ -19,7 +20,6 @@ from gateway.policy.quota import MemoryStore, RedisStore, Settlement
 from gateway.policy.spec import parse_policy, registered_checks
 from gateway.registry.specs import RouterSpec
 from gateway.routing.router import Router
-from gateway.serving import Call
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -1,5 +1,5 @@
 """`IndexRetriever` in process on a real catalog: selectors, query templates, min_score, modes,
-lineage on the call, router-embedded indexes, and errors that say what to do."""
+the lineage a `Retrieval` carries, router-embedded indexes, and errors that say what to do."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.registry.specs import PromptSpec
 from gateway.registry.sync import bootstrap
-from gateway.retrieval.retriever import IndexRetriever
+from gateway.retrieval.retriever import IndexRetriever, Retrieval
 from gateway.retrieval.store import collection_name
-from gateway.serving import Call
 from tests.retrieval.conftest import Workspace, WorkspaceFactory
 from tests.retrieval.test_build import FILES, HANDBOOK
 
@@ -49,11 +48,36 @@ def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
+class Call:
+    """What the request flow keeps of a retrieval: the lineage and the log entry (`Retrieval` views)."""
+
+    def __init__(self, *_: str) -> None:
+        self.artifacts: list[str] = []
+        self.extra: dict[str, Any] = {}
+
+
+async def retrieve(
+    retriever: IndexRetriever, call: Call, spec: PromptSpec, variables: dict[str, Any], messages: list[Any]
+) -> list[dict[str, Any]]:
+    """Resolve, build the query, search: the flow's steps for a RAG prompt, recorded as the flow does."""
+    assert spec.retrieval is not None
+    record = retriever.resolve(spec.retrieval.index, spec.name)
+    query = retriever.query(spec, spec.retrieval, variables, messages)
+    found: Retrieval = await retriever.retrieve(record, spec.retrieval, query)
+    call.artifacts.append(found.index)
+    call.extra["retrieval"] = found.log_entry()
+    return found.context()
+
+
 async def test_lineage_and_context(setup: tuple[Workspace, Catalog]) -> None:
     ws, catalog = setup
     call = Call("req-1", "/v1/chat/completions")
-    context = await IndexRetriever(catalog, ws.library).retrieve(
-        call, prompt(index="handbook", top_k=2), {}, user("Which animal is the largest?")
+    context = await retrieve(
+        IndexRetriever(catalog, ws.library),
+        call,
+        prompt(index="handbook", top_k=2),
+        {},
+        user("Which animal is the largest?"),
     )
     record = catalog.resolve("index", "handbook")
     assert call.artifacts == [record.ref]
@@ -75,12 +99,16 @@ async def test_query_template_selector_mode_and_min_score(setup: tuple[Workspace
     retriever = IndexRetriever(catalog, ws.library)
     spec = prompt(index="handbook@1", top_k=3, mode="dense", query="{{ topic }} key file", min_score=0.3)
     call = Call("req-2", "/v1/chat/completions")
-    context = await retriever.retrieve(call, spec, {"topic": "admin"}, user("ignored question"))
+    context = await retrieve(retriever, call, spec, {"topic": "admin"}, user("ignored question"))
     assert context[0]["id"] == "guide#1"
     assert all(c["score"] >= 0.3 for c in context) and len(context) < 3
     assert call.extra["retrieval"]["mode"] == "dense"
-    hybrid = await retriever.retrieve(
-        Call("r", "x"), prompt(index="handbook@production", mode="hybrid"), {}, user("rollback alias")
+    hybrid = await retrieve(
+        retriever,
+        Call("r", "x"),
+        prompt(index="handbook@production", mode="hybrid"),
+        {},
+        user("rollback alias"),
     )
     assert hybrid[0]["id"] == "notes#0" and hybrid[0]["score"] <= 1.0
 
@@ -88,8 +116,12 @@ async def test_query_template_selector_mode_and_min_score(setup: tuple[Workspace
 async def test_router_embedded_index_queries_through_the_router(setup: tuple[Workspace, Catalog]) -> None:
     ws, catalog = setup
     call = Call("req-3", "/v1/chat/completions")
-    context = await IndexRetriever(catalog, ws.library).retrieve(
-        call, prompt(index="routed", mode="dense", top_k=1), {}, user("What is the biggest animal?")
+    context = await retrieve(
+        IndexRetriever(catalog, ws.library),
+        call,
+        prompt(index="routed", mode="dense", top_k=1),
+        {},
+        user("What is the biggest animal?"),
     )
     assert context[0]["id"] == "whales#0"
     assert call.artifacts[0].startswith("index:routed@1#")
@@ -99,16 +131,20 @@ async def test_errors_say_what_to_do(setup: tuple[Workspace, Catalog]) -> None:
     ws, catalog = setup
     retriever = IndexRetriever(catalog, ws.library)
     with pytest.raises(NotFound) as err:
-        await retriever.retrieve(Call("a", "x"), prompt(index="nope"), {}, user("q"))
+        await retrieve(retriever, Call("a", "x"), prompt(index="nope"), {}, user("q"))
     assert "opsgate index build nope" in err.value.message and err.value.code == "index_not_found"
     with pytest.raises(NotFound, match="has no alias 'staging'"):
-        await retriever.retrieve(Call("b", "x"), prompt(index="handbook@staging"), {}, user("q"))
+        await retrieve(retriever, Call("b", "x"), prompt(index="handbook@staging"), {}, user("q"))
     record = catalog.resolve("index", "routed")
     ws.store.delete(collection_name(record.name, record.version, record.content_hash))
     try:
         with pytest.raises(UpstreamUnavailable, match="opsgate index build routed"):
-            await IndexRetriever(catalog, type(ws.library)(ws.store, ws.root, ws.minilm)).retrieve(
-                Call("c", "x"), prompt(index="routed"), {}, user("q")
+            await retrieve(
+                IndexRetriever(catalog, type(ws.library)(ws.store, ws.root, ws.minilm)),
+                Call("c", "x"),
+                prompt(index="routed"),
+                {},
+                user("q"),
             )
     finally:
         await asyncio.to_thread(ws.build, "routed")  # restores the collection of the same version

@@ -29,6 +29,7 @@ class Access(PolicyCheck[AccessConfig]):
     type = "access"
     config_model = AccessConfig
     phase = 0
+    stage = "authorise"
 
     def __init__(self, config: AccessConfig, rule: str) -> None:
         super().__init__(config, rule)

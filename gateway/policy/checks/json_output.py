@@ -68,6 +68,7 @@ class JsonOutput(PolicyCheck[JsonOutputConfig]):
     type = "json_output"
     config_model = JsonOutputConfig
     phase = 30
+    needs_full_answer = True
 
     def check_output(self, subject: Subject, payload: Payload, request: Payload | None) -> Finding | None:
         response_format = request.body.get("response_format") if request and request.body else None

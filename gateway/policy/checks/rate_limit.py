@@ -50,21 +50,45 @@ class RateLimit(PolicyCheck[RateLimitConfig]):
     config_model = RateLimitConfig
     phase = 60
 
+    def admission_charges(self, subject: Subject) -> list[Charge]:
+        cfg = self.config
+        if cfg.rpm is None:
+            return []
+        return [
+            Charge(
+                base + ":rpm",
+                "rate",
+                cfg.rpm,
+                1,
+                soft=cfg.mode == "flag",
+                what=f"requests per minute per {scope}",
+            )
+            for scope, base in self._counters(subject)
+        ]
+
     def charges(self, subject: Subject, payload: Payload) -> list[Charge]:
         cfg = self.config
-        soft = cfg.mode == "flag"
-        out: list[Charge] = []
-        for scope in cfg.scopes:
-            for ident in subjects_in(scope, subject):
-                base = f"rl:{self.rule}:{self.name}:{scope}:{ident}"
-                if cfg.rpm is not None:
-                    what = f"requests per minute per {scope}"
-                    out.append(Charge(base + ":rpm", "rate", cfg.rpm, 1, soft=soft, what=what))
-                if cfg.tpm is not None:
-                    what = f"tokens per minute per {scope}"
-                    tokens = payload.input_tokens()
-                    out.append(Charge(base + ":tpm", "rate", cfg.tpm, tokens, soft=soft, what=what))
-        return out
+        if cfg.tpm is None:
+            return []
+        tokens = payload.input_tokens()
+        return [
+            Charge(
+                base + ":tpm",
+                "rate",
+                cfg.tpm,
+                tokens,
+                soft=cfg.mode == "flag",
+                what=f"tokens per minute per {scope}",
+            )
+            for scope, base in self._counters(subject)
+        ]
+
+    def _counters(self, subject: Subject) -> list[tuple[Scope, str]]:
+        return [
+            (scope, f"rl:{self.rule}:{self.name}:{scope}:{ident}")
+            for scope in self.config.scopes
+            for ident in subjects_in(scope, subject)
+        ]
 
     def refused(self, refusal: Refusal) -> OpsgateError:
         charge = refusal.charge

@@ -1,0 +1,358 @@
+"""The request flow behind the OpenAI-compatible endpoints, free of HTTP details.
+
+    resolve ─► authorise ─► prepare ─► call ─► finish
+    (memory:   (access,     (retrieve,  (route,   (output checks; settle, the log row,
+     versions,  query        screen,     adapter,  the online-eval sample)
+     lineage,   screen,      render,     stream)
+     variables) early        count,
+                limits)      charge)
+
+`Gateway.chat` reads as the whole chat path. Every request, failed or not, ends in exactly one
+`finish()`, which writes one log row: the HTTP layer opens each request with `gateway.api.calls.opened_call`,
+which guarantees it (a stream hands that duty to its SSE writer).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.catalog import Catalog
+from gateway.errors import AuthenticationFailed, ModelNotFound, OpsgateError, UpstreamError
+from gateway.flow.access import VersionAccess
+from gateway.flow.call import Call
+from gateway.flow.cards import model_card, prompt_card
+from gateway.flow.plan import ChatPlan, Resolver
+from gateway.flow.sse import ChatStream
+from gateway.keys import Principal
+from gateway.monitoring.metrics import Metrics
+from gateway.monitoring.requestlog import LogRow, RequestLogWriter
+from gateway.policy.base import Subject
+from gateway.policy.payloads import chat_payload, embedding_payload
+from gateway.policy.pipeline import Pipeline
+from gateway.registry.render import render_messages
+from gateway.registry.specs import Deployment, PromptSpec
+from gateway.retrieval.retriever import IndexRetriever, last_user_message
+from gateway.routing.router import Router, RouteResult
+from gateway.shapes import Json
+from gateway.usage import Prices, cost_usd, count_message_tokens, count_text_tokens, message_text, prices_for
+from gateway.wire import ChatRequest, EmbeddingRequest
+
+FinishHook = Callable[[Call, LogRow], None]
+
+
+@dataclass(slots=True)
+class Upstream:
+    """A prepared request: the router to call and the body it gets."""
+
+    router: Router
+    body: Json
+
+    @property
+    def messages(self) -> list[Any]:
+        messages: list[Any] = self.body.get("messages") or []
+        return messages
+
+
+class Gateway:
+    def __init__(
+        self,
+        catalog: Catalog,
+        writer: RequestLogWriter,
+        metrics: Metrics,
+        retriever: IndexRetriever | None = None,
+        policy: Pipeline | None = None,
+        *,
+        protected_aliases: frozenset[str] = frozenset({"staging", "production"}),
+    ) -> None:
+        self.catalog = catalog
+        self.writer = writer
+        self.metrics = metrics
+        self.retriever = retriever
+        self.policy = policy if policy is not None else Pipeline.ungoverned()
+        self.access = VersionAccess(catalog, protected_aliases)
+        self.resolver = Resolver(catalog, retriever)
+        # Called with (call, row) after every request's log row is submitted (e.g. online eval sampling).
+        # Hooks must be quick and must not raise: they run on the request path.
+        self.finish_hooks: list[FinishHook] = []
+        self.streams: set[ChatStream] = set()  # open streams, cut at shutdown after the grace period
+
+    # -- who calls ---------------------------------------------------------------------------------------
+
+    def authenticate(self, call: Call, authorization: str | None) -> Principal:
+        if not authorization:
+            raise AuthenticationFailed(
+                "no API key: send it as 'Authorization: Bearer <key>' (create one with `opsgate keys create`)"
+            )
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationFailed("the Authorization header must be 'Bearer <key>'")
+        principal = self.catalog.principal(token.strip())
+        if principal is None:
+            raise AuthenticationFailed("invalid API key: it is unknown or was revoked")
+        call.principal = principal
+        return principal
+
+    # -- the chat path -----------------------------------------------------------------------------------
+
+    async def chat(self, call: Call, request: ChatRequest) -> Json | ChatStream:
+        """A chat completion, in the order of the request flow. The caller finishes the call (or the
+        returned stream does, once it is over)."""
+        call.stream, call.include_context = request.stream, request.include_context
+        plan = self.resolver.chat(call, request)
+        await self.authorise(call, plan)
+        upstream = await self.prepare(call, plan)
+        if request.stream:
+            return await self.open_stream(call, upstream, request)
+        return await self.complete(call, upstream)
+
+    async def authorise(self, call: Call, plan: ChatPlan) -> None:
+        """Access (the key's allow list, approved versions, policy rules), the query screen, and (for a
+        request that will retrieve) the limits that need no token count: all before any work is done."""
+        self.access.authorise(call.principal, plan.asked)
+        subject = Subject.of(call.principal, plan.targets, "chat")
+        query = (plan.request.caller_messages(), plan.variables) if plan.index is not None else None
+        plan.query_source = await self.policy.authorise(call, subject, query=query, early=query is not None)
+
+    async def prepare(self, call: Call, plan: ChatPlan) -> Upstream:
+        """Retrieve and screen the context, render the prompt, then admit the request as it will go
+        upstream (content checks, token counts, every counted limit in one store round trip)."""
+        request = plan.request
+        if plan.spec is None:
+            upstream = Upstream(plan.router, request.forward())
+        else:
+            context = await self._retrieve(call, plan) if plan.index is not None else []
+            upstream = Upstream(plan.router, self._prompt_body(plan, context))
+            if call.question is None:
+                call.question = last_user_message(request.caller_messages())
+        payload = chat_payload(plan.router, upstream.body, request.body, self.policy.tokens)
+        await self.policy.admit(call, payload)
+        return upstream
+
+    async def _retrieve(self, call: Call, plan: ChatPlan) -> list[Json]:
+        assert self.retriever is not None and plan.spec is not None and plan.spec.retrieval is not None
+        assert plan.index is not None and plan.query_source is not None
+        messages, variables = plan.query_source
+        query = self.retriever.query(plan.spec, plan.spec.retrieval, variables, messages)
+        call.question = query
+        retrieval = await self.retriever.retrieve(plan.index, plan.spec.retrieval, query)
+        call.retrieval = retrieval
+        context = self.policy.screen_context(call, retrieval.context())  # PII and injection in chunks
+        retrieval.keep(context)
+        return context
+
+    def _prompt_body(self, plan: ChatPlan, context: list[Json]) -> Json:
+        assert plan.prompt is not None and plan.spec is not None
+        spec, request = plan.spec, plan.request
+        rendered = render_messages(spec, plan.variables, templates=plan.prompt.files, context=context)
+        body = {**prompt_params(spec), **request.forward()}
+        body["messages"] = rendered + request.caller_messages()
+        if spec.response_format is not None and "response_format" not in request.body:
+            body["response_format"] = spec.response_format
+        return body
+
+    async def complete(self, call: Call, upstream: Upstream) -> Json:
+        """Call the upstream (routing, fallbacks), account for it and check the answer."""
+        started = time.perf_counter()
+        call.route_result = RouteResult(upstream.router.spec.deployments[0])  # the log sees failed tries
+        try:
+            data, result = await upstream.router.chat(upstream.body, call.route_result)
+        finally:
+            call.upstream_ms = (time.perf_counter() - started) * 1000
+        citations = call.citations()
+        if citations is not None:
+            data["citations"] = citations
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        text = "".join(
+            message_text(c.get("message")) for c in data.get("choices") or () if isinstance(c, dict)
+        )
+        self._account(call, result.deployment, usage, upstream.messages, text)
+        self.policy.check_chat_output(call, data)
+        call.answer = _answer_text(data)
+        return data
+
+    async def open_stream(self, call: Call, upstream: Upstream, request: ChatRequest) -> ChatStream:
+        """Open the upstream stream (falling back until one yields its first chunk), put the output
+        checks around it, and hand it to an SSE writer that finishes the call when the stream ends."""
+        started = time.perf_counter()
+        call.route_result = RouteResult(upstream.router.spec.deployments[0])
+        try:
+            first, rest, _ = await upstream.router.open_stream(upstream.body, call.route_result)
+        finally:
+            call.upstream_ms = (time.perf_counter() - started) * 1000
+        call.ttft_ms = call.upstream_ms
+        first, rest = await self.policy.wrap_stream(call, first, rest)
+        messages = upstream.messages
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+
+        def end(call: Call, status: int, error: OpsgateError | None, usage: Json | None, text: str) -> None:
+            self.streams.discard(stream)
+            call.upstream_ms = (time.perf_counter() - started) * 1000
+            assert call.route_result is not None
+            if isinstance(error, UpstreamError):  # it broke off mid-stream: the deployment's failure
+                upstream.router.failed_mid_stream(call.route_result, error)
+            try:
+                self._account(call, call.route_result.deployment, usage, messages, text)
+            except UpstreamError as exc:  # already sent: count the answer ourselves, and say why
+                call.extra["usage_error"] = exc.message
+                self._account(call, call.route_result.deployment, None, messages, text)
+            call.answer = text
+            self.finish(call, status, error)
+
+        stream = ChatStream(
+            call,
+            first,
+            rest,
+            include_usage=include_usage,
+            count_usage=lambda text: self._usage_from_text(call, messages, text),
+            end=end,
+        )
+        self.streams.add(stream)
+        return stream
+
+    async def system_chat(self, principal: Principal, body: Json) -> Json:
+        """A chat completion for the gateway's own use (e.g. an online-eval judge), through the same flow
+        and logged like any request, as `principal` (a system principal: no key)."""
+        call = Call(
+            request_id="req_" + secrets.token_hex(12), route="/v1/chat/completions", principal=principal
+        )
+        try:
+            answer = await self.chat(call, ChatRequest.parse({**body, "stream": False}))
+        except OpsgateError as exc:
+            self.finish(call, exc.status, exc)
+            raise
+        self.finish(call, 200)
+        assert isinstance(answer, dict)
+        return answer
+
+    # -- embeddings ----------------------------------------------------------------------------------
+
+    async def embeddings(self, call: Call, request: EmbeddingRequest) -> Json:
+        router, asked = self.resolver.router(call, request.model, "embedding")
+        self.access.authorise(call.principal, [asked])
+        await self.policy.authorise(call, Subject.of(call.principal, (("router", router.name),), "embedding"))
+        body = request.forward()
+        await self.policy.admit(call, embedding_payload(router, body))
+        started = time.perf_counter()
+        call.route_result = RouteResult(router.spec.deployments[0])
+        try:
+            data, result = await router.embed(body, call.route_result)
+        finally:
+            call.upstream_ms = (time.perf_counter() - started) * 1000
+        raw_usage = data.get("usage")
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+        call.tokens_in = int(usage.get("prompt_tokens") or 0)
+        call.tokens_out = 0
+        call.cost = cost_usd(_prices(result.deployment), call.tokens_in, 0)
+        return data
+
+    # -- what a key may call --------------------------------------------------------------------------
+
+    def models(self, principal: Principal) -> list[Json]:
+        out: list[Json] = []
+        for name in self.catalog.names("router"):
+            router = self.catalog.router(name)
+            if router is not None and principal.may_call("router", name):
+                out.append(model_card(router))
+        for name in self.catalog.names("prompt"):
+            if not principal.may_call("prompt", name):
+                continue
+            record = self.catalog.find("prompt", name)
+            if record is not None:
+                out.append(prompt_card(record, self.catalog.prompt_spec(record)))
+        return out
+
+    def model(self, principal: Principal, model_id: str) -> Json:
+        for card in self.models(principal):
+            if model_id in (card["id"], f"{card['opsgate']['kind']}:{card['id']}"):
+                return card
+        raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
+
+    # -- accounting and the log row ------------------------------------------------------------------
+
+    def _usage_from_text(self, call: Call, messages: list[Any], text: str) -> dict[str, int]:
+        model = call.route_result.deployment.model if call.route_result else ""
+        prompt = count_message_tokens(messages, model)
+        completion = count_text_tokens(text, model)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _account(
+        self, call: Call, deployment: Deployment, usage: dict[str, Any] | None, messages: list[Any], text: str
+    ) -> None:
+        if not usage or "prompt_tokens" not in usage:
+            usage = self._usage_from_text(call, messages, text)
+        call.tokens_in = _count(usage, "prompt_tokens", deployment)
+        call.tokens_out = _count(usage, "completion_tokens", deployment)
+        call.cost = cost_usd(_prices(deployment), call.tokens_in, call.tokens_out)
+
+    def finish(self, call: Call, status: int, error: OpsgateError | None = None) -> None:
+        """The end of every request: settle the limits, write the one log row, observe, run the hooks."""
+        if call.finished:
+            return
+        call.finished = True
+        self.policy.settle(call)  # true tokens and cost replace the estimates; stream decisions recorded
+        result = call.route_result
+        tried = result is not None and bool(result.attempts)
+        row = LogRow(
+            id=call.request_id,
+            ts=call.ts,
+            route=call.route,
+            status=status,
+            latency_ms=(time.perf_counter() - call.started) * 1000,
+            key_id=call.principal.key_id if call.principal else None,
+            principal=call.principal.principal if call.principal else None,
+            model=call.model,
+            artifacts=[str(ref) for ref in call.artifacts],
+            upstream_model=result.deployment.model if result and tried else None,
+            deployment=result.deployment.id if result and tried else None,
+            error_type=(error.code or error.type) if error else None,
+            error_message=error.message[:2000] if error else None,
+            stream=call.stream,
+            upstream_ms=call.upstream_ms,
+            ttft_ms=call.ttft_ms,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            cost_usd=call.cost,
+            attempts=[a.as_dict() for a in result.attempts] if result else [],
+            decisions=call.decisions,
+            extra=call.log_extra(),
+        )
+        self.writer.submit(row)
+        self.metrics.observe(row)
+        for hook in self.finish_hooks:
+            hook(call, row)
+
+
+def prompt_params(spec: PromptSpec) -> Json:
+    params = spec.params.model_dump(exclude_none=True, exclude={"extra_body"})
+    return {**spec.params.extra_body, **params}
+
+
+def _prices(deployment: Deployment) -> Prices | None:
+    if deployment.input_cost_per_token is not None or deployment.output_cost_per_token is not None:
+        return Prices(deployment.input_cost_per_token or 0.0, deployment.output_cost_per_token or 0.0)
+    return prices_for(deployment.model)
+
+
+def _count(usage: dict[str, Any], name: str, deployment: Deployment) -> int:
+    """A token count from the upstream's `usage`: a non-negative whole number, or the upstream is at fault."""
+    value = usage.get(name) or 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != int(value):
+        raise UpstreamError(
+            f"deployment {deployment.id!r} ({deployment.model}) answered with usage.{name} = {value!r},"
+            " which is not a token count",
+            retryable=False,
+            deployment=deployment.id,
+            code="invalid_upstream_usage",
+        )
+    return int(value)
+
+
+def _answer_text(data: Json) -> str:
+    choices = data.get("choices") or [{}]
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    return message_text(message) if isinstance(message, dict) else ""

@@ -1,0 +1,168 @@
+"""The SSE writer: a chat stream as the bytes the client reads, and the call's end when it is over.
+
+Events the upstream delivered together go out in one write, flushed before the writer must wait for
+more (`ChunkStream.ready()`). A stream ends with `data: [DONE]`, or, when it is cut (the upstream broke
+off, or the gateway is shutting down), with a chunk whose finish_reason is "error" and an error event.
+Whatever happens, the stream's end writes the call's one log row (through `ChatStream.end`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import orjson
+
+from gateway.errors import OpsgateError, StreamCut, UpstreamError
+from gateway.flow.call import Call
+from gateway.shapes import ChunkStream, Json
+
+log = logging.getLogger("opsgate.stream")
+# (call, status, error, usage, answer text) -> None: accounting and the log row
+EndHook = Callable[[Call, int, OpsgateError | None, dict[str, Any] | None, str], None]
+# (answer text) -> usage counted by the gateway, when the upstream sent none and the client asked for it
+UsageCounter = Callable[[str], dict[str, int]]
+
+
+class ChatStream:
+    """An open chat stream: its first chunk and the rest (after output checks), not yet sent."""
+
+    def __init__(
+        self,
+        call: Call,
+        first: Json,
+        rest: ChunkStream,
+        *,
+        include_usage: bool,
+        count_usage: UsageCounter,
+        end: EndHook,
+    ) -> None:
+        self.call = call
+        call.streaming = True  # from here on this stream writes the call's log row
+        self.first = first
+        self.rest = rest
+        self.include_usage = include_usage
+        self._count_usage = count_usage
+        self._end = end
+        self._cut = False
+        self._task: asyncio.Task[Any] | None = None  # the writer's task while it waits for the upstream
+
+    def cut(self) -> None:
+        """End the stream now with an error event (the server is shutting down): at once if the writer
+        is waiting for the upstream (its wait is cancelled), else at the next chunk."""
+        self._cut = True
+        if self._task is not None:
+            self._task.cancel(msg=CUT)
+
+    async def sse(self) -> AsyncGenerator[bytes]:
+        """SSE bytes for the client; ends with [DONE], or with an error event and no [DONE] when cut."""
+        call, rest = self.call, self.rest
+        pieces: list[str] = []
+        usage: dict[str, Any] | None = None
+        last_meta: Json = self.first
+        status: int = 200
+        error: OpsgateError | None = None
+        first = self.first
+        citations = call.citations()
+        if citations is not None:
+            first = {**first, "citations": citations}
+        out: list[bytes] = []
+        try:
+            chunk: Json | None = first
+            while chunk is not None:
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if isinstance(delta.get("content"), str):
+                        pieces.append(delta["content"])
+                last_meta = chunk
+                if self.include_usage or chunk.get("choices"):
+                    if not self.include_usage and "usage" in chunk:
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                if out and not rest.ready():
+                    yield b"".join(out)
+                    out.clear()
+                chunk = await self._next()
+            if self.include_usage and usage is None:
+                usage = self._count_usage("".join(pieces))
+                out.append(b"data: " + orjson.dumps(_usage_chunk(last_meta, usage)) + b"\n\n")
+            yield b"".join([*out, b"data: [DONE]\n\n"])
+        except (UpstreamError, StreamCut) as exc:
+            status, error = exc.status, exc
+            yield _error_events(out, last_meta, exc)
+        except asyncio.CancelledError:
+            if not self._cut:  # the client went away
+                status, error = 499, OpsgateError("the client left during the stream", code="client_closed")
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # our own cut, not the client's
+            status, error = 503, _cut_error()
+            yield _error_events([], last_meta, error)
+        except GeneratorExit:  # the response was closed under us (the client went away)
+            status, error = 499, OpsgateError("the client left during the stream", code="client_closed")
+            raise
+        except Exception as exc:  # a bug: the client gets an error event, the row says so, the log has it
+            log.exception("stream of request %s failed", call.request_id)
+            status = 500
+            error = OpsgateError(f"internal error ({type(exc).__name__}); quote request id {call.request_id}")
+            yield _error_events(out, last_meta, error)
+        finally:
+            await rest.aclose()
+            self._end(call, status, error, usage, "".join(pieces))
+
+    async def _next(self) -> Json | None:
+        if self._cut:
+            raise _cut_error()
+        self._task = asyncio.current_task()
+        try:
+            return await anext(self.rest, None)
+        finally:
+            self._task = None
+
+    async def abandon(self) -> None:
+        """The client left before the first byte was sent: close the upstream, log the request."""
+        if self.call.finished:
+            return
+        await self.rest.aclose()
+        error = OpsgateError("the client left before the stream started", code="client_closed")
+        self._end(self.call, 499, error, None, "")
+
+
+CUT = "opsgate: stream cut at shutdown"
+
+
+def _cut_error() -> StreamCut:
+    return StreamCut(
+        "the gateway is shutting down and ended this stream before it finished; retry the request"
+    )
+
+
+def _error_events(out: list[bytes], meta: Json, error: OpsgateError) -> bytes:
+    """What was pending, a finish chunk with finish_reason "error", then the error event."""
+    finish = b"data: " + orjson.dumps(_finish_chunk(meta, "error")) + b"\n\n"
+    return b"".join([*out, finish, b"data: " + orjson.dumps(error.to_openai()) + b"\n\n"])
+
+
+def _finish_chunk(meta: Json, reason: str) -> Json:
+    return {
+        "id": meta.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": meta.get("created", int(time.time())),
+        "model": meta.get("model", ""),
+        "choices": [{"index": 0, "delta": {}, "finish_reason": reason}],
+    }
+
+
+def _usage_chunk(meta: Json, usage: dict[str, Any]) -> Json:
+    return {
+        "id": meta.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": meta.get("created", int(time.time())),
+        "model": meta.get("model", ""),
+        "choices": [],
+        "usage": usage,
+    }

@@ -1,0 +1,203 @@
+"""Which request parameters reach an upstream: an allow-list, whatever they come from.
+
+A caller's body, a prompt's `params` (and its `extra_body`, merged into the body) and a router
+deployment's `params` all pass through the same list: the request parameters of OpenAI's chat completions
+and embeddings APIs (those litellm documents as its OpenAI-compatible input params), plus the
+provider-specific sampling parameters an operator allows in `egress.request_params` (e.g. vLLM's `top_k`).
+Anything else is refused, naming the field: in particular everything that would choose a host, a
+credential, a header, a provider, a region or a callback (`api_base`, `base_url`, `api_key`,
+`extra_headers`, `custom_llm_provider`, `aws_region_name`, `success_callback`, `mock_response`, any of
+litellm's own keyword arguments), since litellm takes those as keyword arguments beside the request.
+
+Nested places are checked too, where a key could otherwise ride along: `metadata` (OpenAI's flat map of
+strings), `tools` and `functions` (function definitions only), `stream_options`.
+
+The request path calls `ParamRules.check_request` early (before retrieval and policies); the adapters call
+`ParamRules.check` on what they are about to send, as the last line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.egress import steers_the_call
+from gateway.errors import InvalidRequest
+
+Kind = Literal["chat", "embedding"]
+Loc = tuple[str | int, ...]
+
+# OpenAI's chat completions request body (platform.openai.com/docs/api-reference/chat/create), and the
+# OpenAI-compatible input params litellm translates (docs.litellm.ai/docs/completion/input; `thinking` is
+# Anthropic's extended thinking, which litellm takes in OpenAI form). Left out on purpose: litellm's
+# `extra_headers`, `api_version`, `custom_llm_provider`, `max_retries`, `drop_params`,
+# `allowed_openai_params`, `additional_drop_params`: they steer the call, not the model.
+CHAT_PARAMS = frozenset(
+    {
+        "messages", "model", "stream", "stream_options", "audio", "frequency_penalty", "function_call",
+        "functions", "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata",
+        "modalities", "n", "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
+        "prompt_cache_retention", "reasoning_effort", "response_format", "safety_identifier", "seed",
+        "service_tier", "stop", "store", "temperature", "tool_choice", "tools", "top_logprobs", "top_p",
+        "user", "verbosity", "web_search_options", "thinking",
+    }
+)  # fmt: skip
+# OpenAI's embeddings request body (platform.openai.com/docs/api-reference/embeddings/create).
+EMBEDDING_PARAMS = frozenset({"input", "model", "dimensions", "encoding_format", "user"})
+
+_METADATA_MAX_PAIRS, _METADATA_MAX_KEY, _METADATA_MAX_VALUE = 16, 64, 512  # OpenAI's limits
+_TOOL_KEYS = frozenset({"type", "function", "custom", "cache_control"})
+_FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
+_CUSTOM_TOOL_KEYS = frozenset({"name", "description", "format"})
+_LEGACY_FUNCTION_KEYS = frozenset({"name", "description", "parameters"})
+_STREAM_OPTION_KEYS = frozenset({"include_usage", "include_obfuscation"})
+
+
+@dataclass(frozen=True, slots=True)
+class ParamProblem:
+    loc: Loc
+    reason: str
+    code: str  # forbidden_parameter (steers the call), unknown_parameter, invalid_parameter
+
+    @property
+    def path(self) -> str:
+        return ".".join(str(p) for p in self.loc)
+
+    @property
+    def message(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class ParamRules:
+    """The allow-list: OpenAI's parameters for the kind of call, plus the operator's `request_params`."""
+
+    def __init__(self, extra: Iterable[str] = ()) -> None:
+        self.extra = frozenset(extra)
+
+    def allowed(self, name: str, kind: Kind) -> bool:
+        return name in (CHAT_PARAMS if kind == "chat" else EMBEDDING_PARAMS) or name in self.extra
+
+    def problems(self, params: Mapping[str, Any], kind: Kind) -> list[ParamProblem]:
+        """Every key that may not be sent, and every nested place that would smuggle one."""
+        found: list[ParamProblem] = []
+        for name, value in params.items():
+            if not isinstance(name, str) or not self.allowed(name, kind):
+                found.append(_refusal((str(name),), kind))
+            else:
+                found.extend(_nested_problems(name, value))
+        return found
+
+    def check(self, params: Mapping[str, Any], kind: Kind) -> None:
+        """400 naming the first field that may not be sent upstream."""
+        problems = self.problems(params, kind)
+        if problems:
+            first = problems[0]
+            raise InvalidRequest(first.message, param=first.path, code=first.code)
+
+    def check_request(self, body: Mapping[str, Any], kind: Kind) -> None:
+        """A caller's body, before any work: the gateway's own fields (prompt_variables, ...) are allowed."""
+        from gateway.wire import GATEWAY_FIELDS
+
+        self.check({k: v for k, v in body.items() if k not in GATEWAY_FIELDS}, kind)
+
+
+def check_request_params(
+    body: Mapping[str, Any], where: str = "request", *, kind: Kind = "chat", rules: ParamRules | None = None
+) -> None:
+    """Refuse (400, naming the field) a body holding anything that may not reach an upstream.
+
+    `where` says which body it is in the message (e.g. "request", "prompt support_qa"); `rules` carries the
+    operator's extra parameters (`Adapters.params`), the built-in list alone when not given."""
+    rules = rules or ParamRules()
+    problems = rules.problems(body, kind)
+    if problems:
+        first = problems[0]
+        message = first.message if where == "request" else f"{where}: {first.message}"
+        raise InvalidRequest(message, param=first.path, code=first.code)
+
+
+def _refusal(loc: Loc, kind: Kind) -> ParamProblem:
+    if steers_the_call(str(loc[-1])):
+        return ParamProblem(
+            loc,
+            "choosing a host, credential, header, provider, region or callback is not allowed here; only the"
+            " operator configures where and how the gateway calls a provider (router deployments, egress in"
+            " config/gateway.yaml). Remove the field.",
+            "forbidden_parameter",
+        )
+    what = "chat completion" if kind == "chat" else "embeddings"
+    return ParamProblem(
+        loc,
+        f"not a request parameter opsgate sends upstream; send OpenAI {what} parameters only (an operator"
+        " can allow a provider-specific sampling parameter in egress.request_params in config/gateway.yaml)",
+        "unknown_parameter",
+    )
+
+
+def _invalid(loc: Loc, reason: str) -> ParamProblem:
+    return ParamProblem(loc, reason, "invalid_parameter")
+
+
+def _nested_problems(name: str, value: Any) -> list[ParamProblem]:
+    if name == "metadata":
+        return _metadata_problems(value)
+    if name == "tools":
+        return _list_problems(name, value, _tool_problems)
+    if name == "functions":
+        return _list_problems(name, value, _legacy_function_problems)
+    if name == "stream_options" and value is not None:
+        return _keys_problems((name,), value, _STREAM_OPTION_KEYS)
+    return []
+
+
+def _metadata_problems(value: Any) -> list[ParamProblem]:
+    if value is None:
+        return []
+    if not isinstance(value, Mapping) or len(value) > _METADATA_MAX_PAIRS:
+        return [_invalid(("metadata",), f"must be an object of at most {_METADATA_MAX_PAIRS} string pairs")]
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            return [_invalid(("metadata", str(key)), "metadata keys and values must be strings")]
+        if len(key) > _METADATA_MAX_KEY or len(item) > _METADATA_MAX_VALUE:
+            return [
+                _invalid(
+                    ("metadata", key),
+                    f"keys are at most {_METADATA_MAX_KEY} characters, values at most {_METADATA_MAX_VALUE}",
+                )
+            ]
+    return []
+
+
+def _list_problems(name: str, value: Any, each: Any) -> list[ParamProblem]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return [_invalid((name,), "must be a list")]
+    found: list[ParamProblem] = []
+    for i, item in enumerate(value):
+        found.extend(each((name, i), item))
+    return found
+
+
+def _keys_problems(loc: Loc, value: Any, allowed: frozenset[str]) -> list[ParamProblem]:
+    if not isinstance(value, Mapping):
+        return [_invalid(loc, "must be an object")]
+    return [_refusal((*loc, str(k)), "chat") for k in value if k not in allowed]
+
+
+def _tool_problems(loc: Loc, tool: Any) -> list[ParamProblem]:
+    """Function (and custom) tools only: other tool types make a provider or litellm reach a server."""
+    found = _keys_problems(loc, tool, _TOOL_KEYS)
+    if found:
+        return found
+    kind = tool.get("type")
+    if kind == "function":
+        return _keys_problems((*loc, "function"), tool.get("function"), _FUNCTION_KEYS)
+    if kind == "custom":
+        return _keys_problems((*loc, "custom"), tool.get("custom"), _CUSTOM_TOOL_KEYS)
+    return [_invalid((*loc, "type"), "only function tools (type: function, or custom) are accepted")]
+
+
+def _legacy_function_problems(loc: Loc, function: Any) -> list[ParamProblem]:
+    return _keys_problems(loc, function, _LEGACY_FUNCTION_KEYS)
