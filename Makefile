@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.opsgate-installed
 
-.PHONY: serve test lint typecheck pytest bench clean
+.PHONY: serve test lint typecheck pytest browser bench clean
+# One line, the same the HTML report test prints, for a machine where make cannot install chromium.
+CHROMIUM_HINT := opsgate: the eval HTML report test needs Debian's chromium: run 'sudo apt-get install -y chromium'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +26,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy gateway
 
-pytest: $(STAMP)
+# The eval HTML report test opens the report in Debian's chromium: install it with apt when it is
+# missing and apt is usable (root, or sudo without a password), else say in one line what to run.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the eval HTML report test (apt-get)"; \
+	    $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+	      || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } \
+	      || echo "$(CHROMIUM_HINT)"; \
+	  else echo "$(CHROMIUM_HINT)"; fi; }
+
+pytest: $(STAMP) browser
 	$(BIN)/pytest -q -x --durations=15
 
 test: lint typecheck pytest

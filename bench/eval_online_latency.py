@@ -68,7 +68,12 @@ class Gateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
-        env.update(OPSGATE_PROJECT_DIR=str(self.project), OPSGATE_DATA_DIR=str(self.data))
+        # not a git repository: the first start registers the working tree on the operator's say-so
+        env.update(
+            OPSGATE_PROJECT_DIR=str(self.project),
+            OPSGATE_DATA_DIR=str(self.data),
+            OPSGATE_BOOTSTRAP_WORKING_TREE="true",
+        )
         self.log = open(root / f"serve-{rate}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [OPSGATE, "serve", "--port", str(self.port)],

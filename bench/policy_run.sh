@@ -61,7 +61,7 @@ run_mode() {  # mode policy-file [peer.sh options...]
   local run="$REPO/bench/runs/$STAMP-policy-$mode"
   build_project "$run" "$policy"
   local proj="$run/project" data="$run/data"
-  local cmd="cd '$proj' && export OPSGATE_PROJECT_DIR='$proj' OPSGATE_DATA_DIR='$data' \
+  local cmd="cd '$proj' && export OPSGATE_PROJECT_DIR='$proj' OPSGATE_DATA_DIR='$data' OPSGATE_BOOTSTRAP_WORKING_TREE=true \
 BENCH_FAKE_UPSTREAM_KEY=sk-fake-upstream && \
 for t in templates/*.yaml; do sed -e 's|@UPSTREAM@|{upstream}|; s|@UPSTREAM_STREAM@|{upstream_stream}|' \
 \"\$t\" > config/routers/\$(basename \"\$t\") || exit 1; done && \

@@ -73,11 +73,13 @@ for t in "$PROJ"/templates/*.yaml; do
     "$t" >"$PROJ/config/routers/$(basename "$t")"
 done
 
-export OPSGATE_PROJECT_DIR="$PROJ" OPSGATE_DATA_DIR="$DATA"
+# The bench project is not a git repository: its first start registers the working tree (an operator's
+# explicit choice, docs/registry.md "A fresh install").
+export OPSGATE_PROJECT_DIR="$PROJ" OPSGATE_DATA_DIR="$DATA" OPSGATE_BOOTSTRAP_WORKING_TREE=true
 "$OPSGATE_BIN" keys create --name bench --role app --key "$BENCH_KEY" >"$RUN/keys-create.log" 2>&1 \
   || { cat "$RUN/keys-create.log" >&2; exit 1; }
 
-TARGET_CMD="cd '$PROJ' && export OPSGATE_PROJECT_DIR='$PROJ' OPSGATE_DATA_DIR='$DATA' \
+TARGET_CMD="cd '$PROJ' && export OPSGATE_PROJECT_DIR='$PROJ' OPSGATE_DATA_DIR='$DATA' OPSGATE_BOOTSTRAP_WORKING_TREE=true \
 BENCH_FAKE_UPSTREAM_KEY=sk-fake-upstream && \
 for t in templates/*.yaml; do sed -e 's|@UPSTREAM@|{upstream}|; s|@UPSTREAM_STREAM@|{upstream_stream}|' \
 -e 's|@UPSTREAM_SLOW@|{upstream_slow}|' \

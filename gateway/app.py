@@ -21,7 +21,8 @@ from gateway.api import admin, health, metrics_api, openai
 from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.catalog import Catalog
-from gateway.db.engine import make_engine, migrate
+from gateway.db.engine import ensure_private_dir, make_engine, migrate
+from gateway.db.locks import bootstrap_lock
 from gateway.egress import Egress
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
@@ -38,7 +39,7 @@ from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry.blobs import BlobStore, blob_root
-from gateway.registry.sync import bootstrap, drifted
+from gateway.registry.sync import bootstrap, dangling_in_project, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
 from gateway.retrieval.store import make_store
@@ -66,17 +67,35 @@ class Parts:
 
 def prepare_database(settings: Settings) -> Engine:
     """Engine + migrations + router bootstrap + first admin key. Blocking; also used by the CLI."""
+    ensure_private_dir(settings.resolved_data_dir())
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
+    # replicas starting together on one PostgreSQL database: one bootstraps, the others then find it done
+    with bootstrap_lock(engine):
+        _bootstrap_registry(settings, engine)
+    return engine
+
+
+def _bootstrap_registry(settings: Settings, engine: Engine) -> None:
     blobs = BlobStore(blob_root(settings.resolved_data_dir()))
-    for record in bootstrap(engine, settings.project_dir, actor="system:bootstrap", blobs=blobs):
+    report = bootstrap(
+        engine,
+        settings.project_dir,
+        actor="system:bootstrap",
+        blobs=blobs,
+        working_tree=settings.bootstrap_working_tree,
+    )
+    for record in report.registered:
         log.info("bootstrap: registered %s from %s as production", record.ref, record.source_path)
+    for warning in [*report.skipped, *(e.message for e in report.errors)]:
+        log.warning("bootstrap: %s", warning)
+    for warning in dangling_in_project(engine, settings.project_dir):
+        log.warning("%s (requests to this prompt will fail; `opsgate sync` refuses it)", warning)
     for note in drifted(engine, settings.project_dir):
         log.warning("%s: serving the registered version; run `opsgate sync` and promote to change it", note)
     key_file = KeyService(engine).ensure_bootstrap_admin(settings.resolved_data_dir())
     if key_file is not None:
         print(f"opsgate: no API keys existed; created an admin key in {key_file} (readable only by you)")
-    return engine
 
 
 def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:
@@ -132,7 +151,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         online = app.state.online_eval = online_eval.install(parts, judge)  # sampler; worker started below
         ml = app.state.ml = MLService.create(parts)  # classic models: cache, writer, monitor
         builder = parts.retrieval.library.builder(engine, settings.project_dir)
-        await asyncio.to_thread(bootstrap_indexes, builder, actor="system:bootstrap")  # first start only
+        await asyncio.to_thread(
+            bootstrap_indexes, builder, actor="system:bootstrap", working_tree=settings.bootstrap_working_tree
+        )  # first start only
         await parts.catalog.start()
         await parts.policy.start()  # Redis, or in-process budgets seeded from the request log
         parts.writer.start()

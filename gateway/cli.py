@@ -55,10 +55,10 @@ def serve(
         config = settings.load_gateway_config()
         from gateway.policy.setup import validate_policy_file
         from gateway.registry.files import load_artifacts
-        from gateway.registry.sync import SYNC_KINDS
+        from gateway.registry.sync import SYNC_KINDS, VALIDATE_ONLY
 
-        # every file start-up reads: a bad prompt failed later, inside the app, as a traceback (exit 3)
-        _, errors = load_artifacts(settings.project_dir, SYNC_KINDS)
+        # every file start-up reads: a bad prompt or index failed later, inside the app, as a traceback (exit 3)
+        _, errors = load_artifacts(settings.project_dir, SYNC_KINDS + VALIDATE_ONLY)
         if errors:
             for err in errors:
                 typer.echo(f"opsgate: {err.message}", err=True)
@@ -106,20 +106,53 @@ def keys_create(
     key: Annotated[
         str | None, typer.Option("--key", help="Import this key value instead of generating one.")
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", envvar="OPSGATE_API_KEY", help="An admin key to act as (or OPSGATE_API_KEY)."
+        ),
+    ] = None,
+    local_admin: Annotated[
+        bool,
+        typer.Option(
+            "--local-admin",
+            help="Act as the operator on this machine, without a key: needs write access to the data"
+            " directory; audited as local-admin.",
+        ),
+    ] = False,
 ) -> None:
-    """Create (or import) a key; prints the key alone on the last line. Local use needs no key."""
+    """Create (or import) a key; prints the key alone on the last line. Needs an admin key (--api-key or
+    OPSGATE_API_KEY), except for the very first key, or with --local-admin."""
     from gateway.keys import KeyService
 
     settings = _settings()
     engine = _engine(settings)
+    actor = _key_creator(settings, engine, api_key, local_admin)
     try:
         record, plaintext = KeyService(engine).create(
-            name=name, roles=role, principal=principal, allow=allow or ["*"], value=key, actor="local:cli"
+            name=name, roles=role, principal=principal, allow=allow or ["*"], value=key, actor=actor
         )
     except OpsgateError as exc:
         fail(exc.message)
     typer.echo(f"created {record.id} for {record.principal} with roles {', '.join(record.roles)}", err=True)
     typer.echo(plaintext)
+
+
+def _key_creator(settings: Any, engine: Any, api_key: str | None, local_admin: bool) -> str:
+    """Who creates a key: an admin key's principal; anyone for the very first key (the bootstrap, as
+    `opsgate serve` does on its first start); or the operator on this machine with --local-admin."""
+    from gateway.cli_common import local_admin_actor, no_key_ever_created
+
+    if local_admin:
+        return local_admin_actor(settings)
+    if api_key:
+        return str(authenticate_cli(engine, api_key, "admin").actor)
+    if no_key_ever_created(engine):
+        return "local:cli (first key)"
+    fail(
+        "creating a key needs an admin key: set OPSGATE_API_KEY or pass --api-key (the first admin key is in"
+        " the data directory's admin.key), or, as the operator on this machine, pass --local-admin"
+    )
 
 
 @keys_app.command("list")
@@ -347,13 +380,20 @@ def sync_cmd(
                 "unchanged": [r.ref for r in report.unchanged],
                 "errors": [e.message for e in report.errors],
                 "dirty_files": report.dirty_files,
+                "bootstrapped": report.bootstrapped,
             }
         )
     else:
         for record in report.registered:
-            flag = " (dirty)" if record.dirty else ""
+            flag = " (dirty)" if record.dirty else " (production)" if report.bootstrapped else ""
             typer.echo(
                 f"registered {record.ref}  {record.source_path}  {(record.git_commit or '')[:12]}{flag}"
+            )
+        if report.bootstrapped:
+            typer.echo(
+                "bootstrap: the registry was empty, so production points at version 1 of each committed"
+                " artifact (audited); from now on aliases move only by promotion",
+                err=True,
             )
         for record in report.unchanged:
             typer.echo(f"unchanged  {record.ref}")

@@ -49,3 +49,40 @@ def authenticate_cli(engine: Any, key: str | None, *roles: str) -> Any:
             1,
         )
     return principal
+
+
+def no_key_ever_created(engine: Any) -> bool:
+    """True while the key table is empty (revoked keys count): the one time a key needs no key."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from gateway.db.models import ApiKey
+
+    with Session(engine) as session:
+        return session.scalar(select(ApiKey.id).limit(1)) is None
+
+
+def local_admin_actor(settings: Any) -> str:
+    """`--local-admin`: the operator on this machine acts without a key. Proof is write access to the
+    data directory (the database, the admin key file and the blobs live there), checked by writing a
+    file; the audit records who and where."""
+    import getpass
+    import os
+    import socket
+    import tempfile
+
+    data_dir = settings.resolved_data_dir()
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".local-admin-", dir=data_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        fail(
+            f"--local-admin needs write access to the data directory {data_dir} ({exc.strerror}): run it as"
+            " the user that runs the gateway, or pass an admin key instead"
+        )
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"local-admin {user}@{socket.gethostname()} (--local-admin, data dir {data_dir})"

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     redis_prefix: str = "opsgate"  # namespace of the gateway's keys in Redis (limits, budgets)
     chroma_url: str | None = None
     api_key: str | None = None
+    # The first start of a project that is not a git repository registers nothing (only committed files
+    # become production); an operator sets OPSGATE_BOOTSTRAP_WORKING_TREE=true to register its working tree.
+    bootstrap_working_tree: bool = False
 
     def resolved_data_dir(self) -> Path:
         return (self.data_dir or self.project_dir / ".opsgate").resolve()

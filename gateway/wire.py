@@ -2,7 +2,8 @@
 
 A request is parsed once into its typed model, which keeps the body it came from: the flow reads the
 typed fields (opsgate's own options too, under `opsgate`), and only `forward()` hands the body on,
-without the fields that address the gateway itself.
+without the fields that address the gateway itself. What may be forwarded at all is an allow-list of
+OpenAI's parameters (gateway/providers/params.py), checked before any work is done for the request.
 """
 
 from __future__ import annotations

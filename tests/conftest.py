@@ -6,7 +6,9 @@
     pg_url                         (session) a fresh PostgreSQL database, dropped at the end
     new_pg_database()              (session) factory: another fresh database, dropped at the end
     db_url                         (module) "sqlite" / "postgres": a fresh database URL of each kind
-    make_project(routers, files)   (function) a temp project dir: repo config/ + routers + files
+    make_project(routers, files)   (function) a temp project dir: repo config/ + routers + files, a git
+                                   repository with all of it committed (git=False: a plain directory;
+                                   tests/fakes/gateway.py `commit_project` commits later changes)
     project_factory                (session) the same factory, for module-scoped fixtures
     start_gateway(project_dir, *, database_url=None, env=None, port=None, admin_key=None)
                                    (function) the real `opsgate serve` subprocess, started and ready
@@ -14,6 +16,8 @@
                                    On a database that already has keys no admin.key is written: pass
                                    an admin key of that database, or the handle creates one with the CLI
     gateway_factory                (session) the same, for module-scoped fixtures (use `with`, or .stop())
+    cli_for(project, extra_env)    (function) the `opsgate` CLI on a project with a fresh data dir, no
+                                   gateway (tests/fakes/gateway.py: Cli; .first_admin_key())
     spine_gateway                  (session) one gateway on the repo's config with a 64 KiB body limit and
                                    routers `other` (local) and `flaky` (fake 500, then fake ok), shared
                                    by the API, metrics and CLI tests; start your own to change its config
@@ -36,7 +40,14 @@ import pytest
 
 from gateway.offline import apply_offline_env
 from tests.fakes import netguard
-from tests.fakes.gateway import SPINE_GATEWAY_YAML, GatewayProcess, build_project, deployment
+from tests.fakes.gateway import (
+    SPINE_GATEWAY_YAML,
+    Cli,
+    GatewayProcess,
+    build_project,
+    deployment,
+    project_cli,
+)
 from tests.fakes.upstream import FakeUpstream
 
 apply_offline_env()
@@ -121,9 +132,12 @@ def db_url(
 @pytest.fixture(scope="session")
 def project_factory(tmp_path_factory: pytest.TempPathFactory) -> ProjectFactory:
     def make(
-        routers: Mapping[str, str | Mapping[str, Any]] | None = None, files: Mapping[str, str] | None = None
+        routers: Mapping[str, str | Mapping[str, Any]] | None = None,
+        files: Mapping[str, str] | None = None,
+        *,
+        git: bool = True,
     ) -> Path:
-        return build_project(tmp_path_factory.mktemp("project"), routers, files)
+        return build_project(tmp_path_factory.mktemp("project"), routers, files, git=git)
 
     return make
 
@@ -131,6 +145,16 @@ def project_factory(tmp_path_factory: pytest.TempPathFactory) -> ProjectFactory:
 @pytest.fixture
 def make_project(project_factory: ProjectFactory) -> ProjectFactory:
     return project_factory
+
+
+@pytest.fixture
+def cli_for(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Cli]:
+    """`cli_for(project, extra_env)`: the `opsgate` command on that project with a fresh data directory."""
+
+    def make(project: Path, extra_env: Mapping[str, str] | None = None) -> Cli:
+        return project_cli(project, tmp_path_factory.mktemp("data"), extra_env)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ def gw(spine_gateway: GatewayProcess) -> GatewayProcess:
 
 
 def create_key(gw: GatewayProcess, *args: str) -> str:
-    result = gw.cli("keys", "create", *args)
+    result = gw.cli("keys", "create", *args, key=gw.admin_key)
     key = result.stdout.rstrip("\n").splitlines()[-1]
     assert key == key.strip()
     assert " " not in key
@@ -50,7 +50,7 @@ def test_first_start_creates_an_owner_only_admin_key(gw: GatewayProcess) -> None
 
 
 def test_create_prints_the_key_alone_on_its_last_line(gw: GatewayProcess) -> None:
-    result = gw.cli("keys", "create", "--name", "checkout", "--role", "app")
+    result = gw.cli("keys", "create", "--name", "checkout", "--role", "app", key=gw.admin_key)
     lines = result.stdout.splitlines()
     assert len(lines) == 1
     key = lines[-1]
@@ -68,16 +68,20 @@ def test_imported_keys_work(gw: GatewayProcess) -> None:
     waited = gw.wait_for_key(value)
     assert waited < 1.5
     assert status_with(gw, value) == 200
-    again = gw.cli("keys", "create", "--name", "twice", "--role", "app", "--key", value, check=False)
+    again = gw.cli(
+        "keys", "create", "--name", "twice", "--role", "app", "--key", value, key=gw.admin_key, check=False
+    )
     assert again.returncode == 1
     assert "already registered" in again.stderr
-    short = gw.cli("keys", "create", "--name", "short", "--role", "app", "--key", "abc", check=False)
+    short = gw.cli(
+        "keys", "create", "--name", "short", "--role", "app", "--key", "abc", key=gw.admin_key, check=False
+    )
     assert short.returncode == 1
     assert "at least 16 characters" in short.stderr
 
 
 def test_unknown_role_is_refused(gw: GatewayProcess) -> None:
-    result = gw.cli("keys", "create", "--name", "x", "--role", "superuser", check=False)
+    result = gw.cli("keys", "create", "--name", "x", "--role", "superuser", key=gw.admin_key, check=False)
     assert result.returncode == 1
     assert "unknown role 'superuser'" in result.stderr
     assert "app, prompt-engineer, approver, admin" in result.stderr

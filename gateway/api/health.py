@@ -9,6 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
+from gateway.retrieval.readiness import check_indexes
+
 router = APIRouter(tags=["health"])
 
 
@@ -41,6 +43,7 @@ async def readyz(request: Request) -> Response:
             "failed_batches": parts.writer.stats.failed_batches,
             "last_error": parts.writer.stats.last_error,
         }
+    indexes_ready = await check_indexes(parts, checks) if parts is not None else False
     ml = getattr(request.app.state, "ml", None)
     if ml is not None:
         checks["models"] = ml.readiness()  # ready once the models aliases point at have loaded (or failed)
@@ -50,6 +53,7 @@ async def readyz(request: Request) -> Response:
         and parts is not None
         and parts.writer.running
         and (ml is None or ml.warming == 0)
+        and indexes_ready
     )
     body = {"status": "ready" if ok else "not ready", "checks": checks}
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")

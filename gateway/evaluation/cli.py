@@ -92,6 +92,7 @@ def run_command(
         _fail(exc.message)
     _write_reports(outcome, json_path, junit_path, html_path)
     _print_outcome(outcome)
+    _print_call_errors(outcome.run)
     if outcome.status == "error":
         _fail("every call failed; nothing was evaluated (see the errors above)")
     raise typer.Exit(EXIT_PASS if outcome.status == "passed" else EXIT_GATE)
@@ -140,6 +141,22 @@ def _write_reports(
         reports.write_junit(outcome, junit_path)
     if html_path:
         reports.write_html(outcome, html_path)
+
+
+def _print_call_errors(run: Any, shown: int = 10) -> None:
+    """The distinct errors of failed calls with how many cases each hit (stderr), most frequent first."""
+    from collections import Counter
+
+    counts = Counter(r.output.error for r in run.results if r.output.error)
+    if not counts:
+        return
+    typer.echo(f"{sum(counts.values())} of {len(run.results)} calls failed:", err=True)
+    for error, count in counts.most_common(shown):
+        typer.echo(f"  {count}x {error}", err=True)
+    if len(counts) > shown:
+        typer.echo(
+            f"  ... and {len(counts) - shown} other errors (all of them are in the JSON report)", err=True
+        )
 
 
 def _print_outcome(outcome: Any) -> None:

@@ -121,6 +121,7 @@ class Gateway:
         """Retrieve and screen the context, render the prompt, then admit the request as it will go
         upstream (content checks, token counts, every counted limit in one store round trip)."""
         request = plan.request
+        self.catalog.adapters.params.check_request(request.body, "chat")  # before any work is done for it
         if plan.spec is None:
             upstream = Upstream(plan.router, request.forward())
         else:
@@ -233,6 +234,7 @@ class Gateway:
     async def embeddings(self, call: Call, request: EmbeddingRequest) -> Json:
         router, asked = self.resolver.router(call, request.model, "embedding")
         self.access.authorise(call.principal, [asked])
+        self.catalog.adapters.params.check_request(request.body, "embedding")
         await self.policy.authorise(call, Subject.of(call.principal, (("router", router.name),), "embedding"))
         body = request.forward()
         await self.policy.admit(call, embedding_payload(router, body))

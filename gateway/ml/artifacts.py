@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from gateway.ml.spec import ModelSpec
 from gateway.ml.trust import LoadGrant
 from gateway.registry.blobs import BlobStore
 from gateway.registry.hashing import content_hash
+from gateway.registry.tree import read_project_file
 
 ArtifactStore = BlobStore  # the ML name for the registry's content-addressed store
 
@@ -41,9 +43,9 @@ def verified_files(
     if stored is not None and content_hash(spec, stored) == version_hash:
         return stored
     if source_path is not None:
-        base = (project_dir / source_path).parent
-        try:
-            current = {name: (base / name).read_bytes() for name in names}
+        base = posixpath.dirname(source_path)
+        try:  # never through a link, only regular files (gateway/registry/tree.py)
+            current = {name: read_project_file(project_dir, posixpath.join(base, name)) for name in names}
         except OSError as exc:
             current = None
             missing = f"{exc.filename}: {exc.strerror}"

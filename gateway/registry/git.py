@@ -10,6 +10,12 @@ from gateway.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class TreeEntry:
+    mode: str  # "100644", "100755", "120000" (a symbolic link), "160000" (a submodule)
+    sha: str
+
+
+@dataclass(frozen=True)
 class Commit:
     sha: str
     author: str  # "Name <email>"
@@ -21,16 +27,18 @@ class GitRepo:
         self.root = root
 
     def _git(self, *args: str) -> str:
+        return self._git_bytes(*args).decode("utf-8", errors="replace")
+
+    def _git_bytes(self, *args: str) -> bytes:
         try:
             done = subprocess.run(
-                ["git", "-C", str(self.root), *args], capture_output=True, text=True, check=False, timeout=30
+                ["git", "-C", str(self.root), *args], capture_output=True, check=False, timeout=30
             )
         except FileNotFoundError as exc:
             raise ConfigError("git is not installed; opsgate sync registers what git holds") from exc
         if done.returncode != 0:
-            raise ConfigError(
-                f"git {' '.join(args[:2])} failed: {done.stderr.strip() or done.stdout.strip()}"
-            )
+            output = (done.stderr or done.stdout).decode("utf-8", errors="replace").strip()
+            raise ConfigError(f"git {' '.join(args[:2])} failed: {output}")
         return done.stdout
 
     def is_repo(self) -> bool:
@@ -42,10 +50,50 @@ class GitRepo:
     def head(self) -> str:
         return self._git("rev-parse", "HEAD").strip()
 
+    def has_commit(self) -> bool:
+        try:
+            self._git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+        except ConfigError:
+            return False
+        return True
+
+    def tree_entries(self, commit: str, paths: list[str]) -> dict[str, TreeEntry]:
+        """Every file (and link, and submodule) under `paths` at `commit`, by path relative to the root."""
+        if not paths:
+            return {}
+        out = self._git_bytes("ls-tree", "-r", "-z", commit, "--", *paths)
+        entries: dict[str, TreeEntry] = {}
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            meta, _, path = record.partition(b"\t")
+            mode, _kind, sha = meta.decode("ascii").split(" ")
+            entries[path.decode("utf-8", errors="surrogateescape")] = TreeEntry(mode, sha)
+        return entries
+
+    def blob(self, sha: str) -> bytes:
+        return self._git_bytes("cat-file", "blob", sha)
+
     def dirty_paths(self, paths: list[str]) -> list[str]:
-        """Files under `paths` with uncommitted changes (modified, staged, untracked or deleted)."""
-        out = self._git("status", "--porcelain=v1", "--untracked-files=all", "--", *paths)
-        return sorted(line[3:].strip().strip('"') for line in out.splitlines() if line.strip())
+        """Files under `paths` with uncommitted changes (modified, staged, untracked, deleted or renamed),
+        relative to this directory (git reports them relative to the repository's top)."""
+        if not paths:
+            return []
+        prefix = self._git("rev-parse", "--show-prefix").strip()
+        out = self._git_bytes("status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *paths)
+        records = out.split(b"\0")
+        found: set[str] = set()
+        i = 0
+        while i < len(records):
+            record = records[i]
+            i += 1
+            if len(record) < 4:
+                continue
+            found.add(record[3:].decode("utf-8", errors="surrogateescape"))
+            if record[:1] in (b"R", b"C") and i < len(records):  # a rename's old path follows
+                found.add(records[i].decode("utf-8", errors="surrogateescape"))
+                i += 1
+        return sorted(p.removeprefix(prefix) for p in found)
 
     def last_commit(self, path: str) -> Commit | None:
         out = self._git("log", "-1", "--format=%H%x1f%an <%ae>%x1f%B", "--", path)

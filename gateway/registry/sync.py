@@ -4,7 +4,14 @@ For each artifact file whose canonical content hash is new, a new immutable vers
 that last changed the file, its author and message. Unchanged content is a no-op. Invalid files are
 reported with file, line and field while valid ones still sync. A working copy with uncommitted changes
 under prompts/ or config/ is refused unless `allow_dirty`, and versions from such files are marked dirty.
+Files are read from git at HEAD (a clean working copy) or from the working tree (`allow_dirty`), never
+through a link (gateway/registry/tree.py). A prompt that names a router, index or judge that neither the
+project nor the registry has is refused, naming the prompt file and line.
 Indexes are not registered here: `opsgate index build` registers an index version once it is built.
+
+The first registration into an empty registry is the bootstrap (gateway/registry/bootstrap.py): whether
+it comes from `opsgate sync` or from the first `opsgate serve` (`bootstrap` below), it points
+`production` at each artifact's version 1, once, audited.
 """
 
 from __future__ import annotations
@@ -19,9 +26,16 @@ from gateway.db.models import ArtifactVersion
 from gateway.errors import ConfigError, Conflict
 from gateway.registry import audit
 from gateway.registry.blobs import BlobStore
-from gateway.registry.files import KIND_DIRS, ArtifactFile, load_artifacts
+from gateway.registry.bootstrap import (
+    BootstrapReport,
+    Candidate,
+    register_bootstrap,
+    registry_open_now,
+)
+from gateway.registry.files import KIND_DIRS, ArtifactFile, load_artifacts, spec_files
 from gateway.registry.git import GitRepo
 from gateway.registry.store import SourceInfo, VersionRecord, register_version, set_alias
+from gateway.registry.tree import GitTree, Tree, WorkingTree
 
 SYNC_KINDS = ("prompt", "router", "model")
 VALIDATE_ONLY = ("index",)
@@ -35,12 +49,13 @@ class SyncReport:
     unchanged: list[VersionRecord] = field(default_factory=list)
     errors: list[ConfigError] = field(default_factory=list)
     dirty_files: list[str] = field(default_factory=list)
+    bootstrapped: bool = False  # this sync was the first registration: production -> version 1
 
 
 def _source(repo: GitRepo | None, art: ArtifactFile, dirty_files: set[str], head: str | None) -> SourceInfo:
     if repo is None:
         return SourceInfo(path=art.path, dirty=True)
-    touched = {art.path} | {str(Path(art.path).parent / r) for r in art.referenced}
+    touched = {art.path} | art.referenced_paths()
     dirty = bool(touched & dirty_files)
     commit = repo.last_commit(art.path)
     if dirty or commit is None:
@@ -75,8 +90,7 @@ def register_artifact(
 
     Referenced binary files (model files, reference data) go to the blob store under the version's hash,
     so the version stays servable whatever later happens to the files in the project."""
-    if blobs is not None and art.referenced and art.stored_files() is None:
-        blobs.stash(art.content_hash, art.referenced)
+    _stash(art, blobs)
 
     def work(session: Session) -> tuple[VersionRecord, bool]:
         clash = _bare_name_clash(session, art)
@@ -112,6 +126,20 @@ def register_artifact(
     return audit.write_transaction(engine, work)
 
 
+def _stash(art: ArtifactFile, blobs: BlobStore | None) -> None:
+    if blobs is not None and art.referenced and art.stored_files() is None:
+        blobs.stash(art.content_hash, art.referenced)
+
+
+def _candidate(art: ArtifactFile, source: SourceInfo) -> Candidate:
+    return Candidate(art.kind, art.name, art.spec_json(), art.content_hash, source, art.stored_files())
+
+
+def git_tree(repo: GitRepo, commit: str) -> GitTree:
+    """The artifact folders (and the files they reference, which live below them) at `commit`."""
+    return GitTree(repo, commit, tuple(dict.fromkeys(KIND_DIRS[k].split("/")[0] for k in KIND_DIRS)))
+
+
 def sync(
     engine: Engine,
     project_dir: Path,
@@ -133,13 +161,17 @@ def sync(
             code="dirty_working_copy",
         )
     report = SyncReport(commit=head, dirty_files=dirty)
-    artifacts, errors = load_artifacts(project_dir, SYNC_KINDS)
-    _, index_errors = load_artifacts(project_dir, VALIDATE_ONLY)
-    report.errors.extend(errors + index_errors)
+    tree: Tree = WorkingTree(project_dir) if dirty else git_tree(repo, head)
+    artifacts, errors = load_artifacts(project_dir, SYNC_KINDS, tree)
+    indexes, index_errors = load_artifacts(project_dir, VALIDATE_ONLY, tree)
+    artifacts, dangling = refuse_dangling(engine, artifacts, {a.name for a in indexes} | _index_files(tree))
+    report.errors.extend(errors + index_errors + dangling)
     dirty_set = set(dirty)
-    for art in artifacts:
+    sourced = [(art, _source(repo, art, dirty_set, head)) for art in artifacts]
+    if registry_open_now(engine) and _sync_as_bootstrap(engine, report, sourced, actor=actor, blobs=blobs):
+        return report
+    for art, source in sourced:
         try:
-            source = _source(repo, art, dirty_set, head)
             record, created = register_artifact(engine, art, source, actor=actor, blobs=blobs)
         except ConfigError as exc:
             report.errors.append(exc)
@@ -148,43 +180,169 @@ def sync(
     return report
 
 
+def _index_files(tree: Tree) -> set[str]:
+    """Names of index files, valid or not: an invalid index file is reported as such, not as missing."""
+    try:
+        paths = spec_files(tree, "index")
+    except ConfigError:  # the folder is a link: reported by load_artifacts, and no index is there
+        return set()
+    return {p.rsplit("/", 1)[-1].rsplit(".", 1)[0] for p in paths}
+
+
+def _sync_as_bootstrap(
+    engine: Engine,
+    report: SyncReport,
+    sourced: list[tuple[ArtifactFile, SourceInfo]],
+    *,
+    actor: str,
+    blobs: BlobStore | None,
+) -> bool:
+    """The first sync into an empty registry is the bootstrap; False when another process won the race."""
+    for art, _ in sourced:
+        _stash(art, blobs)
+    skipped = [
+        f"{art.path}: uncommitted changes: registered, not production" for art, s in sourced if s.dirty
+    ]
+    records = register_bootstrap(
+        engine, [_candidate(a, s) for a, s in sourced], actor=actor, commit=report.commit, skipped=skipped
+    )
+    if records is None:
+        return False
+    report.registered = records
+    report.bootstrapped = bool(records)
+    return True
+
+
+def refuse_dangling(
+    engine: Engine, artifacts: list[ArtifactFile], index_names: set[str]
+) -> tuple[list[ArtifactFile], list[ConfigError]]:
+    """Prompts whose router, judge or index exists nowhere (not in the project, not in the registry) are
+    refused: they would only fail at request time."""
+    problems = dangling_references(engine, artifacts, index_names)
+    refused = {id(art) for art, _ in problems}
+    return [a for a in artifacts if id(a) not in refused], [err for _, err in problems]
+
+
+def dangling_references(
+    engine: Engine, artifacts: list[ArtifactFile], index_names: set[str]
+) -> list[tuple[ArtifactFile, ConfigError]]:
+    """(prompt, error) for each prompt naming a router, judge or index that neither the project's files
+    nor the registry have. One error per prompt (its first missing name)."""
+    with Session(engine) as s:
+        registered = set(s.execute(select(ArtifactVersion.kind, ArtifactVersion.name).distinct()).all())
+    routers = {a.name for a in artifacts if a.kind == "router"} | {n for k, n in registered if k == "router"}
+    indexes = index_names | {n for k, n in registered if k == "index"}
+    out = []
+    for art in artifacts:
+        if art.kind != "prompt":
+            continue
+        for loc, kind, name in _prompt_references(art):
+            known = routers if kind == "router" else indexes
+            if name not in known:
+                folder = KIND_DIRS[kind]
+                out.append(
+                    (
+                        art,
+                        ConfigError(
+                            f"{'.'.join(loc)}: {name!r} is not {_a(kind)}: there is no {folder}/{name}.yaml and"
+                            f" no {kind}:{name} in the registry; name an existing {kind} or add its file",
+                            path=art.path,
+                            line=art.line_of(*loc),
+                        ),
+                    )
+                )
+                break
+    return out
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _prompt_references(art: ArtifactFile) -> list[tuple[tuple[str, ...], str, str]]:
+    spec = art.spec
+    refs: list[tuple[tuple[str, ...], str, str]] = []
+    router = getattr(spec, "router", None)
+    if isinstance(router, str):
+        refs.append((("router",), "router", router.partition("@")[0]))
+    retrieval = getattr(spec, "retrieval", None)
+    if retrieval is not None:
+        refs.append((("retrieval", "index"), "index", str(retrieval.index).partition("@")[0]))
+    online = getattr(spec, "online_eval", None)
+    if online is not None and online.judge:
+        refs.append((("online_eval", "judge"), "router", str(online.judge).partition("@")[0]))
+    return refs
+
+
 def bootstrap(
     engine: Engine,
     project_dir: Path,
     *,
     actor: str,
-    alias: str = "production",
     blobs: BlobStore | None = None,
-) -> list[VersionRecord]:
-    """First start of a fresh install: artifacts with no version at all are registered from the working
-    tree and their `alias` points at that first version (audited as a bootstrap). Once an artifact exists,
-    its file is governed: changes go through `opsgate sync` and promotion. Invalid files stop start-up."""
-    artifacts, errors = load_artifacts(project_dir, SYNC_KINDS)
-    if errors:
-        raise errors[0] if len(errors) == 1 else ConfigError("; ".join(e.message for e in errors))
+    working_tree: bool = False,
+) -> BootstrapReport:
+    """The first start of a gateway on an empty registry: register what git holds at HEAD, point each
+    artifact's `production` at version 1, once, audited (gateway/registry/bootstrap.py). Uncommitted and
+    untracked files are not registered (`skipped` names them); files that cannot be read or parsed at
+    HEAD are reported in `errors` and left out. A directory that is not a git repository registers
+    nothing unless `working_tree` (the operator's OPSGATE_BOOTSTRAP_WORKING_TREE): then its working tree,
+    read without following links, is registered as dirty versions."""
+    if not registry_open_now(engine):
+        return BootstrapReport()
     repo = GitRepo(project_dir)
-    use_git = repo.is_repo()
-    head = repo.head() if use_git else None
-    dirty = (
-        set(repo.dirty_paths([p for p in KIND_DIRS.values() if (project_dir / p).exists()]))
-        if use_git
-        else set()
+    folders = [p for p in KIND_DIRS.values() if (project_dir / p).is_dir()]
+    if repo.is_repo() and repo.has_commit():
+        head: str | None = repo.head()
+        assert head is not None
+        artifacts, errors = load_artifacts(project_dir, SYNC_KINDS, git_tree(repo, head))
+        skipped = [_skipped_line(p) for p in repo.dirty_paths(folders)] if folders else []
+        sourced = [(art, _committed_source(repo, art)) for art in artifacts]
+    elif working_tree:
+        head = None
+        artifacts, errors = load_artifacts(project_dir, SYNC_KINDS)
+        skipped = []
+        sourced = [(art, _source(None, art, set(), None)) for art in artifacts]
+    else:
+        why = "has no commit yet" if repo.is_repo() else "is not a git repository"
+        return BootstrapReport(
+            skipped=[
+                f"{project_dir} {why}: nothing was registered. Commit the project (git add -A && git commit)"
+                " and start again, or set OPSGATE_BOOTSTRAP_WORKING_TREE=true to register its working tree"
+            ]
+        )
+    report = BootstrapReport(skipped=skipped, errors=errors)
+    for art, _ in sourced:
+        _stash(art, blobs)
+    records = register_bootstrap(
+        engine, [_candidate(a, s) for a, s in sourced], actor=actor, commit=head, skipped=skipped
     )
-    existing = _existing_names(engine)
-    created: list[VersionRecord] = []
-    for art in artifacts:
-        if (art.kind, art.name) in existing:
-            continue
-        source = _source(repo if use_git else None, art, dirty, head)
-        record, new = register_artifact(engine, art, source, actor=actor, bootstrap_alias=alias, blobs=blobs)
-        if new:
-            created.append(record)
-    return created
+    report.ran = records is not None
+    report.registered = records or []
+    return report
 
 
-def _existing_names(engine: Engine) -> set[tuple[str, str]]:
-    with Session(engine) as s:
-        return {(k, n) for k, n in s.execute(select(ArtifactVersion.kind, ArtifactVersion.name).distinct())}
+def _skipped_line(path: str) -> str:
+    return (
+        f"{path} has uncommitted changes (or is not in git): they were not registered; commit them, then"
+        " `opsgate sync` and promote"
+    )
+
+
+def uncommitted(project_dir: Path, folder: str, *, working_tree: bool) -> set[str] | None:
+    """Files under `folder` that are not committed as they are; None means none may be used (a directory
+    that is not a git repository, without the operator's OPSGATE_BOOTSTRAP_WORKING_TREE)."""
+    repo = GitRepo(project_dir)
+    if repo.is_repo() and repo.has_commit():
+        return set(repo.dirty_paths([folder])) if (project_dir / folder).is_dir() else set()
+    return set() if working_tree else None
+
+
+def _committed_source(repo: GitRepo, art: ArtifactFile) -> SourceInfo:
+    commit = repo.last_commit(art.path)
+    if commit is None:  # listed by git at HEAD, so it has a commit; kept total for the type checker
+        return SourceInfo(path=art.path, dirty=True)
+    return SourceInfo(path=art.path, commit=commit.sha, author=commit.author, message=commit.message)
 
 
 def drifted(engine: Engine, project_dir: Path, *, alias: str = "production") -> list[str]:
@@ -201,3 +359,10 @@ def drifted(engine: Engine, project_dir: Path, *, alias: str = "production") -> 
         if version is not None and hashes.get((art.kind, art.name, version)) != art.content_hash:
             out.append(f"{art.path} differs from {art.kind}:{art.name}@{alias} (version {version})")
     return out
+
+
+def dangling_in_project(engine: Engine, project_dir: Path) -> list[str]:
+    """Warnings for `opsgate serve`: prompt files naming a router, judge or index that does not exist."""
+    artifacts, _ = load_artifacts(project_dir, SYNC_KINDS)
+    tree = WorkingTree(project_dir)
+    return [err.message for _, err in dangling_references(engine, artifacts, _index_files(tree))]

@@ -6,7 +6,8 @@ a description edit does not rebuild. A hash that is already a version is a no-op
 version's collection is missing from the store, a rebuild of the same version). A new hash is parsed,
 chunked and embedded into a staging collection, published under the version's collection name, and
 only then registered (with its manifest in `index_builds`), so a registered version always has its
-collection. The first version of an index also becomes `production` (an audited bootstrap).
+collection. The first version of an index also becomes `production` (an audited bootstrap) until the
+first start has built the project's indexes (gateway/registry/bootstrap.py); after that, by promotion.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ import orjson
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from gateway.db.locks import bootstrap_lock
 from gateway.db.models import Alias, ArtifactVersion
 from gateway.db.state import utcnow
 from gateway.errors import ConfigError
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry import audit
+from gateway.registry.bootstrap import (
+    close_index_bootstrap,
+    indexes_open,
+    indexes_open_now,
+    registry_open_now,
+)
 from gateway.registry.files import KIND_DIRS, ArtifactFile, artifact_paths, load_artifact
 from gateway.registry.git import GitRepo
 from gateway.registry.store import (
@@ -38,6 +46,7 @@ from gateway.registry.store import (
     set_alias,
     to_record,
 )
+from gateway.registry.sync import uncommitted
 from gateway.retrieval import lexical
 from gateway.retrieval.chunkers import Chunk, chunk_document
 from gateway.retrieval.embedders import (
@@ -158,7 +167,7 @@ class IndexBuilder:
         art = index_file(self.project_dir, name)
         spec = art.spec
         assert isinstance(spec, IndexSpec)
-        files = manifest(self.project_dir, spec)
+        files = manifest(self.project_dir, spec, data_dir=self.data_dir, spec_file=art)
         if not files:
             raise ConfigError(
                 f"the sources of index {name!r} match no files under {self.project_dir}", path=art.path
@@ -227,6 +236,7 @@ class IndexBuilder:
                 "opsgate_hash": plan.content_hash,
                 "chunks": len(ingested.chunks),
             },
+            plan.embedder,
         )
         record, bootstrapped = self._register(plan, actor, stats, version)
         result = BuildResult(
@@ -386,6 +396,7 @@ class IndexBuilder:
                 created
                 and record.version == 1
                 and session.get(Alias, ("index", record.name, BOOTSTRAP_ALIAS)) is None
+                and indexes_open(session)  # after the first start, production moves by promotion only
             ):
                 set_alias(
                     session,
@@ -440,21 +451,39 @@ def source_info(project_dir: Path, art: ArtifactFile, files: list[SourceFile]) -
     return SourceInfo(path=art.path, commit=commit.sha, author=commit.author, message=commit.message)
 
 
-def bootstrap_indexes(builder: IndexBuilder, *, actor: str) -> list[BuildResult]:
-    """First start: build each index that has no version yet (its first version becomes production).
-    Indexes with a version are governed: rebuild them with `opsgate index build`. An index whose sources
-    match no files is left out with a warning (a project copied without its documents)."""
+def bootstrap_indexes(builder: IndexBuilder, *, actor: str, working_tree: bool = False) -> list[BuildResult]:
+    """First start: build each committed index file that has no version yet (its first version becomes
+    production), once (gateway/registry/bootstrap.py). Indexes with a version, and every index after the
+    first start, are governed: build them with `opsgate index build` and promote. An index whose sources
+    match no files is left out with a warning (a project copied without its documents); an index file
+    with uncommitted changes is left out with a warning too. Replicas starting together on one PostgreSQL
+    database build one at a time: the first builds, the others find it built."""
+    with bootstrap_lock(builder.engine):
+        return _bootstrap_indexes(builder, actor=actor, working_tree=working_tree)
+
+
+def _bootstrap_indexes(builder: IndexBuilder, *, actor: str, working_tree: bool) -> list[BuildResult]:
+    if not indexes_open_now(builder.engine) or registry_open_now(builder.engine):
+        return []  # already done, or nothing was registered yet (a project with no commit)
+    not_committed = uncommitted(builder.project_dir, KIND_DIRS["index"], working_tree=working_tree)
     with Session(builder.engine) as s:
         known = set(s.scalars(select(ArtifactVersion.name).where(ArtifactVersion.kind == "index").distinct()))
-    results = []
+    results, skipped = [], []
     for path in artifact_paths(builder.project_dir, "index"):
+        rel = f"{KIND_DIRS['index']}/{path.name}"
         if path.stem in known:
+            continue
+        if not_committed is None or rel in not_committed:
+            skipped.append(f"{rel}: not committed; not built")
+            log.warning("index %s not built at start-up: %s is not committed", path.stem, rel)
             continue
         index_file(builder.project_dir, path.stem)  # an invalid file stops start-up, as for other kinds
         try:
             plan = builder.plan(path.stem)
         except ConfigError as exc:
+            skipped.append(f"{rel}: {exc.message}")
             log.warning("index %s not built at start-up: %s", path.stem, exc.message)
             continue
         results.append(builder.build_plan(plan, actor=actor))
+    close_index_bootstrap(builder.engine, actor=actor, built=[r.record.ref for r in results], skipped=skipped)
     return results

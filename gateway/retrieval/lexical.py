@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,17 @@ class LexicalIndex:
         return cls(list(ids), bm25)
 
     def save(self, folder: Path) -> None:
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        """Write into a folder of this call's own, then rename it into place: a reader (or another
+        writer of the same index) never sees a half-written folder."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         self.bm25.save(str(tmp), show_progress=False)
         (tmp / "ids.json").write_bytes(orjson.dumps({"format": FORMAT, "ids": self.ids}))
         shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another writer renamed the same content into place first
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, folder: Path) -> LexicalIndex | None:
@@ -68,7 +73,11 @@ class LexicalIndex:
             return None
         if meta.get("format") != FORMAT:
             return None
-        return cls(list(meta["ids"]), bm25s.BM25.load(str(folder), show_progress=False))
+        try:
+            bm25 = bm25s.BM25.load(str(folder), show_progress=False)
+        except (OSError, ValueError):  # a folder removed under us: rebuilt by the caller
+            return None
+        return cls(list(meta["ids"]), bm25)
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         tokens = tokenize(query)

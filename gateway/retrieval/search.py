@@ -7,6 +7,7 @@ by both retrievers scores 1.0. `min_score` compares with the mode's score.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -77,10 +78,17 @@ class IndexReader:
         self.space = space
         self._lexical_loader = lexical
         self._lexical: Any = None
+        self._loading = threading.Lock()  # one load (or rebuild from chroma) at a time, not one per caller
+
+    @property
+    def lexical_loaded(self) -> bool:
+        return self._lexical is not None
 
     def lexical_index(self) -> Any:
         if self._lexical is None:
-            self._lexical = self._lexical_loader()
+            with self._loading:
+                if self._lexical is None:
+                    self._lexical = self._lexical_loader()
         return self._lexical
 
     def dense(self, vector: Sequence[float], n: int) -> list[Hit]:

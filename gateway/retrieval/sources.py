@@ -2,20 +2,28 @@
 
 Parsing is all-or-nothing per file: a file that cannot be read or parsed raises `ParseFailure` and no
 part of it is ingested (a JSONL file with one bad line is skipped whole, with that line's number).
+Sources are read like every file an author names (gateway/registry/tree.py): only regular files inside
+the project, never through a link; a glob that matches a link, a FIFO or a device stops the build.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html.parser
 import io
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from gateway.errors import ConfigError
+from gateway.registry.files import ArtifactFile
+from gateway.registry.tree import UnsafePath, open_project_file, read_project_file
 from gateway.retrieval.spec import FilesSource, IndexSpec, JsonlSource
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst"})
@@ -51,46 +59,98 @@ def safe_id(text: str) -> str:
     return re.sub(r"[\s\[\]]+", "_", text.strip()) or "_"
 
 
-def _rel(project_dir: Path, file: Path) -> str:
-    return file.resolve().relative_to(project_dir.resolve()).as_posix()
+ALWAYS_EXCLUDED = (".git", ".opsgate")  # git's own files and the default data directory are never sources
 
 
-def matching_files(project_dir: Path, source: FilesSource | JsonlSource) -> list[Path]:
+def matching_files(
+    project_dir: Path, source: FilesSource | JsonlSource, *, data_dir: Path | None = None
+) -> list[str]:
+    """Project-relative paths the source's globs match, sorted. Only regular files reached through no
+    link are sources: a match that is a link (or lies beyond one), a FIFO or a device raises
+    `UnsafePath`; `.git`, `.opsgate` and the data directory are never matched."""
     root = project_dir.resolve()
-    found: set[Path] = set()
+    excluded = _excluded_dirs(root, data_dir)
+    found: dict[str, Path] = {}
     for pattern in source.paths:
-        found.update(p.resolve() for p in root.glob(pattern) if p.is_file())
+        for match in root.glob(pattern):
+            rel = match.relative_to(root).as_posix()
+            if not _under(rel, excluded) and not _is_dir_itself(match):
+                found[rel] = match
     if isinstance(source, FilesSource):
         for pattern in source.exclude:
-            found.difference_update(p.resolve() for p in root.glob(pattern))
-    inside = [p for p in found if p.is_relative_to(root)]
-    return sorted(inside, key=lambda p: p.relative_to(root).as_posix())
+            for match in root.glob(pattern):
+                found.pop(match.relative_to(root).as_posix(), None)
+    for rel in found:
+        with contextlib.suppress(FileNotFoundError):  # gone since the glob saw it
+            os.close(open_project_file(root, rel))
+    return sorted(found)
 
 
-def file_sha256(file: Path) -> tuple[str, int]:
+def _excluded_dirs(root: Path, data_dir: Path | None) -> list[str]:
+    out = list(ALWAYS_EXCLUDED)
+    if data_dir is not None:
+        with contextlib.suppress(ValueError):
+            out.append(data_dir.resolve().relative_to(root).as_posix())
+    return out
+
+
+def _under(rel: str, folders: list[str]) -> bool:
+    return any(rel == f or rel.startswith(f + "/") for f in folders)
+
+
+def _is_dir_itself(path: Path) -> bool:
+    """A directory the glob matched (not a link to one: links are refused, loudly)."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return True
+
+
+def file_sha256(project_dir: Path, rel: str) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with open(file, "rb") as handle:
+    with os.fdopen(open_project_file(project_dir.resolve(), rel), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
 
 
-def manifest(project_dir: Path, spec: IndexSpec) -> list[SourceFile]:
-    """Every file the source names, with its sha256 (cheap: no parsing, no model)."""
-    out = []
-    for file in matching_files(project_dir, spec.source):
-        sha, size = file_sha256(file)
-        out.append(SourceFile(_rel(project_dir, file), sha, size))
-    return out
+def manifest(
+    project_dir: Path,
+    spec: IndexSpec,
+    *,
+    data_dir: Path | None = None,
+    spec_file: ArtifactFile | None = None,
+) -> list[SourceFile]:
+    """Every file the source names, with its sha256 (cheap: no parsing, no model). A match opsgate
+    refuses to read stops the build, naming the file and the spec line of `source.paths`."""
+    try:
+        return [
+            SourceFile(rel, *file_sha256(project_dir, rel))
+            for rel in matching_files(project_dir, spec.source, data_dir=data_dir)
+        ]
+    except UnsafePath as exc:
+        problem = f"{exc.reason}; replace it with the file itself, or leave it out with source.exclude"
+        raise _source_error(spec_file, exc.filename, problem) from None
+    except OSError as exc:
+        raise _source_error(spec_file, exc.filename, f"cannot be read: {exc.strerror}") from None
+
+
+def _source_error(spec_file: ArtifactFile | None, file: object, problem: str) -> ConfigError:
+    return ConfigError(
+        f"source.paths: {file!r} {problem}",
+        path=spec_file.path if spec_file else None,
+        line=spec_file.line_of("source", "paths") if spec_file else None,
+    )
 
 
 def parse(project_dir: Path, spec: IndexSpec, entry: SourceFile) -> list[Document]:
     """The documents of one file, or `ParseFailure`."""
-    file = project_dir / entry.path
     try:
-        data = file.read_bytes()
+        data = read_project_file(project_dir.resolve(), entry.path)
+    except UnsafePath as exc:
+        raise ParseFailure(exc.reason) from exc
     except OSError as exc:
         raise ParseFailure(f"cannot read the file: {exc.strerror}") from exc
     if hashlib.sha256(data).hexdigest() != entry.sha256:

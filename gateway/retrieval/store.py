@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
+
 from gateway.errors import ConfigError, UpstreamUnavailable
 from gateway.providers.minilm import MiniLMEmbedder
 
@@ -133,7 +135,11 @@ class ChromaStore:
         return _embedding_function_class()(embedder, self.minilm)
 
     def get(self, name: str, embedder: dict[str, Any]) -> Any | None:
-        """A complete collection by name, or None."""
+        """A complete collection by name (a `LiveCollection`), or None. An unreachable server is a 503."""
+        collection = self._lookup(name, embedder)
+        return LiveCollection(self, name, embedder, collection) if collection is not None else None
+
+    def _lookup(self, name: str, embedder: dict[str, Any]) -> Any | None:
         from chromadb.errors import NotFoundError
 
         try:
@@ -142,7 +148,16 @@ class ChromaStore:
             )
         except (NotFoundError, ValueError):
             return None
+        except httpx.HTTPError as exc:
+            raise self.unreachable(exc) from exc
         return collection if (collection.metadata or {}).get("opsgate_complete") else None
+
+    def unreachable(self, exc: Exception) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"the chroma server at {self.where} did not answer ({type(exc).__name__}: {exc}); indexed prompts"
+            " answer 503 until it is back (check `chroma run` and OPSGATE_CHROMA_URL)",
+            code="index_store_unavailable",
+        )
 
     def create_staging(self, name: str, embedder: dict[str, Any], distance: str) -> Any:
         self.delete(name)
@@ -153,8 +168,18 @@ class ChromaStore:
             metadata={"opsgate_complete": False},
         )
 
-    def publish(self, collection: Any, name: str, metadata: dict[str, Any]) -> None:
-        """Rename a finished staging collection to its version's name and mark it complete."""
+    def publish(self, collection: Any, name: str, metadata: dict[str, Any], embedder: dict[str, Any]) -> None:
+        """Rename a finished staging collection to its version's name and mark it complete.
+
+        A complete collection already under that name with the same content hash was published by another
+        build of the same content (another host): it stays, since running gateways may be reading it, and
+        this staging copy is dropped."""
+        current = self._lookup(name, embedder)
+        if current is not None and (current.metadata or {}).get("opsgate_hash") == metadata.get(
+            "opsgate_hash"
+        ):
+            self.delete(collection.name)
+            return
         self.delete(name)
         collection.modify(name=name, metadata={**metadata, "opsgate_complete": True})
 
@@ -166,6 +191,45 @@ class ChromaStore:
 
     def names(self) -> list[str]:
         return sorted(c.name for c in self.client().list_collections())
+
+
+class LiveCollection:
+    """A collection opened by name that stays bound to the name, not to chroma's id for it.
+
+    A gateway opens each index version once and keeps it. If the collection is later re-created under the
+    same name (`opsgate index build` restoring a version after a chroma server lost its data), the id the
+    gateway holds no longer exists: on chroma's NotFoundError the name is looked up again, once, so
+    replicas heal without a restart. Other attributes are the underlying collection's."""
+
+    def __init__(self, store: ChromaStore, name: str, embedder: dict[str, Any], collection: Any) -> None:
+        self._store = store
+        self._embedder = embedder
+        self._collection = collection
+        self.name = name
+
+    def query(self, **kw: Any) -> Any:
+        return self._call("query", kw)
+
+    def get(self, **kw: Any) -> Any:
+        return self._call("get", kw)
+
+    def count(self) -> int:
+        return int(self._call("count", {}))
+
+    def _call(self, method: str, kw: dict[str, Any]) -> Any:
+        from chromadb.errors import NotFoundError
+
+        try:
+            return getattr(self._collection, method)(**kw)
+        except NotFoundError:
+            fresh = self._store._lookup(self.name, self._embedder)
+            if fresh is None:
+                raise
+            self._collection = fresh
+            return getattr(fresh, method)(**kw)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._collection, attr)
 
 
 def add_batches(collection: Any, ids: list[str], vectors: Any, texts: list[str], metas: list[Any]) -> None:

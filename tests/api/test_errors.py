@@ -169,7 +169,9 @@ def test_no_or_bad_key_is_401(gw: GatewayProcess, headers: dict[str, str]) -> No
 
 
 def test_key_not_allowed_for_the_router_is_403(gw: GatewayProcess) -> None:
-    key = gw.cli("keys", "create", "--name", "only-other", "--role", "app", "--allow", "router:other").stdout
+    key = gw.cli(
+        "keys", "create", "--name", "only-other", "--role", "app", "--allow", "router:other", key=gw.admin_key
+    ).stdout
     key = key.strip().splitlines()[-1]
     gw.wait_for_key(key)
     r = post(gw, {"model": "default", "messages": MESSAGES}, key=key)

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
@@ -210,11 +211,11 @@ def test_promotion_needs_a_passing_run_of_the_suite_for_that_version(
 ) -> None:
     gw = squad_gateway
     config = gw.project_dir / "config" / "gateway.yaml"
-    config.write_text(
-        config.read_text(encoding="utf-8")
-        + "\ngovernance:\n  protected_aliases:\n    staging: {approvals: 0, require_eval: {suite: squad_promo}}\n",
-        encoding="utf-8",
-    )
+    settings = yaml.safe_load(config.read_text(encoding="utf-8"))  # a second `governance:` key is refused
+    settings["governance"] = {
+        "protected_aliases": {"staging": {"approvals": 0, "require_eval": {"suite": "squad_promo"}}}
+    }
+    config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     write_suite("squad_promo", GATE_SUITE.replace("name: squad_gate", "name: squad_promo").replace(
         "  - {metric: hit_at_4, min_delta_vs: production, delta: -0.02}\n", ""))  # fmt: skip
     refused = gw.cli("promote", "prompt:squad_qa@1", "--to", "staging", key=gw.admin_key, check=False)
@@ -264,6 +265,11 @@ def test_junit_report_is_valid(in_process: dict[str, Any]) -> None:
     assert props["target"].startswith("prompt:squad_qa@1#")
 
 
+CHROMIUM_HINT = (
+    "opsgate: the eval HTML report test needs Debian's chromium: run 'sudo apt-get install -y chromium'"
+)
+
+
 def test_html_report_is_self_contained_and_opens_in_chromium_without_errors(
     in_process: dict[str, Any],
 ) -> None:
@@ -275,7 +281,7 @@ def test_html_report_is_self_contained_and_opens_in_chromium_without_errors(
     assert html.count("<svg") >= 13  # a distribution per metric, plus the comparison
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.fail("Debian's chromium is needed for this test: apt-get install -y chromium")
+        pytest.fail(CHROMIUM_HINT)  # the line `make test` prints when it cannot install chromium
     from playwright.sync_api import sync_playwright
 
     problems: list[str] = []

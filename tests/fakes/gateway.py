@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,16 @@ def build_project(
     root: Path,
     routers: Mapping[str, str | Mapping[str, Any]] | None = None,
     files: Mapping[str, str] | None = None,
+    *,
+    git: bool = True,
 ) -> Path:
     """A project directory: the repo's config/ copied, then router files (YAML text or a dict), then files.
 
-    The repo's demo classic model (config/models/) is left out: a gateway waits for its models to load
-    before it is ready, and only the tests about models need one (they write their own, or copy it)."""
+    Like a user's project it is a git repository with everything committed (one commit), since a first
+    start registers only committed files; `git=False` leaves it a plain directory. Files written later are
+    uncommitted until `commit_project`. The repo's demo classic model (config/models/) is left out: a
+    gateway waits for its models to load before it is ready, and only the tests about models need one
+    (they write their own, or copy it)."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "config", root / "config", dirs_exist_ok=True, ignore=_no_models)
     for name, spec in (routers or {}).items():
@@ -89,7 +95,32 @@ def build_project(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     allow_loopback(root)
+    if git:
+        if not (root / ".gitignore").exists():
+            (root / ".gitignore").write_text(".opsgate/\n", encoding="utf-8")
+        commit_project(root, "test project")
     return root
+
+
+GIT_IDENTITY = ("opsgate tests", "tests@example.com")
+
+
+def commit_project(root: Path, message: str = "changes", *, author: tuple[str, str] = GIT_IDENTITY) -> str:
+    """`git add -A && git commit` in `root` (initialising the repository the first time); returns the sha."""
+    name, email = author
+    config = ["-c", f"user.name={name}", "-c", f"user.email={email}", "-c", "commit.gpgsign=false"]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *config, *args], capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
+    if not (root / ".git").exists():
+        git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "--allow-empty", "-m", message)
+    return git("rev-parse", "HEAD").strip()
 
 
 def allow_loopback(root: Path) -> None:
@@ -105,6 +136,45 @@ def deployment(
 ) -> dict[str, Any]:
     """A router deployment dict pointing at an upstream URL (e.g. `fake_upstream.url("500")`)."""
     return {"id": dep_id, "model": model, "api_base": api_base, "adapter": adapter, **fields}
+
+
+@dataclass
+class Cli:
+    """`opsgate` run as a user runs it, in a project with its own data directory (no gateway needed for
+    the commands that read files: sync, index build, keys)."""
+
+    project: Path
+    data_dir: Path
+    env: dict[str, str]
+
+    def __call__(
+        self, *args: str, key: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env)
+        if key is not None:
+            env["OPSGATE_API_KEY"] = key
+        return subprocess.run(
+            [OPSGATE, *args],
+            cwd=self.project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def first_admin_key(self) -> str:
+        done = self("keys", "create", "--name", "owner", "--role", "admin")
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+
+def project_cli(project: Path, data_dir: Path, extra_env: Mapping[str, str] | None = None) -> Cli:
+    env = subprocess_env(
+        {"OPSGATE_PROJECT_DIR": str(project), "OPSGATE_DATA_DIR": str(data_dir), **(extra_env or {})}
+    )
+    env.pop("OPSGATE_API_KEY", None)
+    return Cli(project, data_dir, env)
 
 
 class GatewayStartError(RuntimeError):
@@ -184,7 +254,8 @@ class GatewayProcess:
             return self.admin_key
         # The database already had keys (a shared database): make an admin key for this handle.
         value = "sk-test-admin-" + secrets.token_hex(16)
-        self.cli("keys", "create", "--name", "test-admin", "--role", "admin", "--key", value)
+        # as the operator on the box: the handle has write access to its data directory
+        self.cli("keys", "create", "--name", "test-admin", "--role", "admin", "--key", value, "--local-admin")
         return value
 
     def stop(self, timeout: float = 30) -> int | None:

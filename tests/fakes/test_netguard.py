@@ -35,3 +35,14 @@ def test_subprocesses_cannot_leave_loopback(tmp_path: Path) -> None:
     )
     assert "only 127.0.0.1" in result.stdout
     assert "192.0.2.1" in log.read_text()
+
+
+def test_a_private_test_network_can_be_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The netns topology (deploy/topology.sh) lives on a test network of its own: named, it may be reached."""
+    monkeypatch.setenv(netguard.LOG_ENV, str(tmp_path / "guard.log"))
+    monkeypatch.setenv(netguard.ALLOW_ENV, "10.231.9.0/24, postgres")
+    netguard.check(("10.231.9.5", 5432))
+    netguard.check(("postgres", 5432))
+    for outside in ("10.231.10.5", "192.0.2.1", "postgres.example.com"):
+        with pytest.raises(ConnectionRefusedError):
+            netguard.check((outside, 5432))

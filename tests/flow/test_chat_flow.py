@@ -201,3 +201,12 @@ def test_bad_gateway_options_are_refused_with_one_log_row(
         r = http.post("/v1/chat/completions", json=body, headers=gw.auth())
     row = assert_error(gw, r, status, type_="invalid_request_error", code=code, param=param)
     assert row["route"] == "/v1/chat/completions"
+
+
+def test_a_body_that_would_steer_the_upstream_is_refused_before_retrieval(
+    gw: GatewayProcess, upstream: FakeUpstream, keys: dict[str, str]
+) -> None:
+    before = upstream.count("flowvec")
+    r = ask(gw, gw.admin_key, "kbqa", "how do orders ship?", api_base="http://127.0.0.1:9/v1")
+    assert_error(gw, r, 400, type_="invalid_request_error", code="forbidden_parameter", param="api_base")
+    assert upstream.count("flowvec") == before

@@ -10,7 +10,7 @@ import re
 import shutil
 
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import REPO
+from tests.fakes.gateway import REPO, commit_project
 
 
 def test_readme_classic_model_example(
@@ -20,6 +20,7 @@ def test_readme_classic_model_example(
     code, printed = re.findall(r"```(?:python)?\n(.*?)```", section, flags=re.S)[:2]
     project = project_factory()
     shutil.copytree(REPO / "config" / "models", project / "config" / "models")
+    commit_project(project, "the demo model")  # a first start registers committed files
     with gateway_factory(project) as gw:
         code = code.replace("http://127.0.0.1:8080", gw.root_url)
         code = code.replace('Path(".opsgate/admin.key")', f"Path({str(gw.data_dir / 'admin.key')!r})")

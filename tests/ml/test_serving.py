@@ -168,7 +168,15 @@ def test_auth_and_allow_lists(gw: GatewayProcess, data: Data) -> None:
     with gw.http() as raw:
         assert raw.post("/v1/ml/cancer/predict", json=rows).status_code == 401
         key = gw.cli(
-            "keys", "create", "--name", "sugar-only", "--role", "app", "--allow", "model:sugar"
+            "keys",
+            "create",
+            "--name",
+            "sugar-only",
+            "--role",
+            "app",
+            "--allow",
+            "model:sugar",
+            key=gw.admin_key,
         ).stdout.strip()
         import time
 

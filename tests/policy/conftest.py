@@ -72,7 +72,9 @@ def routers(upstream: FakeUpstream) -> dict[str, dict[str, Any]]:
 
 
 def make_key(gw: GatewayProcess, principal: str, role: str = "app") -> str:
-    out = gw.cli("keys", "create", "--name", principal, "--role", role, "--principal", principal).stdout
+    out = gw.cli(
+        "keys", "create", "--name", principal, "--role", role, "--principal", principal, key=gw.admin_key
+    ).stdout
     key = out.strip().splitlines()[-1]
     gw.wait_for_key(key)
     return key

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from gateway.db.engine import make_engine, migrate
+from gateway.db.state import set_counter
 from gateway.keys import KeyService, Principal
+from gateway.registry.bootstrap import REGISTRY_BOOTSTRAPPED
 from gateway.registry.promotion import PromotionService
 from gateway.settings import AliasRule, GovernanceConfig, RequireEval
 
@@ -68,7 +71,7 @@ class GitProject:
 @pytest.fixture
 def git_project(make_project: Callable[..., Path]) -> Callable[..., GitProject]:
     def make(files: dict[str, str] | None = None, *, author: tuple[str, str] = ALICE) -> GitProject:
-        path = make_project(files={".gitignore": ".opsgate/\n", **(files or {})})
+        path = make_project(files={".gitignore": ".opsgate/\n", **(files or {})}, git=False)
         project = GitProject(path)
         project.git("init", "-q", "-b", "main")
         project.commit("initial project", author=author)
@@ -78,8 +81,9 @@ def git_project(make_project: Callable[..., Path]) -> Callable[..., GitProject]:
 
 
 @pytest.fixture
-def engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated database per test: SQLite in a temp dir, or a fresh PostgreSQL database."""
+def fresh_engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated, empty database per test (SQLite in a temp dir, or a fresh PostgreSQL database): the
+    registry is open for its bootstrap (tests/registry/test_bootstrap.py)."""
     url = f"sqlite:///{tmp_path / 'registry.db'}" if db_url.startswith("sqlite") else db_url
     eng = make_engine(url)
     migrate(eng)
@@ -87,6 +91,15 @@ def engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
         _truncate(eng)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def engine(fresh_engine: Engine) -> Engine:
+    """An established install, past its bootstrap: a sync registers versions and moves no alias but
+    `latest`, and aliases move by promotion (what most registry tests are about)."""
+    with Session(fresh_engine) as session, session.begin():
+        set_counter(session, REGISTRY_BOOTSTRAPPED, 1)
+    return fresh_engine
 
 
 def _truncate(eng: Engine) -> None:

@@ -15,7 +15,9 @@ from tests.registry.conftest import BOB, SUPPORT_QA, GitProject
 
 
 def _key(gw: GatewayProcess, name: str, role: str, principal: str) -> str:
-    out = gw.cli("keys", "create", "--name", name, "--role", role, "--principal", principal).stdout
+    out = gw.cli(
+        "keys", "create", "--name", name, "--role", role, "--principal", principal, key=gw.admin_key
+    ).stdout
     key = out.strip().splitlines()[-1]
     gw.wait_for_key(key)  # the running gateway picks new keys up within its refresh interval
     return key
@@ -230,7 +232,17 @@ def test_models_lists_prompts_and_routers_the_key_may_call(
 ) -> None:
     _, gw, _ = served
     limited = (
-        gw.cli("keys", "create", "--name", "only-qa", "--role", "app", "--allow", "prompt:support_qa")
+        gw.cli(
+            "keys",
+            "create",
+            "--name",
+            "only-qa",
+            "--role",
+            "app",
+            "--allow",
+            "prompt:support_qa",
+            key=gw.admin_key,
+        )
         .stdout.strip()
         .splitlines()[-1]
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
+from gateway.db.models import AuditEntry
 from gateway.errors import ConfigError, Conflict
 from gateway.registry import audit
 from gateway.registry.store import VersionStore
@@ -135,24 +137,47 @@ def test_template_files_are_part_of_the_version(
 
 
 def test_sync_outside_git_is_refused(make_project: Callable[..., object], engine: Engine) -> None:
-    path = make_project()
+    path = make_project(git=False)
     with pytest.raises(ConfigError, match="not a git repository"):
         sync(engine, path, actor=ACTOR)  # type: ignore[arg-type]
 
 
-def test_bootstrap_registers_only_new_artifacts_as_production(
-    git_project: Callable[..., GitProject], engine: Engine
+def test_bootstrap_registers_committed_files_once_as_production(
+    git_project: Callable[..., GitProject], fresh_engine: Engine
 ) -> None:
+    engine = fresh_engine
     project = git_project({"prompts/support_qa.yaml": SUPPORT_QA})
-    created = bootstrap(engine, project.path, actor="system:bootstrap")
-    assert {r.name for r in created} == {"support_qa", "default", "minilm"}
+    project.write("prompts/draft.yaml", SUPPORT_QA.replace("name: support_qa", "name: draft"))  # untracked
+    project.write("prompts/support_qa.yaml", SUPPORT_QA.replace("10", "12"))  # an uncommitted change
+    report = bootstrap(engine, project.path, actor="system:bootstrap")
+    assert report.ran and report.errors == []
+    assert {r.name for r in report.registered} == {"support_qa", "default", "minilm"}
+    assert sorted(line.split()[0] for line in report.skipped) == [
+        "prompts/draft.yaml",
+        "prompts/support_qa.yaml",
+    ]
+    registered = VersionStore(engine).get("prompt", "support_qa", 1)
+    assert registered is not None and 'costs {{ price | default("10") }}' in str(registered.spec)  # HEAD's
+    assert not registered.dirty and registered.git_commit == project.commits[-1]
     aliases = VersionStore(engine).aliases()
     assert aliases[("prompt", "support_qa")] == {"latest": 1, "production": 1}
+    assert ("prompt", "draft") not in aliases
+    entries = [e for e in audit_entries(engine) if e.action == "registry.bootstrap"]
+    assert len(entries) == 1 and entries[0].actor == "system:bootstrap"
+    assert entries[0].after["commit"] == project.commits[-1]
 
-    project.write("prompts/support_qa.yaml", SUPPORT_QA.replace("10", "12"))
-    project.commit("price")
-    assert bootstrap(engine, project.path, actor="system:bootstrap") == []  # governed from now on
+    project.commit("price and a draft")  # committed now, but the registry is governed from here on
+    again = bootstrap(engine, project.path, actor="system:bootstrap")
+    assert not again.ran and again.registered == []
     assert VersionStore(engine).aliases()[("prompt", "support_qa")] == {"latest": 1, "production": 1}
+    assert ("prompt", "draft") not in VersionStore(engine).aliases()
+    assert sync(engine, project.path, actor=ACTOR).bootstrapped is False
+    assert "production" not in VersionStore(engine).aliases()[("prompt", "draft")]
+
+
+def audit_entries(engine: Engine) -> list[AuditEntry]:
+    with Session(engine) as s:
+        return list(s.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
 
 
 def test_online_eval_blocks_are_checked_at_load_time(
@@ -173,3 +198,34 @@ def test_online_eval_blocks_are_checked_at_load_time(
     errors = sorted(e.message for e in report.errors)
     assert errors[0].startswith("prompts/no_judge.yaml:") and "set judge to a chat router" in errors[0]
     assert errors[1].startswith("prompts/ref_needed.yaml:") and "needs reference answers" in errors[1]
+
+
+def test_a_prompt_naming_a_router_index_or_judge_that_does_not_exist_is_refused(
+    git_project: Callable[..., GitProject], engine: Engine
+) -> None:
+    rag = SUPPORT_QA + "retrieval: {index: nowhere, top_k: 2}\n"
+    judged = SUPPORT_QA + "online_eval: {sample_rate: 0.1, metrics: [faithfulness], judge: nojudge}\n"
+    project = git_project(
+        {
+            "prompts/support_qa.yaml": SUPPORT_QA,
+            "prompts/lost.yaml": SUPPORT_QA.replace("name: support_qa", "name: lost").replace(
+                "router: default", "router: nope@production"
+            ),
+            "prompts/rag.yaml": rag.replace("name: support_qa", "name: rag"),
+            "prompts/judged.yaml": judged.replace("name: support_qa", "name: judged"),
+            "prompts/handbook_qa.yaml": SUPPORT_QA.replace("name: support_qa", "name: handbook_qa")
+            + "retrieval: {index: docs}\n",  # config/indexes/docs.yaml: exists, even unbuilt
+        }
+    )
+    report = sync(engine, project.path, actor=ACTOR)
+    assert {r.name for r in report.registered} == {"support_qa", "handbook_qa", "default", "minilm"}
+    assert sorted(e.message for e in report.errors) == [
+        "prompts/judged.yaml:16: online_eval.judge: 'nojudge' is not a router: there is no"
+        " config/routers/nojudge.yaml and no router:nojudge in the registry; name an existing router or add"
+        " its file",
+        "prompts/lost.yaml:4: router: 'nope' is not a router: there is no config/routers/nope.yaml and no"
+        " router:nope in the registry; name an existing router or add its file",
+        "prompts/rag.yaml:16: retrieval.index: 'nowhere' is not an index: there is no"
+        " config/indexes/nowhere.yaml and no index:nowhere in the registry; name an existing index or add"
+        " its file",
+    ]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from gateway.db.models import AuditEntry
 from gateway.errors import ConfigError
+from gateway.registry.bootstrap import close_index_bootstrap
 from gateway.registry.store import VersionStore
 from gateway.registry.sync import bootstrap
 from gateway.retrieval.build import lexical_dir
@@ -205,3 +206,17 @@ def test_build_registers_on_postgres(
         assert build is not None and build.stats["chunks"] == result.chunks and len(build.manifest) == 5
     assert ws.build("handbook").status == "unchanged"
     ws.engine.dispose()
+
+
+def test_after_the_first_start_a_new_index_reaches_production_only_by_promotion(
+    handbook: Path, workspace_factory: WorkspaceFactory
+) -> None:
+    ws = workspace_factory(handbook)
+    close_index_bootstrap(ws.engine, actor="system:bootstrap", built=[], skipped=[])  # the first serve ran
+    result = ws.build("handbook")
+    assert result.status == "built" and not result.bootstrapped
+    assert VersionStore(ws.engine).aliases("index", "handbook") == {("index", "handbook"): {"latest": 1}}
+    with Session(ws.engine) as s:
+        assert s.scalars(select(AuditEntry).where(AuditEntry.action == "index.bootstrap")).one().actor == (
+            "system:bootstrap"
+        )

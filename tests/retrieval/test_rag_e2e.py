@@ -138,7 +138,9 @@ def test_rebuild_promote_and_roll_back_the_index(gw: GatewayProcess, project: Pa
     assert "8080" in body["choices"][0]["message"]["content"]  # production is still version 1
 
     approver = (
-        gw.cli("keys", "create", "--name", "approver", "--role", "approver").stdout.strip().splitlines()[-1]
+        gw.cli("keys", "create", "--name", "approver", "--role", "approver", key=gw.admin_key)
+        .stdout.strip()
+        .splitlines()[-1]
     )
     promotion = gw.cli("promote", "index:docs@2", "--to", "production", key=gw.admin_key).stdout.strip()
     gw.cli("approve", promotion, key=approver)

@@ -242,7 +242,7 @@ def git_commit_all(project: Path, message: str) -> None:
         (project / ".gitignore").write_text(".opsgate/\n", encoding="utf-8")
         subprocess.run(["git", "init", "-q", "-b", "main"], cwd=project, check=True, env=env)
     subprocess.run(["git", "add", "-A"], cwd=project, check=True, env=env)
-    subprocess.run(["git", "commit", "-q", "-m", message], cwd=project, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", message], cwd=project, check=True, env=env)
 
 
 def register_unchecked(gw: GatewayProcess, kind: str, spec: Any) -> None:

@@ -49,8 +49,7 @@ def gateway(
             }
         )
     )
-    project.git("init", "-q", "-b", "main")
-    project.commit("initial project")
+    # build_project commits everything: a first start registers only committed files
     gw = gateway_factory(project.path)
     keys = {
         "app": _key(gw, "app", "app"),
@@ -72,7 +71,7 @@ def gateway(
 
 
 def _key(gw: GatewayProcess, name: str, role: str, *extra: str) -> str:
-    out = gw.cli("keys", "create", "--name", name, "--role", role, *extra).stdout
+    out = gw.cli("keys", "create", "--name", name, "--role", role, *extra, key=gw.admin_key).stdout
     key = out.strip().splitlines()[-1]
     gw.wait_for_key(key)
     return key
