@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 
 from gateway.ml.tables import MLPrediction, MLQualityEvent
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import GatewayProcess
-from tests.ml.conftest import git_commit, records
+from tests.fakes.gateway import GatewayProcess, commit_project
+from tests.ml.conftest import records
 
 DATA = Path(__file__).parent / "data" / "german_credit.csv"
 STRINGS = ["housing", "saving_accounts", "checking_account", "purpose"]
@@ -110,7 +110,7 @@ def gw(
             output={"labels": [0, 1], "positive": 1},
             data_quality={"on_violation": "flag" if name == "credit_broken" else "reject"},
         )
-    git_commit(project, "credit models")
+    commit_project(project, "credit models")
     with gateway_factory(project) as gateway:
         yield gateway
 

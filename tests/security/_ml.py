@@ -60,7 +60,7 @@ def make_key(gw: GatewayProcess, name: str, role: str, *allow: str) -> str:
     args = ["keys", "create", "--name", name, "--role", role, "--principal", f"{name}@example.org"]
     for pattern in allow:
         args += ["--allow", pattern]
-    key = gw.cli(*args).stdout.strip().splitlines()[-1]
+    key = gw.cli(*args, key=gw.admin_key).stdout.strip().splitlines()[-1]
     gw.wait_for_key(key)
     return key
 

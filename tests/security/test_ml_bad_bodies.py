@@ -21,8 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess
-from tests.ml.conftest import git_commit
+from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, commit_project
 from tests.security._ml import rows, small_model, spec
 
 DEEP = 100_000
@@ -39,7 +38,7 @@ def gw(
     folder.mkdir(parents=True)
     sio.dump(model, folder / "scored.skops")
     (folder / "scored.yaml").write_text(spec("scored", "scored.skops", "skops"), encoding="utf-8")
-    git_commit(project, "scored")
+    commit_project(project, "scored")
     with gateway_factory(project, database_url=None if db_url.startswith("sqlite") else db_url) as gateway:
         yield gateway
 

@@ -24,8 +24,7 @@ import joblib
 import skops.io as sio
 
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess
-from tests.ml.conftest import git_commit
+from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, commit_project
 from tests.security._ml import PickleCanary, make_key, rows, small_model, spec, wait_until
 from tests.security._ml_payloads import SkopsCanary
 
@@ -86,14 +85,14 @@ def test_model_files_run_no_code_until_trusted_by_the_operator_and_approved(
     canaries = tmp_path / "canaries"
     canaries.mkdir()
     project = make_project(files={"config/gateway.yaml": FAST_GATEWAY_YAML})
-    git_commit(project, "a project with no model yet")
+    commit_project(project, "a project with no model yet")
     gw = start_gateway(project)
     engineer = make_key(gw, "engineer", "prompt-engineer")
     approver = make_key(gw, "approver", "approver")
 
     # 1. the prompt engineer's commit and sync: registered, nothing loaded
     write_evil_models(project, canaries, model)
-    git_commit(project, "models that trust themselves")
+    commit_project(project, "models that trust themselves")
     synced = gw.cli("sync", key=engineer).stdout
     assert all(f"registered model:{name}@1" in synced for name in VARIANTS), synced
     with gw.http(headers=gw.auth(engineer)) as http:

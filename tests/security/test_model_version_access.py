@@ -20,8 +20,7 @@ import pytest
 import skops.io as sio
 
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess
-from tests.ml.conftest import git_commit
+from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, commit_project
 from tests.security._ml import make_key, rows, small_model, spec, wait_until
 
 
@@ -37,7 +36,7 @@ def served(
     folder.mkdir(parents=True)
     sio.dump(model, folder / "scored.skops")
     (folder / "scored.yaml").write_text(spec("scored", "scored.skops", "skops"), encoding="utf-8")
-    git_commit(project, "scored v1")
+    commit_project(project, "scored v1")
     with gateway_factory(project) as gw:
         keys = {
             "engineer": make_key(gw, "engineer", "prompt-engineer"),
@@ -45,7 +44,7 @@ def served(
             "granted": make_key(gw, "granted", "app", "model:scored@latest"),
         }
         write_version_2(folder, x)
-        git_commit(project, "scored v2")
+        commit_project(project, "scored v2")
         assert "registered model:scored@2" in gw.cli("sync", key=keys["engineer"]).stdout
         for alias in ("beta", "canary"):  # unprotected: they move at once
             gw.cli("promote", "model:scored@2", "--to", alias, key=keys["engineer"])

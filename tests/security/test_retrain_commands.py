@@ -28,8 +28,7 @@ import pytest
 import yaml
 
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess
-from tests.ml.conftest import git_commit
+from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, commit_project
 from tests.security._ml import FEATURES, make_key, rows, small_model, wait_until
 
 CANARY = "canary-" + secrets.token_hex(12)
@@ -109,7 +108,7 @@ def refuse_spec_commands(gw: GatewayProcess, project: Path, engineer: str) -> No
         data = {**base, "name": "rogue", "model": {"file": "rogue.skops"}, "reference": None}
         data["retrain"] = {**base["retrain"], "command": command}
         (folder / "rogue.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        git_commit(project, "a model that brings its own command")
+        commit_project(project, "a model that brings its own command")
         done = gw.cli("sync", key=engineer, check=False)
         assert done.returncode != 0, done.stdout
         said = done.stdout + done.stderr
@@ -118,7 +117,7 @@ def refuse_spec_commands(gw: GatewayProcess, project: Path, engineer: str) -> No
             assert "retrain_commands" in said, said
     (folder / "rogue.yaml").unlink()
     (folder / "rogue.skops").unlink()
-    git_commit(project, "no rogue model")
+    commit_project(project, "no rogue model")
     with gw.http(headers=gw.auth()) as http:
         assert http.get("/v1/ml/rogue@latest").status_code == 404  # never registered
 
@@ -190,7 +189,7 @@ def test_retraining_runs_only_operator_commands_and_never_answers_their_output(
     model, x = small_model()
     project = make_project(files={"config/gateway.yaml": gateway_yaml(listener)})
     write_scored_model(project, model, x, command="leak")
-    git_commit(project, "a model naming the operator's command")
+    commit_project(project, "a model naming the operator's command")
     env = {"OPSGATE_TEST_CANARY": CANARY, "OPSGATE_TEST_HOOK": "whsec-" + secrets.token_hex(8)}
     gw = start_gateway(project, env=env)
     engineer = make_key(gw, "engineer", "prompt-engineer")
