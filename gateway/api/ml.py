@@ -8,13 +8,16 @@
     GET  /admin/ml/{name}/monitor    drift, data quality, accuracy, fairness per version (?version=)
     POST /admin/ml/{name}/monitor    the same, judged now: reports stored, alerts and retraining fired
     GET  /admin/ml/{name}/importance global feature importance of a version (SHAP)
-`{name}` takes a selector like any artifact reference: `churn`, `churn@production`, `churn@3`.
-Prediction ids are `<x-opsgate-request-id>:<row index>`.
+    GET  /admin/ml/{name}/retrain/{run_id}   a retraining run's status (its output is never returned)
+`{name}` takes a selector like any artifact reference: `churn`, `churn@production`, `churn@3`; an
+application key reaches only approved versions (a protected alias points at them; gateway/flow/access.py).
+Prediction ids are `<x-opsgate-request-id>:<row index>`. Every request writes exactly one log row.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
@@ -23,14 +26,20 @@ from fastapi.responses import Response
 
 from gateway.api.deps import call_for, gateway_of
 from gateway.errors import InvalidFields, NotFound, OpsgateError, PermissionDenied
+from gateway.flow.access import CANDIDATE_ROLES, granted
 from gateway.flow.call import Call
 from gateway.flow.gateway import Gateway
+from gateway.keys import Principal
 from gateway.ml import protocol
-from gateway.ml.service import MLService
-from gateway.ml.spec import ModelSpec
+from gateway.ml.errors import ExplanationFailed, ModelUnavailable
+from gateway.ml.model import ServedModel
+from gateway.ml.service import MLService, Prediction
+from gateway.registry.store import VersionRecord
 
 router = APIRouter(tags=["ml"])
 MONITOR_ROLES = ("admin", "approver", "prompt-engineer")
+MAX_FEEDBACK = 10_000
+INTERNAL = "internal error; quote request id {request_id} when reporting it"  # as the middleware says
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -54,19 +63,43 @@ def _fail(gateway: Gateway, call: Call, request: Request, exc: OpsgateError) -> 
     gateway.finish(call, exc.status, exc)
 
 
-@router.post("/v1/ml/{name}/predict", summary="Score rows with a classic model")
-async def predict(request: Request, name: str) -> Response:
-    gateway, ml = gateway_of(request), ml_of(request)
-    call = call_for(request, "/v1/ml/{name}/predict")
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+async def _logged(request: Request, route: str, handler: Handler) -> Response:
+    """Authenticate, run the route, and write exactly one log row whatever happens: the error's status
+    for an OpsgateError, 500 for anything else (the middleware renders the same message, no traceback)."""
+    gateway = gateway_of(request)
+    call = call_for(request, route)
     try:
         gateway.authenticate(call, request.headers.get("authorization"))
+        response = await handler(call)
+    except OpsgateError as exc:
+        _fail(gateway, call, request, exc)
+        raise
+    except Exception:
+        _fail(gateway, call, request, OpsgateError(INTERNAL.format(request_id=call.request_id)))
+        raise
+    request.state.versions = call.versions_header
+    gateway.finish(call, response.status_code)
+    return response
+
+
+@router.post("/v1/ml/{name}/predict", summary="Score rows with a classic model")
+async def predict(request: Request, name: str) -> Response:
+    ml = ml_of(request)
+
+    async def handle(call: Call) -> Response:
         record = ml.resolve(call, name)
         request.state.versions = call.versions_header
         rows, explain = protocol.predict_rows(protocol.loads(await _body(request)))
         result = await ml.predict(call, record, rows, explain=explain)
-    except OpsgateError as exc:
-        _fail(gateway, call, request, exc)
-        raise
+        return _json(_predict_body(result))
+
+    return await _logged(request, "/v1/ml/{name}/predict", handle)
+
+
+def _predict_body(result: Prediction) -> dict[str, Any]:
     served, outputs = result.served, result.outputs
     predictions = []
     for i, pid in enumerate(result.ids):
@@ -82,19 +115,17 @@ async def predict(request: Request, name: str) -> Response:
     }
     if result.violations:
         body["violations"] = [v.as_dict() for v in result.violations[:100]]
-    gateway.finish(call, 200)
-    return _json(body)
+    return body
 
 
 @router.post("/v1/ml/{name}/invocations", summary="MLflow scoring protocol")
 async def invocations(request: Request, name: str) -> Response:
-    gateway, ml = gateway_of(request), ml_of(request)
-    call = call_for(request, "/v1/ml/{name}/invocations")
-    try:
-        gateway.authenticate(call, request.headers.get("authorization"))
+    ml = ml_of(request)
+
+    async def handle(call: Call) -> Response:
         record = ml.resolve(call, name)
         request.state.versions = call.versions_header
-        spec: ModelSpec = ml.catalog.spec_for(record, ModelSpec)
+        spec = ml.spec(record)
         raw = await _body(request)
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if content_type == "text/csv":
@@ -102,28 +133,20 @@ async def invocations(request: Request, name: str) -> Response:
         else:
             rows = protocol.mlflow_rows(protocol.loads(raw), spec)
         result = await ml.predict(call, record, rows)
-    except OpsgateError as exc:
-        _fail(gateway, call, request, exc)
-        raise
-    gateway.finish(call, 200)
-    return _json({"predictions": result.outputs.plain()})
+        return _json({"predictions": result.outputs.plain()})
+
+    return await _logged(request, "/v1/ml/{name}/invocations", handle)
 
 
 @router.post("/v1/ml/{name}/feedback", summary="Attach ground truth to predictions")
 async def feedback(request: Request, name: str) -> Response:
-    gateway, ml = gateway_of(request), ml_of(request)
-    call = call_for(request, "/v1/ml/{name}/feedback")
-    call.model = name
-    try:
-        gateway.authenticate(call, request.headers.get("authorization"))
-        data = protocol.loads(await _body(request))
-        items = _feedback_items(data)
-        accepted = await ml.feedback(call, name, items)
-    except OpsgateError as exc:
-        _fail(gateway, call, request, exc)
-        raise
-    gateway.finish(call, 200)
-    return _json({"accepted": accepted})
+    ml = ml_of(request)
+
+    async def handle(call: Call) -> Response:
+        items = _feedback_items(protocol.loads(await _body(request)))
+        return _json({"accepted": await ml.feedback(call, name, items)})
+
+    return await _logged(request, "/v1/ml/{name}/feedback", handle)
 
 
 def _feedback_items(data: Any) -> list[dict[str, Any]]:
@@ -135,6 +158,11 @@ def _feedback_items(data: Any) -> list[dict[str, Any]]:
             )
     else:
         items = [data]
+    if len(items) > MAX_FEEDBACK:
+        raise InvalidFields(
+            f"feedback: at most {MAX_FEEDBACK} items per request (this one has {len(items)}); split it",
+            param="feedback",
+        )
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "prediction_id" not in item or "label" not in item:
             raise InvalidFields(
@@ -142,44 +170,60 @@ def _feedback_items(data: Any) -> list[dict[str, Any]]:
                 param=f"feedback[{i}]",
                 code="invalid_feedback",
             )
+        if not isinstance(item["prediction_id"], str | int) or isinstance(item["prediction_id"], bool):
+            raise InvalidFields(
+                f"feedback[{i}].prediction_id: must be a prediction id string ('<request id>:<row>')",
+                param=f"feedback[{i}].prediction_id",
+                code="invalid_feedback",
+            )
     return cast(list[dict[str, Any]], items)
 
 
 @router.get("/v1/ml", summary="Models this key may call")
 async def list_models(request: Request) -> Response:
-    gateway, ml = gateway_of(request), ml_of(request)
-    principal = gateway.authenticate(call_for(request, "/v1/ml"), request.headers.get("authorization"))
-    cards = [_card(ml, n) for n in ml.catalog.names("model") if principal.may_call("model", n)]
-    return _json({"object": "list", "data": [c for c in cards if c is not None]})
+    ml = ml_of(request)
+
+    async def handle(call: Call) -> Response:
+        principal = call.principal
+        assert principal is not None
+        cards = [_card(ml, principal, n) for n in ml.catalog.names("model") if principal.may_call("model", n)]
+        return _json({"object": "list", "data": [c for c in cards if c is not None]})
+
+    return await _logged(request, "/v1/ml", handle)
 
 
 @router.get("/v1/ml/{name}", summary="One model's card: version, schema, output")
 async def get_model(request: Request, name: str) -> Response:
-    gateway, ml = gateway_of(request), ml_of(request)
-    call = call_for(request, "/v1/ml")
-    gateway.authenticate(call, request.headers.get("authorization"))
-    record = ml.resolve(call, name)
-    spec: ModelSpec = ml.catalog.spec_for(record, ModelSpec)
-    return _json(_card_for(ml, record.name, record.version, record.ref, spec))
+    ml = ml_of(request)
+
+    async def handle(call: Call) -> Response:
+        record = ml.resolve(call, name)
+        assert call.principal is not None
+        return _json(_card_for(ml, call.principal, record))
+
+    return await _logged(request, "/v1/ml/{name}", handle)
 
 
-def _card(ml: MLService, name: str) -> dict[str, Any] | None:
+def _card(ml: MLService, principal: Principal, name: str) -> dict[str, Any] | None:
     try:
         record = ml.catalog.resolve("model", name)
-    except NotFound:
+        return _card_for(ml, principal, record)
+    except (NotFound, ModelUnavailable):  # no production version, or one this gateway cannot read
         return None
-    return _card_for(ml, name, record.version, record.ref, ml.catalog.spec_for(record, ModelSpec))
 
 
-def _card_for(ml: MLService, name: str, version: int, ref: str, spec: ModelSpec) -> dict[str, Any]:
+def _card_for(ml: MLService, principal: Principal, record: VersionRecord) -> dict[str, Any]:
+    spec = ml.spec(record)
+    aliases = ml.catalog.aliases_of("model", record.name)
     return {
-        "id": name,
+        "id": record.name,
         "object": "model",
         "opsgate": {
             "kind": "model",
-            "version": version,
-            "ref": ref,
-            "aliases": ml.catalog.aliases_of("model", name),
+            "version": record.version,
+            "ref": record.ref,
+            # only the aliases this key may name (an app key's card does not point at candidates)
+            "aliases": {a: v for a, v in aliases.items() if _may_name(ml, principal, record, a, v)},
             "task": spec.task,
             "description": spec.description,
             "inputs": {k: v.model_dump(exclude_defaults=True) for k, v in spec.inputs.items()},
@@ -188,17 +232,27 @@ def _card_for(ml: MLService, name: str, version: int, ref: str, spec: ModelSpec)
     }
 
 
+def _may_name(ml: MLService, principal: Principal, record: VersionRecord, alias: str, version: int) -> bool:
+    """The rule of gateway/flow/access.py, as a yes or no for one alias."""
+    target = ml.catalog.snapshot.records.get(("model", record.name, version))
+    if target is None:
+        return False
+    return (
+        ml.approved(target)
+        or principal.has_role(*CANDIDATE_ROLES)
+        or granted(principal, "model", record.name, alias)
+    )
+
+
 # -- admin: monitoring figures ------------------------------------------------------------------------
 
 
-async def _admin_model(request: Request, name: str, version: str | None) -> Any:
-    gateway, ml = gateway_of(request), ml_of(request)
-    call = call_for(request, "/admin/ml")
-    principal = gateway.authenticate(call, request.headers.get("authorization"))
-    if not principal.has_role(*MONITOR_ROLES):
+async def _admin_model(ml: MLService, call: Call, name: str, version: str | None) -> ServedModel:
+    assert call.principal is not None
+    if not call.principal.has_role(*MONITOR_ROLES):
         raise PermissionDenied("monitoring figures need the role admin, approver or prompt-engineer")
-    base, _, selector = name.partition("@")
-    return await ml.served_for(base, version or selector or None)
+    record = ml.resolve(call, f"{name}@{version}" if version else name)
+    return await ml.served(record)
 
 
 @router.get("/admin/ml/{name}/monitor", summary="Drift, data quality, accuracy, fairness of a version")
@@ -206,22 +260,64 @@ async def monitor_figures(request: Request, name: str, version: str | None = Non
     from gateway.ml.monitor import figures
 
     ml = ml_of(request)
-    served = await _admin_model(request, name, version)
-    await ml.writer.flush()
-    return _json(await asyncio.to_thread(figures, ml.engine, served))
+
+    async def handle(call: Call) -> Response:
+        served = await _admin_model(ml, call, name, version)
+        await ml.writer.flush()
+        return _json(await asyncio.to_thread(figures, ml.engine, served))
+
+    return await _logged(request, "/admin/ml/{name}/monitor", handle)
 
 
 @router.post(
     "/admin/ml/{name}/monitor", summary="Judge a version now: store reports, alert, trigger retraining"
 )
 async def monitor_check(request: Request, name: str, version: str | None = None) -> Response:
-    served = await _admin_model(request, name, version)
-    return _json(await ml_of(request).check(served))
+    ml = ml_of(request)
+
+    async def handle(call: Call) -> Response:
+        return _json(await ml.check(await _admin_model(ml, call, name, version)))
+
+    return await _logged(request, "/admin/ml/{name}/monitor", handle)
+
+
+@router.get(
+    "/admin/ml/{name}/retrain/{run_id}", summary="A retraining run's status (never the command's output)"
+)
+async def retrain_run(request: Request, name: str, run_id: str) -> Response:
+    ml = ml_of(request)
+
+    async def handle(call: Call) -> Response:
+        assert call.principal is not None
+        if not call.principal.has_role(*MONITOR_ROLES):
+            raise PermissionDenied("retraining runs need the role admin, approver or prompt-engineer")
+        found = await asyncio.to_thread(ml.monitor.runner.status, name, run_id)
+        if found is None:
+            raise NotFound(f"model:{name} has no retraining run {run_id!r}", code="run_not_found")
+        return _json(found)
+
+    return await _logged(request, "/admin/ml/{name}/retrain/{run_id}", handle)
 
 
 @router.get("/admin/ml/{name}/importance", summary="Global feature importance (mean |SHAP|) of a version")
 async def importance(request: Request, name: str, version: str | None = None) -> Response:
     ml = ml_of(request)
-    served = await _admin_model(request, name, version)
-    found = await asyncio.to_thread(ml.explainer(served).global_importance)
-    return _json({"ref": served.ref, **found})
+
+    async def handle(call: Call) -> Response:
+        served = await _admin_model(ml, call, name, version)
+        if served.spec.reference is None:
+            raise InvalidFields(
+                f"model:{served.name}@{served.version} has no reference dataset; importance needs one",
+                code="no_reference",
+            )
+        try:
+            found = await asyncio.to_thread(ml.explainer(served).global_importance)
+        except OpsgateError:
+            raise
+        except Exception as exc:
+            raise ExplanationFailed(
+                f"{served.ref}: global importance failed ({type(exc).__name__}: {str(exc)[:300]})"
+            ) from exc
+        return _json({"ref": served.ref, **found})
+
+    return await _logged(request, "/admin/ml/{name}/importance", handle)

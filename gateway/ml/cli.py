@@ -111,12 +111,11 @@ def monitor_cmd(
     """Drift, data-quality, accuracy and fairness figures per version."""
     from gateway.cli_common import load_settings as _settings
     from gateway.cli_common import open_engine as _engine
-    from gateway.egress import Egress
     from gateway.ml.artifacts import ArtifactStore
-    from gateway.ml.monitor import Monitor, figures
+    from gateway.ml.monitor import figures
     from gateway.ml.service import load_served
-    from gateway.ml.spec import ModelSpec
-    from gateway.monitoring.alerts import Alerts
+    from gateway.ml.spec import stored_spec
+    from gateway.ml.trust import LoadGrant, TrustList, approved
     from gateway.registry.blobs import blob_root
     from gateway.registry.store import VersionStore
 
@@ -135,21 +134,45 @@ def monitor_cmd(
             _fail(f"model:{name} has no version or alias {selector!r} (aliases: {aliases})")
     artifacts = ArtifactStore(blob_root(settings.resolved_data_dir()))
     config = settings.load_gateway_config()
+    trust, protected = TrustList.from_config(config.ml), tuple(config.governance.protected_aliases)
     for record in records:
         by_alias = sorted(a for a, v in aliases.items() if v == record.version)
+        # the gateway's rule here too: a file that runs code loads only if trusted and approved
+        grant = LoadGrant(trust, approved(aliases, record.version, protected), protected)
         try:
-            served = load_served(
-                record, ModelSpec.model_validate(record.spec), settings.project_dir, artifacts
-            )
+            spec = stored_spec(record.spec, record.ref)
+            served = load_served(record, spec, settings.project_dir, artifacts, grant=grant)
         except OpsgateError as exc:
             _print({"ref": record.ref, "aliases": by_alias, "error": exc.message}, json_out)
             continue
         if alert:
-            alerts = Alerts(config.alerts, Egress(config.egress))
-            found = asyncio.run(Monitor(engine, settings.project_dir).check(served, alerts.send))
+            found = asyncio.run(_judge(engine, settings.project_dir, config, served))
         else:
             found = figures(engine, served)
         _print({"aliases": by_alias, **found}, json_out)
+
+
+async def _judge(engine: Any, project_dir: Path, config: Any, served: Any) -> dict[str, Any]:
+    """Judge and alert like the gateway's monitor; a retraining run is waited for (its output goes to
+    the log, as in the gateway), and its final status shown."""
+    from gateway.egress import Egress
+    from gateway.ml.monitor import Monitor
+    from gateway.monitoring.alerts import Alerts
+
+    alerts = Alerts(config.alerts, Egress(config.egress))
+    monitor = Monitor(
+        engine, project_dir, commands=config.ml.retrain_commands, timeout_s=config.ml.retrain_timeout_s
+    )
+    try:
+        found = await monitor.check(served, alerts.send)
+        await monitor.runner.drain()
+    finally:
+        await alerts.close()
+    command = found.get("retrain", {}).get("command")
+    if command and command.get("run_id"):
+        status = await asyncio.to_thread(monitor.runner.status, served.name, command["run_id"])
+        found["retrain"]["command"] = {**command, **(status or {})}
+    return found
 
 
 def _print(found: dict[str, Any], as_json: bool) -> None:

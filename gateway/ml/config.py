@@ -1,10 +1,20 @@
-"""The `ml:` section of config/gateway.yaml."""
+"""The `ml:` section of config/gateway.yaml.
+
+What may run code in the gateway is the operator's decision, written here, never a model spec's:
+`trusted_models` and `trusted_types` say which model files may load beyond skops' safe set, and
+`retrain_commands` are the only commands a retraining trigger can run (a spec names one).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
 
+from pydantic import Field, field_validator
+
+from gateway.registry.specs import NAME_PATTERN
 from gateway.yamlspec import StrictModel
+
+SHA256_ENTRY = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class MLConfig(StrictModel):
@@ -27,3 +37,47 @@ class MLConfig(StrictModel):
         description="At start-up, before /readyz says ready, explain one reference row once, so the first"
         " `explain: true` request does not wait ~5 s for SHAP's code to compile.",
     )
+    trusted_models: list[str] = Field(
+        default_factory=list,
+        description="Models whose files may load with a format that runs code (pickle, joblib, skops types"
+        " outside the safe set): a model name (every version) or 'sha256:<hex>' of the model file's bytes"
+        " (`sha256sum config/models/x.pkl`). Such a version loads only once a protected alias (staging,"
+        " production) points at it. A spec's own `trusted: true` counts for nothing.",
+    )
+    trusted_types: list[str] = Field(
+        default_factory=list,
+        description="skops types to treat as safe for every model (e.g. sklearn.tree._tree.Tree for tree"
+        " ensembles): files holding only safe and these types load like any skops file.",
+    )
+    retrain_commands: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="name -> argv: the commands a model's `retrain.command` may name. Run in the project"
+        " directory with the evidence as JSON on stdin; their output goes to the server log, never to an"
+        " HTTP caller.",
+    )
+    retrain_timeout_s: float = Field(
+        600.0, gt=0, description="A retraining command running longer is killed."
+    )
+
+    @field_validator("trusted_models")
+    @classmethod
+    def _trusted_models(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if entry.startswith("sha256:"):
+                if not SHA256_ENTRY.match(entry):
+                    raise ValueError(
+                        f"{entry!r}: write sha256:<64 lowercase hex digits> (sha256sum's output)"
+                    )
+            elif not re.fullmatch(NAME_PATTERN, entry):
+                raise ValueError(f"{entry!r} is neither a model name nor sha256:<hex>")
+        return entries
+
+    @field_validator("retrain_commands")
+    @classmethod
+    def _commands(cls, commands: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, argv in commands.items():
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(f"{name!r}: a command name is letters, digits, '.', '_' or '-'")
+            if not argv or not all(isinstance(a, str) and a for a in argv):
+                raise ValueError(f"{name}: give the command as a non-empty list of arguments")
+        return commands

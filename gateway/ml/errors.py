@@ -2,8 +2,13 @@
 
 OpsgateError
 ├── ModelUnavailable          503 the version cannot be served: its file is missing, tampered with
-│                                 (hash mismatch) or unsafe to load; says how to fix it
+│                                 (hash mismatch) or unsafe to load (code model_untrusted: the operator
+│                                 has not trusted it); says how to fix it
+├── ExplanationFailed         503 the model scored the rows but SHAP could not explain them (nothing
+│                                 was logged: the caller received no prediction ids)
 └── ClientError
+    ├── PermissionDenied
+    │   └── ModelNotApproved  403 an unsafe file (pickle, ...) of a version no protected alias points at
     └── InvalidFields
         └── DataQualityError  422 rows break the input schema: names row, field and rule
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway.errors import InvalidFields, OpsgateError
+from gateway.errors import InvalidFields, OpsgateError, PermissionDenied
 
 MAX_LISTED = 100
 
@@ -22,6 +27,16 @@ class ModelUnavailable(OpsgateError):
     status = 503
     type = "api_error"
     code = "model_unavailable"
+
+
+class ModelNotApproved(PermissionDenied):
+    code = "model_not_approved"
+
+
+class ExplanationFailed(OpsgateError):
+    status = 503
+    type = "api_error"
+    code = "explanation_failed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,7 @@ class ServedModel:
     positive: int | None = None  # index of the positive class in `classes`
     numeric: bool = True
     validator: RowValidator | None = None
+    unsafe: bool = False  # loading ran code of the file's (operator-trusted, approved): kept while approved
     _reference: Any = None
     _reference_outputs: Outputs | None = None
 
@@ -76,8 +77,10 @@ class ServedModel:
         spec: ModelSpec,
         estimator: Any,
         files: dict[str, bytes],
+        *,
+        unsafe: bool = False,
     ) -> ServedModel:
-        served = cls(ref, record_name, version, content_hash, spec, estimator, files)
+        served = cls(ref, record_name, version, content_hash, spec, estimator, files, unsafe=unsafe)
         served.order = served._feature_order()
         served.numeric = all(spec.inputs[f].type in NUMERIC for f in served.order)
         served.validator = RowValidator(spec)

@@ -3,7 +3,8 @@
 `figures()` is pure reading and computing (the CLI, the admin API and the gateway's monitor loop all use
 it). `Monitor.check()` also judges: it stores a report per kind, sends an alert (drift, fairness,
 accuracy) when a kind goes from healthy to breached, and fires the retraining trigger (an alert of kind
-`retrain` to the configured webhooks, and the spec's command, if any) at most once per cooldown.
+`retrain` to the configured webhooks, and the operator's command the spec names, if any, in the
+background: see gateway/ml/retrain.py) at most once per cooldown.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from gateway.ml import accuracy as acc
 from gateway.ml.drift import column_drift, dataset_drift
 from gateway.ml.fairness import fairness_report
 from gateway.ml.model import ServedModel
+from gateway.ml.retrain import RetrainRunner
 from gateway.ml.tables import MLFeedback, MLPrediction, MLQualityEvent, MLReport
 
 log = logging.getLogger("opsgate.ml.monitor")
@@ -251,9 +252,20 @@ def figures(engine: Engine, served: ServedModel, *, now: datetime | None = None)
 class Monitor:
     """Judge figures, keep reports, alert on transitions to breached, trigger retraining."""
 
-    def __init__(self, engine: Engine, project_dir: Path) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        project_dir: Path,
+        *,
+        commands: Mapping[str, list[str]] | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
         self.engine = engine
         self.project_dir = project_dir
+        self.runner = RetrainRunner(engine, project_dir, commands or {}, timeout_s=timeout_s)
+
+    async def stop(self) -> None:
+        await self.runner.stop()
 
     def _last(self, session: Session, served: ServedModel, kind: str) -> MLReport | None:
         q = (
@@ -341,39 +353,15 @@ class Monitor:
         }
         await deliver("retrain", evidence)
         result: dict[str, Any] = {"reasons": reasons, "webhook": True}
-        if spec.command:
-            result["command"] = await self._run_command(spec.command, served, evidence)
+        if isinstance(spec.command, list):  # registered before the rule: never run
+            result["command"] = {
+                "status": "refused",
+                "error": "this version's spec holds a command instead of naming one of the operator's"
+                " ml.retrain_commands (config/gateway.yaml); it does not run",
+            }
+        elif spec.command:  # the operator's command by that name, in the background; no output comes back
+            result["command"] = self.runner.start(served, spec.command, evidence)
         return result
-
-    async def _run_command(
-        self, command: list[str], served: ServedModel, evidence: dict[str, Any]
-    ) -> dict[str, Any]:
-        env = {
-            **os.environ,
-            "OPSGATE_MODEL": served.name,
-            "OPSGATE_MODEL_VERSION": str(served.version),
-            "OPSGATE_MODEL_REF": served.ref,
-        }
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=self.project_dir,
-                env=env,
-            )
-            out, _ = await asyncio.wait_for(
-                proc.communicate(orjson.dumps(evidence, option=orjson.OPT_SERIALIZE_NUMPY)), timeout=600
-            )
-        except (OSError, TimeoutError) as exc:
-            log.warning("retrain command %s failed: %s", command, exc)
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        return {
-            "ok": proc.returncode == 0,
-            "exit_code": proc.returncode,
-            "output": out.decode(errors="replace")[-2000:],
-        }
 
 
 def summary(kind: str, part: dict[str, Any]) -> str:

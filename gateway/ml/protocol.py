@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from typing import Any
 
 import orjson
@@ -23,22 +24,87 @@ from gateway.errors import InvalidFields, InvalidJSON
 from gateway.ml.schema import coerce_csv_value
 from gateway.ml.spec import ModelSpec
 
+MAX_DEPTH = 1024  # orjson's limit; a request body needs 4 ({"dataframe_split": {"data": [[...]]}})
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 Rows = list[Any]
 
 
 def loads(raw: bytes) -> Any:
-    """JSON, also with NaN/Infinity literals (Python's json writes them), so they reach the data checks."""
+    """JSON, also with NaN/Infinity literals (Python's json writes them), so they reach the data checks.
+    Nesting deeper than orjson's limit (1,024 levels) is a 422 naming the top-level field; shallower
+    nesting inside rows is refused by the data checks (rows hold flat values), which never repr it."""
     if not raw.strip():
         raise InvalidJSON("the request body is empty; send a JSON object")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            reason = str(exc).split(":", 1)[0]
-            raise InvalidJSON(f"the request body is not valid JSON ({reason})") from exc
+        return _lenient(raw, exc)
+
+
+def _lenient(raw: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """The standard library's parser, for the NaN/Infinity literals orjson refuses."""
+    reason = str(exc).split(":", 1)[0]
+    if "depth" in reason or "recursion" in reason.lower():
+        raise _too_deep(raw, exc) from exc
+    try:
+        data = json.loads(raw, parse_int=_int)
+    except RecursionError:
+        raise _too_deep(raw, exc) from exc
+    except (ValueError, UnicodeDecodeError) as err:
+        detail = reason if isinstance(err, json.JSONDecodeError) else str(err).split(":", 1)[0]
+        raise InvalidJSON(f"the request body is not valid JSON ({detail})") from exc
+    try:  # what the standard parser lets through must still be loggable (the log writers use orjson)
+        orjson.dumps(data)
+    except orjson.JSONEncodeError as bad:
+        raise InvalidJSON(f"the request body holds a value that cannot be stored ({bad})") from exc
+    return data
+
+
+def _too_deep(raw: bytes, exc: orjson.JSONDecodeError) -> InvalidFields:
+    field = _top_level_key(raw, exc.pos)
+    return InvalidFields(
+        f"{field or 'the request body'}: nested too deep (more than {MAX_DEPTH} levels, at character"
+        f' {exc.pos}); send flat rows, e.g. {{"records": [{{"column": 1.5}}]}}',
+        param=field,
+        code="too_deep",
+    )
+
+
+def _int(text: str) -> int | float:
+    """Integers as orjson reads them: 64-bit ones exactly, larger ones as floats (inf beyond the range
+    of a double, which the data checks refuse as not finite)."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:,]')
+KEY_SCAN_BYTES = 65536
+
+
+def _top_level_key(raw: bytes, pos: int) -> str | None:
+    """The key of the body's top-level object under which position `pos` lies (scans at most 64 KiB)."""
+    if pos > KEY_SCAN_BYTES or not raw.lstrip().startswith(b"{"):
+        return None
+    depth, key, last_string = 0, None, None
+    for token in _TOKEN.finditer(raw, 0, pos):
+        text = token.group()
+        if text in (b"{", b"["):
+            depth += 1
+        elif text in (b"}", b"]"):
+            depth -= 1
+        elif text == b":" and depth == 1:
+            key = last_string
+        elif text.startswith(b'"'):
+            last_string = text
+    try:
+        return str(json.loads(key)) if key is not None else None
+    except ValueError:
+        return None
+
+
+def field_name(name: str) -> str:
+    """A caller's field name as a message and the log show it: short and printable (no NUL), else repr'd."""
+    return name if len(name) <= 64 and name.isprintable() else repr(name[:64])
 
 
 def _rows_list(value: Any, param: str) -> Rows:
@@ -73,8 +139,9 @@ def predict_rows(data: Any) -> tuple[Rows, bool]:
     unknown = set(data) - {"records", "explain"}
     if unknown:
         raise InvalidFields(
-            f"{sorted(unknown)[0]}: unknown field; send records (a list of rows) and optionally explain",
-            param=sorted(unknown)[0],
+            f"{field_name(sorted(unknown)[0])}: unknown field; send records (a list of rows) and optionally"
+            " explain",
+            param=field_name(sorted(unknown)[0]),
         )
     if "records" not in data:
         raise InvalidFields("records: this field is required (a list of rows)", param="records")
@@ -92,7 +159,7 @@ def mlflow_rows(data: Any, spec: ModelSpec) -> Rows:
     if len(present) != 1 or extra:
         raise InvalidFields(
             "the body must have exactly one of dataframe_split, dataframe_records, instances or inputs"
-            + (f" (unknown field: {sorted(extra)[0]})" if extra else ""),
+            + (f" (unknown field: {field_name(sorted(extra)[0])})" if extra else ""),
             code="invalid_mlflow_input",
         )
     key = present[0]
@@ -143,9 +210,21 @@ def csv_rows(raw: bytes, spec: ModelSpec) -> Rows:
     except UnicodeDecodeError as exc:
         raise InvalidJSON("the CSV body is not UTF-8") from exc
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header:
-        raise InvalidFields("the CSV body needs a header row naming the columns", code="invalid_csv")
+    try:
+        header = next(reader, None)
+        if not header:
+            raise InvalidFields("the CSV body needs a header row naming the columns", code="invalid_csv")
+        out = _csv_data(reader, header, spec)
+    except csv.Error as exc:  # NUL bytes, a field over the csv module's size limit
+        raise InvalidFields(
+            f"the CSV body cannot be read at line {reader.line_num} ({exc})", code="invalid_csv"
+        ) from exc
+    if not out:
+        raise InvalidFields("the CSV body has no data rows", code="invalid_csv")
+    return out
+
+
+def _csv_data(reader: Any, header: list[str], spec: ModelSpec) -> Rows:
     out: Rows = []
     for i, cells in enumerate(reader):
         if not cells:
@@ -155,6 +234,4 @@ def csv_rows(raw: bytes, spec: ModelSpec) -> Rows:
                 f"CSV row {i}: has {len(cells)} cells for {len(header)} columns", code="invalid_csv"
             )
         out.append({c: coerce_csv_value(spec.inputs.get(c), v) for c, v in zip(header, cells, strict=True)})
-    if not out:
-        raise InvalidFields("the CSV body has no data rows", code="invalid_csv")
     return out

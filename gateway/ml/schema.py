@@ -52,13 +52,13 @@ def field_check(field: FieldSpec) -> Check:
         if numeric and isinstance(value, float) and not math.isfinite(value):
             return ("finite", f"{value} is not a finite number")
         if not is_type(value):
-            return ("type", f"{value!r} is not {'an' if field.type == 'integer' else 'a'} {field.type}")
+            return ("type", f"{shown(value)} is not {'an' if field.type == 'integer' else 'a'} {field.type}")
         if low is not None and value < low:
             return ("min", f"{value} is below the minimum {low:g}")
         if high is not None and value > high:
             return ("max", f"{value} is above the maximum {high:g}")
         if allowed is not None and value not in allowed:
-            return ("categories", f"{value!r} is not one of {sorted(allowed, key=str)}")
+            return ("categories", f"{shown(value)} is not one of {sorted(allowed, key=str)}")
         return None
 
     return check
@@ -74,7 +74,7 @@ class RowValidator:
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 out.append(
-                    Violation(i, "*", "type", f"a row must be a JSON object of columns, not {row!r:.80}")
+                    Violation(i, "*", "type", f"a row must be a JSON object of columns, not {shown(row)}")
                 )
                 continue
             for name, check in self.checks:
@@ -82,10 +82,41 @@ class RowValidator:
                 if broken is not None:
                     out.append(Violation(i, name, broken[0], broken[1]))
             if len(row) > len(self.known) or not self.known.issuperset(row):
-                for name in row:
-                    if name not in self.known:
-                        out.append(Violation(i, str(name), "unknown_field", "is not a column of this model"))
+                out.extend(_unknown(i, row, self.known))
         return out
+
+
+def _unknown(i: int, row: dict[str, Any], known: frozenset[str]) -> list[Violation]:
+    """Unknown columns: soft (flagged rows are scored and logged with them), unless a value is not flat:
+    a list or an object would be logged as it came, however deep or large."""
+    out = []
+    for name, value in row.items():
+        if name in known:
+            continue
+        if isinstance(value, dict | list):
+            out.append(
+                Violation(
+                    i,
+                    str(name),
+                    "type",
+                    f"is not a column of this model, and {shown(value)} is not a flat value",
+                )
+            )
+        else:
+            out.append(Violation(i, str(name), "unknown_field", "is not a column of this model"))
+    return out
+
+
+def shown(value: Any) -> str:
+    """A caller's value as a message shows it: containers by kind and size (never repr'd: they may nest a
+    thousand levels deep), strings and numbers repr'd and cut at 80 characters."""
+    if isinstance(value, dict):
+        return f"an object of {len(value)} keys"
+    if isinstance(value, list):
+        return f"a list of {len(value)} values"
+    if isinstance(value, str) and len(value) > 80:
+        value = value[:80]
+    return f"{value!r:.80}"
 
 
 def split(violations: list[Violation]) -> tuple[list[Violation], list[Violation]]:

@@ -2,8 +2,11 @@
 
 HTTP-free (gateway/api/ml.py is the thin layer). The request path reads no database: versions come from
 the catalog's snapshot, loaded models from an in-memory cache keyed by (name, version, hash) and filled
-off the request path whenever an alias points at a version (or, once, by the first request for another
-version). Prediction payloads go to the ML writer's queue; the request itself to the shared request log.
+off the request path whenever a protected alias points at a version (or, once, by the first request for
+another version the caller may reach). What loads is decided in gateway/ml/trust.py: a file that can run
+code loads only with the operator's trust and while a protected alias points at its version.
+Prediction payloads go to the ML writer's queue, and only for requests that are answered; the request
+itself to the shared request log.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -23,18 +27,26 @@ from sqlalchemy.orm import Session
 from gateway.catalog import Catalog, Snapshot
 from gateway.db.state import utcnow
 from gateway.errors import InvalidFields, ModelNotFound, NotFound, OpsgateError, PermissionDenied
+from gateway.flow.access import VersionAccess
 from gateway.flow.call import Call
-from gateway.ml.artifacts import ArtifactStore, load_estimator, verified_files
+from gateway.ml.artifacts import ArtifactStore, load_model, verified_files
 from gateway.ml.batching import MicroBatcher
 from gateway.ml.config import MLConfig
-from gateway.ml.errors import DataQualityError, ModelUnavailable, Violation
+from gateway.ml.errors import (
+    DataQualityError,
+    ExplanationFailed,
+    ModelNotApproved,
+    ModelUnavailable,
+    Violation,
+)
 from gateway.ml.explain import Explainer, warm_up
 from gateway.ml.explain import warmed as explain_warmed
 from gateway.ml.model import Outputs, ServedModel
 from gateway.ml.monitor import Monitor
 from gateway.ml.schema import split
-from gateway.ml.spec import ModelSpec
+from gateway.ml.spec import ModelSpec, stored_spec
 from gateway.ml.tables import MLFeedback, MLPrediction, MLQualityEvent
+from gateway.ml.trust import LoadGrant, TrustList, approved
 from gateway.ml.writer import Batch, MLWriter
 from gateway.monitoring.alerts import Alerts
 from gateway.monitoring.metrics import Metrics
@@ -46,17 +58,25 @@ log = logging.getLogger("opsgate.ml")
 Key = tuple[str, int, str]
 RETRY_FAILED_LOAD_S = 5.0
 RECENT_REQUESTS = 100_000
+LOOKUP_CHUNK = 900  # ids per query: under every database's bound-parameter limit
+PREDICTION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,48}:[0-9]{1,9}$")  # <request id>:<row>
 
 
 def load_served(
-    record: VersionRecord, spec: ModelSpec, project_dir: Path, store: ArtifactStore, *, warm: bool = False
+    record: VersionRecord,
+    spec: ModelSpec,
+    project_dir: Path,
+    store: ArtifactStore,
+    *,
+    grant: LoadGrant | None = None,
+    warm: bool = False,
 ) -> ServedModel:
-    """Verify the version's bytes (store first, then the project), load the model safely. Blocking.
-    `warm`: also compile the explanation code once per process (see `explain.warm_up`)."""
+    """Verify the version's bytes (store first, then the project), load the model as `grant` allows
+    (None: safe files only). Blocking. `warm`: also compile the explanation code once per process."""
     files = verified_files(spec, record.content_hash, record.ref, record.source_path, project_dir, store)
-    estimator = load_estimator(spec, files[spec.model.file], record.ref)
+    estimator, unsafe = load_model(spec, files[spec.model.file], record.ref, grant)
     served = ServedModel.build(
-        record.ref, record.name, record.version, record.content_hash, spec, estimator, files
+        record.ref, record.name, record.version, record.content_hash, spec, estimator, files, unsafe=unsafe
     )
     if warm:
         warm_up(served)
@@ -90,6 +110,7 @@ class MLService:
         project_dir: Path,
         data_dir: Path,
         policy: Any = None,
+        access: VersionAccess | None = None,
     ) -> None:
         self.policy = policy  # gateway.policy.pipeline.Pipeline: the same checks as chat requests
         self.engine = engine
@@ -98,6 +119,10 @@ class MLService:
         self.alerts = alerts
         self.config = config
         self.project_dir = project_dir
+        # the request flow's version rule (gateway/flow/access.py): approved = a protected alias points at it
+        self.access = access or VersionAccess(catalog, frozenset({"staging", "production"}))
+        self.protected_aliases = tuple(sorted(self.access.protected))
+        self.trust = TrustList.from_config(config)
         self.store = ArtifactStore(blob_root(data_dir))
         self.writer = MLWriter(
             engine,
@@ -105,7 +130,10 @@ class MLService:
             batch_size=config.batch_size,
             flush_interval_s=config.flush_interval_s,
         )
-        self.monitor = Monitor(engine, project_dir)
+        self.monitor = Monitor(
+            engine, project_dir, commands=config.retrain_commands, timeout_s=config.retrain_timeout_s
+        )
+        self._specs: dict[Key, ModelSpec] = {}
         self._served: dict[Key, ServedModel] = {}
         self._explainers: dict[Key, Explainer] = {}
         self._batchers: dict[Key, MicroBatcher] = {}
@@ -130,6 +158,7 @@ class MLService:
             config=parts.config.ml,
             project_dir=parts.settings.project_dir,
             data_dir=parts.settings.resolved_data_dir(),
+            access=parts.gateway.access,
         )
         writer = service.writer
         parts.metrics.gauge(
@@ -155,15 +184,18 @@ class MLService:
         for task in list(self._loading.values()):
             with contextlib.suppress(Exception):
                 await task
+        await self.monitor.stop()
         await self.writer.stop()
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
+        self._evict_unapproved(snapshot)
         if not self.config.preload:
             return
         for (kind, name), aliases in snapshot.aliases.items():
             if kind != "model":
                 continue
-            for version in set(aliases.values()):
+            # only approved versions (a protected alias points at them): never `latest` or a fresh sync
+            for version in {v for a, v in aliases.items() if a in self.protected_aliases}:
                 record = snapshot.records.get((kind, name, version))
                 if record is not None and self._key(record) not in self._served:
                     task = self._load_task(record, warm=self.config.warm_explanations)
@@ -190,20 +222,53 @@ class MLService:
             "explanations_warm": explain_warmed(),
         }
 
+    def _evict_unapproved(self, snapshot: Snapshot) -> None:
+        """A model whose loading ran code stays in memory only while a protected alias points at it (as
+        after a restart, when it would not load)."""
+        for key, served in list(self._served.items()):
+            aliases = snapshot.aliases.get(("model", served.name), {})
+            if served.unsafe and not approved(aliases, served.version, self.protected_aliases):
+                log.info("%s is no longer behind a protected alias: unloaded", served.ref)
+                del self._served[key]
+                self._explainers.pop(key, None)
+                self._batchers.pop(key, None)
+
     # -- models --------------------------------------------------------------------------------------
 
     @staticmethod
     def _key(record: VersionRecord) -> Key:
         return (record.name, record.version, record.content_hash)
 
+    def approved(self, record: VersionRecord) -> bool:
+        """Whether a protected alias points at this version now."""
+        return self._approved(record)
+
+    def _approved(self, record: VersionRecord) -> bool:
+        return self.access.approved(record)
+
+    def spec(self, record: VersionRecord) -> ModelSpec:
+        """The version's parsed spec (cached: versions are immutable); ModelUnavailable if unreadable."""
+        key = self._key(record)
+        found = self._specs.get(key)
+        if found is None:
+            found = self._specs[key] = stored_spec(record.spec, record.ref)
+        return found
+
+    def grant(self, record: VersionRecord) -> LoadGrant:
+        """What loading this version may do now (gateway/ml/trust.py)."""
+        return LoadGrant(self.trust, self._approved(record), self.protected_aliases)
+
     def _load_task(self, record: VersionRecord, *, warm: bool = False) -> asyncio.Task[ServedModel]:
         key = self._key(record)
         task = self._loading.get(key)
         if task is None:
-            spec: ModelSpec = self.catalog.spec_for(record, ModelSpec)
-            task = asyncio.create_task(
-                asyncio.to_thread(load_served, record, spec, self.project_dir, self.store, warm=warm)
-            )
+            grant = self.grant(record)  # decided now, on the event loop, from this snapshot's aliases
+
+            def load() -> ServedModel:
+                spec = self.spec(record)
+                return load_served(record, spec, self.project_dir, self.store, grant=grant, warm=warm)
+
+            task = asyncio.create_task(asyncio.to_thread(load))
             self._loading[key] = task
             task.add_done_callback(functools.partial(self._loaded, key))
         return task
@@ -223,6 +288,12 @@ class MLService:
         key = self._key(record)
         found = self._served.get(key)
         if found is not None:
+            if found.unsafe and not self._approved(record):  # the alias moved on; eviction follows
+                raise ModelNotApproved(
+                    f"{record.ref} was loaded from a file that runs code, and no protected alias points at it"
+                    " any more; promote it again to serve it",
+                    param="model",
+                )
             return found
         failed = self._failed.get(key)
         if failed is not None and time.monotonic() - failed[0] < RETRY_FAILED_LOAD_S:
@@ -235,8 +306,8 @@ class MLService:
             raise ModelUnavailable(f"{record.ref} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
     def resolve(self, call: Call, target: str) -> VersionRecord:
-        call.model = target
         ref = parse_ref(target, default_kind="model", param="model")
+        call.model = target  # a valid reference only: the log row and metrics never carry arbitrary text
         if ref.kind != "model":
             raise ModelNotFound(
                 f"{target!r} is not a model; use name, name@VERSION or name@ALIAS", param="model"
@@ -248,6 +319,7 @@ class MLService:
                 f"this key may not call model:{record.name} (its allow list does not include it)",
                 param="model",
             )
+        self.access.check(call.principal, record, ref.selector)
         call.artifacts.append(record.ref)
         return record
 
@@ -273,45 +345,71 @@ class MLService:
     async def predict(
         self, call: Call, record: VersionRecord, rows: list[Any], *, explain: bool = False
     ) -> Prediction:
+        """Check, score, explain; only then log the predictions (the caller gets their ids only now)."""
         if self.policy is not None:  # the policy pipeline, as for chat: access, limits, PII in string fields
             from gateway.policy.payloads import records_payload
 
             await self.policy.pre_call(call, records_payload([r for r in rows if isinstance(r, dict)]))
         served = await self.served(record)
+        if explain:
+            _check_explainable(served, len(rows))
+        violations = self._check_rows(call, served, rows)
+        outputs = await self._score(served, rows)
+        result = Prediction(served, outputs, [f"{call.request_id}:{i}" for i in range(len(rows))], violations)
+        if explain:
+            result.explanations = await self._explain(served, rows)
+        self._record_answer(call, result, rows)
+        return result
+
+    def _check_rows(self, call: Call, served: ServedModel, rows: list[Any]) -> list[Violation]:
+        """The data-quality checks: raises DataQualityError (and logs the rejection) when rows are refused."""
         assert served.validator is not None
         violations = served.validator.validate(rows)
-        artifact = served.ref.split("#", 1)[0]
-        if violations:
-            self.metrics.observe_ml_violations(artifact, [(v.field, v.rule) for v in violations])
-            hard, _soft = split(violations)
-            reject = bool(hard) or served.spec.data_quality.on_violation == "reject"
-            self._quality_event(call, served, "reject" if reject else "flag", len(rows), violations)
-            call.decisions.append(
-                {
-                    "check": "data_quality",
-                    "action": "reject" if reject else "flag",
-                    "violations": len(violations),
-                }
-            )
-            if reject:
-                raise DataQualityError(violations)
+        if not violations:
+            return violations
+        self.metrics.observe_ml_violations(_artifact(served), [(v.field, v.rule) for v in violations])
+        hard, _soft = split(violations)
+        reject = bool(hard) or served.spec.data_quality.on_violation == "reject"
+        action = "reject" if reject else "flag"
+        call.decisions.append({"check": "data_quality", "action": action, "violations": len(violations)})
+        if reject:
+            self._quality_event(call, served, "reject", len(rows), violations)
+            raise DataQualityError(violations)
+        return violations
+
+    async def _score(self, served: ServedModel, rows: list[Any]) -> Outputs:
         try:
             if len(rows) > self.config.inline_rows:
-                outputs = await asyncio.to_thread(served.predict, rows)
-            else:  # small requests: on the loop, stacked with whatever else arrived in the same turn
-                outputs = await self.batcher(served).predict(rows)
+                return await asyncio.to_thread(served.predict, rows)
+            # small requests: on the loop, stacked with whatever else arrived in the same turn
+            return await self.batcher(served).predict(rows)
         except (ValueError, TypeError) as exc:
             raise InvalidFields(
                 f"the model could not score these rows: {str(exc)[:500]}", code="model_input_error"
             ) from exc
-        ids = [f"{call.request_id}:{i}" for i in range(len(rows))]
-        self._log_predictions(call, served, rows, outputs, ids, violations)
-        self.metrics.observe_ml_rows(artifact, len(rows))
+
+    async def _explain(self, served: ServedModel, rows: list[Any]) -> list[dict[str, Any]]:
+        try:
+            return await asyncio.to_thread(self.explainer(served).explain_rows, rows)
+        except OpsgateError:
+            raise
+        except Exception as exc:
+            log.warning("explaining %s failed: %s: %s", served.ref, type(exc).__name__, exc)
+            raise ExplanationFailed(
+                f"{served.ref} scored the rows but could not explain them ({type(exc).__name__}:"
+                f" {str(exc)[:300]}); nothing was recorded. Retry without explain, or check the model's"
+                " reference data (explanations score its rows mixed with yours)."
+            ) from exc
+
+    def _record_answer(self, call: Call, result: Prediction, rows: list[Any]) -> None:
+        """Everything that counts toward monitoring (drift, fairness, accuracy) is written for answered
+        requests only: their ids are what feedback refers to."""
+        served, violations = result.served, result.violations
+        if violations:  # flagged rows were scored: their event belongs to the answer
+            self._quality_event(call, served, "flag", len(rows), violations)
+        self._log_predictions(call, served, rows, result.outputs, result.ids, violations)
+        self.metrics.observe_ml_rows(_artifact(served), len(rows))
         call.extra["ml"] = {"rows": len(rows), "flagged": len({v.row for v in violations})}
-        result = Prediction(served, outputs, ids, violations)
-        if explain:
-            result.explanations = await asyncio.to_thread(self.explainer(served).explain_rows, rows)
-        return result
 
     def _log_predictions(
         self,
@@ -366,7 +464,8 @@ class MLService:
 
     async def feedback(self, call: Call, name: str, items: list[dict[str, Any]]) -> int:
         if not self.catalog.has("model", name):
-            raise ModelNotFound(f"model:{name} does not exist in the registry", param="model")
+            raise ModelNotFound(f"model:{name!r} does not exist in the registry", param="model")
+        call.model = name
         assert call.principal is not None
         if not call.principal.may_call("model", name):
             raise PermissionDenied(f"this key may not call model:{name}", param="model")
@@ -409,11 +508,16 @@ class MLService:
         return found
 
     def _lookup(self, name: str, ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        # ids of another shape cannot exist; leaving them out also keeps NUL and the like away from SQL
+        wellformed = [pid for pid in ids if PREDICTION_ID.match(pid)]
         with Session(self.engine) as s:
-            q = select(MLPrediction.id, MLPrediction.version).where(
-                MLPrediction.name == name, MLPrediction.id.in_(ids)
-            )
-            return {pid: version for pid, version in s.execute(q)}
+            for start in range(0, len(wellformed), LOOKUP_CHUNK):
+                q = select(MLPrediction.id, MLPrediction.version).where(
+                    MLPrediction.name == name, MLPrediction.id.in_(wellformed[start : start + LOOKUP_CHUNK])
+                )
+                found.update({pid: version for pid, version in s.execute(q)})
+        return found
 
     def _check_label(self, name: str, version: int, label: Any, i: int) -> None:
         served = next((m for k, m in self._served.items() if k[0] == name and k[1] == version), None)
@@ -453,6 +557,26 @@ class MLService:
                     await self.check(served)
                 except Exception:
                     log.exception("monitoring %s failed; will retry", served.ref)
+
+
+def _artifact(served: ServedModel) -> str:
+    return served.ref.split("#", 1)[0]
+
+
+def _check_explainable(served: ServedModel, rows: int) -> None:
+    spec = served.spec
+    if spec.reference is None:
+        raise InvalidFields(
+            f"explain: {_artifact(served)} has no reference dataset, and explanations need one as their"
+            " background (add `reference:` to the spec); send explain: false",
+            param="explain",
+        )
+    if rows > spec.explain.max_rows:
+        raise InvalidFields(
+            f"explain: at most {spec.explain.max_rows} rows per request can be explained (this one has"
+            f" {rows}); split the request, or send explain: false (the spec's explain.max_rows sets it)",
+            param="explain",
+        )
 
 
 def _log_failure(task: asyncio.Task[ServedModel]) -> None:

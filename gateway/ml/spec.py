@@ -1,7 +1,7 @@
 """`config/models/<name>.yaml`: a classic ML model, its input schema, and how it is monitored.
 
     name: cancer
-    model: {file: cancer.skops}                # skops by default; pickle/joblib need `trusted: true`
+    model: {file: cancer.skops}                # skops by default; pickle/joblib load only if the operator trusts them
     task: classification
     inputs:                                    # every column a request row may carry
       mean_radius: {type: number, min: 0}
@@ -10,21 +10,27 @@
     output: {labels: [0, 1], positive: 1}
     reference: {file: cancer.reference.csv, target: target}     # drift baseline
     fairness: {protected: [sex], favourable: 1}
-    retrain: {on: [drift, accuracy], command: [python, retrain.py]}
+    retrain: {on: [drift, accuracy], command: cancer_retrain}   # a name from ml.retrain_commands
 
 The model file and the reference file are referenced relative to this file; their bytes are part of the
 version's content hash, so a changed model file is a new version and a tampered one is refused.
+
+Nothing in a spec can make the gateway run code: which files may load beyond skops' safe set and which
+commands retraining runs are the operator's (`ml:` in config/gateway.yaml, see gateway/ml/config.py).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gateway.registry.specs import NAME_PATTERN
 from gateway.yamlspec import StrictModel
 
+log = logging.getLogger("opsgate.ml")
+STORED = "stored"  # validation context: a registered version's spec, read back from the registry
 Scalar = int | float | str | bool
 FieldType = Literal["number", "integer", "string", "boolean"]
 NUMERIC: frozenset[str] = frozenset({"number", "integer", "boolean"})
@@ -62,29 +68,26 @@ class FieldSpec(StrictModel):
 
 class ModelFile(StrictModel):
     file: str = Field(description="The model file, relative to this spec.")
-    format: Literal["skops", "pickle", "joblib"] = "skops"
+    format: Literal["skops", "pickle", "joblib"] = Field(
+        "skops",
+        description="pickle and joblib run code when loaded: such a file loads only when the operator lists"
+        " the model in ml.trusted_models (config/gateway.yaml) and a protected alias points at the version.",
+    )
     trusted: bool = Field(
         False,
-        description="Allow a format that runs code on load (pickle, joblib) or skops types outside the safe"
-        " list. Only for files you produced yourself.",
+        description="Accepted for older specs and ignored: a spec cannot vouch for itself; the operator's"
+        " ml.trusted_models decides.",
     )
     trusted_types: list[str] = Field(
-        default_factory=list, description="Extra skops types to trust (e.g. your own transformer class)."
+        default_factory=list,
+        description="Accepted for older specs and ignored: extra skops types are trusted by the operator"
+        " (ml.trusted_types or ml.trusted_models).",
     )
 
     @field_validator("file")
     @classmethod
     def _file(cls, value: str) -> str:
         return _relative_file(value)
-
-    @model_validator(mode="after")
-    def _pickle_needs_trust(self) -> ModelFile:
-        if self.format != "skops" and not self.trusted:
-            raise ValueError(
-                f"format {self.format} runs arbitrary code when loaded: save the model with skops"
-                " (gateway.ml.register does), or set trusted: true if you produced this file yourself"
-            )
-        return self
 
 
 class OutputSpec(StrictModel):
@@ -160,16 +163,35 @@ def _default_breaches() -> list[Breach]:
 
 class RetrainSpec(StrictModel):
     on: list[Breach] = Field(default_factory=_default_breaches)
-    command: list[str] | None = Field(
-        None, description="Run with the evidence as JSON on stdin (and OPSGATE_MODEL_REF in the environment)."
+    command: Annotated[str, Field(pattern=NAME_PATTERN)] | list[str] | None = Field(
+        None,
+        description="The name of a command the operator configured in config/gateway.yaml"
+        " (ml.retrain_commands); it runs with the evidence as JSON on stdin and OPSGATE_MODEL_REF set."
+        " A list (a command written in the spec) is refused; versions registered before that rule keep"
+        " it in their content, and it never runs.",
     )
     cooldown_s: float = Field(3600, ge=0, description="At most one trigger per version in this time.")
+
+    @field_validator("command")
+    @classmethod
+    def _named_command(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        if isinstance(value, list) and not (info.context or {}).get(STORED):
+            raise ValueError(
+                "a model spec names a retraining command, it cannot hold one (a command written here would"
+                " run in the gateway). Ask the operator to add it to config/gateway.yaml, e.g."
+                " `ml: {retrain_commands: {my_retrain: [python, retrain.py]}}`, and write"
+                " `command: my_retrain`"
+            )
+        return value
 
 
 class ExplainSpec(StrictModel):
     background_rows: int = Field(50, ge=5, le=1000, description="Reference rows used as the SHAP background.")
     global_rows: int = Field(
         100, ge=5, le=5000, description="Reference rows explained for global importance."
+    )
+    max_rows: int = Field(
+        100, ge=1, le=10_000, description="Rows one `explain: true` request may ask to explain (422 above)."
     )
 
 
@@ -222,3 +244,28 @@ class ModelSpec(StrictModel):
         if self.reference is not None:
             files.append(self.reference.file)
         return files
+
+
+def stored_spec(data: dict[str, Any], ref: str) -> ModelSpec:
+    """A registered version's spec, parsed as it was registered (its content hash must still match).
+    Versions registered before retraining commands moved to the operator's config may hold an argv in
+    `retrain.command`: it parses, and never runs (gateway/ml/retrain.py refuses anything but a name).
+    A spec this code cannot read is a ModelUnavailable that says what to do."""
+    from gateway.ml.errors import ModelUnavailable
+
+    try:
+        spec = ModelSpec.model_validate(data, context={STORED: True})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise ModelUnavailable(
+            f"{ref} was registered with a spec this gateway cannot read ({where}: {first['msg']}); fix the"
+            " file and register a new version with `opsgate sync`"
+        ) from exc
+    if spec.retrain is not None and isinstance(spec.retrain.command, list):
+        log.warning(
+            "%s: retrain.command holds a command, which will never run: name one of the operator's"
+            " ml.retrain_commands (config/gateway.yaml) instead, and register a new version",
+            ref,
+        )
+    return spec

@@ -149,7 +149,7 @@ def write_models(root: Path, d: Data) -> None:
         description="Breast cancer (sklearn's bundled data), logistic regression",
         accuracy={"min": {"accuracy": 0.9}, "min_labelled": 20},
         drift={"min_rows": 50},
-        retrain={"on": ["drift"], "command": ["python", "retrain.py"], "cooldown_s": 0},
+        retrain={"on": ["drift"], "command": "cancer_retrain", "cooldown_s": 0},
     )
     register(
         d.sugar_model, "sugar",
@@ -180,7 +180,8 @@ def gateway_yaml(receiver: Receiver) -> str:
     return (
         "alerts:\n  webhooks:\n"
         f"    - {{url: '{receiver.url}', secret_env: OPSGATE_TEST_WEBHOOK_SECRET, retries: 0}}\n"
-        "ml:\n  monitor_interval_s: 0\n  flush_interval_s: 0.05\n" + LOOPBACK_EGRESS_YAML
+        "ml:\n  monitor_interval_s: 0\n  flush_interval_s: 0.05\n"
+        "  retrain_commands: {cancer_retrain: [python, retrain.py]}\n" + LOOPBACK_EGRESS_YAML
     )
 
 

@@ -13,6 +13,7 @@ from gateway.errors import ConfigError
 from gateway.ml.artifacts import ArtifactStore, load_estimator, verified_files
 from gateway.ml.errors import ModelUnavailable
 from gateway.ml.spec import ModelSpec
+from gateway.ml.trust import LoadGrant, TrustList
 from gateway.registry.files import load_artifact
 from tests.ml.conftest import Data, write_models
 
@@ -52,12 +53,29 @@ def test_changed_model_file_is_a_new_hash(project: Path, data: Data) -> None:
     assert load_artifact(project, "model", project / "config/models/sugar.yaml").content_hash != before
 
 
-def test_pickle_needs_trusted_in_the_spec(project: Path) -> None:
+def test_a_pickle_spec_parses_but_the_spec_cannot_trust_it(project: Path) -> None:
+    """`trusted: true` in a spec is accepted (older specs keep parsing) and means nothing: the operator's
+    ml.trusted_models decides whether such a file loads (tests/security/test_model_code_execution.py)."""
     spec_file = project / "config/models/cancer.yaml"
     spec_file.write_text(
-        spec_file.read_text().replace("file: cancer.skops", "file: cancer.pkl\n  format: pickle")
+        spec_file.read_text().replace(
+            "file: cancer.skops", "file: cancer.skops\n  format: pickle\n  trusted: true"
+        )
     )
-    with pytest.raises(ConfigError, match="runs arbitrary code when loaded"):
+    spec = load_artifact(project, "model", spec_file).spec
+    assert isinstance(spec, ModelSpec) and spec.model.format == "pickle"
+    data = (project / "config/models/cancer.skops").read_bytes()
+    with pytest.raises(ModelUnavailable, match=r"trusted_models: \[cancer\]") as refused:
+        load_estimator(spec, data, "model:cancer@1")
+    assert refused.value.code == "model_untrusted"
+
+
+def test_a_retrain_command_in_a_spec_is_refused(project: Path) -> None:
+    spec_file = project / "config/models/cancer.yaml"
+    text = spec_file.read_text()
+    assert "command: cancer_retrain" in text
+    spec_file.write_text(text.replace("command: cancer_retrain", "command: [sh, -c, env]"))
+    with pytest.raises(ConfigError, match=r"ml.*retrain_commands"):
         load_artifact(project, "model", spec_file)
 
 
@@ -77,6 +95,14 @@ def test_unsafe_files_are_refused(data: Data) -> None:
     risky = sio.dumps({"model": data.cancer_model, "extra": Path("/etc")})  # a type outside skops' safe set
     with pytest.raises(ModelUnavailable, match="outside skops' safe set"):
         load_estimator(spec, risky, "model:x@1")
+    # the spec's own trusted_types count for nothing; the operator's ml.trusted_types do
+    vouched = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"trusted_types": ["pathlib.PosixPath"]})}
+    )
+    with pytest.raises(ModelUnavailable, match="outside skops' safe set"):
+        load_estimator(vouched, risky, "model:x@1")
+    operator = LoadGrant(TrustList(types=frozenset(sio.get_untrusted_types(data=risky))), approved=False)
+    assert load_estimator(spec, risky, "model:x@1", operator) is not None
     assert not Path("/tmp/opsgate-pwned").exists()
     assert load_estimator(spec, sio.dumps(data.cancer_model), "model:x@1") is not None
 

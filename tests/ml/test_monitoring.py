@@ -44,6 +44,15 @@ def wait_for(
     return receiver.of(kind, model)
 
 
+def wait_run(http: httpx.Client, model: str, run_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = http.get(f"/admin/ml/{model}/retrain/{run_id}").json()
+        if run["status"] != "running" or time.monotonic() > deadline:
+            return dict(run)
+        time.sleep(0.1)
+
+
 def test_feedback_gives_accuracy_f1_auc(http: httpx.Client, data: Data) -> None:
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
@@ -92,7 +101,12 @@ def test_shifted_inputs_drift_alert_and_retrain(
     assert event["body"]["evidence"]["dataset_drift"] is True
     retrain = wait_for(receiver, "retrain", "cancer", retrain_before + 1)[-1]
     assert retrain["verified"] and retrain["body"]["reasons"] == ["drift"]
-    assert found["retrain"]["command"]["ok"] is True
+    # the operator's command runs in the background: the answer has its run id and status, no output
+    command = found["retrain"]["command"]
+    assert command["name"] == "cancer_retrain" and command["status"] == "running"
+    assert set(command) == {"name", "run_id", "status"}
+    run = wait_run(http, "cancer", command["run_id"])
+    assert run["status"] == "succeeded" and run["exit_code"] == 0 and "output" not in run
     lines = calls.read_text().splitlines()
     assert len(lines) == calls_before + 1
     assert json.loads(lines[-1])["ref"] == event["body"]["ref"]
