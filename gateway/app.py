@@ -20,7 +20,6 @@ from gateway import __version__
 from gateway.api import admin, health, metrics_api, openai
 from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
-from gateway.catalog import Catalog
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
 from gateway.db.locks import bootstrap_lock
 from gateway.egress import Egress
@@ -44,6 +43,7 @@ from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
 from gateway.retrieval.store import make_store
 from gateway.settings import GatewayConfig, Settings
+from gateway.snapshot import Catalog
 
 log = logging.getLogger("opsgate")
 # Who the gateway's own calls run as (judge calls of online evaluation): no key, logged under this name.

@@ -235,8 +235,8 @@ def _log_rows(
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
+    from gateway.db.generation import as_utc
     from gateway.db.models import RequestLog
-    from gateway.db.state import as_utc
 
     q = select(RequestLog)
     if since is not None:

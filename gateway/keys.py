@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from gateway.db.generation import as_utc, bump_generation, utcnow
 from gateway.db.models import ApiKey
-from gateway.db.state import as_utc, bump_generation, utcnow
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.registry import audit
 

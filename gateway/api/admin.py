@@ -15,8 +15,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway.api.deps import call_for, gateway_of
+from gateway.db.generation import as_utc
 from gateway.db.models import AuditEntry
-from gateway.db.state import as_utc
 from gateway.errors import PermissionDenied
 from gateway.keys import KeyService, Principal
 from gateway.registry import audit

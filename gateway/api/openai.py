@@ -16,8 +16,8 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.deps import gateway_of, opened_call, read_json
+from gateway.api_requests import ChatRequest, EmbeddingRequest
 from gateway.flow.sse import ChatStream
-from gateway.wire import ChatRequest, EmbeddingRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from gateway.db.state import utcnow
+from gateway.db.generation import utcnow
 from gateway.errors import ConfigError
 from gateway.evaluation.dataset import Dataset
 from gateway.evaluation.metrics import registry

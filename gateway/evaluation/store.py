@@ -14,8 +14,8 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from gateway import __version__
+from gateway.db.generation import as_utc
 from gateway.db.models import EvalResult, EvalRun
-from gateway.db.state import as_utc
 from gateway.errors import NotFound
 from gateway.evaluation.runner import RunResult, ScoreRow, ScoreTable
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING
 
-from gateway.catalog import Catalog, Snapshot
 from gateway.errors import PermissionDenied
 from gateway.keys import Principal
 from gateway.registry.store import VersionRecord
+from gateway.snapshot import Catalog, Snapshot
 
 if TYPE_CHECKING:
     from gateway.flow.plan import Asked

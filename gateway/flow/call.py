@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.db.state import utcnow
+from gateway.db.generation import utcnow
 from gateway.keys import Principal
 from gateway.shapes import ArtifactRef
 

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.catalog import Catalog
+from gateway.api_requests import ChatRequest, EmbeddingRequest
 from gateway.errors import AuthenticationFailed, ModelNotFound, OpsgateError, UpstreamError
 from gateway.flow.access import VersionAccess
 from gateway.flow.call import Call
-from gateway.flow.cards import model_card, prompt_card
+from gateway.flow.model_cards import model_card, prompt_card
 from gateway.flow.plan import ChatPlan, Resolver
 from gateway.flow.sse import ChatStream
 from gateway.keys import Principal
@@ -38,8 +38,15 @@ from gateway.registry.specs import Deployment, PromptSpec
 from gateway.retrieval.retriever import IndexRetriever, last_user_message
 from gateway.routing.router import Router, RouteResult
 from gateway.shapes import Json
-from gateway.usage import Prices, cost_usd, count_message_tokens, count_text_tokens, message_text, prices_for
-from gateway.wire import ChatRequest, EmbeddingRequest
+from gateway.snapshot import Catalog
+from gateway.tokens_cost import (
+    Prices,
+    cost_usd,
+    count_message_tokens,
+    count_text_tokens,
+    message_text,
+    prices_for,
+)
 
 FinishHook = Callable[[Call, LogRow], None]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.catalog import Catalog
+from gateway.api_requests import ChatRequest
 from gateway.errors import InvalidFields, InvalidRequest, ModelNotFound
 from gateway.flow.call import Call
 from gateway.registry.refs import Ref, parse_ref
@@ -21,7 +21,7 @@ from gateway.registry.specs import PromptSpec
 from gateway.registry.store import VersionRecord
 from gateway.retrieval.retriever import IndexRetriever
 from gateway.routing.router import Router
-from gateway.wire import ChatRequest
+from gateway.snapshot import Catalog
 
 
 @dataclass(frozen=True, slots=True)

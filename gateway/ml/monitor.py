@@ -22,7 +22,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.db.state import as_utc, lock_key, utcnow
+from gateway.db.generation import as_utc, lock_key, utcnow
 from gateway.ml import accuracy as acc
 from gateway.ml.drift import column_drift, dataset_drift
 from gateway.ml.fairness import fairness_report

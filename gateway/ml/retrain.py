@@ -25,7 +25,7 @@ import orjson
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from gateway.db.state import utcnow
+from gateway.db.generation import utcnow
 from gateway.ml.model import ServedModel
 from gateway.ml.tables import MLReport
 

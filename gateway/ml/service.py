@@ -24,8 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from gateway.catalog import Catalog, Snapshot
-from gateway.db.state import utcnow
+from gateway.db.generation import utcnow
 from gateway.errors import InvalidFields, ModelNotFound, NotFound, OpsgateError, PermissionDenied
 from gateway.flow.access import VersionAccess
 from gateway.flow.call import Call
@@ -53,6 +52,7 @@ from gateway.monitoring.metrics import Metrics
 from gateway.registry.blobs import blob_root
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionRecord
+from gateway.snapshot import Catalog, Snapshot
 
 log = logging.getLogger("opsgate.ml")
 Key = tuple[str, int, str]

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 from pydantic import Field
 
 from gateway.errors import OpsgateError
-from gateway.usage import Prices
+from gateway.tokens_cost import Prices
 from gateway.yamlspec import StrictModel
 
 Stage = Literal["input", "query", "context", "output"]

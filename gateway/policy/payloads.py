@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.policy.base import Payload, Slot
-from gateway.usage import (
+from gateway.tokens_cost import (
     Prices,
     count_message_tokens,
     count_text_tokens,
@@ -31,7 +31,7 @@ Json = dict[str, Any]
 
 
 class TokenCounter:
-    """Input tokens of chat messages (gateway.usage's count, OpenAI's framing), cached per message:
+    """Input tokens of chat messages (gateway.tokens_cost's count, OpenAI's framing), cached per message:
     system prompts and rendered templates repeat across requests, and tiktoken costs ~50 µs per KB.
 
     The count is additive per message (3 to prime the reply, plus each message's own framing and

@@ -53,7 +53,7 @@ from gateway.policy.spec import CompiledMatch, LoadedPolicy, PolicySpec, load_po
 from gateway.policy.streaming import StreamGuard
 from gateway.registry.hashing import content_hash
 from gateway.shapes import ChunkStream, Json
-from gateway.usage import encoding_for, prices_for
+from gateway.tokens_cost import encoding_for, prices_for
 
 if TYPE_CHECKING:
     from gateway.routing.router import Router

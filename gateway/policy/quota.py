@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.policy.base import Charge, Grant, Refusal
-from gateway.policy.resp import RespConnection
+from gateway.policy.redis_client import RespConnection
 
 log = logging.getLogger("opsgate.policy.quota")
 BUDGET_GRACE_S = 86_400  # keep a ledger a day past its period (for inspection), then let it expire

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from gateway.providers.answer_spans import short_answer
-from gateway.usage import message_text
+from gateway.tokens_cost import message_text
 
 NO_CONTEXT = (
     "I have no context to answer from. The local provider answers only from context given in the system"

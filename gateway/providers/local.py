@@ -18,7 +18,7 @@ from gateway.providers import extractive
 from gateway.providers.base import AdapterServices, Json
 from gateway.providers.minilm import MODEL_NAME, MiniLMEmbedder
 from gateway.registry.specs import Deployment
-from gateway.usage import count_message_tokens, count_text_tokens, encoding_for
+from gateway.tokens_cost import count_message_tokens, count_text_tokens, encoding_for
 
 CHAT_MODELS = ("extractive",)
 EMBED_MODELS = (MODEL_NAME, "minilm")

@@ -97,7 +97,7 @@ class ParamRules:
 
     def check_request(self, body: Mapping[str, Any], kind: Kind) -> None:
         """A caller's body, before any work: the gateway's own fields (prompt_variables, ...) are allowed."""
-        from gateway.wire import GATEWAY_FIELDS
+        from gateway.api_requests import GATEWAY_FIELDS
 
         self.check({k: v for k, v in body.items() if k not in GATEWAY_FIELDS}, kind)
 

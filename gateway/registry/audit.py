@@ -19,8 +19,8 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.db.generation import as_utc, read_counter, set_counter, utcnow
 from gateway.db.models import AuditEntry
-from gateway.db.state import as_utc, read_counter, set_counter, utcnow
 
 T = TypeVar("T")
 GENESIS = "0" * 64

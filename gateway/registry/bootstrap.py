@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from gateway.db.generation import lock_key, set_counter
 from gateway.db.models import ArtifactVersion, GatewayState
-from gateway.db.state import lock_key, set_counter
 from gateway.errors import ConfigError
 from gateway.registry import audit
 from gateway.registry.store import SourceInfo, VersionRecord, register_version, set_alias

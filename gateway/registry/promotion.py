@@ -25,8 +25,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.db.generation import as_utc, utcnow
 from gateway.db.models import Alias, ArtifactVersion, EvalRun, Promotion
-from gateway.db.state import as_utc, utcnow
 from gateway.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from gateway.keys import Principal
 from gateway.registry import audit

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from gateway.db.generation import as_utc, bump_generation, utcnow
 from gateway.db.models import Alias, ArtifactVersion
-from gateway.db.state import as_utc, bump_generation, utcnow
 from gateway.registry import audit
 from gateway.shapes import ArtifactRef
 

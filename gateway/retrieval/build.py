@@ -24,9 +24,9 @@ import orjson
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from gateway.db.generation import utcnow
 from gateway.db.locks import bootstrap_lock
 from gateway.db.models import Alias, ArtifactVersion
-from gateway.db.state import utcnow
 from gateway.errors import ConfigError
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry import audit

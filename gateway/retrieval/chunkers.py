@@ -14,7 +14,7 @@ import tiktoken
 
 from gateway.retrieval.sources import Document, MetaValue
 from gateway.retrieval.spec import Chunker, MarkdownChunker, SentenceChunker, TokenChunker
-from gateway.usage import encoding_for
+from gateway.tokens_cost import encoding_for
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n")
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")

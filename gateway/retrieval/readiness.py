@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.catalog import Catalog
 from gateway.errors import OpsgateError
 from gateway.retrieval.retriever import IndexLibrary
+from gateway.snapshot import Catalog
 
 READINESS_TIMEOUT_S = 2
 

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from gateway.catalog import Catalog, Snapshot
 from gateway.errors import InvalidRequest, NotFound, UpstreamUnavailable
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry.refs import parse_ref
@@ -33,7 +32,8 @@ from gateway.retrieval.search import DEFAULT_MODE, Hit, IndexReader, Mode
 from gateway.retrieval.spec import IndexSpec, RouterEmbedder
 from gateway.retrieval.store import ChromaStore, collection_name
 from gateway.shapes import ArtifactRef, Json
-from gateway.usage import message_text
+from gateway.snapshot import Catalog, Snapshot
+from gateway.tokens_cost import message_text
 
 log = logging.getLogger("opsgate.retrieval")
 PAGE = 5000

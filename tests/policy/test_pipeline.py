@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from gateway.policy.spec import parse_policy, registered_checks
-from gateway.usage import count_message_tokens
+from gateway.tokens_cost import count_message_tokens
 from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import GatewayProcess, assert_error
 from tests.fakes.upstream import FakeUpstream

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gateway.db.engine import make_engine, migrate
-from gateway.db.state import set_counter
+from gateway.db.generation import set_counter
 from gateway.keys import KeyService, Principal
 from gateway.registry.bootstrap import REGISTRY_BOOTSTRAPPED
 from gateway.registry.promotion import PromotionService

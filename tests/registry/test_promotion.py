@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from gateway.db.generation import utcnow
 from gateway.db.models import EvalRun
-from gateway.db.state import utcnow
 from gateway.errors import Conflict, OpsgateError, PermissionDenied
 from gateway.registry import audit
 from gateway.registry.promotion import PromotionService

@@ -12,7 +12,7 @@ from gateway.retrieval.chunkers import (
 )
 from gateway.retrieval.sources import Document
 from gateway.retrieval.spec import MarkdownChunker, SentenceChunker, TokenChunker
-from gateway.usage import encoding_for
+from gateway.tokens_cost import encoding_for
 
 
 def test_token_windows_size_and_overlap() -> None:

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from gateway.catalog import Catalog
 from gateway.errors import NotFound, UpstreamUnavailable
 from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
@@ -18,6 +17,7 @@ from gateway.registry.specs import PromptSpec
 from gateway.registry.sync import bootstrap
 from gateway.retrieval.retriever import IndexRetriever, Retrieval
 from gateway.retrieval.store import collection_name
+from gateway.snapshot import Catalog
 from tests.retrieval.conftest import Workspace, WorkspaceFactory
 from tests.retrieval.test_build import FILES, HANDBOOK
 

@@ -127,8 +127,8 @@ def register_legacy_version(gw: GatewayProcess, project: Path) -> None:
     from sqlalchemy.orm import Session
 
     from gateway.db.engine import make_engine
+    from gateway.db.generation import bump_generation, utcnow
     from gateway.db.models import Alias, ArtifactVersion
-    from gateway.db.state import bump_generation, utcnow
     from gateway.ml.spec import stored_spec
     from gateway.registry.hashing import canonical_data, content_hash
 

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from gateway.errors import InvalidRequest
 from gateway.policy.base import CheckConfig, Finding, Hit, Payload, PolicyCheck, Scanner, Slot, Subject
-from gateway.policy.checks._text import screen_slots
+from gateway.policy.checks.text_modes import screen_slots
 from gateway.policy.pii import resolve_overlaps
 
 REPLACEMENT = "[REDACTED:DENIED]"

@@ -28,7 +28,7 @@ from gateway.policy.base import (
     Stage,
     Subject,
 )
-from gateway.policy.checks._text import kinds_in, screen_slots
+from gateway.policy.checks.text_modes import kinds_in, screen_slots
 from gateway.policy.pii import KINDS, find_pii, placeholder
 
 Kind = Literal["email", "phone", "card", "iban", "national_id", "ip"]

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.usage import count_message_tokens
+from gateway.tokens_cost import count_message_tokens
 from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import GatewayProcess
 from tests.fakes.upstream import FakeUpstream

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from gateway.db.generation import read_generation
 from gateway.db.models import Alias, ArtifactVersion
-from gateway.db.state import read_generation
 from gateway.errors import ModelNotFound, NotFound
 from gateway.keys import KeyService, Principal, hash_key
 from gateway.providers import Adapters

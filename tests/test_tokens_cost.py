@@ -7,7 +7,13 @@ from typing import Any
 import litellm
 import pytest
 
-from gateway.usage import cost_usd, count_message_tokens, count_text_tokens, encoding_name_for, prices_for
+from gateway.tokens_cost import (
+    cost_usd,
+    count_message_tokens,
+    count_text_tokens,
+    encoding_name_for,
+    prices_for,
+)
 
 CONVERSATIONS: list[list[dict[str, Any]]] = [
     [{"role": "user", "content": "hello world again"}],
