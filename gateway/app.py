@@ -38,6 +38,7 @@ from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry.blobs import BlobStore, blob_root
+from gateway.registry.refs import parse_ref
 from gateway.registry.sync import bootstrap, dangling_in_project, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
@@ -103,7 +104,7 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     egress = Egress(config.egress)  # the operator's allow-lists: provider hosts, key variables, webhooks
     adapters = Adapters(AdapterServices(minilm, egress))
     catalog = Catalog(engine, adapters, refresh_interval_s=config.cache.refresh_interval_s)
-    metrics = Metrics()
+    metrics = Metrics(known_name=functools.partial(registered_name, catalog))
     writer = RequestLogWriter(
         engine,
         queue_size=config.request_log.queue_size,
@@ -131,6 +132,19 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     return Parts(
         settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
     )
+
+
+def registered_name(catalog: Catalog, model: str) -> str | None:
+    """`kind:name` of the registered artifact a caller's model name points to, or None (metrics label
+    callers' names only when the registry knows them)."""
+    try:
+        ref = parse_ref(model)
+    except OpsgateError:
+        return None
+    for kind in (ref.kind,) if ref.kind else ("router", "prompt"):
+        if catalog.has(kind, ref.name):
+            return f"{kind}:{ref.name}"
+    return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

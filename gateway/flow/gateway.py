@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.api_requests import ChatRequest, EmbeddingRequest
-from gateway.errors import AuthenticationFailed, ModelNotFound, OpsgateError, UpstreamError
+from gateway.errors import AuthenticationFailed, ModelNotFound, OpsgateError, PermissionDenied, UpstreamError
 from gateway.flow.access import VersionAccess
 from gateway.flow.call import Call
 from gateway.flow.model_cards import model_card, prompt_card
@@ -48,6 +48,7 @@ from gateway.tokens_cost import (
     prices_for,
 )
 
+METRICS_ONLY = frozenset({"metrics"})
 FinishHook = Callable[[Call, LogRow], None]
 
 
@@ -101,6 +102,10 @@ class Gateway:
         if principal is None:
             raise AuthenticationFailed("invalid API key: it is unknown or was revoked")
         call.principal = principal
+        if principal.roles == METRICS_ONLY:
+            raise PermissionDenied(
+                "this key has only the metrics role: it may read /metrics and nothing else"
+            )
         return principal
 
     # -- the chat path -----------------------------------------------------------------------------------
