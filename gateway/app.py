@@ -102,7 +102,7 @@ def _bootstrap_registry(settings: Settings, engine: Engine) -> None:
 def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:
     minilm = MiniLMEmbedder()  # the one MiniLM of the process: local embeddings and index queries
     egress = Egress(config.egress)  # the operator's allow-lists: provider hosts, key variables, webhooks
-    adapters = Adapters(AdapterServices(minilm, egress))
+    adapters = Adapters(AdapterServices(minilm, egress, limits=config.limits.local))
     catalog = Catalog(engine, adapters, refresh_interval_s=config.cache.refresh_interval_s)
     metrics = Metrics(known_name=functools.partial(registered_name, catalog))
     writer = RequestLogWriter(
@@ -127,7 +127,9 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
         lambda: 1.0 if policy.reload_error else 0.0,
     )
     protected = frozenset(config.governance.protected_aliases)
-    gateway = Gateway(catalog, writer, metrics, retriever, policy, protected_aliases=protected)
+    gateway = Gateway(
+        catalog, writer, metrics, retriever, policy, protected_aliases=protected, limits=config.limits
+    )
     alerts = Alerts(config.alerts, egress)
     return Parts(
         settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy

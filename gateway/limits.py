@@ -22,7 +22,7 @@ class RenderLimits(StrictModel):
         1.0, gt=0, le=60, description="Wall time one prompt's rendering may take (400 template_too_slow)."
     )
     max_output_chars: int = Field(
-        1_000_000,
+        4_000_000,
         gt=0,
         description="Characters a rendered message, or any string built while rendering, may hold"
         " (400 template_too_large).",
@@ -46,7 +46,7 @@ class LocalLimits(StrictModel):
         200_000,
         gt=0,
         description="Characters of all messages of one chat request to the local provider"
-        " (413 input_too_large, param messages).",
+        " (400 input_too_large, param messages).",
     )
 
 
