@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError, nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -31,7 +31,9 @@ from jsonschema import Draft202012Validator
 
 from gateway.errors import InvalidRequest
 from gateway.limits import RenderLimits
-from gateway.registry.specs import PromptSpec
+
+if TYPE_CHECKING:
+    from gateway.prompts.spec import PromptSpec  # the spec checks templates with this module
 
 LOOP_GUARD = "opsgate_loop_guard"
 # callables whose integer arguments are widths or counts of what they build
