@@ -197,7 +197,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ready = False
-    app.add_middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=config.server.max_body_bytes,
+        body_timeout_s=config.server.body_timeout_s,
+        send_timeout_s=config.server.send_timeout_s,
+    )
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
