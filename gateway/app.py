@@ -38,6 +38,7 @@ from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry.blobs import BlobStore, blob_root
+from gateway.registry.refs import parse_ref
 from gateway.registry.sync import bootstrap, dangling_in_project, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
@@ -101,9 +102,9 @@ def _bootstrap_registry(settings: Settings, engine: Engine) -> None:
 def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:
     minilm = MiniLMEmbedder()  # the one MiniLM of the process: local embeddings and index queries
     egress = Egress(config.egress)  # the operator's allow-lists: provider hosts, key variables, webhooks
-    adapters = Adapters(AdapterServices(minilm, egress))
+    adapters = Adapters(AdapterServices(minilm, egress, limits=config.limits.local))
     catalog = Catalog(engine, adapters, refresh_interval_s=config.cache.refresh_interval_s)
-    metrics = Metrics()
+    metrics = Metrics(known_name=functools.partial(registered_name, catalog))
     writer = RequestLogWriter(
         engine,
         queue_size=config.request_log.queue_size,
@@ -126,11 +127,26 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
         lambda: 1.0 if policy.reload_error else 0.0,
     )
     protected = frozenset(config.governance.protected_aliases)
-    gateway = Gateway(catalog, writer, metrics, retriever, policy, protected_aliases=protected)
+    gateway = Gateway(
+        catalog, writer, metrics, retriever, policy, protected_aliases=protected, limits=config.limits
+    )
     alerts = Alerts(config.alerts, egress)
     return Parts(
         settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
     )
+
+
+def registered_name(catalog: Catalog, model: str) -> str | None:
+    """`kind:name` of the registered artifact a caller's model name points to, or None (metrics label
+    callers' names only when the registry knows them)."""
+    try:
+        ref = parse_ref(model)
+    except OpsgateError:
+        return None
+    for kind in (ref.kind,) if ref.kind else ("router", "prompt"):
+        if catalog.has(kind, ref.name):
+            return f"{kind}:{ref.name}"
+    return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -181,7 +197,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ready = False
-    app.add_middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=config.server.max_body_bytes,
+        body_timeout_s=config.server.body_timeout_s,
+        send_timeout_s=config.server.send_timeout_s,
+    )
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)

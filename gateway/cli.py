@@ -80,10 +80,11 @@ def serve(
     server.run(
         create_app(settings),
         grace_s=config.server.shutdown_grace_s,
+        header_timeout_s=config.server.header_timeout_s,
+        max_header_bytes=config.server.max_header_bytes,
         host=bind_host,
         port=bind_port,
         loop="uvloop",
-        http="httptools",
         access_log=config.server.access_log,
         log_level="info",
     )

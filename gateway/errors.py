@@ -91,6 +91,20 @@ class BodyTooLarge(ClientError):
     code = "body_too_large"
 
 
+class RequestTimeout(ClientError):
+    """The client did not send its whole body within `server.body_timeout_s` (slow-loris bodies)."""
+
+    status = 408
+    code = "body_timeout"
+
+
+class ClientTooSlow(ClientError):
+    """The client did not read the answer: one write waited `server.send_timeout_s`; the answer is cut."""
+
+    status = 408
+    code = "client_too_slow"
+
+
 class AuthenticationFailed(ClientError):
     status = 401
     type = "authentication_error"

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.egress import Egress, EgressConfig, raise_problems
 from gateway.evaluation.config import EvaluationConfig
+from gateway.limits import LimitsConfig
 from gateway.ml.config import MLConfig
 from gateway.monitoring.config import AlertsConfig
 from gateway.yamlspec import StrictModel, load_spec
@@ -30,6 +31,36 @@ class ServerConfig(StrictModel):
         le=3600,
         description="On SIGTERM, how long requests in flight may run on; streams still open then are cut"
         " with an SSE error event (logged as 503 stream_cut_by_server).",
+    )
+    # Slow clients (docs/operations.md "Slow clients"): none of them holds a worker or memory for long.
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Time a connection has to send a request's line and headers (else 408, then closed).",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Size of a request's line and headers together (else 431, then closed).",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Time a request has to send its whole body (else 408 body_timeout)."
+    )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Time one write to a client may wait for it to read (a stream's reader that stops"
+        " reading): past it the answer is cut and logged as 408 client_too_slow.",
+    )
+
+
+class MetricsConfig(StrictModel):
+    require_key: bool = Field(
+        True,
+        description="/metrics needs a key with the `metrics` or `admin` role (Prometheus: bearer token).",
     )
 
 
@@ -80,6 +111,8 @@ class GatewayConfig(StrictModel):
     evaluation: EvaluationConfig = EvaluationConfig()
     ml: MLConfig = MLConfig()
     egress: EgressConfig = EgressConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _webhooks_allowed(self) -> GatewayConfig:

@@ -36,7 +36,17 @@ class Ref:
         return f"{head}@{self.selector}" if self.selector else head
 
 
+MAX_REF_CHARS = 300  # longer than any reference can be (kind, a 128-character name, a selector)
+
+
 def parse_ref(text: str, *, default_kind: str | None = None, param: str | None = None) -> Ref:
+    if len(text) > MAX_REF_CHARS:  # refused without entering the cache: 4096 cached 1 MB names are 4 GB
+        raise InvalidRequest(
+            f"the artifact reference is {len(text)} characters long; a reference is kind:name@selector"
+            " with a name of at most 128 characters",
+            param=param,
+            code="invalid_reference",
+        )
     return _parse_ref(text, default_kind, param)
 
 
