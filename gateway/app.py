@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -104,18 +105,8 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     adapters = Adapters(AdapterServices(minilm, egress))
     catalog = Catalog(engine, adapters, refresh_interval_s=config.cache.refresh_interval_s)
     metrics = Metrics()
-    writer = RequestLogWriter(
-        engine,
-        queue_size=config.request_log.queue_size,
-        batch_size=config.request_log.batch_size,
-        flush_interval_s=config.request_log.flush_interval_s,
-    )
-    metrics.gauge(
-        "opsgate_request_log_dropped", "Log rows dropped (queue full).", lambda: writer.stats.dropped
-    )
-    metrics.gauge("opsgate_request_log_backlog", "Log rows waiting to be written.", lambda: writer.backlog)
-    metrics.gauge("opsgate_request_log_written", "Log rows written.", lambda: writer.stats.written)
     data_dir = settings.resolved_data_dir()
+    writer = _request_log_writer(config, engine, data_dir, metrics)
     library = IndexLibrary(make_store(data_dir, settings.chroma_url, minilm), data_dir, minilm)
     retriever = IndexRetriever(catalog, library)
     catalog.listeners.append(retriever.on_snapshot)  # opens aliased index versions ahead of requests
@@ -131,6 +122,60 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     return Parts(
         settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
     )
+
+
+def _request_log_writer(
+    config: GatewayConfig, engine: Engine, data_dir: Path, metrics: Metrics
+) -> RequestLogWriter:
+    rl = config.request_log
+    writer = RequestLogWriter(
+        engine,
+        queue_size=rl.queue_size,
+        batch_size=rl.batch_size,
+        flush_interval_s=rl.flush_interval_s,
+        spool_dir=data_dir / "spool" / "request-log" if rl.spool else None,
+        spool_max_bytes=rl.spool_max_mb * 1024 * 1024,
+        stop_deadline_s=rl.shutdown_deadline_s,
+    )
+    metrics.gauge(
+        "opsgate_request_log_dropped",
+        "Log rows dropped (queue full, or spool full).",
+        lambda: writer.stats.dropped,
+    )
+    metrics.gauge("opsgate_request_log_backlog", "Log rows waiting in memory.", lambda: writer.backlog)
+    metrics.gauge("opsgate_request_log_written", "Log rows written.", lambda: writer.stats.written)
+    metrics.gauge(
+        "opsgate_database_up",
+        "1 while the request log's writes succeed; 0 from a failed write until one succeeds (the gateway"
+        " keeps serving: /readyz says degraded).",
+        lambda: 1.0 if writer.database_up else 0.0,
+    )
+    spool = writer.spool
+    if spool is not None:
+        metrics.gauge(
+            "opsgate_request_log_spool_bytes", "Bytes of log rows in the spool.", lambda: spool.size
+        )
+        metrics.gauge(
+            "opsgate_request_log_spool_rows",
+            "Log rows in the spool, not yet in the database.",
+            lambda: spool.rows,
+        )
+        metrics.gauge(
+            "opsgate_request_log_spool_age_seconds",
+            "Age of the oldest row in the spool (0 when empty).",
+            spool.age_s,
+        )
+        metrics.gauge(
+            "opsgate_request_log_spooled",
+            "Log rows appended to the spool (all time).",
+            lambda: writer.stats.spooled,
+        )
+        metrics.gauge(
+            "opsgate_request_log_replayed",
+            "Log rows replayed from the spool (all time).",
+            lambda: writer.stats.replayed,
+        )
+    return writer
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
