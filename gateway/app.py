@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
@@ -23,6 +24,7 @@ from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
 from gateway.db.locks import bootstrap_lock
+from gateway.db.outage import Outage, database_unavailable, describe
 from gateway.egress import Egress
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
@@ -226,6 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ready = False
+    app.state.database_outage = Outage("admin API: database", log, every_s=30)
     app.add_middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)
     app.include_router(openai.router)
     app.include_router(health.router)
@@ -266,6 +269,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         msg = str(first["msg"])
         return _error_response(InvalidFields(f"{param}: {msg}" if param else msg, param=param))
 
+    async def database_error(request: Request, exc: Exception) -> Response:
+        unavailable = database_unavailable(exc)
+        if unavailable is not None:  # the database is away: 503 + Retry-After, one log line per outage
+            outage = getattr(request.app.state, "database_outage", None)
+            if outage is not None:
+                outage.failed(exc, f"{request.method} {request.url.path} answered 503")
+            return _error_response(unavailable)
+        log.error("database error on %s %s: %s", request.method, request.url.path, describe(exc))
+        return _error_response(OpsgateError(f"internal error ({type(exc).__name__})"))
+
+    app.add_exception_handler(SQLAlchemyError, database_error)
     app.add_exception_handler(OpsgateError, opsgate_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

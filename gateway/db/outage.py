@@ -10,6 +10,13 @@ from __future__ import annotations
 import logging
 import time
 
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from gateway.errors import ServiceUnavailable
+
+DATABASE_RETRY_AFTER_S = 5
+
 
 def describe(exc: BaseException) -> str:
     """`Type: first line of the message` (at most 300 characters): enough to tell faults apart."""
@@ -63,3 +70,18 @@ class Outage:
         self.log.warning("%s back after %.1f s%s", self.what, away, f"; {note}" if note else "")
         self.failures = 0
         self.last_error = None
+
+
+def database_unavailable(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 an infrastructure fault of the database becomes (None: not one, e.g. a constraint)."""
+    infra = isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+    if not infra:
+        return None
+    return ServiceUnavailable(
+        f"the database is unavailable ({describe(exc)[:200]}); chat and embeddings are still served;"
+        f" retry in {DATABASE_RETRY_AFTER_S} s",
+        retry_after_s=DATABASE_RETRY_AFTER_S,
+        code="database_unavailable",
+    )
