@@ -19,8 +19,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway.db.generation import read_generation
-from gateway.db.outage import Outage
 from gateway.db.models import Alias, ArtifactVersion
+from gateway.db.outage import Outage
 from gateway.errors import ModelNotFound, NotFound
 from gateway.keys import KeyService, Principal, hash_key
 from gateway.providers import Adapters
