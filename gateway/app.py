@@ -118,6 +118,7 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
         "1 when the last edit of config/policies.yaml did not load (the previous policy stays in force).",
         lambda: 1.0 if policy.reload_error else 0.0,
     )
+    _limit_store_metrics(metrics, policy)
     protected = frozenset(config.governance.protected_aliases)
     gateway = Gateway(catalog, writer, metrics, retriever, policy, protected_aliases=protected)
     alerts = Alerts(config.alerts, egress)
@@ -178,6 +179,25 @@ def _request_log_writer(
             lambda: writer.stats.replayed,
         )
     return writer
+
+
+def _limit_store_metrics(metrics: Metrics, policy: Pipeline) -> None:
+    metrics.gauge(
+        "opsgate_limit_store_up",
+        "1 while the store of rate limits and budgets (Redis, or memory) answers; 0 while it fails.",
+        lambda: 1.0 if policy.store_state().get("up") else 0.0,
+    )
+    metrics.gauge(
+        "opsgate_limit_store_fail_open",
+        "1 when the policy's on_store_error is allow (a failing store lets requests through, uncounted);"
+        " 0 when it is block (503).",
+        lambda: 1.0 if policy.policy.spec.on_store_error == "allow" else 0.0,
+    )
+    metrics.gauge(
+        "opsgate_limit_store_errors",
+        "Limit checks that could not use the store (all time).",
+        lambda: float(policy.store_state().get("errors", 0)),
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -54,8 +54,9 @@ async def readyz(request: Request) -> Response:
             "database_up": parts.writer.database_up,
             "spool": parts.writer.spool_state(),
         }
-        limits = getattr(parts.policy, "store_state", lambda: None)()
-        if limits is not None and limits.get("backend") == "redis":
+        limits = parts.policy.store_state()
+        checks["limit_store"] = limits
+        if limits.get("backend") == "redis":
             checks["redis"] = limits
     indexes_ready = await check_indexes(parts, checks) if parts is not None else False
     ml = getattr(request.app.state, "ml", None)
