@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.egress import Egress, EgressConfig, raise_problems
 from gateway.evaluation.config import EvaluationConfig
 from gateway.ml.config import MLConfig
-from gateway.monitoring.alerts import AlertsConfig
+from gateway.monitoring.config import AlertsConfig
 from gateway.yamlspec import StrictModel, load_spec
 
 
@@ -151,3 +151,11 @@ class Settings(BaseSettings):
             return str(file.resolve().relative_to(self.project_dir.resolve()))
         except ValueError:
             return str(file)
+
+
+def project_egress(project_dir: Path) -> Egress:
+    """The egress rules in a project's config/gateway.yaml (defaults when the file is missing)."""
+    file = project_dir / "config" / "gateway.yaml"
+    if not file.exists():
+        return Egress()
+    return Egress(load_spec(file, GatewayConfig, display="config/gateway.yaml").egress)

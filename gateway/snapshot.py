@@ -23,13 +23,14 @@ from gateway.db.models import Alias, ArtifactVersion
 from gateway.db.outage import Outage
 from gateway.errors import ModelNotFound, NotFound
 from gateway.keys import KeyService, Principal, hash_key
+from gateway.prompts.spec import PromptSpec
 from gateway.providers import Adapters
-from gateway.registry.specs import PromptSpec, RouterSpec
+from gateway.registry.refs import DEFAULT_ALIAS
 from gateway.registry.store import VersionRecord, to_record
 from gateway.routing.router import Router
+from gateway.routing.spec import RouterSpec
 
 log = logging.getLogger("opsgate.catalog")
-DEFAULT_ALIAS = "production"
 
 
 @dataclass(frozen=True)

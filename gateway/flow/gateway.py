@@ -8,7 +8,7 @@
                 limits)      charge)
 
 `Gateway.chat` reads as the whole chat path. Every request, failed or not, ends in exactly one
-`finish()`, which writes one log row: the HTTP layer opens each request with `gateway.api.calls.opened_call`,
+`finish()`, which writes one log row: the HTTP layer opens each request with `gateway.api.deps.opened_call`,
 which guarantees it (a stream hands that duty to its SSE writer).
 """
 
@@ -33,8 +33,9 @@ from gateway.monitoring.requestlog import LogRow, RequestLogWriter
 from gateway.policy.base import Subject
 from gateway.policy.payloads import chat_payload, embedding_payload
 from gateway.policy.pipeline import Pipeline
-from gateway.registry.render import render_messages
-from gateway.registry.specs import Deployment, PromptSpec
+from gateway.prompts.render import render_messages
+from gateway.prompts.spec import PromptSpec
+from gateway.providers.deployment import Deployment
 from gateway.retrieval.retriever import IndexRetriever, last_user_message
 from gateway.routing.router import Router, RouteResult
 from gateway.shapes import Json

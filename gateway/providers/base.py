@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from gateway.egress import Egress, EgressConfig
+from gateway.egress.params import Kind, ParamRules
 from gateway.errors import EgressDenied, UpstreamError
+from gateway.providers.deployment import Deployment
 from gateway.providers.minilm import MiniLMEmbedder
-from gateway.providers.params import Kind, ParamRules
-from gateway.registry.specs import Deployment
 
 Json = dict[str, Any]
 

@@ -16,8 +16,8 @@ from typing import Any
 from gateway.errors import UpstreamRejected
 from gateway.providers import extractive
 from gateway.providers.base import AdapterServices, Json
+from gateway.providers.deployment import Deployment
 from gateway.providers.minilm import MODEL_NAME, MiniLMEmbedder
-from gateway.registry.specs import Deployment
 from gateway.tokens_cost import count_message_tokens, count_text_tokens, encoding_for
 
 CHAT_MODELS = ("extractive",)

@@ -6,9 +6,12 @@ import functools
 import re
 from dataclasses import dataclass
 
+from gateway import kinds
 from gateway.errors import InvalidRequest
 
-KINDS = ("prompt", "router", "index", "model")
+# What a reference without `@` means wherever a version is served or pinned: the request path, eval
+# targets, index embedders, `opsgate index query`. Commands that inspect (show, diff, render) use `latest`.
+DEFAULT_ALIAS = "production"
 _REF = re.compile(
     r"^(?:(?P<kind>[a-z]+):)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@(?P<sel>[A-Za-z0-9._-]+))?$"
 )
@@ -48,9 +51,9 @@ def _parse_ref(text: str, default_kind: str | None, param: str | None) -> Ref:
             code="invalid_reference",
         )
     kind = match.group("kind") or default_kind
-    if kind is not None and kind not in KINDS:
+    if kind is not None and kind not in kinds.registry():
         raise InvalidRequest(
-            f"unknown artifact kind {kind!r}; kinds are: {', '.join(KINDS)}",
+            f"unknown artifact kind {kind!r}; kinds are: {', '.join(kinds.names())}",
             param=param,
             code="invalid_reference",
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError
 from jinja2.exceptions import SecurityError
@@ -15,7 +15,9 @@ from jinja2.sandbox import SandboxedEnvironment
 from jsonschema import Draft202012Validator
 
 from gateway.errors import InvalidRequest
-from gateway.registry.specs import PromptSpec
+
+if TYPE_CHECKING:
+    from gateway.prompts.spec import PromptSpec  # the spec checks templates with this module
 
 
 @functools.cache
