@@ -1,0 +1,1 @@
+"""Rollouts: a candidate version meets live traffic gradually and is judged by a sequential test."""
