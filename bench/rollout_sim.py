@@ -131,7 +131,9 @@ def main() -> None:
         f"{'fixed every min (peeking)':^26} | {'fixed once':>10}"
     )
     print(header)
-    print(f"{'':<27}| {'rollback':>9} {'median min':>12}  | {'rollback':>9} {'median min':>14}  | {'rollback':>10}")
+    print(
+        f"{'':<27}| {'rollback':>9} {'median min':>12}  | {'rollback':>9} {'median min':>14}  | {'rollback':>10}"
+    )
     print("-" * len(header))
     for metric, effects, seq, fix in scenarios:
         for rate in [int(x) for x in args.rates.split(",")]:
