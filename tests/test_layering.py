@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("shapes", ["gateway", "gateway.shapes", "gateway.errors", "gateway.yamlspec", "gateway.extensions",
                 "gateway.offline", "gateway.api_requests"]),
     ("records", ["gateway.db", "gateway.settings", "gateway.keys", "gateway.registry", "gateway.kinds",
-                 "gateway.tokens_cost", "gateway.egress", "gateway.prompts", "gateway.limits", "gateway.providers.deployment",
+                 "gateway.tokens_cost", "gateway.egress", "gateway.rollouts", "gateway.prompts", "gateway.limits", "gateway.providers.deployment",
                  "gateway.cli_common", "gateway.ml.config", "gateway.evaluation.config",
                  "gateway.monitoring.config"]),
     ("services", ["gateway.providers", "gateway.routing", "gateway.policy", "gateway.monitoring",

@@ -207,3 +207,27 @@ class RequestLog(Base):
     attempts: Mapped[list[Any]] = mapped_column(JSON)
     decisions: Mapped[list[Any]] = mapped_column(JSON)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Rollout(Base):
+    """A candidate version meeting an alias's traffic gradually (gateway/rollouts/service.py)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    alias: Mapped[str] = mapped_column(String(64))
+    control_version: Mapped[int]
+    candidate_version: Mapped[int]
+    mode: Mapped[str] = mapped_column(String(16))  # canary | shadow
+    share: Mapped[float] = mapped_column(Float)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # schedule, metrics, min_sample, alpha, outcomes
+    state: Mapped[str] = mapped_column(String(24))
+    promotion_id: Mapped[str | None] = mapped_column(String(32))
+    started_by: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime]
+    activated_at: Mapped[datetime | None]  # when the candidate first served (after any approval)
+    ended_at: Mapped[datetime | None]
+    last_check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    live_key: Mapped[str | None] = mapped_column(String(300), unique=True)  # kind:name@alias while live
