@@ -82,6 +82,13 @@ class ChatRequest(_Request):
     def include_context(self) -> bool:
         return self.opsgate is not None and self.opsgate.include_context
 
+    @property
+    def end_user(self) -> str | None:
+        """OpenAI's `user` field (the application's end-user id), if a short string: a rollout's
+        sticky assignment key."""
+        user = self._body.get("user")
+        return user if isinstance(user, str) and 0 < len(user) <= 200 else None
+
     def caller_messages(self) -> list[Any]:
         """The caller's messages as sent (dicts), for rendering after a prompt's own."""
         messages = self._body.get("messages")

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway import __version__
 from gateway.api import admin, health, metrics_api, openai
 from gateway.api import ml as ml_api
+from gateway.api import rollouts as rollouts_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
 from gateway.db.locks import bootstrap_lock
@@ -41,11 +42,14 @@ from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry.blobs import BlobStore, blob_root
+from gateway.registry.promotion import PromotionService
 from gateway.registry.refs import parse_ref
 from gateway.registry.sync import bootstrap, dangling_in_project, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
 from gateway.retrieval.store import make_store
+from gateway.rollouts.evaluator import RolloutEvaluator
+from gateway.rollouts.service import RolloutService
 from gateway.settings import GatewayConfig, Settings
 from gateway.snapshot import Catalog
 
@@ -128,6 +132,12 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     return Parts(
         settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
     )
+
+
+def _rollout_evaluator(parts: Parts) -> RolloutEvaluator:
+    promotions = PromotionService(parts.engine, parts.config.governance)
+    service = RolloutService(parts.engine, promotions)
+    return RolloutEvaluator(service, tick_s=parts.config.rollouts.check_interval_s)
 
 
 def registered_name(catalog: Catalog, model: str) -> str | None:
@@ -242,11 +252,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parts.writer.start()
         online.start()
         ml.start()
+        rollouts = app.state.rollouts = _rollout_evaluator(parts)
+        rollouts.start()
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            await rollouts.stop()
             await online.stop()
             await ml.stop()
             await parts.writer.stop()
@@ -276,6 +289,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_api.router)
     app.include_router(ml_api.router)
     app.include_router(admin.router)
+    app.include_router(rollouts_api.router)
     _install_error_handlers(app)
     return app
 

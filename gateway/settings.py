@@ -122,6 +122,14 @@ class GovernanceConfig(StrictModel):
     )
 
 
+class RolloutsConfig(StrictModel):
+    check_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the rollout evaluator wakes (each rollout keeps its own interval_s).",
+    )
+
+
 class GatewayConfig(StrictModel):
     server: ServerConfig = ServerConfig()
     request_log: RequestLogConfig = RequestLogConfig()
@@ -133,6 +141,7 @@ class GatewayConfig(StrictModel):
     egress: EgressConfig = EgressConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
+    rollouts: RolloutsConfig = RolloutsConfig()
 
     @model_validator(mode="after")
     def _webhooks_allowed(self) -> GatewayConfig:

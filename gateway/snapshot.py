@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from gateway.db.generation import read_generation
+from gateway.db.generation import read_generation, utcnow
 from gateway.db.models import Alias, ArtifactVersion
 from gateway.db.outage import Outage
 from gateway.errors import ModelNotFound, NotFound
@@ -27,6 +27,7 @@ from gateway.prompts.spec import PromptSpec
 from gateway.providers import Adapters
 from gateway.registry.refs import DEFAULT_ALIAS
 from gateway.registry.store import VersionRecord, to_record
+from gateway.rollouts.service import LiveRollout, load_live
 from gateway.routing.router import Router
 from gateway.routing.spec import RouterSpec
 
@@ -39,6 +40,7 @@ class Snapshot:
     principals: dict[str, Principal] = field(default_factory=dict)
     aliases: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     records: dict[tuple[str, str, int], VersionRecord] = field(default_factory=dict)
+    rollouts: dict[tuple[str, str, str], LiveRollout] = field(default_factory=dict)  # (kind, name, alias)
 
 
 class Catalog:
@@ -90,6 +92,19 @@ class Catalog:
             raise ModelNotFound(f"{kind}:{name}@{version} does not exist", param="model")
         return record
 
+    def resolve_for(
+        self, kind: str, name: str, selector: str | None, caller: str
+    ) -> tuple[VersionRecord, tuple[str, str] | None]:
+        """`resolve`, where an alias under a live canary rollout serves the caller's arm: returns the
+        record and (rollout id, arm), or None when no rollout applies (a version number never does)."""
+        if selector is not None and selector.isdigit():
+            return self.resolve(kind, name, selector), None
+        live = self.snapshot.rollouts.get((kind, name, selector or DEFAULT_ALIAS))
+        if live is None:
+            return self.resolve(kind, name, selector), None
+        version, arm = live.version_for(caller, utcnow())
+        return self.resolve(kind, name, str(version)), (live.id, arm)
+
     def find(self, kind: str, name: str, selector: str | None = None) -> VersionRecord | None:
         """`resolve`, or None when there is no such version."""
         try:
@@ -134,8 +149,9 @@ class Catalog:
             aliases: dict[tuple[str, str], dict[str, int]] = {}
             for row in s.scalars(select(Alias)):
                 aliases.setdefault((row.kind, row.name), {})[row.alias] = row.version
+            rollouts = load_live(s)
         principals = self.keys.active_principals()
-        return Snapshot(generation, principals, aliases, records)
+        return Snapshot(generation, principals, aliases, records, rollouts)
 
     async def refresh(self) -> None:
         self.snapshot = await asyncio.to_thread(self.load)

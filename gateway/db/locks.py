@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, text
 
 PG_BOOTSTRAP_LOCK = 7_461_003  # advisory lock id (gateway/db/engine.py's migration lock is 7_461_002)
+PG_ROLLOUT_LOCK = 7_461_004  # the rollout evaluator's turn (gateway/rollouts/evaluator.py)
 
 
 @contextmanager
@@ -34,3 +35,21 @@ def bootstrap_lock(engine: Engine) -> Iterator[None]:
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_BOOTSTRAP_LOCK})
             conn.commit()
+
+
+@contextmanager
+def try_lock(engine: Engine, key: int) -> Iterator[bool]:
+    """Take a cluster-wide lock if free, without waiting: yields whether this process holds it.
+    On SQLite (one host) it is always taken: state changes compare-and-set their rows anyway."""
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    with engine.connect() as conn:
+        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()

@@ -76,14 +76,14 @@ class Resolver:
                 raise InvalidFields(
                     "messages: this field is required (at least one message)", param="messages"
                 )
-            router, named = self.router(call, request.model, "chat")
+            router, named = self.router(call, request.model, "chat", request)
             return ChatPlan(request, router, [named])
-        record = self.catalog.resolve("prompt", prompt_ref.name, prompt_ref.selector)
+        record = self._resolve(call, request, "prompt", prompt_ref.name, prompt_ref.selector)
         call.add(record.ref)
         spec = self.catalog.prompt_spec(record)
         check_variables(spec, request.prompt_variables or {})
         ref = parse_ref(spec.router, default_kind="router")
-        router_record = self.catalog.resolve("router", ref.name, ref.selector)
+        router_record = self._resolve(call, request, "router", ref.name, ref.selector)
         router = self._router(call, router_record, "chat")
         # a key allowed the prompt may use what it runs on: no allow list for its router and index
         asked = [Asked(record, prompt_ref.selector), Asked(router_record, ref.selector, False, True)]
@@ -100,7 +100,9 @@ class Resolver:
             asked.append(Asked(index, selector, False, True))
         return ChatPlan(request, router, asked, record, spec, index)
 
-    def router(self, call: Call, model: str, kind: str) -> tuple[Router, Asked]:
+    def router(
+        self, call: Call, model: str, kind: str, request: ChatRequest | None = None
+    ) -> tuple[Router, Asked]:
         """A router named by the caller: `name`, `router:name`, with optional @version/@alias."""
         call.model = model
         try:
@@ -112,8 +114,21 @@ class Resolver:
                 f"the model {model!r} does not exist; GET /v1/models lists what this key may call",
                 param="model",
             )
-        record = self.catalog.resolve("router", ref.name, ref.selector)
+        record = self._resolve(call, request, "router", ref.name, ref.selector)
         return self._router(call, record, kind), Asked(record, ref.selector)
+
+    def _resolve(
+        self, call: Call, request: ChatRequest | None, kind: str, name: str, selector: str | None
+    ) -> VersionRecord:
+        """A version by number or alias; an alias under a live rollout serves the caller's arm
+        (sticky per key principal and `user`), and the log row says which (`extra.rollout`)."""
+        principal = call.principal.principal if call.principal is not None else "anonymous"
+        user = request.end_user if request is not None else None
+        caller = f"{principal}:{user}" if user else principal
+        record, arm = self.catalog.resolve_for(kind, name, selector, caller)
+        if arm is not None:
+            call.extra["rollout"] = {"id": arm[0], "arm": arm[1], "target": f"{kind}:{name}"}
+        return record
 
     def _router(self, call: Call, record: VersionRecord, kind: str) -> Router:
         router = self.catalog.router_for(record)

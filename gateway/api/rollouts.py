@@ -1,0 +1,51 @@
+"""Admin API for rollouts under /admin/rollouts: start, list, status, check now, stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from gateway.api.admin import Caller, Reader
+from gateway.registry.promotion import PromotionService
+from gateway.rollouts.service import RolloutService, RolloutSpec
+
+router = APIRouter(prefix="/admin/rollouts", tags=["admin"])
+
+
+def _service(request: Request) -> RolloutService:
+    parts = request.app.state.parts
+    return RolloutService(parts.engine, PromotionService(parts.engine, parts.config.governance))
+
+
+class StopRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+@router.post("", status_code=201, summary="Start a rollout (a promotion request on a protected alias)")
+def start(request: Request, caller: Caller, body: RolloutSpec) -> dict[str, Any]:
+    return _service(request).start(caller, body)
+
+
+@router.get("", summary="List rollouts, newest first")
+def list_rollouts(request: Request, _: Reader, live: bool = False) -> list[dict[str, Any]]:
+    return _service(request).list_rollouts(live_only=live)
+
+
+@router.get("/{rollout_id}", summary="One rollout with its last check (figures, sample sizes, test)")
+def status(request: Request, _: Reader, rollout_id: str) -> dict[str, Any]:
+    return _service(request).get(rollout_id)
+
+
+@router.post("/{rollout_id}/check", summary="Evaluate now (the background evaluator does it every interval)")
+def check(request: Request, caller: Reader, rollout_id: str) -> dict[str, Any]:
+    service = _service(request)
+    service.get(rollout_id)  # 404 first
+    return service.check(rollout_id)
+
+
+@router.post("/{rollout_id}/stop", summary="Stop: the candidate serves no more traffic")
+def stop(request: Request, caller: Caller, rollout_id: str, body: StopRequest) -> dict[str, Any]:
+    return _service(request).stop(caller, rollout_id, reason=body.reason)
