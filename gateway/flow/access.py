@@ -44,9 +44,19 @@ class VersionAccess:
                 for (kind, name), aliases in snapshot.aliases.items()
                 for alias, version in aliases.items()
                 if alias in self.protected
-            )
+            ) | self._rollout_arms(snapshot)
             self._seen = snapshot
         return (record.kind, record.name, record.version) in self._approved
+
+    def _rollout_arms(self, snapshot: Snapshot) -> frozenset[tuple[str, str, int]]:
+        """Both arms of a live rollout on a protected alias: the control was approved there before, the
+        candidate by the promotion that let the rollout start (gateway/rollouts/service.py)."""
+        return frozenset(
+            (kind, name, version)
+            for (kind, name, alias), live in snapshot.rollouts.items()
+            if alias in self.protected
+            for version in ((live.control, live.candidate) if live.active else (live.control,))
+        )
 
     def authorise(self, principal: Principal | None, asked: list[Asked]) -> None:
         """403 unless the key may be served every version a request resolved: its allow list covers

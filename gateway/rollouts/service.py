@@ -115,8 +115,11 @@ class LiveRollout:
     share: float
     schedule: tuple[tuple[float, float], ...]
     activated_at: datetime
+    active: bool = True  # False while awaiting approval: everyone gets the control
 
     def share_at(self, now: datetime) -> float:
+        if not self.active:
+            return 0.0
         elapsed = (now - self.activated_at).total_seconds()
         share = self.share
         for after_s, step_share in self.schedule:
@@ -139,9 +142,11 @@ def bucket(rollout_id: str, caller: str) -> float:
 
 
 def load_live(session: Session) -> dict[tuple[str, str, str], LiveRollout]:
-    """Active and held canaries by (kind, name, alias), for the catalog snapshot."""
+    """Live canaries by (kind, name, alias), for the catalog snapshot. One awaiting approval serves
+    the control to everyone: when its promotion moves the alias, the candidate still waits for the
+    evaluator to activate the rollout, instead of taking all the traffic meanwhile."""
     out: dict[tuple[str, str, str], LiveRollout] = {}
-    rows = session.scalars(select(Rollout).where(Rollout.state.in_((ACTIVE, HELD))))
+    rows = session.scalars(select(Rollout).where(Rollout.state.in_(LIVE)))
     for row in rows:
         steps = tuple(sorted((float(s["after_s"]), float(s["share"])) for s in row.spec.get("schedule", [])))
         out[(row.kind, row.name, row.alias)] = LiveRollout(
@@ -154,6 +159,7 @@ def load_live(session: Session) -> dict[tuple[str, str, str], LiveRollout]:
             row.share,
             steps,
             as_utc(row.activated_at or row.started_at),
+            row.state != AWAITING,
         )
     return out
 

@@ -160,8 +160,9 @@ def test_protected_alias_waits_for_the_promotion_and_rollback_reverts_the_alias(
     started = rollouts.start(people.alice, spec(alias="production"))
     assert started["state"] == "awaiting_approval" and started["promotion_id"]
     assert promotions.get(started["promotion_id"]).state == "pending"
-    with Session(engine) as s:
-        assert load_live(s) == {}  # nothing served before approval
+    with Session(engine) as s:  # before approval everyone is served the control
+        waiting = load_live(s)[("prompt", "support_qa", "production")]
+        assert not waiting.active and waiting.version_for("anyone", utcnow()) == (1, "control")
     assert rollouts.check(started["id"])["state"] == "awaiting_approval"
     promotions.approve(people.bob, started["promotion_id"])  # four-eyes: not alice
     assert rollouts.check(started["id"])["state"] == "active"

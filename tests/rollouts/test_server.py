@@ -1,0 +1,177 @@
+"""Rollouts on the real server with the fake upstream: a candidate router version pointed at a failing
+upstream is rolled back by the background evaluator with the evidence in the audit log; an equal one
+keeps serving. Requests come from the official openai client, each with an OpenAI `user` id."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, commit_project, deployment
+from tests.fakes.upstream import FakeUpstream
+
+GATEWAY_YAML = FAST_GATEWAY_YAML + "rollouts:\n  check_interval_s: 0.3\n"
+USERS = [f"user-{i}" for i in range(100)]
+
+
+def _router(name: str, url: str, description: str) -> str:
+    spec = {"name": name, "description": description, "deployments": [deployment("up", url)]}
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def gw(
+    project_factory: Callable[..., Path],
+    gateway_factory: Callable[..., GatewayProcess],
+    fake_upstream: FakeUpstream,
+) -> Iterator[tuple[GatewayProcess, str]]:
+    """Routers `worse` and `same` at version 1 (healthy upstream) in production; version 2 of `worse`
+    calls an upstream that always fails, version 2 of `same` the healthy one."""
+    ok = fake_upstream.url("ok")
+    root = project_factory(
+        routers={"worse": _router("worse", ok, "v1"), "same": _router("same", ok, "v1")},
+        files={"config/gateway.yaml": GATEWAY_YAML},
+    )
+    gw = gateway_factory(root)
+    (root / "config/routers/worse.yaml").write_text(_router("worse", fake_upstream.url("500-cand"), "v2"))
+    (root / "config/routers/same.yaml").write_text(_router("same", ok, "v2"))
+    commit_project(root, "candidates")
+    out = gw.cli("sync", key=gw.admin_key).stdout
+    assert "router:worse@2" in out and "router:same@2" in out
+    created = gw.cli("keys", "create", "--name", "approver", "--role", "approver", key=gw.admin_key).stdout
+    approver = created.strip().splitlines()[-1]
+    gw.wait_for_key(approver)
+    with gw:
+        yield gw, approver
+
+
+def _start(gw: GatewayProcess, approver: str, name: str) -> dict[str, Any]:
+    body = {
+        "kind": "router",
+        "name": name,
+        "alias": "production",
+        "candidate": 2,
+        "share": 0.5,
+        "min_sample": 20,
+        "interval_s": 0.5,
+        "metrics": [{"metric": "error_rate"}],
+    }
+    with gw.http() as http:
+        r = http.post("/admin/rollouts", json=body, headers=gw.auth())
+        assert r.status_code == 201, r.text
+        started = r.json()
+        # production is protected: the rollout is a promotion, approved by someone else (four-eyes)
+        assert started["state"] == "awaiting_approval"
+        own = http.post(f"/admin/promotions/{started['promotion_id']}/approve", json={}, headers=gw.auth())
+        assert own.status_code == 403 and own.json()["error"]["code"] == "four_eyes"
+        ok = http.post(
+            f"/admin/promotions/{started['promotion_id']}/approve", json={}, headers=gw.auth(approver)
+        )
+        assert ok.status_code == 200, ok.text
+    return started
+
+
+def _status(gw: GatewayProcess, rollout_id: str) -> dict[str, Any]:
+    with gw.http() as http:
+        r = http.get(f"/admin/rollouts/{rollout_id}", headers=gw.auth())
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def _wait(gw: GatewayProcess, rollout_id: str, states: set[str], timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = _status(gw, rollout_id)
+        if status["state"] in states:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"rollout {rollout_id} still {status['state']}: {status}")
+
+
+def _traffic(gw: GatewayProcess, model: str) -> dict[str, list[str]]:
+    """One request per user; the versions that served each user, from the response header."""
+    client = gw.client()
+    served: dict[str, list[str]] = {}
+    for user in USERS:
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], user=user
+            )
+            served.setdefault(user, []).append(raw.headers["x-opsgate-versions"].split("#")[0])
+        except openai.APIStatusError as exc:
+            assert exc.status_code >= 500, exc
+            versions = exc.response.headers.get("x-opsgate-versions", "error")
+            served.setdefault(user, []).append(versions.split("#")[0])
+    return served
+
+
+def test_worse_candidate_is_rolled_back_with_the_evidence(gw: tuple[GatewayProcess, str]) -> None:
+    gateway, approver = gw
+    started = _start(gateway, approver, "worse")
+    _wait(gateway, started["id"], {"active"})
+    time.sleep(0.6)  # the catalog sees the activation within its refresh interval (0.2 s)
+    served = _traffic(gateway, "worse")
+    arms = {user: versions[0] for user, versions in served.items()}
+    assert 20 <= sum("router:worse@2" in v for v in arms.values()) <= 80  # about half in the canary
+
+    done = _wait(gateway, started["id"], {"rolled_back"})
+    [test] = done["last_check"]["tests"]
+    assert test["verdict"] == "worse" and test["metric"] == "error_rate"
+    assert test["mean_candidate"] == 1.0 and test["mean_control"] == 0.0
+    with gateway.http() as http:
+        entries = http.get("/admin/audit", params={"limit": 1000}, headers=gateway.auth()).json()
+        verified = http.get("/admin/audit/verify", headers=gateway.auth()).json()
+    [entry] = [e for e in entries if e["action"] == "rollout.rollback"]
+    assert entry["target"] == "router:worse@production" and entry["actor"].startswith("opsgate")
+    assert entry["after"]["tests"][0]["n_candidate"] == test["n_candidate"] >= 20
+    assert entry["after"]["tests"][0]["p_value"] < 0.05
+    assert entry["after"]["alias_version"] == 1
+    assert verified["ok"] is True
+    # the alias is back on version 1 and every caller is served it once the catalog refreshes
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        again = _traffic(gateway, "worse")
+        if all(v == ["router:worse@1"] for v in again.values()):
+            break
+        time.sleep(0.3)
+    assert all(v == ["router:worse@1"] for v in again.values()), sorted(set(map(str, again.values())))
+
+
+def test_equal_candidate_keeps_serving_sticky_arms_on_the_log(gw: tuple[GatewayProcess, str]) -> None:
+    gateway, approver = gw
+    started = _start(gateway, approver, "same")
+    _wait(gateway, started["id"], {"active"})
+    time.sleep(0.6)  # the catalog sees the activation within its refresh interval (0.2 s)
+    first = _traffic(gateway, "same")
+    second = _traffic(gateway, "same")
+    for user in USERS:  # sticky: each user stays in its arm
+        assert first[user] == second[user]
+    assert {v[0] for v in first.values()} == {"router:same@1", "router:same@2"}
+    time.sleep(1.5)  # several evaluation intervals
+    status = _status(gateway, started["id"])
+    assert status["state"] == "active", status
+    assert status["last_check"]["decision"] == "continue"
+    assert status["last_check"]["requests"]["candidate"] >= 20
+    rows = gateway.logs()
+    tagged = [r for r in rows if (r.get("extra") or {}).get("rollout", {}).get("id") == started["id"]]
+    assert len(tagged) == 2 * len(USERS)
+    assert {r["extra"]["rollout"]["arm"] for r in tagged} == {"control", "candidate"}
+    for r in tagged:
+        arm = r["extra"]["rollout"]["arm"]
+        want = "router:same@2" if arm == "candidate" else "router:same@1"
+        assert any(str(a).split("#")[0] == want for a in r["artifacts"]), r["artifacts"]
+    with gateway.http() as http:
+        r = http.post(
+            f"/admin/rollouts/{started['id']}/stop", json={"reason": "done"}, headers=gateway.auth()
+        )
+        assert r.status_code == 200 and r.json()["state"] == "stopped"
+        bad = http.post(
+            "/admin/rollouts", json={"kind": "router", "name": "same", "candidate": 2, "share": 3}
+        )
+        assert bad.status_code in (401, 422)
