@@ -221,6 +221,11 @@ class RolloutService:
         target = f"{spec.kind}:{spec.name}@{spec.alias}"
 
         def work(session: Session) -> dict[str, Any]:
+            live = session.scalars(select(Rollout.id).where(Rollout.live_key == target)).first()
+            if live is not None:
+                raise Conflict(
+                    f"a rollout of {target} is already live ({live}); stop it first", code="rollout_live"
+                )
             control = _alias_version(session, spec.kind, spec.name, spec.alias)
             if control is None:
                 raise Conflict(f"{target} does not exist: a rollout needs a version serving the alias")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 import yaml
 
@@ -175,3 +176,32 @@ def test_equal_candidate_keeps_serving_sticky_arms_on_the_log(gw: tuple[GatewayP
             "/admin/rollouts", json={"kind": "router", "name": "same", "candidate": 2, "share": 3}
         )
         assert bad.status_code in (401, 422)
+
+
+def test_cli_start_status_stop(gw: tuple[GatewayProcess, str]) -> None:
+    gateway, approver = gw
+    done = gateway.cli(
+        "rollout", "start", "router:same@2", "--share", "0.3", "--step", "600:0.6", "--min-sample", "30",
+        key=gateway.admin_key,
+    )  # fmt: skip
+    rollout_id = done.stdout.strip().splitlines()[-1]
+    assert rollout_id.startswith("rol_") and "awaiting_approval" in done.stderr
+    promotion = _status(gateway, rollout_id)["promotion_id"]
+    gateway.cli("approve", promotion, key=approver)
+    gateway.cli("rollout", "check", rollout_id)
+    shown = gateway.cli("rollout", "status", rollout_id).stdout
+    assert "router:same@production  1 -> 2  share 30%  active" in shown
+    live = gateway.cli("rollout", "status", "--live", "--json").stdout.splitlines()
+    assert [orjson.loads(line)["id"] for line in live] == [rollout_id]
+    bad = gateway.cli("rollout", "start", "router:same", key=gateway.admin_key, check=False)
+    assert bad.returncode == 2 and "KIND:NAME@VERSION" in bad.stderr
+    taken = gateway.cli("rollout", "start", "router:same@2", key=gateway.admin_key, check=False)
+    assert taken.returncode == 1 and "already live" in taken.stderr
+    stopped = gateway.cli(
+        "rollout", "stop", rollout_id, "--reason", "demo over", key=gateway.admin_key
+    ).stdout
+    assert "stopped" in stopped
+    with gateway.http() as http:
+        entries = http.get("/admin/audit", params={"limit": 1000}, headers=gateway.auth()).json()
+    stops = [e for e in entries if e["action"] == "rollout.stop" and e["after"]["rollout"] == rollout_id]
+    assert stops[0]["reason"] == "demo over" and stops[0]["after"]["alias_version"] == 1
