@@ -121,3 +121,19 @@ async def test_stop_with_the_database_down_spools_and_the_next_writer_replays(tm
     await wait(lambda: not after.spool)
     await after.stop()
     assert ids_in(db_dir) == list(range(30))
+
+
+def test_segments_rotate_by_size(tmp_path: Path, monkeypatch: Any) -> None:
+    import gateway.db.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 64)
+    spool = Spool(tmp_path / "s", max_bytes=10_000)
+    for i in range(10):
+        assert spool.append([b'{"id":%d,"pad":"xxxxxxxxxxxxxxxxxxxx"}' % i])
+    assert len(spool.segments) >= 4 and spool.rows == 10
+    seen = []
+    while (found := spool.oldest()) is not None:
+        segment, lines = found
+        seen += [orjson.loads(line)["id"] for line in lines]
+        spool.done(segment)
+    assert seen == list(range(10)) and spool.size == 0
