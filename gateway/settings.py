@@ -67,7 +67,27 @@ class MetricsConfig(StrictModel):
 class RequestLogConfig(StrictModel):
     queue_size: int = Field(10_000, gt=0, description="Rows waiting to be written; beyond it rows drop.")
     batch_size: int = Field(500, gt=0)
-    flush_interval_s: float = Field(0.2, gt=0)
+    flush_interval_s: float = Field(
+        0.2,
+        gt=0,
+        description="A batch is what arrived within this time (or batch_size rows). Rows answered within it"
+        " are still in memory: what a kill -9 can cost.",
+    )
+    spool: bool = Field(
+        True,
+        description="While the database fails, append rows to <data dir>/spool/request-log/ (fsync per"
+        " batch) and replay them when it is back; off: rows wait in the queue (and drop when it is full).",
+    )
+    spool_max_mb: int = Field(
+        1024, gt=0, description="Disk the spool may use; beyond it rows drop (counted)."
+    )
+    shutdown_deadline_s: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="On shutdown, how long to wait for the database to take what is queued; the rest is"
+        " spooled.",
+    )
 
 
 class CacheConfig(StrictModel):
