@@ -235,6 +235,11 @@ def main() -> None:
         print(f"rss {samples[0][1]:.1f} MB at start, {samples[-1][1]:.1f} MB at the end")
         print(f"rss growth after {args.warmup_s:.0f} s of warm-up: {per_min:+.2f} MB/min (target < 1 MB/min)")
         print(f"log rows: {distinct} of {len(answered)} answered ids have a row; {rows} rows for them")
+        with sqlite3.connect(gw.data / "opsgate.db") as conn:
+            for row in conn.execute(
+                "select route, model, status, error_type, error_message from request_log where status >= 500"
+            ):
+                print("  5xx:", row)
     finally:
         gw.stop()
     shutil.rmtree(root, ignore_errors=True)
