@@ -8,9 +8,9 @@ OpenAI's parameters (gateway/providers/params.py), checked before any work is do
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, WithJsonSchema
 
 from gateway.errors import InvalidFields
 
@@ -22,7 +22,11 @@ GATEWAY_FIELDS = frozenset({"prompt_variables", "prompt_id", "prompt_version", "
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Open to fields OpenAI may add (checked by the allow-list of gateway/providers/params.py instead), and
+    strict: a JSON value of the wrong type is refused, never coerced (`"temperature": "1"` used to be accepted
+    and forwarded as a string)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class _Request(_Open):
@@ -60,10 +64,105 @@ class ChatMessage(_Open):
 
 
 class StreamOptions(_Open):
+    # other keys are refused by the allow-list (400 forbidden_parameter / unknown_parameter)
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
     include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+# Fields whose nested rules are the allow-list's (gateway/providers/params.py: 400 `invalid_parameter` or
+# `forbidden_parameter`): typed loosely here so that check keeps its answer, documented with its rules.
+_METADATA_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "object",
+            "maxProperties": 16,
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 512},
+        },
+        {"type": "null"},
+    ],
+    "description": "OpenAI's metadata: at most 16 string pairs (keys <= 64, values <= 512 characters).",
+}
+_FUNCTION_SCHEMA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "parameters": {"type": "object"},
+        "strict": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+    },
+    "additionalProperties": False,
+}
+_TOOLS_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "array",
+            "items": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["type", "function"],
+                        "properties": {"type": {"const": "function"}, "function": _FUNCTION_SCHEMA},
+                        "additionalProperties": False,
+                    },
+                    {
+                        "type": "object",
+                        "required": ["type", "custom"],
+                        "properties": {
+                            "type": {"const": "custom"},
+                            "custom": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "description": {"type": "string"},
+                                    "format": {"type": "object"},
+                                },
+                                "additionalProperties": False,
+                            },
+                        },
+                        "additionalProperties": False,
+                    },
+                ]
+            },
+        },
+        {"type": "null"},
+    ],
+    "description": "Function (or custom) tools only: other tool types would make a provider reach a server.",
+}
+_FUNCTIONS_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "parameters": {"type": "object"},
+                },
+                "additionalProperties": False,
+            },
+        },
+        {"type": "null"},
+    ],
+    "description": "Deprecated by OpenAI in favour of `tools`.",
+}
+Penalty = Annotated[float | None, Field(ge=-2, le=2)]
 
 
 class ChatRequest(_Request):
+    """OpenAI's chat completions request (platform.openai.com/docs/api-reference/chat/create), plus the
+    gateway's own fields (`prompt_id`, `prompt_version`, `prompt_variables`, `opsgate`). `model` names a
+    router or a prompt; `messages` may be left out when the prompt supplies them. Any other top-level field
+    is refused (400) unless the operator allows it in `egress.request_params` (the published schema lists
+    those too)."""
+
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(default_factory=list)  # required unless a prompt supplies them
     stream: bool = False
@@ -73,6 +172,33 @@ class ChatRequest(_Request):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=128)
+    frequency_penalty: Penalty = None
+    presence_penalty: Penalty = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    user: str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    verbosity: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    metadata: Annotated[Any, WithJsonSchema(_METADATA_SCHEMA)] = None
+    tools: Annotated[Any, WithJsonSchema(_TOOLS_SCHEMA)] = None
+    functions: Annotated[Any, WithJsonSchema(_FUNCTIONS_SCHEMA)] = None
     prompt_variables: dict[str, Any] | None = None
     prompt_id: str | None = None
     prompt_version: int | str | None = None
@@ -89,10 +215,16 @@ class ChatRequest(_Request):
 
 
 class EmbeddingRequest(_Request):
+    """OpenAI's embeddings request (platform.openai.com/docs/api-reference/embeddings/create). Other
+    top-level fields are refused (400) unless the operator allows them in `egress.request_params`."""
+
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
 
 
 def validate(model: type[M], data: Any) -> M:

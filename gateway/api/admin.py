@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway.api.deps import call_for, gateway_of
+from gateway.api.openapi_spec import ADMIN_ERRORS, error_responses
 from gateway.db.generation import as_utc
 from gateway.db.models import AuditEntry
 from gateway.errors import PermissionDenied
@@ -27,7 +28,7 @@ from gateway.registry.store import VersionStore
 from gateway.registry.sync import sync
 from gateway.registry.views import artifact_detail, artifact_list, diff, resolve_record, version_dict
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], responses=error_responses(*ADMIN_ERRORS))
 
 READ_ROLES = ("prompt-engineer", "approver", "admin")
 

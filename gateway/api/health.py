@@ -9,18 +9,21 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
+from gateway.api.openapi_spec import READINESS, Health, responses
 from gateway.retrieval.readiness import check_indexes
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.get("/healthz", summary="Liveness: the process answers", responses=responses(Health))
 async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
 @router.get(
-    "/readyz", summary="Readiness: database reachable, caches and aliased models loaded, log writer running"
+    "/readyz",
+    summary="Readiness: database reachable, caches and aliased models loaded, log writer running",
+    responses=READINESS,
 )
 async def readyz(request: Request) -> Response:
     checks: dict[str, object] = {"started": bool(request.app.state.ready)}

@@ -16,6 +16,16 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.deps import gateway_of, opened_call, read_json
+from gateway.api.openapi_spec import (
+    SSE_CHUNKS,
+    ChatCompletion,
+    ChatCompletionChunk,
+    EmbeddingList,
+    ModelCard,
+    ModelList,
+    json_body,
+    responses,
+)
 from gateway.api_requests import ChatRequest, EmbeddingRequest
 from gateway.flow.sse import ChatStream
 
@@ -28,7 +38,19 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 
 
-@router.post("/chat/completions", summary="Create a chat completion (streaming with SSE)")
+# what an upstream call can answer besides success: the caller's faults, the key's, the limits, upstream's
+CALL_ERRORS = (400, 401, 403, 404, 413, 422, 429, 502, 503, 504)
+_CHAT_OK: dict[int | str, dict[str, Any]] = {
+    200: {"model": ChatCompletion, "description": "The completion.", "content": SSE_CHUNKS}
+}
+
+
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion (streaming with SSE)",
+    responses={**_CHAT_OK, **responses(None, *CALL_ERRORS)},
+    openapi_extra=json_body(ChatRequest, also=[ChatCompletionChunk]),
+)
 async def chat_completions(request: Request) -> Response:
     async with opened_call(request, "/v1/chat/completions") as call:
         chat = ChatRequest.parse(await read_json(request))
@@ -38,14 +60,19 @@ async def chat_completions(request: Request) -> Response:
     return _json(answer)
 
 
-@router.post("/embeddings", summary="Create embeddings")
+@router.post(
+    "/embeddings",
+    summary="Create embeddings",
+    responses=responses(EmbeddingList, *CALL_ERRORS),
+    openapi_extra=json_body(EmbeddingRequest),
+)
 async def embeddings(request: Request) -> Response:
     async with opened_call(request, "/v1/embeddings") as call:
         data = await gateway_of(request).embeddings(call, EmbeddingRequest.parse(await read_json(request)))
     return _json(data)
 
 
-@router.get("/models", summary="List the models this key may call")
+@router.get("/models", summary="List the models this key may call", responses=responses(ModelList, 401))
 async def list_models(request: Request) -> Response:
     async with opened_call(request, "/v1/models") as call:
         assert call.principal is not None
@@ -53,7 +80,11 @@ async def list_models(request: Request) -> Response:
     return _json(data)
 
 
-@router.get("/models/{model_id:path}", summary="Describe one model")
+@router.get(
+    "/models/{model_id:path}",
+    summary="Describe one model",
+    responses=responses(ModelCard, 401, 404),
+)
 async def get_model(request: Request, model_id: str) -> Response:
     async with opened_call(request, "/v1/models/{id}", model=model_id) as call:
         assert call.principal is not None
