@@ -8,9 +8,17 @@ OpenAI's parameters (gateway/providers/params.py), checked before any work is do
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from gateway.errors import InvalidFields
 
@@ -19,6 +27,16 @@ R = TypeVar("R", bound="_Request")
 
 # Fields that address the gateway itself; never sent upstream.
 GATEWAY_FIELDS = frozenset({"prompt_variables", "prompt_id", "prompt_version", "opsgate"})
+
+
+def _whole_numbers(value: Any) -> Any:
+    """JSON has one number type: `13.0` is the integer 13 (JSON Schema says so, and clients that compute a
+    count in floating point send it). Anything else is left for the strict integer check to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 class _Open(BaseModel):
@@ -33,6 +51,15 @@ class _Request(_Open):
     """A request body: typed fields, plus the body as sent (for forwarding only)."""
 
     _body: dict[str, Any] = PrivateAttr(default_factory=dict)
+    # integer fields (or lists of them): a whole float is taken as its integer, strictness refuses the rest
+    _integers: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integer_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in cls._integers):
+            return {k: _whole_numbers(v) if k in cls._integers else v for k, v in data.items()}
+        return data
 
     @classmethod
     def parse(cls: type[R], data: Any) -> R:
@@ -151,6 +178,10 @@ _FUNCTIONS_SCHEMA = {
     ],
     "description": "Deprecated by OpenAI in favour of `tools`.",
 }
+# gateway/registry/refs.py's grammar, as the request path applies it (surrounding blanks are ignored)
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+SELECTOR_PATTERN = r"^[A-Za-z0-9._-]+$"
+PROMPT_REF_PATTERN = rf"^\s*(prompt:)?{NAME_PATTERN}(@[A-Za-z0-9._-]+)?\s*$"
 Penalty = Annotated[float | None, Field(ge=-2, le=2)]
 
 
@@ -162,6 +193,9 @@ class ChatRequest(_Request):
     those too)."""
 
     model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+    _integers = frozenset(
+        {"max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs", "prompt_version"}
+    )
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(default_factory=list)  # required unless a prompt supplies them
@@ -200,8 +234,9 @@ class ChatRequest(_Request):
     tools: Annotated[Any, WithJsonSchema(_TOOLS_SCHEMA)] = None
     functions: Annotated[Any, WithJsonSchema(_FUNCTIONS_SCHEMA)] = None
     prompt_variables: dict[str, Any] | None = None
-    prompt_id: str | None = None
-    prompt_version: int | str | None = None
+    # parsed as artifact references (400 invalid_reference otherwise): the pattern documents the grammar
+    prompt_id: str | None = Field(None, json_schema_extra={"pattern": PROMPT_REF_PATTERN})
+    prompt_version: int | str | None = Field(None, json_schema_extra={"pattern": SELECTOR_PATTERN})
     opsgate: OpsgateOptions | None = None
 
     @property
@@ -219,6 +254,7 @@ class EmbeddingRequest(_Request):
     top-level fields are refused (400) unless the operator allows them in `egress.request_params`."""
 
     model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+    _integers = frozenset({"input", "dimensions"})
 
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]

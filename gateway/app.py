@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match
 
 from gateway import __version__
 from gateway.api import admin, health, metrics_api, openai, openapi_spec
@@ -202,15 +202,21 @@ def _error_response(exc: OpsgateError) -> Response:
     return Response(error_body(exc), status_code=exc.status, media_type="application/json", headers=headers)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed_methods(request: Request) -> str:
-    """Every method some route serves on this path (Starlette names only the first route's: GET and POST
-    of one path are two routes)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE and isinstance(route, BaseRoute):
-            methods.update(getattr(route, "methods", None) or ())
-    return ", ".join(sorted(methods))
+    """Every method some route serves on this path (Starlette names only the first route's, and GET and
+    POST of one path are two routes): a method is allowed when a route fully matches it."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

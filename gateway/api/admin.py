@@ -15,7 +15,13 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway.api.deps import call_for, gateway_of
-from gateway.api.openapi_spec import ADMIN_ERRORS, error_responses
+from gateway.api.openapi_spec import (
+    ADMIN_ERRORS,
+    KIND_REF,
+    VERSION_REF,
+    body_properties,
+    error_responses,
+)
 from gateway.db.generation import as_utc
 from gateway.db.models import AuditEntry
 from gateway.errors import PermissionDenied
@@ -165,6 +171,7 @@ def get_promotion(request: Request, _: Reader, promotion_id: str) -> dict[str, A
     "/promotions",
     status_code=201,
     summary="Request a promotion (applies at once if the alias is not protected)",
+    openapi_extra=body_properties(ref=VERSION_REF),
 )
 def request_promotion(request: Request, caller: Caller, body: PromotionRequest) -> dict[str, Any]:
     ref = parse_ref(body.ref, param="ref")
@@ -194,7 +201,10 @@ def reject(request: Request, caller: Caller, promotion_id: str, body: Rejection)
 
 
 @router.post(
-    "/rollback", status_code=201, summary="Roll an alias back (a promotion; admins may do it at once)"
+    "/rollback",
+    status_code=201,
+    summary="Roll an alias back (a promotion; admins may do it at once)",
+    openapi_extra=body_properties(ref=KIND_REF),
 )
 def rollback(request: Request, caller: Caller, body: RollbackRequest) -> dict[str, Any]:
     ref = parse_ref(body.ref, param="ref")

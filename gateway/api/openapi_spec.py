@@ -28,6 +28,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.registry.refs import KINDS
+
 REF = "#/components/schemas/{model}"
 
 # -- the error shape --------------------------------------------------------------------------------------
@@ -131,6 +133,20 @@ def json_body(
     if carried:
         extra["x-opsgate-schemas"] = carried
     return extra
+
+
+def body_properties(**properties: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra=` adding constraints to properties of a body FastAPI documents from its pydantic
+    model (a `$ref`; its siblings apply too in OpenAPI 3.1): what the handler checks beyond the model."""
+    schema = {"properties": properties}
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}}}
+
+
+# gateway/registry/refs.py's grammar (surrounding blanks are ignored)
+_KIND = "(" + "|".join(KINDS) + ")"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+VERSION_REF = {"type": "string", "pattern": rf"^\s*{_KIND}:{_NAME}@[0-9]+\s*$"}
+KIND_REF = {"type": "string", "pattern": rf"^\s*{_KIND}:{_NAME}(@[A-Za-z0-9._-]+)?\s*$"}
 
 
 def carry(*models: type[BaseModel]) -> dict[str, Any]:

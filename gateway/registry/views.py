@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from sqlalchemy import Engine
 
-from gateway.errors import NotFound
-from gateway.registry.refs import Ref
+from gateway.errors import InvalidRequest, NotFound
+from gateway.registry.refs import KINDS, Ref
 from gateway.registry.render import render_messages
 from gateway.registry.specs import PromptSpec
 from gateway.registry.store import VersionRecord, VersionStore
@@ -17,7 +17,12 @@ from gateway.registry.store import VersionRecord, VersionStore
 
 def resolve_record(store: VersionStore, ref: Ref, *, default_alias: str = "latest") -> VersionRecord:
     """A version by number or alias, read from the database (for commands, not the request path)."""
-    assert ref.kind is not None
+    if ref.kind is None:  # e.g. GET /admin/diff?a=support_qa (was an AssertionError: a 500)
+        raise InvalidRequest(
+            f"{str(ref)!r} does not say its kind; use kind:name@VERSION or kind:name@ALIAS (kinds:"
+            f" {', '.join(KINDS)})",
+            code="invalid_reference",
+        )
     if ref.version is not None:
         record = store.get(ref.kind, ref.name, ref.version)
         if record is None:
