@@ -8,7 +8,7 @@ OpenAI's parameters (gateway/providers/params.py), checked before any work is do
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -39,27 +39,41 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
-class _Open(BaseModel):
+def _mentions_int(annotation: Any) -> bool:
+    return annotation is int or any(_mentions_int(arg) for arg in get_args(annotation))
+
+
+class StrictBody(BaseModel):
+    """A JSON request body checked strictly: a value of the wrong type is refused, never coerced (`"1"` is
+    not 1, `0` is not false, `"yes"` is not true), except that a whole number written `13.0` is an integer,
+    as JSON Schema has it (the published schema says `integer`)."""
+
+    model_config = ConfigDict(strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integer_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            k: _whole_numbers(v) if k in fields and _mentions_int(fields[k].annotation) else v
+            for k, v in data.items()
+        }
+
+
+class _Open(StrictBody):
     """Open to fields OpenAI may add (checked by the allow-list of gateway/providers/params.py instead), and
     strict: a JSON value of the wrong type is refused, never coerced (`"temperature": "1"` used to be accepted
     and forwarded as a string)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow")
 
 
 class _Request(_Open):
     """A request body: typed fields, plus the body as sent (for forwarding only)."""
 
     _body: dict[str, Any] = PrivateAttr(default_factory=dict)
-    # integer fields (or lists of them): a whole float is taken as its integer, strictness refuses the rest
-    _integers: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _integer_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict) and any(k in data for k in cls._integers):
-            return {k: _whole_numbers(v) if k in cls._integers else v for k, v in data.items()}
-        return data
 
     @classmethod
     def parse(cls: type[R], data: Any) -> R:
@@ -193,9 +207,6 @@ class ChatRequest(_Request):
     those too)."""
 
     model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
-    _integers = frozenset(
-        {"max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs", "prompt_version"}
-    )
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(default_factory=list)  # required unless a prompt supplies them
@@ -254,7 +265,6 @@ class EmbeddingRequest(_Request):
     top-level fields are refused (400) unless the operator allows them in `egress.request_params`."""
 
     model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
-    _integers = frozenset({"input", "dimensions"})
 
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]

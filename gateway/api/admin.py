@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,7 @@ from gateway.api.openapi_spec import (
     body_properties,
     error_responses,
 )
+from gateway.api_requests import StrictBody
 from gateway.db.generation import as_utc
 from gateway.db.models import AuditEntry
 from gateway.errors import PermissionDenied
@@ -63,7 +64,7 @@ def _promotions(request: Request) -> PromotionService:
     return PromotionService(parts.engine, parts.config.governance)
 
 
-class _Body(BaseModel):
+class _Body(StrictBody):  # `{"emergency": "yes"}` was coerced to true (found by the fuzz pass)
     model_config = ConfigDict(extra="forbid")
 
 

@@ -311,7 +311,9 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    records: list[dict[str, Any]] = Field(description="Rows: objects of column -> value.")
+    records: list[dict[str, Any]] = Field(
+        min_length=1, description="Rows: objects of column -> value (the model card lists the columns)."
+    )
     explain: bool = Field(False, description="Add each row's SHAP explanation.")
 
 

@@ -3,9 +3,11 @@ schema alone, reaches every operation with valid and invalid bodies, and every a
 documented, body and headers as the schema says, no 5xx, invalid data refused, a missing key a 401, a
 wrong method a 405 with `Allow`).
 
-Bounded: a fixed seed and a few examples per operation (the whole pass well under two minutes on 2 cores).
-Model names are steered to the gateway's routers for half the bodies (deterministically), so valid bodies
-also reach the upstream call instead of stopping at 404 model_not_found.
+Bounded by construction, not by a clock: a fixed seed, derandomized generation, no shrinking and
+MAX_EXAMPLES per operation and mode (about a minute for the whole pass on 2 cores; it prints its time).
+Model names and the `{name}` of classic-model paths are steered to what the gateway serves for half the
+requests (deterministically), so valid requests also reach the upstream call and the model instead of
+stopping at 404.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,15 +23,16 @@ import hypothesis
 import pytest
 import schemathesis
 from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
 
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import GatewayProcess, deployment
+from tests.fakes.gateway import GatewayProcess, commit_project, deployment
 from tests.fakes.upstream import FakeUpstream
 
 SEED = 20261205
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = 25
 ROUTERS = ("local", "fake")
-BUDGET_S = 110
+ML_MODEL = "income"
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +45,32 @@ def fuzz_gateway(
         "local": {"deployments": [{"id": "local", "model": "local/extractive"}]},
         "fake": {"deployments": [deployment("ok", fake_upstream.url("ok"))]},
     }
-    gateway_yaml = "server:\n  max_body_bytes: 65536\nrequest_log:\n  flush_interval_s: 0.02\n"
+    gateway_yaml = (
+        "server:\n  max_body_bytes: 65536\nrequest_log:\n  flush_interval_s: 0.02\n"
+        "ml:\n  warm_explanations: false\n"
+    )
     project = project_factory(routers=routers, files={"config/gateway.yaml": gateway_yaml})
+    _add_model(project)
+    commit_project(project, "a classic model")
     with gateway_factory(project) as gateway:
         yield gateway
+
+
+def _add_model(root: Path) -> None:
+    """A classic model, so /v1/ml/* and /admin/ml/* get past 404: a logistic regression on two numeric
+    columns, trained on 200 synthetic rows (no data file needed)."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from gateway.ml import register
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"income": rng.uniform(10, 100, 200), "age": rng.uniform(18, 90, 200)})
+    frame["target"] = (frame["income"] > 50).astype(int)
+    model = LogisticRegression().fit(frame[["income", "age"]], frame["target"])
+    schema = {"income": {"type": "number", "min": 0}, "age": {"type": "number", "min": 0, "max": 130}}
+    register(model, ML_MODEL, schema, frame, project_dir=root, target="target")
 
 
 def _steer_model(case: schemathesis.Case) -> schemathesis.Case:
@@ -52,6 +78,9 @@ def _steer_model(case: schemathesis.Case) -> schemathesis.Case:
     non-empty string is replaced, by another non-empty string: a body stays valid or invalid as it was.
     A valid chat body gets a message when it has none: `messages` may be left out only when the model is
     a prompt that supplies them, which a schema cannot say (without one the answer is a 422)."""
+    name = (case.path_parameters or {}).get("name")
+    if isinstance(name, str) and name and zlib.crc32(name.encode("utf-8", "surrogatepass")) % 2 == 0:
+        case.path_parameters = {**(case.path_parameters or {}), "name": ML_MODEL}
     body = case.body
     if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"]:
         name = body["model"]
@@ -67,8 +96,16 @@ def _has_inputs(operation: Any) -> bool:
     return bool(list(operation.iter_parameters())) or bool(operation.body)
 
 
+# Rows are checked against each classic model's own input schema (GET /v1/ml/{name} publishes it; the API
+# document cannot hold every model's), and a CSV body is text whose validity no JSON schema can state: a
+# schema-valid request there may be refused (422 data_quality, invalid_csv) by design. Every other check
+# (no 5xx, documented status, conforming body and headers, invalid data refused) still applies to them.
+MODEL_SPECIFIC = {"/v1/ml/{name}/predict", "/v1/ml/{name}/invocations", "/v1/ml/{name}/feedback"}
+
+
 def _fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> None:
     strategy = operation.as_strategy(generation_mode=mode).map(_steer_model)
+    excluded = [positive_data_acceptance] if operation.path in MODEL_SPECIFIC else []
 
     @hypothesis.settings(
         max_examples=MAX_EXAMPLES,
@@ -81,7 +118,7 @@ def _fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> None
     @hypothesis.seed(SEED)
     @hypothesis.given(strategy)
     def run(case: schemathesis.Case) -> None:
-        case.call_and_validate(headers=headers, timeout=30)
+        case.call_and_validate(headers=headers, timeout=30, excluded_checks=excluded)
 
     run()
 
@@ -124,10 +161,9 @@ def test_every_operation_answers_as_published(fuzz_gateway: GatewayProcess) -> N
             ) as exc:  # a check failed: keep it, go on with the other operations
                 failures.append(f"{operation.label} [{mode.value}]: {exc}")
             reached.add(operation.label)
-    elapsed = time.monotonic() - started
+    print(f"fuzzed {len(operations)} operations in {time.monotonic() - started:.0f} s")
     assert not failures, "\n\n".join(failures)
     assert len(reached) == len(operations)
-    assert elapsed < BUDGET_S, f"the fuzz pass took {elapsed:.0f} s"
 
 
 def test_the_document_names_every_route_with_its_bodies_and_errors(fuzz_gateway: GatewayProcess) -> None:
