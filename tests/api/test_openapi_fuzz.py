@@ -30,7 +30,7 @@ from tests.fakes.gateway import GatewayProcess, commit_project, deployment
 from tests.fakes.upstream import FakeUpstream
 
 SEED = 20261205
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 20
 ROUTERS = ("local", "fake")
 ML_MODEL = "income"
 
@@ -214,3 +214,43 @@ def test_a_number_sent_as_a_string_is_refused_not_forwarded(fuzz_gateway: Gatewa
         )
     assert answer.status_code == 422
     assert answer.json()["error"]["param"] == "temperature"
+
+
+def test_a_whole_float_is_an_integer(fuzz_gateway: GatewayProcess) -> None:
+    with fuzz_gateway.http() as http:
+        answer = http.post(
+            "/v1/chat/completions",
+            json={"model": "local", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16.0},
+            headers=fuzz_gateway.auth(),
+        )
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_diff_of_refs_without_kind_is_a_400_not_a_500(fuzz_gateway: GatewayProcess) -> None:
+    """Found by the fuzz pass: GET /admin/diff?a=x&b=y failed an assertion (500)."""
+    with fuzz_gateway.http() as http:
+        answer = http.get("/admin/diff", params={"a": "local", "b": "fake"}, headers=fuzz_gateway.auth())
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_reference"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/admin/sync", {"allow_dirty": 0}, "allow_dirty"),
+        ("/admin/rollback", {"ref": "router:local", "to_version": "1", "reason": "r"}, "to_version"),
+        (
+            "/admin/rollback",
+            {"ref": "router:local", "to_version": 1, "reason": "r", "emergency": "yes"},
+            "emergency",
+        ),
+    ],
+)
+def test_admin_bodies_are_not_coerced(
+    fuzz_gateway: GatewayProcess, path: str, body: dict[str, Any], param: str
+) -> None:
+    """Found by the fuzz pass: `"emergency": "yes"` was an emergency rollback, `0` a false."""
+    with fuzz_gateway.http() as http:
+        answer = http.post(path, json=body, headers=fuzz_gateway.auth())
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["param"] == param
