@@ -155,6 +155,10 @@ def test_every_operation_answers_as_published(fuzz_gateway: GatewayProcess) -> N
         for mode in modes:
             try:
                 _fuzz(operation, mode, fuzz_gateway.auth())
+            except hypothesis.errors.Unsatisfiable:
+                # nothing to make invalid (e.g. a string path parameter alone: any string is one)
+                if mode != GenerationMode.NEGATIVE:
+                    raise
             except (
                 Exception,
                 BaseExceptionGroup,
