@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from gateway import kinds
 from gateway.api.deps import call_for, gateway_of
 from gateway.api.openapi_spec import (
     ADMIN_ERRORS,
@@ -30,7 +31,7 @@ from gateway.keys import KeyService, Principal
 from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.promotion import PromotionService
-from gateway.registry.refs import KINDS, parse_ref
+from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionStore
 from gateway.registry.sync import sync
 from gateway.registry.views import artifact_detail, artifact_list, diff, resolve_record, version_dict
@@ -227,7 +228,9 @@ def rollback(request: Request, caller: Caller, body: RollbackRequest) -> dict[st
 def raise_ref(text: str) -> None:
     from gateway.errors import InvalidFields
 
-    raise InvalidFields(f"ref: {text!r} must be kind:name@version (kinds: {', '.join(KINDS)})", param="ref")
+    raise InvalidFields(
+        f"ref: {text!r} must be kind:name@version (kinds: {', '.join(kinds.names())})", param="ref"
+    )
 
 
 # -- audit ----------------------------------------------------------------------------------------------

@@ -246,7 +246,7 @@ def _feedback_items(data: Any) -> list[dict[str, Any]]:
     return cast(list[dict[str, Any]], items)
 
 
-@router.get("/v1/ml", summary="Models this key may call", responses=responses(MLModelList, 401))
+@router.get("/v1/ml", summary="Models this key may call", responses=responses(MLModelList, 401, 503))
 async def list_models(request: Request) -> Response:
     ml = ml_of(request)
 

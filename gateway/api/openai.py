@@ -39,7 +39,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 # what an upstream call can answer besides success: the caller's faults, the key's, the limits, upstream's
-CALL_ERRORS = (400, 401, 403, 404, 413, 422, 429, 502, 503, 504)
+CALL_ERRORS = (400, 401, 403, 404, 408, 413, 422, 429, 502, 503, 504)
 _CHAT_OK: dict[int | str, dict[str, Any]] = {
     200: {"model": ChatCompletion, "description": "The completion.", "content": SSE_CHUNKS}
 }
@@ -72,7 +72,7 @@ async def embeddings(request: Request) -> Response:
     return _json(data)
 
 
-@router.get("/models", summary="List the models this key may call", responses=responses(ModelList, 401))
+@router.get("/models", summary="List the models this key may call", responses=responses(ModelList, 401, 503))
 async def list_models(request: Request) -> Response:
     async with opened_call(request, "/v1/models") as call:
         assert call.principal is not None
@@ -83,7 +83,7 @@ async def list_models(request: Request) -> Response:
 @router.get(
     "/models/{model_id:path}",
     summary="Describe one model",
-    responses=responses(ModelCard, 401, 404),
+    responses=responses(ModelCard, 401, 404, 503),
 )
 async def get_model(request: Request, model_id: str) -> Response:
     async with opened_call(request, "/v1/models/{id}", model=model_id) as call:
@@ -96,6 +96,7 @@ def _sse(stream: ChatStream) -> Response:
     return ClosingStreamingResponse(
         stream.sse(),
         stream.abandon,
+        on_slow=stream.too_slow,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -106,16 +107,24 @@ class ClosingStreamingResponse(StreamingResponse):
     (Starlette then cancels the response without ever starting the body iterator)."""
 
     def __init__(
-        self, content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]], **kw: Any
+        self,
+        content: AsyncIterator[bytes],
+        cleanup: Callable[[], Awaitable[None]],
+        *,
+        on_slow: Callable[[], None] | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(content, **kw)
         self._content = content
         self._cleanup = cleanup
+        self._on_slow = on_slow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
+            if self._on_slow is not None and scope.get("state", {}).get("client_too_slow"):
+                self._on_slow()  # the middleware cut it: the reader stopped reading (server.send_timeout_s)
             await asyncio.shield(self._close())
 
     async def _close(self) -> None:

@@ -28,8 +28,6 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.registry.refs import KINDS
-
 REF = "#/components/schemas/{model}"
 
 # -- the error shape --------------------------------------------------------------------------------------
@@ -54,7 +52,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     403: "The key may not do this (the message names the role or grant missing), or a policy refused it.",
     404: "Unknown model, artifact, version, alias, promotion or key.",
     405: "Method not allowed on this path (the `Allow` header lists the methods).",
-    408: "The request body did not arrive in time.",
+    408: "The request body did not arrive within `server.body_timeout_s` (slow-loris bodies).",
     409: "The state changed under the request (e.g. a promotion already pending).",
     413: "The request body is larger than `server.max_body_bytes`.",
     422: "A field has the wrong type or value; `param` names it.",
@@ -88,9 +86,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 # the admin API: its reads and writes (a database outage is a 503 with Retry-After)
-ADMIN_ERRORS = (400, 401, 403, 404, 409, 413, 422, 503)
+ADMIN_ERRORS = (400, 401, 403, 404, 408, 409, 413, 422, 503)
 # classic models: the caller's faults, the key's, and a model that cannot be loaded or explained (503)
-ML_ERRORS = (400, 401, 403, 404, 413, 422, 503)
+ML_ERRORS = (400, 401, 403, 404, 408, 413, 422, 503)
 
 
 def responses(ok: type[BaseModel] | None = None, *errors: int, status: int = 200) -> dict[int | str, Any]:
@@ -142,8 +140,8 @@ def body_properties(**properties: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"content": {"application/json": {"schema": schema}}}}
 
 
-# gateway/registry/refs.py's grammar (surrounding blanks are ignored)
-_KIND = "(" + "|".join(KINDS) + ")"
+# gateway/registry/refs.py's grammar (surrounding blanks are ignored; an unknown kind is a 400)
+_KIND = "[a-z]+"
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 VERSION_REF = {"type": "string", "pattern": rf"^\s*{_KIND}:{_NAME}@[0-9]+\s*$"}
 KIND_REF = {"type": "string", "pattern": rf"^\s*{_KIND}:{_NAME}(@[A-Za-z0-9._-]+)?\s*$"}
@@ -294,15 +292,17 @@ class Health(_Shape):
 
 
 class Readiness(_Shape):
-    """`status` is "ready" (200) or "not ready" (503); `checks` says what was checked and what failed."""
+    """`status` is "ready" or "degraded" (200: can serve; `degraded` names the outages, e.g. database,
+    redis) or "not ready" (503); `checks` says what was checked and what failed."""
 
-    status: Literal["ready", "not ready"]
+    status: Literal["ready", "degraded", "not ready"]
+    degraded: list[str] = Field(default_factory=list)
     checks: dict[str, Any]
 
 
 READINESS: dict[int | str, dict[str, Any]] = {
-    200: {"model": Readiness, "description": "Ready to serve."},
-    503: {"model": Readiness, "description": "Not ready: `checks` says why."},
+    200: {"model": Readiness, "description": "Can serve (status ready, or degraded naming the outages)."},
+    503: {"model": Readiness, "description": "Cannot serve: `checks` says why."},
 }
 
 

@@ -8,38 +8,16 @@ from typing import Any
 import yaml
 from sqlalchemy import Engine
 
-from gateway.errors import InvalidRequest, NotFound
-from gateway.registry.refs import KINDS, Ref
-from gateway.registry.render import render_messages
-from gateway.registry.specs import PromptSpec
-from gateway.registry.store import VersionRecord, VersionStore
+from gateway.errors import NotFound
+from gateway.prompts.render import render_messages
+from gateway.prompts.spec import PromptSpec
+from gateway.registry.refs import Ref
+from gateway.registry.store import LATEST, VersionRecord, VersionStore
 
 
-def resolve_record(store: VersionStore, ref: Ref, *, default_alias: str = "latest") -> VersionRecord:
-    """A version by number or alias, read from the database (for commands, not the request path)."""
-    if ref.kind is None:  # e.g. GET /admin/diff?a=support_qa (was an AssertionError: a 500)
-        raise InvalidRequest(
-            f"{str(ref)!r} does not say its kind; use kind:name@VERSION or kind:name@ALIAS (kinds:"
-            f" {', '.join(KINDS)})",
-            code="invalid_reference",
-        )
-    if ref.version is not None:
-        record = store.get(ref.kind, ref.name, ref.version)
-        if record is None:
-            raise NotFound(f"{ref.kind}:{ref.name}@{ref.version} does not exist")
-        return record
-    aliases = store.aliases(ref.kind, ref.name).get((ref.kind, ref.name))
-    if not aliases:
-        raise NotFound(f"{ref.kind}:{ref.name} does not exist in the registry (run `opsgate sync`)")
-    alias = ref.alias or default_alias
-    if alias not in aliases:
-        raise NotFound(
-            f"{ref.kind}:{ref.name} has no alias {alias!r} (aliases: {', '.join(sorted(aliases))})"
-        )
-    record = store.get(ref.kind, ref.name, aliases[alias])
-    if record is None:
-        raise NotFound(f"{ref.kind}:{ref.name}@{alias} points at a missing version")
-    return record
+def resolve_record(store: VersionStore, ref: Ref, *, default_alias: str = LATEST) -> VersionRecord:
+    """A version for a command that inspects it (show, diff, render): a bare name means `latest`."""
+    return store.resolve(ref, default_alias=default_alias)
 
 
 def version_dict(record: VersionRecord, aliases: dict[str, int] | None = None) -> dict[str, Any]:
