@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.api.openapi_spec import error_responses
 from gateway.errors import AuthenticationFailed, PermissionDenied
 
 router = APIRouter(tags=["monitoring"])
@@ -24,7 +25,8 @@ METRICS_ROLES = ("metrics", "admin")
         200: {
             "description": "Prometheus text exposition format 0.0.4.",
             "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
+        },
+        **error_responses(401, 403),  # unless metrics.require_key is false
     },
 )
 async def metrics(request: Request) -> Response:

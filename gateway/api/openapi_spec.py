@@ -343,6 +343,11 @@ def install(app: FastAPI, *, extra_params: Iterable[str] = ()) -> None:
     app.openapi = build  # type: ignore[method-assign]
 
 
+def _is_error_body(answer: dict[str, Any]) -> bool:
+    schemas = [media.get("schema", {}) for media in answer.get("content", {}).values()]
+    return any(schema.get("$ref", "").endswith("/ErrorBody") for schema in schemas)
+
+
 def finish(doc: dict[str, Any], extra_params: list[str]) -> None:
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -354,11 +359,14 @@ def finish(doc: dict[str, Any], extra_params: list[str]) -> None:
             for name, schema in operation.pop("x-opsgate-schemas", {}).items():
                 schemas.setdefault(name, schema)
             answers = operation.get("responses", {})
+            error_content = {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}
             if "422" in answers:
-                answers["422"] = {
-                    "description": ERROR_DESCRIPTIONS[422],
-                    "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}},
-                }
+                answers["422"] = {"description": ERROR_DESCRIPTIONS[422], "content": error_content}
+            for status, answer in answers.items():
+                # an error is JSON whatever the route answers on success (FastAPI documents a declared
+                # model under the route's media type: text/plain for /metrics)
+                if status[0] in "45" and _is_error_body(answer):
+                    answer["content"] = dict(error_content)
             if "401" in answers:
                 operation["security"] = [{BEARER: []}]
                 secured = True
