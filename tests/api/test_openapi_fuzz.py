@@ -30,7 +30,7 @@ from tests.fakes.gateway import GatewayProcess, commit_project, deployment
 from tests.fakes.upstream import FakeUpstream
 
 SEED = 20261205
-MAX_EXAMPLES = 20
+MAX_EXAMPLES = 15
 ROUTERS = ("local", "fake")
 ML_MODEL = "income"
 
