@@ -2,14 +2,17 @@
 pieces and finishes the document.
 
 A route declares, in `@router.post(...)` / `@router.get(...)`:
-    responses=error_responses(400, 401, ...)   every error status it can answer, all with the one error
-                                               shape `{"error": {"message", "type", "param", "code"}}`
-                                               (plus Retry-After on 429/503); merge a success entry in with
-                                               `{200: {...}, **error_responses(...)}` or `ok=Model`
-    openapi_extra=json_body(Model)             the request body, when the handler reads it itself (the
-                                               OpenAI routes parse bodies after authenticating, so FastAPI
-                                               never sees a body parameter); its schemas land in components
-    response_model=... / ok=Model              the success body (FastAPI's own response_model works too)
+    responses=responses(OkModel, 400, 401, ...)  the success body and every error status it can answer,
+                                                 all errors with the one shape `{"error": {"message",
+                                                 "type", "param", "code"}}` (Retry-After on 429/503);
+                                                 `error_responses(...)` gives the errors alone (to merge
+                                                 with a success entry of several media types, or on a
+                                                 whole APIRouter)
+    openapi_extra=json_body(Model)               the request body, when the handler reads it itself (the
+                                                 OpenAI routes parse bodies after authenticating, so
+                                                 FastAPI never sees a body parameter); its schemas land
+                                                 in components
+    openapi_extra=body_properties(field=schema)  what a handler checks beyond a body model FastAPI parses
 
 `install(app, ...)` replaces `app.openapi` with a builder that runs FastAPI's and then:
   - moves the schemas `json_body` carried (`x-opsgate-schemas`) into `components.schemas`;
