@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api.deps import gateway_of, opened_call, read_json
 from gateway.api.openapi_spec import (
+    CALL_ERRORS,
     SSE_CHUNKS,
     ChatCompletion,
     ChatCompletionChunk,
@@ -38,8 +39,6 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 
 
-# what an upstream call can answer besides success: the caller's faults, the key's, the limits, upstream's
-CALL_ERRORS = (400, 401, 403, 404, 408, 413, 422, 429, 502, 503, 504)
 _CHAT_OK: dict[int | str, dict[str, Any]] = {
     200: {"model": ChatCompletion, "description": "The completion.", "content": SSE_CHUNKS}
 }

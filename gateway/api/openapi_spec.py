@@ -88,6 +88,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+# a model call (chat, embeddings, and the other OpenAI-/Anthropic-style surfaces): the caller's faults, the
+# key's, the limits, the upstream's
+CALL_ERRORS = (400, 401, 403, 404, 408, 413, 422, 429, 502, 503, 504)
 # the admin API: its reads and writes (a database outage is a 503 with Retry-After)
 ADMIN_ERRORS = (400, 401, 403, 404, 408, 409, 413, 422, 503)
 # classic models: the caller's faults, the key's, and a model that cannot be loaded or explained (503)
