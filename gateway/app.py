@@ -17,9 +17,10 @@ from fastapi.responses import Response
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from gateway import __version__
-from gateway.api import admin, health, metrics_api, openai
+from gateway.api import admin, health, metrics_api, openai, openapi_spec
 from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
@@ -277,6 +278,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ml_api.router)
     app.include_router(admin.router)
     _install_error_handlers(app)
+    openapi_spec.install(app, extra_params=config.egress.request_params)
     return app
 
 
@@ -289,16 +291,37 @@ def _error_response(exc: OpsgateError) -> Response:
     return Response(error_body(exc), status_code=exc.status, media_type="application/json", headers=headers)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path (Starlette names only the first route's, and GET and
+    POST of one path are two routes): a method is allowed when a route fully matches it."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def opsgate_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, OpsgateError)
         return _error_response(exc)
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             return _error_response(NotFound("no such endpoint; see /docs for the API", code="unknown_url"))
-        err = OpsgateError(str(exc.detail), code="http_error")
+        # keep the framework's headers: a 405 says which methods are allowed (`Allow`)
+        err = OpsgateError(str(exc.detail), code="http_error", headers=dict(exc.headers or {}))
+        if exc.status_code == 405:
+            err.code = "method_not_allowed"
+            err.headers["Allow"] = _allowed_methods(request)
         err.status = exc.status_code
         err.type = "invalid_request_error"
         return _error_response(err)

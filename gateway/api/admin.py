@@ -10,12 +10,20 @@ from __future__ import annotations
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway import kinds
 from gateway.api.deps import call_for, gateway_of
+from gateway.api.openapi_spec import (
+    ADMIN_ERRORS,
+    KIND_REF,
+    VERSION_REF,
+    body_properties,
+    error_responses,
+)
+from gateway.api_requests import StrictBody
 from gateway.db.generation import as_utc
 from gateway.db.models import AuditEntry
 from gateway.errors import PermissionDenied
@@ -28,7 +36,7 @@ from gateway.registry.store import VersionStore
 from gateway.registry.sync import sync
 from gateway.registry.views import artifact_detail, artifact_list, diff, resolve_record, version_dict
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], responses=error_responses(*ADMIN_ERRORS))
 
 READ_ROLES = ("prompt-engineer", "approver", "admin")
 
@@ -57,7 +65,7 @@ def _promotions(request: Request) -> PromotionService:
     return PromotionService(parts.engine, parts.config.governance)
 
 
-class _Body(BaseModel):
+class _Body(StrictBody):  # `{"emergency": "yes"}` was coerced to true (found by the fuzz pass)
     model_config = ConfigDict(extra="forbid")
 
 
@@ -165,6 +173,7 @@ def get_promotion(request: Request, _: Reader, promotion_id: str) -> dict[str, A
     "/promotions",
     status_code=201,
     summary="Request a promotion (applies at once if the alias is not protected)",
+    openapi_extra=body_properties(ref=VERSION_REF),
 )
 def request_promotion(request: Request, caller: Caller, body: PromotionRequest) -> dict[str, Any]:
     ref = parse_ref(body.ref, param="ref")
@@ -194,7 +203,10 @@ def reject(request: Request, caller: Caller, promotion_id: str, body: Rejection)
 
 
 @router.post(
-    "/rollback", status_code=201, summary="Roll an alias back (a promotion; admins may do it at once)"
+    "/rollback",
+    status_code=201,
+    summary="Roll an alias back (a promotion; admins may do it at once)",
+    openapi_extra=body_properties(ref=KIND_REF),
 )
 def rollback(request: Request, caller: Caller, body: RollbackRequest) -> dict[str, Any]:
     ref = parse_ref(body.ref, param="ref")

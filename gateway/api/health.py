@@ -9,13 +9,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
+from gateway.api.openapi_spec import READINESS, Health, responses
 from gateway.db.outage import describe
 from gateway.retrieval.readiness import check_indexes
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.get("/healthz", summary="Liveness: the process answers", responses=responses(Health))
 async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
@@ -24,6 +25,7 @@ async def healthz() -> Response:
     "/readyz",
     summary="Readiness: can serve (caches and aliased models loaded, log writer running); a database or"
     " Redis outage is reported as degraded (200), not as not ready",
+    responses=READINESS,
 )
 async def readyz(request: Request) -> Response:
     """Readiness means "can serve". Chat and embeddings are answered from memory (keys, aliases, policies)

@@ -14,9 +14,10 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from gateway import kinds
 from gateway.db.generation import as_utc, bump_generation, utcnow
 from gateway.db.models import Alias, ArtifactVersion
-from gateway.errors import NotFound
+from gateway.errors import InvalidRequest, NotFound
 from gateway.registry import audit
 from gateway.registry.refs import DEFAULT_ALIAS, Ref
 from gateway.shapes import ArtifactRef
@@ -197,7 +198,12 @@ class VersionStore:
     def resolve(self, ref: Ref, *, default_alias: str = DEFAULT_ALIAS) -> VersionRecord:
         """The version a reference names: by number, by alias, or by the default alias. Read from the
         database, for commands and builds; the request path resolves from memory (gateway/snapshot.py)."""
-        assert ref.kind is not None
+        if ref.kind is None:  # e.g. GET /admin/diff?a=support_qa (was an AssertionError: a 500)
+            raise InvalidRequest(
+                f"{str(ref)!r} does not say its kind; use kind:name@VERSION or kind:name@ALIAS (kinds:"
+                f" {', '.join(kinds.names())})",
+                code="invalid_reference",
+            )
         if ref.version is not None:
             record = self.get(ref.kind, ref.name, ref.version)
             if record is None:
