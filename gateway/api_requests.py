@@ -73,6 +73,7 @@ class ChatRequest(_Request):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=128)
+    store: bool | None = None  # keep the call in the traffic store (GET /v1/chat/completions/{id})
     prompt_variables: dict[str, Any] | None = None
     prompt_id: str | None = None
     prompt_version: int | str | None = None

@@ -14,10 +14,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.api import admin, health, metrics_api, openai
+from gateway.api import admin, health, metrics_api, openai, stored
 from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
@@ -26,6 +27,7 @@ from gateway.egress import Egress
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
 from gateway.flow.gateway import Gateway
+from gateway.flow.traffic import TrafficRecorder
 from gateway.keys import KeyService, Principal
 from gateway.ml.service import MLService
 from gateway.monitoring.alerts import Alerts
@@ -44,6 +46,7 @@ from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
 from gateway.retrieval.store import make_store
 from gateway.settings import GatewayConfig, Settings
 from gateway.snapshot import Catalog
+from gateway.traffic.store import TrafficStore
 
 log = logging.getLogger("opsgate")
 # Who the gateway's own calls run as (judge calls of online evaluation): no key, logged under this name.
@@ -63,6 +66,7 @@ class Parts:
     alerts: Alerts
     retrieval: IndexRetriever
     policy: Pipeline
+    traffic: TrafficStore
 
 
 def prepare_database(settings: Settings) -> Engine:
@@ -126,11 +130,38 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
         lambda: 1.0 if policy.reload_error else 0.0,
     )
     protected = frozenset(config.governance.protected_aliases)
-    gateway = Gateway(catalog, writer, metrics, retriever, policy, protected_aliases=protected)
+    traffic = TrafficStore(engine, config.traffic)
+    recorder = TrafficRecorder(traffic, config.traffic)
+    gateway = Gateway(
+        catalog, writer, metrics, retriever, policy, protected_aliases=protected, traffic=recorder
+    )
     alerts = Alerts(config.alerts, egress)
     return Parts(
-        settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
+        settings,
+        config,
+        engine,
+        adapters,
+        catalog,
+        writer,
+        metrics,
+        gateway,
+        alerts,
+        retriever,
+        policy,
+        traffic,
     )
+
+
+async def _purge_traffic(store: TrafficStore, interval_s: float) -> None:
+    """Delete stored calls past their retention, at start and then every `interval_s`."""
+    while True:
+        try:
+            gone = await asyncio.to_thread(store.purge_expired)
+            if gone:
+                log.info("traffic store: deleted %d calls past their retention", gone)
+        except SQLAlchemyError as exc:  # the database is down: the next round tries again
+            log.warning("traffic store: purge failed (%s)", type(exc).__name__)
+        await asyncio.sleep(interval_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -159,11 +190,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parts.writer.start()
         online.start()
         ml.start()
+        purge = asyncio.create_task(_purge_traffic(parts.traffic, config.traffic.purge_interval_s))
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            purge.cancel()
             await online.stop()
             await ml.stop()
             await parts.writer.stop()
@@ -182,6 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ready = False
     app.add_middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)
+    app.include_router(stored.router)  # before openai: GET /v1/chat/completions is the stored list
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)

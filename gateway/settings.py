@@ -16,6 +16,7 @@ from gateway.egress import Egress, EgressConfig, raise_problems
 from gateway.evaluation.config import EvaluationConfig
 from gateway.ml.config import MLConfig
 from gateway.monitoring.alerts import AlertsConfig
+from gateway.traffic.config import TrafficConfig
 from gateway.yamlspec import StrictModel, load_spec
 
 
@@ -80,6 +81,7 @@ class GatewayConfig(StrictModel):
     evaluation: EvaluationConfig = EvaluationConfig()
     ml: MLConfig = MLConfig()
     egress: EgressConfig = EgressConfig()
+    traffic: TrafficConfig = TrafficConfig()
 
     @model_validator(mode="after")
     def _webhooks_allowed(self) -> GatewayConfig:
