@@ -27,7 +27,7 @@ from gateway.flow.call import Call
 from gateway.flow.model_cards import model_card, prompt_card
 from gateway.flow.plan import ChatPlan, Resolver
 from gateway.flow.sse import ChatStream
-from gateway.flow.traffic import Recording, TrafficRecorder
+from gateway.flow.traffic import CHAT, Recording, Surface, TrafficRecorder
 from gateway.keys import Principal
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import LogRow, RequestLogWriter
@@ -108,14 +108,15 @@ class Gateway:
 
     # -- the chat path -----------------------------------------------------------------------------------
 
-    async def chat(self, call: Call, request: ChatRequest) -> Json | ChatStream:
+    async def chat(self, call: Call, request: ChatRequest, surface: Surface = CHAT) -> Json | ChatStream:
         """A chat completion, in the order of the request flow. The caller finishes the call (or the
-        returned stream does, once it is over)."""
+        returned stream does, once it is over). `surface`: the API it was asked through (a bridged API's
+        call is stored in that API's shape)."""
         call.stream, call.include_context = request.stream, request.include_context
         plan = self.resolver.chat(call, request)
         await self.authorise(call, plan)
         upstream = await self.prepare(call, plan)
-        recording = self.recording(call, plan, upstream)
+        recording = self.recording(call, plan, upstream, surface)
         if request.stream:
             return await self.open_stream(call, upstream, request, recording)
         data = await self.complete(call, upstream)
@@ -124,19 +125,14 @@ class Gateway:
             await recording.save(upstream.body, data)
         return data
 
-    def recording(
-        self, call: Call, plan: ChatPlan, upstream: Upstream, kind: str = "chat.completion"
-    ) -> Recording | None:
+    def recording(self, call: Call, plan: ChatPlan, upstream: Upstream, surface: Surface) -> Recording | None:
         """The call's recording in the traffic store, when it is to be stored (the gateway is then the
         store: `store` is not sent upstream)."""
         prompt = plan.prompt.name if plan.prompt is not None else None
         if self.traffic is None or not self.traffic.wanted(plan.request.store, plan.router.name, prompt):
             return None
         upstream.body.pop("store", None)
-        call_id = "chatcmpl-" + call.request_id.removeprefix("req_")
-        return self.traffic.recording(
-            call, kind, call_id, plan.request.body, plan.request.body.get("metadata")
-        )
+        return self.traffic.recording(call, surface, plan.request.body, plan.request.body.get("metadata"))
 
     async def authorise(self, call: Call, plan: ChatPlan) -> None:
         """Access (the key's allow list, approved versions, policy rules), the query screen, and (for a

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,6 +30,20 @@ def body_digest(body: Json) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Surface:
+    """The API a chat call was made through, as the store keeps it: its kind, its ids, and its answer's
+    shape (`render(chat completion) -> answer`; chat completions keep the completion as is)."""
+
+    kind: str = "chat.completion"
+    id_prefix: str = "chatcmpl-"
+    render: Callable[[Json], Json] | None = None
+    extra: Callable[[], Json] | None = None  # more to keep (e.g. the conversation a response continues)
+
+
+CHAT = Surface()
+
+
 class TrafficRecorder:
     def __init__(self, store: TrafficStore, config: TrafficConfig) -> None:
         self.store = store
@@ -38,37 +54,35 @@ class TrafficRecorder:
     def wanted(self, asked: bool | None, router: str, prompt: str | None) -> bool:
         return bool(asked) or router in self._routers or (prompt is not None and prompt in self._prompts)
 
-    def recording(self, call: Call, kind: str, call_id: str, request: Json, metadata: Any) -> Recording:
+    def recording(self, call: Call, surface: Surface, request: Json, metadata: Any) -> Recording:
         meta = {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
-        return Recording(self.store, call, kind, call_id, request, meta)
+        return Recording(self.store, call, surface, request, meta)
 
 
 class Recording:
     """One call on its way into the store."""
 
     def __init__(
-        self,
-        store: TrafficStore,
-        call: Call,
-        kind: str,
-        call_id: str,
-        request: Json,
-        metadata: dict[str, str],
+        self, store: TrafficStore, call: Call, surface: Surface, request: Json, metadata: dict[str, str]
     ) -> None:
         self.store = store
         self.call = call
-        self.kind = kind
-        self.id = call_id
+        self.surface = surface
+        self.kind = surface.kind
+        self.id = surface_id(surface, call)
         self.request = request
         self.metadata = metadata
-        self.extra: Json = {}  # surface-specific parts of the payload (e.g. a response's own shape)
 
     async def save(self, upstream: Json, response: Json) -> bool:
         """Store the call (in a thread); the log row's `extra.traffic` says whether it was."""
         call = self.call
-        payload = redact_payload(
-            {"request": self.request, "upstream": upstream, "response": response, **self.extra}
-        )
+        surface = self.surface
+        answer = surface.render(response) if surface.render is not None else response
+        extra = surface.extra() if surface.extra is not None else {}
+        kept = {"request": self.request, "upstream": upstream, "response": answer, **extra}
+        if surface.render is not None:
+            kept["chat"] = response
+        payload = redact_payload(kept)
         payload["upstream_sha256"] = body_digest(upstream)
         payload["versions"] = [str(ref) for ref in call.artifacts]
         assert call.principal is not None
@@ -86,6 +100,11 @@ class Recording:
         assembler = ChunkAssembler()
         assembler.add(first)
         return first, RecordedStream(self, upstream, assembler, rest)
+
+
+def surface_id(surface: Surface, call: Call) -> str:
+    """The id of the call's answer on its surface: the prefix and the request id's hex (one per request)."""
+    return surface.id_prefix + call.request_id.removeprefix("req_")
 
 
 class RecordedStream:
