@@ -140,12 +140,12 @@ class ListQuery:
         self.after, self.limit, self.order, self.model, self.metadata = after, limit, order, model, metadata
 
     @classmethod
-    def of(cls, request: Request, *, filters: bool = True) -> ListQuery:
+    def of(cls, request: Request, *, filters: bool = True, default_order: str = "asc") -> ListQuery:
         params = request.query_params
         raw_limit = params.get("limit", "20")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
             raise InvalidRequest("limit: must be a whole number from 1 to 100", param="limit")
-        order = params.get("order", "asc")
+        order = params.get("order", default_order)
         if order not in ("asc", "desc"):
             raise InvalidRequest("order: must be 'asc' or 'desc'", param="order")
         metadata: dict[str, str] = {}
