@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.api import admin, completions, health, metrics_api, openai, responses, stored
+from gateway.api import admin, anthropic, completions, health, metrics_api, openai, responses, stored
 from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
@@ -219,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(completions.router)
     app.include_router(responses.router)
+    app.include_router(anthropic.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
     app.include_router(ml_api.router)
