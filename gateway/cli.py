@@ -24,6 +24,7 @@ from gateway.evaluation.cli import eval_app
 from gateway.ml.cli import ml_app
 from gateway.offline import apply_offline_env
 from gateway.retrieval.cli import index_app
+from gateway.traffic.cli import dataset_app, replay_command
 
 app = typer.Typer(help="opsgate: a ModelOps gateway.", no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -33,6 +34,8 @@ app.add_typer(logs_app, name="logs")
 app.add_typer(ml_app, name="ml")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+eval_app.add_typer(dataset_app, name="dataset")
+logs_app.command("replay")(replay_command)
 
 # -- serve ----------------------------------------------------------------------------------------------
 

@@ -80,6 +80,11 @@ class Recording:
         answer = surface.render(response) if surface.render is not None else response
         extra = surface.extra() if surface.extra is not None else {}
         kept = {"request": self.request, "upstream": upstream, "response": answer, **extra}
+        kept["question"] = call.question
+        if call.retrieval is not None:  # the chunks the answer was given, as the prompt got them
+            kept["contexts"] = [
+                {"id": h.id, "document_id": h.document_id, "text": h.text} for h in call.retrieval.hits
+            ]
         if surface.render is not None:
             kept["chat"] = response
         payload = redact_payload(kept)
