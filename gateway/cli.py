@@ -16,7 +16,8 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from gateway.cli_common import KeyOption, authenticate_cli, fail
+from gateway import kinds
+from gateway.cli_common import KeyOption, authenticate_cli, fail, parse_since
 from gateway.cli_common import load_settings as _settings
 from gateway.cli_common import open_engine as _engine
 from gateway.errors import OpsgateError
@@ -58,10 +59,9 @@ def serve(
         config = settings.load_gateway_config()
         from gateway.policy.setup import validate_policy_file
         from gateway.registry.files import load_artifacts
-        from gateway.registry.sync import SYNC_KINDS, VALIDATE_ONLY
 
         # every file start-up reads: a bad prompt or index failed later, inside the app, as a traceback (exit 3)
-        _, errors = load_artifacts(settings.project_dir, SYNC_KINDS + VALIDATE_ONLY)
+        _, errors = load_artifacts(settings.project_dir, kinds.names())
         if errors:
             for err in errors:
                 typer.echo(f"opsgate: {err.message}", err=True)
@@ -83,10 +83,11 @@ def serve(
     server.run(
         create_app(settings),
         grace_s=config.server.shutdown_grace_s,
+        header_timeout_s=config.server.header_timeout_s,
+        max_header_bytes=config.server.max_header_bytes,
         host=bind_host,
         port=bind_port,
         loop="uvloop",
-        http="httptools",
         access_log=config.server.access_log,
         log_level="info",
     )
@@ -206,24 +207,6 @@ def keys_revoke(
 
 
 # -- logs -----------------------------------------------------------------------------------------------
-
-_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
-
-
-def parse_since(value: str) -> datetime:
-    match = _RELATIVE.match(value.strip())
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
-        return datetime.now(UTC) - timedelta(seconds=seconds)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            "use an ISO time (2026-11-28T10:00) or a duration (30s, 10m, 2h, 1d)"
-        ) from None
-    # In UTC: SQLite stores times without their offset, so 10:00+02:00 must be compared as 08:00.
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _log_rows(

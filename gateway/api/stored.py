@@ -17,10 +17,10 @@ from pydantic import BaseModel, Field
 
 from gateway.api.deps import gateway_of, opened_call, read_json
 from gateway.api_requests import validate
+from gateway.egress.params import ParamRules
 from gateway.errors import InvalidRequest, NotFound
 from gateway.flow.call import Call
 from gateway.keys import Principal
-from gateway.providers.params import ParamRules
 from gateway.traffic.store import Page, StoredCall, TrafficStore
 
 router = APIRouter(prefix="/v1", tags=["stored completions"])

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from gateway.cli_common import fail
+from gateway.cli_common import fail, parse_since
 from gateway.cli_common import load_settings as _settings
 from gateway.cli_common import open_engine as _engine
 from gateway.errors import OpsgateError
@@ -123,7 +123,6 @@ def from_logs_command(
 ) -> None:
     """Write an eval dataset (JSONL: question, answer, contexts, versions) from the stored calls of a prompt;
     their text was redacted of personal data when it was stored."""
-    from gateway.cli import parse_since
     from gateway.traffic.replay import dataset_lines
 
     settings = _settings()
