@@ -402,6 +402,7 @@ class ResponsesEncoder:
         self.calls: dict[int, tuple[int, Json]] = {}  # chat tool index -> (output index, item)
         self.output: list[Json] = []
         self.finish: str | None = None
+        self.citations: Any = None  # a RAG prompt's citations ride on the first chunk
 
     def _event(self, kind: str, data: Json) -> bytes:
         data = {"type": kind, "sequence_number": self.seq, **data}
@@ -417,6 +418,8 @@ class ResponsesEncoder:
 
     def chunk(self, chunk: Json) -> bytes:
         out = b"" if self.started else self._start()
+        if "citations" in chunk:
+            self.citations = chunk["citations"]
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue  # the Responses API has one output per response
@@ -504,8 +507,8 @@ class ResponsesEncoder:
             response["incomplete_details"] = {"reason": "max_output_tokens"}
         response["output"] = self.output
         response["usage"] = usage_of(usage)
-        if "citations" in meta:
-            response["citations"] = meta["citations"]
+        if self.citations is not None:
+            response["citations"] = self.citations
         return out + self._event("response.completed", {"response": response})
 
     def error(self, out: list[bytes], meta: Json, error: OpsgateError) -> bytes:
