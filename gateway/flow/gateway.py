@@ -137,12 +137,14 @@ class Gateway:
         return data
 
     def recording(self, call: Call, plan: ChatPlan, upstream: Upstream, surface: Surface) -> Recording | None:
-        """The call's recording in the traffic store, when it is to be stored (the gateway is then the
-        store: `store` is not sent upstream)."""
+        """The call's recording in the traffic store, when it is to be stored. The gateway is the store:
+        `store` is never sent upstream (a provider would keep a second copy, out of the operator's reach)."""
         prompt = plan.prompt.name if plan.prompt is not None else None
-        if self.traffic is None or not self.traffic.wanted(plan.request.store, plan.router.name, prompt):
+        if self.traffic is None:
             return None
         upstream.body.pop("store", None)
+        if not self.traffic.wanted(plan.request.store, plan.router.name, prompt):
+            return None
         return self.traffic.recording(call, surface, plan.request.body, plan.request.body.get("metadata"))
 
     async def authorise(self, call: Call, plan: ChatPlan) -> None:

@@ -213,3 +213,38 @@ async def test_async_client(gw: GatewayProcess) -> None:
     stream = await client.responses.create(model="echo", input="async stream", stream=True)
     last = [e async for e in stream][-1]
     assert last.type == "response.completed" and last.response.output_text == "echo: async stream"  # type: ignore[union-attr]
+
+
+def test_a_stream_cut_upstream_ends_with_error_and_failed(
+    gw: GatewayProcess,
+    fake_upstream: FakeUpstream,
+    project_factory: ProjectFactory,
+    gateway_factory: GatewayFactory,
+) -> None:
+    routers: dict[str, Any] = {"cut": {"deployments": [deployment("up", fake_upstream.url("errevent-2"))]}}
+    project = project_factory(routers=routers, files={"config/gateway.yaml": FAST_GATEWAY_YAML})
+    with gateway_factory(project) as other:
+        with other.http() as http:
+            r = http.post(
+                "/v1/responses",
+                headers=other.auth(),
+                json={"model": "cut", "input": "one two three four five", "stream": True, "store": False},
+            )
+        kinds = [line.split(": ", 1)[1] for line in r.text.splitlines() if line.startswith("event: ")]
+        assert r.status_code == 200 and kinds[-2:] == ["error", "response.failed"]
+        assert "response.output_text.delta" in kinds and "response.completed" not in kinds
+        row = other.log_row(r.headers["x-opsgate-request-id"])
+        assert row["status"] == 502 and other.count_rows(r.headers["x-opsgate-request-id"]) == 1
+        with other.http() as http:
+            r = http.post(
+                "/v1/messages",
+                headers={"x-api-key": other.admin_key},
+                json={
+                    "model": "cut",
+                    "max_tokens": 9,
+                    "messages": [{"role": "user", "content": "a b c d"}],
+                    "stream": True,
+                },
+            )
+        assert r.text.rstrip().splitlines()[-2] == "event: error"
+        assert '"type":"error"' in r.text.rstrip().splitlines()[-1]
