@@ -20,7 +20,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gateway import __version__
-from gateway.api import admin, health, metrics_api, openai, openapi_spec
+from gateway.api import (
+    admin,
+    anthropic,
+    completions,
+    health,
+    metrics_api,
+    openai,
+    openapi_spec,
+    responses,
+    stored,
+)
 from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
@@ -30,6 +40,7 @@ from gateway.egress import Egress
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
 from gateway.flow.gateway import Gateway
+from gateway.flow.traffic import TrafficRecorder
 from gateway.keys import KeyService, Principal
 from gateway.ml.service import MLService
 from gateway.monitoring.alerts import Alerts
@@ -49,6 +60,7 @@ from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
 from gateway.retrieval.store import make_store
 from gateway.settings import GatewayConfig, Settings
 from gateway.snapshot import Catalog
+from gateway.traffic.store import TrafficStore
 
 log = logging.getLogger("opsgate")
 # Who the gateway's own calls run as (judge calls of online evaluation): no key, logged under this name.
@@ -68,6 +80,7 @@ class Parts:
     alerts: Alerts
     retrieval: IndexRetriever
     policy: Pipeline
+    traffic: TrafficStore
 
 
 def prepare_database(settings: Settings) -> Engine:
@@ -122,13 +135,45 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     )
     _limit_store_metrics(metrics, policy)
     protected = frozenset(config.governance.protected_aliases)
+    traffic = TrafficStore(engine, config.traffic)
+    recorder = TrafficRecorder(traffic, config.traffic)
     gateway = Gateway(
-        catalog, writer, metrics, retriever, policy, protected_aliases=protected, limits=config.limits
+        catalog,
+        writer,
+        metrics,
+        retriever,
+        policy,
+        protected_aliases=protected,
+        limits=config.limits,
+        traffic=recorder,
     )
     alerts = Alerts(config.alerts, egress)
     return Parts(
-        settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
+        settings,
+        config,
+        engine,
+        adapters,
+        catalog,
+        writer,
+        metrics,
+        gateway,
+        alerts,
+        retriever,
+        policy,
+        traffic,
     )
+
+
+async def _purge_traffic(store: TrafficStore, interval_s: float) -> None:
+    """Delete stored calls past their retention, at start and then every `interval_s`."""
+    while True:
+        try:
+            gone = await asyncio.to_thread(store.purge_expired)
+            if gone:
+                log.info("traffic store: deleted %d calls past their retention", gone)
+        except SQLAlchemyError as exc:  # the database is down: the next round tries again
+            log.warning("traffic store: purge failed (%s)", type(exc).__name__)
+        await asyncio.sleep(interval_s)
 
 
 def registered_name(catalog: Catalog, model: str) -> str | None:
@@ -243,11 +288,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parts.writer.start()
         online.start()
         ml.start()
+        purge = asyncio.create_task(_purge_traffic(parts.traffic, config.traffic.purge_interval_s))
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            purge.cancel()
             await online.stop()
             await ml.stop()
             await parts.writer.stop()
@@ -272,7 +319,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_timeout_s=config.server.body_timeout_s,
         send_timeout_s=config.server.send_timeout_s,
     )
+    app.include_router(stored.router)  # before openai: GET /v1/chat/completions is the stored list
     app.include_router(openai.router)
+    app.include_router(completions.router)
+    app.include_router(responses.router)
+    app.include_router(anthropic.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
     app.include_router(ml_api.router)

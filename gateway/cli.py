@@ -17,7 +17,7 @@ import orjson
 import typer
 
 from gateway import kinds
-from gateway.cli_common import KeyOption, authenticate_cli, fail
+from gateway.cli_common import KeyOption, authenticate_cli, fail, parse_since
 from gateway.cli_common import load_settings as _settings
 from gateway.cli_common import open_engine as _engine
 from gateway.errors import OpsgateError
@@ -25,6 +25,7 @@ from gateway.evaluation.cli import eval_app
 from gateway.ml.cli import ml_app
 from gateway.offline import apply_offline_env
 from gateway.retrieval.cli import index_app
+from gateway.traffic.cli import dataset_app, replay_command
 
 app = typer.Typer(help="opsgate: a ModelOps gateway.", no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -34,6 +35,8 @@ app.add_typer(logs_app, name="logs")
 app.add_typer(ml_app, name="ml")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+eval_app.add_typer(dataset_app, name="dataset")
+logs_app.command("replay")(replay_command)
 
 # -- serve ----------------------------------------------------------------------------------------------
 
@@ -204,24 +207,6 @@ def keys_revoke(
 
 
 # -- logs -----------------------------------------------------------------------------------------------
-
-_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
-
-
-def parse_since(value: str) -> datetime:
-    match = _RELATIVE.match(value.strip())
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
-        return datetime.now(UTC) - timedelta(seconds=seconds)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            "use an ISO time (2026-11-28T10:00) or a duration (30s, 10m, 2h, 1d)"
-        ) from None
-    # In UTC: SQLite stores times without their offset, so 10:00+02:00 must be compared as 08:00.
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _log_rows(

@@ -4,6 +4,8 @@ it at module level without importing the main CLI."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -86,3 +88,22 @@ def local_admin_actor(settings: Any) -> str:
     except (KeyError, OSError):
         user = f"uid {os.getuid()}"
     return f"local-admin {user}@{socket.gethostname()} (--local-admin, data dir {data_dir})"
+
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
+
+
+def parse_since(value: str) -> datetime:
+    match = _RELATIVE.match(value.strip())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            "use an ISO time (2026-11-28T10:00) or a duration (30s, 10m, 2h, 1d)"
+        ) from None
+    # In UTC: SQLite stores times without their offset, so 10:00+02:00 must be compared as 08:00.
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)

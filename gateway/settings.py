@@ -17,6 +17,7 @@ from gateway.evaluation.config import EvaluationConfig
 from gateway.limits import LimitsConfig
 from gateway.ml.config import MLConfig
 from gateway.monitoring.config import AlertsConfig
+from gateway.traffic.config import TrafficConfig
 from gateway.yamlspec import StrictModel, load_spec
 
 
@@ -133,6 +134,7 @@ class GatewayConfig(StrictModel):
     egress: EgressConfig = EgressConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
+    traffic: TrafficConfig = TrafficConfig()
 
     @model_validator(mode="after")
     def _webhooks_allowed(self) -> GatewayConfig:

@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent / "gateway"
 # The layers, lowest first (docs/architecture.md, "Import layering"). The most specific prefix wins.
 LAYERS: list[tuple[str, list[str]]] = [
     ("shapes", ["gateway", "gateway.shapes", "gateway.errors", "gateway.yamlspec", "gateway.extensions",
-                "gateway.offline", "gateway.api_requests"]),
+                "gateway.offline", "gateway.api_requests", "gateway.surfaces"]),
     ("records", ["gateway.db", "gateway.settings", "gateway.keys", "gateway.registry", "gateway.kinds",
                  "gateway.tokens_cost", "gateway.egress", "gateway.prompts", "gateway.limits", "gateway.providers.deployment",
                  "gateway.cli_common", "gateway.ml.config", "gateway.evaluation.config",
-                 "gateway.monitoring.config"]),
+                 "gateway.monitoring.config", "gateway.traffic.config"]),
     ("services", ["gateway.providers", "gateway.routing", "gateway.policy", "gateway.monitoring",
-                  "gateway.snapshot"]),
+                  "gateway.snapshot", "gateway.traffic"]),
     ("features", ["gateway.retrieval", "gateway.evaluation", "gateway.ml"]),
     ("flow", ["gateway.flow", "gateway.ml.service"]),
     ("surfaces", ["gateway.api", "gateway.cli", "gateway.app", "gateway.server"]),

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -207,3 +218,38 @@ class RequestLog(Base):
     attempts: Mapped[list[Any]] = mapped_column(JSON)
     decisions: Mapped[list[Any]] = mapped_column(JSON)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class TrafficCall(Base):
+    """A stored call (traffic store): who owns it, what it was, its lineage row; small payloads inline."""
+
+    __tablename__ = "traffic_calls"
+    __table_args__ = (
+        Index("ix_traffic_owner", "principal", "kind", "seq"),
+        Index("ix_traffic_expires", "expires_at"),
+        Index("ix_traffic_request", "request_id"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    request_id: Mapped[str] = mapped_column(String(40))  # the request_log row: versions, route, status
+    kind: Mapped[str] = mapped_column(String(32))  # chat.completion | response | text_completion | message
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    principal: Mapped[str] = mapped_column(String(200))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(300))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    size_bytes: Mapped[int]
+    payload: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True)
+    )  # inline when small, else in the blob row
+
+
+class TrafficPayload(Base):
+    """A large stored payload (zlib-compressed JSON), kept out of the index table's pages."""
+
+    __tablename__ = "traffic_payloads"
+
+    call_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
