@@ -11,6 +11,7 @@ import re
 
 from pydantic import Field, field_validator
 
+from gateway.ml.pipelines.config import PipelinesConfig
 from gateway.registry.specs import NAME_PATTERN
 from gateway.yamlspec import StrictModel
 
@@ -57,6 +58,10 @@ class MLConfig(StrictModel):
     )
     retrain_timeout_s: float = Field(
         600.0, gt=0, description="A retraining command running longer is killed."
+    )
+    pipelines: PipelinesConfig = Field(
+        default_factory=PipelinesConfig,
+        description="What training pipelines may reach: databases, the Dask scheduler (gateway/ml/pipelines).",
     )
 
     @field_validator("trusted_models")

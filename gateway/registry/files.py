@@ -28,6 +28,7 @@ KIND_DIRS: dict[str, str] = {
     "router": "config/routers",
     "index": "config/indexes",
     "model": "config/models",
+    "pipeline": "config/pipelines",
 }
 # Spec classes by import path, so a kind's module loads only when its files are read.
 KIND_SPECS: dict[str, str] = {
@@ -35,6 +36,7 @@ KIND_SPECS: dict[str, str] = {
     "router": "gateway.registry.specs:RouterSpec",
     "index": "gateway.retrieval.spec:IndexSpec",
     "model": "gateway.ml.spec:ModelSpec",
+    "pipeline": "gateway.ml.pipelines.spec:PipelineSpec",
 }
 TEXT_FILE_KINDS = frozenset({"prompt"})  # referenced files stored with the version (templates)
 SPEC_SUFFIXES = (".yaml", ".yml")

@@ -37,7 +37,7 @@ from gateway.registry.git import GitRepo
 from gateway.registry.store import SourceInfo, VersionRecord, register_version, set_alias
 from gateway.registry.tree import GitTree, Tree, WorkingTree
 
-SYNC_KINDS = ("prompt", "router", "model")
+SYNC_KINDS = ("prompt", "router", "model", "pipeline")
 VALIDATE_ONLY = ("index",)
 WATCHED = ["prompts", "config"]
 
