@@ -9,7 +9,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
 
 from gateway.db.engine import make_engine, migrate
 from gateway.errors import ConfigError
@@ -115,8 +114,8 @@ def test_raw_file_to_registered_candidate(credit_project: Path, tmp_path: Path) 
 
 
 def test_second_run_compares_with_production(credit_project: Path, tmp_path: Path) -> None:
-    from gateway.registry.store import set_alias
     from gateway.registry import audit
+    from gateway.registry.store import set_alias
 
     engine, data_dir = _engine(tmp_path), tmp_path / "data"
     _sync(engine, credit_project, data_dir)
@@ -235,7 +234,8 @@ def test_bad_pipeline_files_are_refused_with_file_and_line(
         load_artifact(credit_project, "pipeline", credit_project / "config/pipelines/credit.yaml")
     text = str(info.value)
     assert (
-        text.startswith("config/pipelines/credit.yaml:") and message.split(": Value error, ")[-1] in text
+        text.startswith("config/pipelines/credit.yaml:")
+        and message.rsplit(": Value error, ", maxsplit=1)[-1] in text
     ), text
 
 
