@@ -12,6 +12,7 @@ production version of the model on the same test rows.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import tempfile
 import time
@@ -32,6 +33,7 @@ from gateway.ml.pipelines.config import PipelinesConfig
 from gateway.ml.pipelines.spec import PipelineSpec
 from gateway.registry.store import VersionRecord, VersionStore
 
+log = logging.getLogger("opsgate.ml.pipelines")
 RUN_KIND = "pipeline_run"
 STAGES = ("load", "clean", "split", "train", "validate", "register", "report")
 Progress = Callable[[str], None]
@@ -157,6 +159,10 @@ def run_pipeline(
     except (OpsgateError, ValueError) as exc:
         result.status = "error"
         result.error = exc.message if isinstance(exc, OpsgateError) else str(exc)
+    except Exception as exc:  # scikit-learn, pandas, Dask: the run failed; say how, register nothing
+        log.exception("pipeline run %s of %s failed", run_id, record.ref)
+        result.status = "error"
+        result.error = f"{type(exc).__name__}: {exc}"
     report["status"] = result.status
     report["error"] = result.error
     report["failed_gates"] = result.failed_gates
