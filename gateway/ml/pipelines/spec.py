@@ -47,8 +47,7 @@ from gateway.ml.spec import (
     FieldSpec,
     OutputSpec,
 )
-from gateway.registry.specs import NAME_PATTERN
-from gateway.yamlspec import StrictModel
+from gateway.yamlspec import NAME_PATTERN, StrictModel
 
 Fix = Literal["drop", "fix"]
 FILE_SUFFIXES = (".csv", ".parquet", ".pq")
