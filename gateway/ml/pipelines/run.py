@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from gateway.db.generation import utcnow
 from gateway.errors import ConfigError, OpsgateError
+from gateway.ml.config import PipelinesConfig
 from gateway.ml.pipelines import catalog, data, train
-from gateway.ml.pipelines.config import PipelinesConfig
 from gateway.ml.pipelines.spec import PipelineSpec
 from gateway.registry.store import VersionRecord, VersionStore
 
@@ -326,8 +326,8 @@ def _production_metrics(
         return None
     record = store.get("model", spec.model, version)
     assert record is not None
-    from gateway.ml.artifacts import ArtifactStore
-    from gateway.ml.service import load_served
+    from gateway.ml.artifacts import ArtifactStore, load_model, verified_files
+    from gateway.ml.model import ServedModel
     from gateway.ml.spec import stored_spec
     from gateway.ml.trust import LoadGrant, TrustList
     from gateway.registry.blobs import blob_root
@@ -338,7 +338,13 @@ def _production_metrics(
         if config is not None:
             protected = tuple(config.governance.protected_aliases)
             grant = LoadGrant(TrustList.from_config(config.ml), True, protected)
-        served = load_served(record, mspec, project_dir, ArtifactStore(blob_root(data_dir)), grant=grant)
+        ref = str(record.ref)
+        store_ = ArtifactStore(blob_root(data_dir))
+        files = verified_files(mspec, record.content_hash, ref, record.source_path, project_dir, store_)
+        estimator, unsafe = load_model(mspec, files[mspec.model.file], ref, grant)
+        served = ServedModel.build(
+            ref, record.name, record.version, record.content_hash, mspec, estimator, files, unsafe=unsafe
+        )
         missing = [c for c in served.order if c not in parts.x_test.columns]
         if missing:
             return {
