@@ -23,6 +23,7 @@ from gateway.cli_common import open_engine as _engine
 from gateway.errors import OpsgateError
 from gateway.evaluation.cli import eval_app
 from gateway.ml.cli import ml_app
+from gateway.ml.pipelines.cli import pipeline_app
 from gateway.offline import apply_offline_env
 from gateway.retrieval.cli import index_app
 from gateway.traffic.cli import dataset_app, replay_command
@@ -35,6 +36,7 @@ app.add_typer(logs_app, name="logs")
 app.add_typer(ml_app, name="ml")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+app.add_typer(pipeline_app, name="pipeline")
 eval_app.add_typer(dataset_app, name="dataset")
 logs_app.command("replay")(replay_command)
 
