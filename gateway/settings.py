@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.egress import Egress, EgressConfig, raise_problems
 from gateway.evaluation.config import EvaluationConfig
 from gateway.ml.config import MLConfig
 from gateway.monitoring.alerts import AlertsConfig
+from gateway.registry.refs import ALIAS_RULE
 from gateway.yamlspec import StrictModel, load_spec
 
 
@@ -69,6 +70,17 @@ class GovernanceConfig(StrictModel):
     registrar_roles: list[str] = Field(
         default_factory=lambda: ["prompt-engineer", "admin"], description="Roles that may run `opsgate sync`."
     )
+
+    @field_validator("protected_aliases")
+    @classmethod
+    def _alias_names(cls, value: dict[str, AliasRule]) -> dict[str, AliasRule]:
+        for alias in value:
+            if not ALIAS_RULE.fullmatch(alias):
+                raise ValueError(
+                    f"{alias!r} is not a valid alias name (a lowercase letter, then up to 63 lowercase letters,"
+                    " digits, '_' or '-')"
+                )
+        return value
 
 
 class GatewayConfig(StrictModel):

@@ -34,7 +34,13 @@ from gateway.registry.bootstrap import (
 )
 from gateway.registry.files import KIND_DIRS, ArtifactFile, load_artifacts, spec_files
 from gateway.registry.git import GitRepo
-from gateway.registry.store import SourceInfo, VersionRecord, register_version, set_alias
+from gateway.registry.store import (
+    SourceInfo,
+    VersionRecord,
+    previous_commit,
+    register_version,
+    set_alias,
+)
 from gateway.registry.tree import GitTree, Tree, WorkingTree
 
 SYNC_KINDS = ("prompt", "router", "model")
@@ -52,17 +58,40 @@ class SyncReport:
     bootstrapped: bool = False  # this sync was the first registration: production -> version 1
 
 
-def _source(repo: GitRepo | None, art: ArtifactFile, dirty_files: set[str], head: str | None) -> SourceInfo:
+def _source(
+    repo: GitRepo | None,
+    art: ArtifactFile,
+    dirty_files: set[str],
+    head: str | None,
+    engine: Engine | None = None,
+) -> SourceInfo:
     if repo is None:
         return SourceInfo(path=art.path, dirty=True)
     touched = {art.path} | art.referenced_paths()
     dirty = bool(touched & dirty_files)
     commit = repo.last_commit(art.path)
+    authors = version_authors(repo, engine, art, head)
     if dirty or commit is None:
         return SourceInfo(
-            path=art.path, commit=head, author=repo.user(), message="uncommitted changes", dirty=True
+            path=art.path,
+            commit=head,
+            author=repo.user(),
+            message="uncommitted changes",
+            dirty=True,
+            authors=tuple(authors),
         )
-    return SourceInfo(path=art.path, commit=commit.sha, author=commit.author, message=commit.message)
+    return SourceInfo(
+        path=art.path, commit=commit.sha, author=commit.author, message=commit.message, authors=tuple(authors)
+    )
+
+
+def version_authors(repo: GitRepo, engine: Engine | None, art: ArtifactFile, head: str | None) -> list[str]:
+    """Everyone who committed to the spec file or any file it references since the artifact's previous
+    version (its whole history for a first version): four-eyes keeps all of them from approving it."""
+    if head is None:
+        return []
+    since = previous_commit(engine, art.kind, art.name) if engine is not None else None
+    return repo.authors(sorted({art.path} | art.referenced_paths()), since=since, until=head)
 
 
 def _bare_name_clash(session: Session, art: ArtifactFile) -> str | None:
@@ -167,7 +196,7 @@ def sync(
     artifacts, dangling = refuse_dangling(engine, artifacts, {a.name for a in indexes} | _index_files(tree))
     report.errors.extend(errors + index_errors + dangling)
     dirty_set = set(dirty)
-    sourced = [(art, _source(repo, art, dirty_set, head)) for art in artifacts]
+    sourced = [(art, _source(repo, art, dirty_set, head, engine)) for art in artifacts]
     if registry_open_now(engine) and _sync_as_bootstrap(engine, report, sourced, actor=actor, blobs=blobs):
         return report
     for art, source in sourced:
@@ -298,7 +327,7 @@ def bootstrap(
         artifacts, errors = load_artifacts(project_dir, SYNC_KINDS, git_tree(repo, head))
         skipped = [_skipped_line(p) for p in repo.dirty_paths(folders)] if folders else []
         skipped += [_ignored_line(p) for p in repo.ignored_paths(folders) if p.endswith((".yaml", ".yml"))]
-        sourced = [(art, _committed_source(repo, art)) for art in artifacts]
+        sourced = [(art, _committed_source(repo, art, head)) for art in artifacts]
     elif working_tree:
         head = None
         artifacts, errors = load_artifacts(project_dir, SYNC_KINDS)
@@ -343,11 +372,14 @@ def uncommitted(project_dir: Path, folder: str, *, working_tree: bool) -> set[st
     return set() if working_tree else None
 
 
-def _committed_source(repo: GitRepo, art: ArtifactFile) -> SourceInfo:
+def _committed_source(repo: GitRepo, art: ArtifactFile, head: str) -> SourceInfo:
     commit = repo.last_commit(art.path)
     if commit is None:  # listed by git at HEAD, so it has a commit; kept total for the type checker
         return SourceInfo(path=art.path, dirty=True)
-    return SourceInfo(path=art.path, commit=commit.sha, author=commit.author, message=commit.message)
+    authors = tuple(version_authors(repo, None, art, head))
+    return SourceInfo(
+        path=art.path, commit=commit.sha, author=commit.author, message=commit.message, authors=authors
+    )
 
 
 def drifted(engine: Engine, project_dir: Path, *, alias: str = "production") -> list[str]:
