@@ -37,6 +37,7 @@ from gateway.policy.setup import build_pipeline, validate_policy_file
 from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
+from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.sync import bootstrap, dangling_in_project, drifted
 from gateway.retrieval.build import bootstrap_indexes
@@ -70,6 +71,7 @@ def prepare_database(settings: Settings) -> Engine:
     ensure_private_dir(settings.resolved_data_dir())
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
+    audit.setup(engine, settings.resolved_data_dir())  # keyed and anchored outside the database
     # replicas starting together on one PostgreSQL database: one bootstraps, the others then find it done
     with bootstrap_lock(engine):
         _bootstrap_registry(settings, engine)
@@ -127,7 +129,7 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     )
     protected = frozenset(config.governance.protected_aliases)
     gateway = Gateway(catalog, writer, metrics, retriever, policy, protected_aliases=protected)
-    alerts = Alerts(config.alerts, egress)
+    alerts = Alerts(config.alerts, egress, audit_tip=lambda: audit.anchored_tip(engine))
     return Parts(
         settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
     )

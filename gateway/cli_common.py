@@ -27,9 +27,11 @@ def load_settings() -> Any:
 def open_engine(settings: Any) -> Any:
     """The database of these settings, migrated to the current schema."""
     from gateway.db.engine import make_engine, migrate
+    from gateway.registry import audit
 
     eng = make_engine(settings.resolved_database_url())
     migrate(eng)
+    audit.setup(eng, settings.resolved_data_dir())  # CLI writes are keyed and anchored like the gateway's
     return eng
 
 
