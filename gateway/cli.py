@@ -391,6 +391,7 @@ def sync_cmd(
                 "errors": [e.message for e in report.errors],
                 "dirty_files": report.dirty_files,
                 "bootstrapped": report.bootstrapped,
+                "rules": [r.ref for r in report.rules],
             }
         )
     else:
@@ -407,6 +408,12 @@ def sync_cmd(
             )
         for record in report.unchanged:
             typer.echo(f"unchanged  {record.ref}")
+        for record in report.rules:
+            flag = " (dirty)" if record.dirty else ""
+            typer.echo(
+                f"registered {record.ref}  {record.source_path}  {(record.git_commit or '')[:12]}{flag}"
+                f"  (rules: in force once promoted to production)"
+            )
         for err in report.errors:
             typer.echo(f"error      {err.message}", err=True)
     if report.errors:

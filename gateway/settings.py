@@ -83,6 +83,11 @@ class GovernanceConfig(StrictModel):
         return value
 
 
+def governance_model() -> type[GovernanceConfig]:
+    """The model of governance rule versions (gateway/registry/rules.py)."""
+    return GovernanceConfig
+
+
 class GatewayConfig(StrictModel):
     server: ServerConfig = ServerConfig()
     request_log: RequestLogConfig = RequestLogConfig()

@@ -192,6 +192,7 @@ def sync_repo(request: Request, caller: Caller, body: SyncRequest) -> dict[str, 
     return {
         "commit": report.commit,
         "registered": [r.ref for r in report.registered],
+        "rules": [r.ref for r in report.rules],
         "unchanged": [r.ref for r in report.unchanged],
         "errors": [e.message for e in report.errors],
         "dirty_files": report.dirty_files,

@@ -32,6 +32,7 @@ from gateway.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from gateway.keys import Principal, key_creators
 from gateway.registry import audit
 from gateway.registry.refs import validate_alias
+from gateway.registry.rules import RULE_KINDS, loosening, served_spec
 from gateway.registry.store import LATEST, set_alias
 from gateway.settings import AliasRule, GovernanceConfig
 
@@ -101,8 +102,10 @@ def is_author(principal: Principal, git_author: str | None) -> bool:
 
 class PromotionService:
     def __init__(self, engine: Engine, governance: GovernanceConfig) -> None:
+        """`governance` applies until the registry serves a governance version (then that one does)."""
         self.engine = engine
-        self.governance = governance
+        served = served_spec(engine, "governance")
+        self.governance = GovernanceConfig.model_validate(served) if served is not None else governance
 
     # -- queries -------------------------------------------------------------------------------------
 
@@ -213,9 +216,10 @@ class PromotionService:
             ).first()
             if pending is not None:
                 raise _already_pending(kind, name, alias, pending)
+            effective, loosens = _rules_rule(session, rule, target, current)
             checks: list[dict[str, Any]] = []
-            if rule is not None:
-                eval_check = self._eval_check(session, rule, kind, name, version)
+            if effective is not None:
+                eval_check = self._eval_check(session, effective, kind, name, version)
                 if eval_check:
                     checks.append(eval_check)
             row = Promotion(
@@ -230,7 +234,11 @@ class PromotionService:
                 requested_by=principals.normalise(principal.principal) or principal.principal,
                 requested_at=utcnow(),
                 reason=reason,
-                rule=rule.model_dump() if rule else {"protected": False},
+                rule=(
+                    {**effective.model_dump(), **({"loosens": loosens} if loosens else {})}
+                    if effective
+                    else {"protected": False}
+                ),
                 approvals=[],
                 checks=checks,
                 pending_key=f"{kind}:{name}@{alias}",
@@ -249,7 +257,7 @@ class PromotionService:
                 after={"version": version, "promotion": row.id},
                 reason=reason,
             )
-            if rule is None or rule.approvals == 0:
+            if effective is None or effective.approvals == 0:
                 self._apply(session, row, principal.actor)
             return _record(row)
 
@@ -268,11 +276,7 @@ class PromotionService:
     ) -> PromotionRecord:
         def work(session: Session) -> PromotionRecord:
             row = self._load_pending(session, promotion_id)
-            rule = (
-                AliasRule.model_validate(row.rule)
-                if row.rule.get("protected", True)
-                else AliasRule(approvals=0)
-            )
+            rule = _stored_rule(row.rule, AliasRule(approvals=0))
             self._require_role(principal, rule.approver_roles, "approving a promotion")
             version = self._version(session, row.kind, row.name, row.version)
             if row.rule.get("protected", True):
@@ -376,7 +380,7 @@ class PromotionService:
 
         def work(session: Session) -> PromotionRecord:
             row = self._load_pending(session, promotion_id)
-            rule = AliasRule.model_validate(row.rule) if row.rule.get("protected", True) else AliasRule()
+            rule = _stored_rule(row.rule, AliasRule())
             self._require_role(principal, rule.approver_roles, "rejecting a promotion")
             row.state = REJECTED
             row.decided_by = principal.principal
@@ -429,6 +433,17 @@ class PromotionService:
                 raise Conflict(
                     f"{kind}:{name}@{alias} already points at version {to_version}", code="no_change"
                 )
+            if kind in RULE_KINDS and current is not None:
+                served = self._version(session, kind, name, current)
+                wanted = self._version(session, kind, name, to_version)
+                loosens = loosening(kind, dict(served.spec), dict(wanted.spec))
+                if loosens:
+                    raise Conflict(
+                        f"rolling {kind}:{name}@{alias} back to version {to_version} loosens the rules"
+                        f" ({'; '.join(loosens)}): that needs another admin's approval, so request a rollback"
+                        " without --emergency",
+                        code="loosens_rules",
+                    )
             held = held_versions(session, kind, name, alias)
             if to_version not in held:
                 before = ", ".join(str(v) for v in sorted(held)) or "none"
@@ -482,6 +497,32 @@ class PromotionService:
             return _record(row)
 
         return audit.write_transaction(self.engine, work)
+
+
+def _stored_rule(stored: dict[str, Any], unprotected: AliasRule) -> AliasRule:
+    if not stored.get("protected", True):
+        return unprotected
+    return AliasRule.model_validate({k: v for k, v in stored.items() if k != "loosens"})
+
+
+def _rules_rule(
+    session: Session, rule: AliasRule | None, target: ArtifactVersion, current: int | None
+) -> tuple[AliasRule | None, list[str]]:
+    """The rule a promotion of policy or governance rules follows: a change that loosens them needs an
+    admin other than the requester (and the alias rule's other demands), whatever the alias rule says."""
+    if target.kind not in RULE_KINDS or current is None:
+        return rule, []
+    served = PromotionService._version(session, target.kind, target.name, current)
+    loosens = loosening(target.kind, dict(served.spec), dict(target.spec))
+    if not loosens:
+        return rule, []
+    strict = AliasRule(
+        approvals=max(1, rule.approvals if rule else 1),
+        approver_roles=["admin"],
+        four_eyes=True,
+        require_eval=rule.require_eval if rule else None,
+    )
+    return strict, loosens
 
 
 def held_versions(session: Session, kind: str, name: str, alias: str) -> set[int]:

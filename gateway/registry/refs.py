@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from gateway.errors import InvalidRequest
 
-KINDS = ("prompt", "router", "index", "model")
+KINDS = ("prompt", "router", "index", "model", "policy", "governance")
 _REF = re.compile(
     r"^(?:(?P<kind>[a-z]+):)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@(?P<sel>[A-Za-z0-9._-]+))?$"
 )

@@ -19,7 +19,7 @@ from gateway.db.models import Alias, ArtifactVersion
 from gateway.registry import audit
 from gateway.shapes import ArtifactRef
 
-KINDS = ("prompt", "router", "index", "model")
+KINDS = ("prompt", "router", "index", "model", "policy", "governance")
 LATEST = "latest"
 
 

@@ -34,6 +34,7 @@ from gateway.registry.bootstrap import (
 )
 from gateway.registry.files import KIND_DIRS, ArtifactFile, load_artifacts, spec_files
 from gateway.registry.git import GitRepo
+from gateway.registry.rules import RuleFile, read_rules, register_rules
 from gateway.registry.store import (
     SourceInfo,
     VersionRecord,
@@ -56,6 +57,7 @@ class SyncReport:
     errors: list[ConfigError] = field(default_factory=list)
     dirty_files: list[str] = field(default_factory=list)
     bootstrapped: bool = False  # this sync was the first registration: production -> version 1
+    rules: list[VersionRecord] = field(default_factory=list)  # new policy / governance versions
 
 
 def _source(
@@ -197,8 +199,12 @@ def sync(
     report.errors.extend(errors + index_errors + dangling)
     dirty_set = set(dirty)
     sourced = [(art, _source(repo, art, dirty_set, head, engine)) for art in artifacts]
+    rule_files, rule_errors = read_rules(tree)
+    report.errors.extend(rule_errors)
     if registry_open_now(engine) and _sync_as_bootstrap(engine, report, sourced, actor=actor, blobs=blobs):
+        _sync_rules(engine, repo, head, rule_files, report, actor=actor, dirty=dirty_set)
         return report
+    _sync_rules(engine, repo, head, rule_files, report, actor=actor, dirty=dirty_set)
     for art, source in sourced:
         try:
             record, created = register_artifact(engine, art, source, actor=actor, blobs=blobs)
@@ -207,6 +213,22 @@ def sync(
             continue
         (report.registered if created else report.unchanged).append(record)
     return report
+
+
+def _sync_rules(
+    engine: Engine,
+    repo: GitRepo,
+    head: str,
+    files: list[RuleFile],
+    report: SyncReport,
+    *,
+    actor: str,
+    dirty: set[str],
+) -> None:
+    """Policy and governance rules are registered like the other kinds (gateway/registry/rules.py)."""
+    for record, created in register_rules(engine, repo, head, files, actor=actor, dirty_files=dirty):
+        if created:
+            report.rules.append(record)
 
 
 def _index_files(tree: Tree) -> set[str]:
