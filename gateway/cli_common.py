@@ -31,7 +31,10 @@ def open_engine(settings: Any) -> Any:
 
     eng = make_engine(settings.resolved_database_url())
     migrate(eng)
-    audit.setup(eng, settings.resolved_data_dir())  # CLI writes are keyed and anchored like the gateway's
+    data_dir = settings.resolved_data_dir()
+    # CLI writes are keyed and anchored like the gateway's; a data directory that does not exist (a
+    # PostgreSQL install run from another machine) is not created here: set OPSGATE_AUDIT_KEY there
+    audit.setup(eng, data_dir, create=data_dir.is_dir() or settings.database_url is None)
     return eng
 
 

@@ -80,10 +80,15 @@ def load_key(data_dir: Path) -> bytes:
     return path.read_text(encoding="utf-8").strip().encode("utf-8")
 
 
-def setup(engine: Engine, data_dir: Path) -> Keyring:
+def setup(engine: Engine, data_dir: Path, *, create: bool = True) -> Keyring | None:
     """Key and anchor this engine's audit chain (the gateway and every CLI command call it); an install
-    whose chain is not keyed yet gets its `audit.keyed` entry, the point from which every entry is keyed."""
-    ring = Keyring(load_key(data_dir), data_dir / ANCHOR_FILE)
+    whose chain is not keyed yet gets its `audit.keyed` entry, the point from which every entry is keyed.
+    `create` False (a CLI on a machine without the data directory): without OPSGATE_AUDIT_KEY nothing is
+    created and the chain is not keyed here (verify then says it cannot check keyed entries)."""
+    if not create and not os.environ.get(KEY_ENV, "").strip() and not (data_dir / KEY_FILE).exists():
+        return None
+    anchor = data_dir / ANCHOR_FILE if data_dir.is_dir() or create else None
+    ring = Keyring(load_key(data_dir), anchor)
     _KEYRINGS[engine] = ring
 
     def mark(session: Session) -> None:

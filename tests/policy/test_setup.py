@@ -114,7 +114,8 @@ def test_a_promoted_policy_applies_without_a_restart_and_a_broken_file_is_refuse
     assert gw.log_row(post(gw, key).headers["x-opsgate-request-id"])["extra"]["policy"] == before
     commit_project(project, "rpm 1")
     gw.cli("sync", key=gw.admin_key)
-    pid = gw.cli("promote", "policy:policies@2", "--to", "production", key=gw.admin_key).stdout.split()[-1]
+    engineer = make_key(gw, "engineer", "prompt-engineer")  # not the admin who created the approver's key
+    pid = gw.cli("promote", "policy:policies@2", "--to", "production", key=engineer).stdout.split()[-1]
     gw.cli("approve", pid, key=approver)  # tightening: the standard rule
     deadline = time.monotonic() + 10
     while True:
