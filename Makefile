@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.opsgate-installed
 
-.PHONY: serve test lint typecheck pytest browser bench clean
+.PHONY: serve test lint typecheck pytest browser compose bench clean
 # One line, the same the HTML report test prints, for a machine where make cannot install chromium.
 CHROMIUM_HINT := opsgate: the eval HTML report test needs Debian's chromium: run 'sudo apt-get install -y chromium'
 
@@ -38,7 +38,20 @@ browser:
 	      || echo "$(CHROMIUM_HINT)"; \
 	  else echo "$(CHROMIUM_HINT)"; fi; }
 
-pytest: $(STAMP) browser
+# The deployment manifest test validates deploy/compose.yaml with a compose client: Debian's
+# docker-compose when neither `docker compose` nor `docker-compose` is there (same rules as above).
+COMPOSE_HINT := opsgate: the compose manifest test needs a compose client: run 'sudo apt-get install -y docker-compose'
+compose:
+	@{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's docker-compose for the compose manifest test (apt-get)"; \
+	    $$SUDO apt-get install -y -q docker-compose >/dev/null 2>&1 \
+	      || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q docker-compose >/dev/null; } \
+	      || echo "$(COMPOSE_HINT)"; \
+	  else echo "$(COMPOSE_HINT)"; fi; }
+
+pytest: $(STAMP) browser compose
 	$(BIN)/pytest -q -x --durations=15
 
 test: lint typecheck pytest

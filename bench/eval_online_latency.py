@@ -92,7 +92,9 @@ class Gateway:
         self.key = (self.data / "admin.key").read_text().strip()
 
     def metric(self, name: str) -> float:
-        for line in httpx.get(self.url + "/metrics", timeout=5).text.splitlines():
+        for line in httpx.get(
+            self.url + "/metrics", headers={"Authorization": f"Bearer {self.key}"}, timeout=5
+        ).text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0

@@ -37,8 +37,8 @@ from gateway.keys import Principal  # noqa: E402
 from gateway.policy.pipeline import Pipeline  # noqa: E402
 from gateway.policy.quota import MemoryStore, QuotaStore, RedisStore  # noqa: E402
 from gateway.policy.spec import load_policy, registered_checks  # noqa: E402
-from gateway.registry.specs import RouterSpec  # noqa: E402
 from gateway.routing.router import Router  # noqa: E402
+from gateway.routing.spec import RouterSpec  # noqa: E402
 
 HARNESS_REQUEST = REPO.parent / "shared" / "bench" / "chat-request.json"
 POLICY = Path(__file__).with_name("policy_governed.yaml")

@@ -9,11 +9,13 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
@@ -22,6 +24,7 @@ from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
 from gateway.db.locks import bootstrap_lock
+from gateway.db.outage import Outage, database_unavailable, describe
 from gateway.egress import Egress
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
@@ -39,6 +42,7 @@ from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
+from gateway.registry.refs import parse_ref
 from gateway.registry.rules import bootstrap_rules
 from gateway.registry.sync import bootstrap, dangling_in_project, drifted
 from gateway.retrieval.build import bootstrap_indexes
@@ -107,21 +111,11 @@ def _bootstrap_registry(settings: Settings, engine: Engine) -> None:
 def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Parts:
     minilm = MiniLMEmbedder()  # the one MiniLM of the process: local embeddings and index queries
     egress = Egress(config.egress)  # the operator's allow-lists: provider hosts, key variables, webhooks
-    adapters = Adapters(AdapterServices(minilm, egress))
+    adapters = Adapters(AdapterServices(minilm, egress, limits=config.limits.local))
     catalog = Catalog(engine, adapters, refresh_interval_s=config.cache.refresh_interval_s)
-    metrics = Metrics()
-    writer = RequestLogWriter(
-        engine,
-        queue_size=config.request_log.queue_size,
-        batch_size=config.request_log.batch_size,
-        flush_interval_s=config.request_log.flush_interval_s,
-    )
-    metrics.gauge(
-        "opsgate_request_log_dropped", "Log rows dropped (queue full).", lambda: writer.stats.dropped
-    )
-    metrics.gauge("opsgate_request_log_backlog", "Log rows waiting to be written.", lambda: writer.backlog)
-    metrics.gauge("opsgate_request_log_written", "Log rows written.", lambda: writer.stats.written)
+    metrics = Metrics(known_name=functools.partial(registered_name, catalog))
     data_dir = settings.resolved_data_dir()
+    writer = _request_log_writer(config, engine, data_dir, metrics)
     library = IndexLibrary(make_store(data_dir, settings.chroma_url, minilm), data_dir, minilm)
     retriever = IndexRetriever(catalog, library)
     catalog.listeners.append(retriever.on_snapshot)  # opens aliased index versions ahead of requests
@@ -133,11 +127,100 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
         "1 when the policy version promoted to production could not be applied (the previous one stays in force).",
         lambda: 1.0 if policy.reload_error else 0.0,
     )
+    _limit_store_metrics(metrics, policy)
     protected = frozenset(config.governance.protected_aliases)
-    gateway = Gateway(catalog, writer, metrics, retriever, policy, protected_aliases=protected)
+    gateway = Gateway(
+        catalog, writer, metrics, retriever, policy, protected_aliases=protected, limits=config.limits
+    )
     alerts = Alerts(config.alerts, egress, audit_tip=lambda: audit.anchored_tip(engine))
     return Parts(
         settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
+    )
+
+
+def registered_name(catalog: Catalog, model: str) -> str | None:
+    """`kind:name` of the registered artifact a caller's model name points to, or None (metrics label
+    callers' names only when the registry knows them)."""
+    try:
+        ref = parse_ref(model)
+    except OpsgateError:
+        return None
+    for kind in (ref.kind,) if ref.kind else ("router", "prompt"):
+        if catalog.has(kind, ref.name):
+            return f"{kind}:{ref.name}"
+    return None
+
+
+def _request_log_writer(
+    config: GatewayConfig, engine: Engine, data_dir: Path, metrics: Metrics
+) -> RequestLogWriter:
+    rl = config.request_log
+    writer = RequestLogWriter(
+        engine,
+        queue_size=rl.queue_size,
+        batch_size=rl.batch_size,
+        flush_interval_s=rl.flush_interval_s,
+        spool_dir=data_dir / "spool" / "request-log" if rl.spool else None,
+        spool_max_bytes=rl.spool_max_mb * 1024 * 1024,
+        stop_deadline_s=rl.shutdown_deadline_s,
+    )
+    metrics.gauge(
+        "opsgate_request_log_dropped",
+        "Log rows dropped (queue full, or spool full).",
+        lambda: writer.stats.dropped,
+    )
+    metrics.gauge("opsgate_request_log_backlog", "Log rows waiting in memory.", lambda: writer.backlog)
+    metrics.gauge("opsgate_request_log_written", "Log rows written.", lambda: writer.stats.written)
+    metrics.gauge(
+        "opsgate_database_up",
+        "1 while the request log's writes succeed; 0 from a failed write until one succeeds (the gateway"
+        " keeps serving: /readyz says degraded).",
+        lambda: 1.0 if writer.database_up else 0.0,
+    )
+    spool = writer.spool
+    if spool is not None:
+        metrics.gauge(
+            "opsgate_request_log_spool_bytes", "Bytes of log rows in the spool.", lambda: spool.size
+        )
+        metrics.gauge(
+            "opsgate_request_log_spool_rows",
+            "Log rows in the spool, not yet in the database.",
+            lambda: spool.rows,
+        )
+        metrics.gauge(
+            "opsgate_request_log_spool_age_seconds",
+            "Age of the oldest row in the spool (0 when empty).",
+            spool.age_s,
+        )
+        metrics.gauge(
+            "opsgate_request_log_spooled",
+            "Log rows appended to the spool (all time).",
+            lambda: writer.stats.spooled,
+        )
+        metrics.gauge(
+            "opsgate_request_log_replayed",
+            "Log rows replayed from the spool (all time).",
+            lambda: writer.stats.replayed,
+        )
+    return writer
+
+
+def _limit_store_metrics(metrics: Metrics, policy: Pipeline) -> None:
+    metrics.gauge(
+        "opsgate_limit_store_up",
+        "1 while the store of rate limits and budgets (Redis, or memory) answers; 0 while it fails.",
+        lambda: 1.0 if policy.store_state().get("up") else 0.0,
+    )
+    metrics.gauge(
+        "opsgate_limit_store_fail_open",
+        "1 when the policy's on_store_error is allow (a failing store lets requests through, uncounted);"
+        " 0 when it is block (503).",
+        lambda: 1.0 if policy.policy.spec.on_store_error == "allow" else 0.0,
+    )
+    metrics.gauge(
+        "opsgate_limit_store_errors",
+        "Limit checks that could not use the store (all time).",
+        lambda: float(policy.store_state().get("errors", 0)),
     )
 
 
@@ -189,7 +272,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ready = False
-    app.add_middleware(GatewayMiddleware, max_body_bytes=config.server.max_body_bytes)
+    app.state.database_outage = Outage("admin API: database", log, every_s=30)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=config.server.max_body_bytes,
+        body_timeout_s=config.server.body_timeout_s,
+        send_timeout_s=config.server.send_timeout_s,
+    )
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
@@ -229,6 +318,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         msg = str(first["msg"])
         return _error_response(InvalidFields(f"{param}: {msg}" if param else msg, param=param))
 
+    async def database_error(request: Request, exc: Exception) -> Response:
+        unavailable = database_unavailable(exc)
+        if unavailable is not None:  # the database is away: 503 + Retry-After, one log line per outage
+            outage = getattr(request.app.state, "database_outage", None)
+            if outage is not None:
+                outage.failed(exc, f"{request.method} {request.url.path} answered 503")
+            return _error_response(unavailable)
+        log.error("database error on %s %s: %s", request.method, request.url.path, describe(exc))
+        return _error_response(OpsgateError(f"internal error ({type(exc).__name__})"))
+
+    app.add_exception_handler(SQLAlchemyError, database_error)
     app.add_exception_handler(OpsgateError, opsgate_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

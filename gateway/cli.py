@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from gateway import kinds
 from gateway.cli_common import KeyOption, authenticate_cli, fail
 from gateway.cli_common import load_settings as _settings
 from gateway.cli_common import open_engine as _engine
@@ -55,10 +56,9 @@ def serve(
         config = settings.load_gateway_config()
         from gateway.policy.setup import validate_policy_file
         from gateway.registry.files import load_artifacts
-        from gateway.registry.sync import SYNC_KINDS, VALIDATE_ONLY
 
         # every file start-up reads: a bad prompt or index failed later, inside the app, as a traceback (exit 3)
-        _, errors = load_artifacts(settings.project_dir, SYNC_KINDS + VALIDATE_ONLY)
+        _, errors = load_artifacts(settings.project_dir, kinds.names())
         if errors:
             for err in errors:
                 typer.echo(f"opsgate: {err.message}", err=True)
@@ -80,10 +80,11 @@ def serve(
     server.run(
         create_app(settings),
         grace_s=config.server.shutdown_grace_s,
+        header_timeout_s=config.server.header_timeout_s,
+        max_header_bytes=config.server.max_header_bytes,
         host=bind_host,
         port=bind_port,
         loop="uvloop",
-        http="httptools",
         access_log=config.server.access_log,
         log_level="info",
     )

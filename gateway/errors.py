@@ -13,6 +13,8 @@
     │   ├── Conflict                  409 the state changed under you (e.g. racing promotions)
     │   └── RateLimited               429 with Retry-After
     ├── StreamCut                     503 the gateway ended a stream itself (shutting down)
+    ├── ServiceUnavailable            503 with Retry-After: a service the gateway needs (the database)
+    │                                     is away; retry shortly
     └── UpstreamError                 502 a provider failed (after retries and fallbacks)
         ├── UpstreamUnavailable       503 no deployment could be reached
         ├── UpstreamTimeout           504 the provider did not answer in time
@@ -91,6 +93,20 @@ class BodyTooLarge(ClientError):
     code = "body_too_large"
 
 
+class RequestTimeout(ClientError):
+    """The client did not send its whole body within `server.body_timeout_s` (slow-loris bodies)."""
+
+    status = 408
+    code = "body_timeout"
+
+
+class ClientTooSlow(ClientError):
+    """The client did not read the answer: one write waited `server.send_timeout_s`; the answer is cut."""
+
+    status = 408
+    code = "client_too_slow"
+
+
 class AuthenticationFailed(ClientError):
     status = 401
     type = "authentication_error"
@@ -122,6 +138,20 @@ class RateLimited(ClientError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None) -> None:
+        seconds = max(1, int(retry_after_s + 0.999))
+        super().__init__(message, code=code, headers={"Retry-After": str(seconds)})
+        self.retry_after_s = retry_after_s
+
+
+class ServiceUnavailable(OpsgateError):
+    """An infrastructure fault (the database unreachable, read-only or locked): never the caller's, never a
+    500; the answer says when to try again."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
 
     def __init__(self, message: str, *, retry_after_s: float, code: str | None = None) -> None:
         seconds = max(1, int(retry_after_s + 0.999))

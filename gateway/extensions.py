@@ -11,8 +11,9 @@ exactly like third-party ones, which register under the same group names as Pyth
 | opsgate.adapters    | create(services: AdapterServices) -> Adapter        | gateway.providers  |
 | opsgate.checks      | a PolicyCheck class                                 | gateway.policy     |
 | opsgate.metrics     | a metric family: list[MetricDef] (evaluation.metrics) | gateway.evaluation |
+| opsgate.kinds       | an ArtifactKind record (gateway.kinds)              | gateway.registry   |
 
-A new provider, check or metric is a new file plus one line in BUILTINS (or an entry point).
+A new provider, check, metric or artifact kind is a new file plus one line in BUILTINS (or an entry point).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 ADAPTERS = "opsgate.adapters"
 CHECKS = "opsgate.checks"
 METRICS = "opsgate.metrics"
+KINDS = "opsgate.kinds"
 
 BUILTINS: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {
@@ -43,6 +45,12 @@ BUILTINS: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "injection": "gateway.policy.checks.injection:Injection",
             "deny_list": "gateway.policy.checks.deny_list:DenyList",
             "json_output": "gateway.policy.checks.json_output:JsonOutput",
+        },
+        KINDS: {
+            "prompt": "gateway.kinds:PROMPT",
+            "router": "gateway.kinds:ROUTER",
+            "index": "gateway.kinds:INDEX",
+            "model": "gateway.kinds:MODEL",
         },
         METRICS: {
             "strings": "gateway.evaluation.metrics.strings:FAMILY",

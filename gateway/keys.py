@@ -24,7 +24,7 @@ from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.principals import normalise
 from gateway.registry import audit
 
-ROLES = ("app", "prompt-engineer", "approver", "admin")
+ROLES = ("app", "prompt-engineer", "approver", "admin", "metrics")  # metrics: reads /metrics, nothing else
 KEY_PREFIX = "sk-og-"
 ADMIN_KEY_FILE = "admin.key"
 

@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.egress import Egress, EgressConfig, raise_problems
 from gateway.evaluation.config import EvaluationConfig
+from gateway.limits import LimitsConfig
 from gateway.ml.config import MLConfig
-from gateway.monitoring.alerts import AlertsConfig
+from gateway.monitoring.config import AlertsConfig
 from gateway.registry.refs import ALIAS_RULE
 from gateway.yamlspec import StrictModel, load_spec
 
@@ -32,12 +33,62 @@ class ServerConfig(StrictModel):
         description="On SIGTERM, how long requests in flight may run on; streams still open then are cut"
         " with an SSE error event (logged as 503 stream_cut_by_server).",
     )
+    # Slow clients (docs/operations.md "Slow clients"): none of them holds a worker or memory for long.
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Time a connection has to send a request's line and headers (else 408, then closed).",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Size of a request's line and headers together (else 431, then closed).",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Time a request has to send its whole body (else 408 body_timeout)."
+    )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Time one write to a client may wait for it to read (a stream's reader that stops"
+        " reading): past it the answer is cut and logged as 408 client_too_slow.",
+    )
+
+
+class MetricsConfig(StrictModel):
+    require_key: bool = Field(
+        True,
+        description="/metrics needs a key with the `metrics` or `admin` role (Prometheus: bearer token).",
+    )
 
 
 class RequestLogConfig(StrictModel):
     queue_size: int = Field(10_000, gt=0, description="Rows waiting to be written; beyond it rows drop.")
     batch_size: int = Field(500, gt=0)
-    flush_interval_s: float = Field(0.2, gt=0)
+    flush_interval_s: float = Field(
+        0.2,
+        gt=0,
+        description="A batch is what arrived within this time (or batch_size rows). Rows answered within it"
+        " are still in memory: what a kill -9 can cost.",
+    )
+    spool: bool = Field(
+        True,
+        description="While the database fails, append rows to <data dir>/spool/request-log/ (fsync per"
+        " batch) and replay them when it is back; off: rows wait in the queue (and drop when it is full).",
+    )
+    spool_max_mb: int = Field(
+        1024, gt=0, description="Disk the spool may use; beyond it rows drop (counted)."
+    )
+    shutdown_deadline_s: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="On shutdown, how long to wait for the database to take what is queued; the rest is"
+        " spooled.",
+    )
 
 
 class CacheConfig(StrictModel):
@@ -97,6 +148,8 @@ class GatewayConfig(StrictModel):
     evaluation: EvaluationConfig = EvaluationConfig()
     ml: MLConfig = MLConfig()
     egress: EgressConfig = EgressConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _webhooks_allowed(self) -> GatewayConfig:
@@ -148,3 +201,11 @@ class Settings(BaseSettings):
             return str(file.resolve().relative_to(self.project_dir.resolve()))
         except ValueError:
             return str(file)
+
+
+def project_egress(project_dir: Path) -> Egress:
+    """The egress rules in a project's config/gateway.yaml (defaults when the file is missing)."""
+    file = project_dir / "config" / "gateway.yaml"
+    if not file.exists():
+        return Egress()
+    return Egress(load_spec(file, GatewayConfig, display="config/gateway.yaml").egress)

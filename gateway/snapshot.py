@@ -20,15 +20,17 @@ from sqlalchemy.orm import Session
 
 from gateway.db.generation import read_generation
 from gateway.db.models import Alias, ArtifactVersion
+from gateway.db.outage import Outage
 from gateway.errors import ModelNotFound, NotFound
 from gateway.keys import KeyService, Principal, hash_key
+from gateway.prompts.spec import PromptSpec
 from gateway.providers import Adapters
-from gateway.registry.specs import PromptSpec, RouterSpec
+from gateway.registry.refs import DEFAULT_ALIAS
 from gateway.registry.store import VersionRecord, to_record
 from gateway.routing.router import Router
+from gateway.routing.spec import RouterSpec
 
 log = logging.getLogger("opsgate.catalog")
-DEFAULT_ALIAS = "production"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Catalog:
         self._specs: dict[tuple[str, str, int, str], Any] = {}
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Any] = []  # callables(snapshot) run after each refresh (e.g. index caches)
+        self.outage = Outage("catalog refresh: database", log)
 
     # -- lookups (request path: memory only) ------------------------------------------------------------
 
@@ -160,5 +163,7 @@ class Catalog:
                 generation = await asyncio.to_thread(self._generation)
                 if generation != self.snapshot.generation:
                     await self.refresh()
-            except Exception:
-                log.exception("catalog refresh failed; serving the cached snapshot")
+            except Exception as exc:  # noqa: BLE001 - one line per change of state, not a traceback per poll
+                self.outage.failed(exc, "serving the cached keys, aliases and artifacts")
+            else:
+                self.outage.recovered()

@@ -16,6 +16,10 @@ from gateway.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
+# The names artifacts, deployments and metrics may take, and environment variable names.
+NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
 
 class StrictModel(BaseModel):
     """Base of every spec: unknown fields are errors, not silently ignored."""

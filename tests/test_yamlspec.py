@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.registry.specs import RouterSpec
 from gateway.retrieval.spec import IndexSpec
+from gateway.routing.spec import RouterSpec
 from gateway.yamlspec import load_spec_text
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from gateway import kinds
 from gateway.api.deps import call_for, gateway_of
 from gateway.db.generation import as_utc
 from gateway.db.models import AuditEntry
@@ -23,7 +24,7 @@ from gateway.keys import KeyService, Principal
 from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.promotion import PromotionService
-from gateway.registry.refs import KINDS, parse_ref, validate_alias
+from gateway.registry.refs import parse_ref, validate_alias
 from gateway.registry.store import VersionStore
 from gateway.registry.sync import sync
 from gateway.registry.views import artifact_detail, artifact_list, diff, resolve_record, version_dict
@@ -268,7 +269,9 @@ def rollback(request: Request, caller: Caller, body: RollbackRequest) -> dict[st
 def raise_ref(text: str) -> None:
     from gateway.errors import InvalidFields
 
-    raise InvalidFields(f"ref: {text!r} must be kind:name@version (kinds: {', '.join(KINDS)})", param="ref")
+    raise InvalidFields(
+        f"ref: {text!r} must be kind:name@version (kinds: {', '.join(kinds.names())})", param="ref"
+    )
 
 
 # -- audit ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any, cast
 import orjson
 from fastapi import Request
 
+from gateway.db.outage import database_unavailable
 from gateway.errors import InvalidJSON, OpsgateError
 from gateway.evaluation.target import EVAL_HEADER
 from gateway.flow.call import Call
@@ -45,6 +46,10 @@ async def opened_call(request: Request, route: str, *, model: str | None = None)
         gateway.finish(call, 499, OpsgateError("the client left before the answer", code="client_closed"))
         raise
     except Exception as exc:  # a bug: the row says so, and the middleware answers a 500 with no traceback
+        unavailable = database_unavailable(exc)  # an infrastructure fault is a 503 with Retry-After
+        if unavailable is not None:
+            gateway.finish(call, unavailable.status, unavailable)
+            raise unavailable from exc
         error = OpsgateError(f"internal error ({type(exc).__name__}); quote request id {call.request_id}")
         gateway.finish(call, 500, error)
         raise

@@ -4,11 +4,18 @@ Gives every request an id, stamps `x-opsgate-request-id` and `x-opsgate-versions
 refuses bodies over the limit with 413 (by Content-Length, or while reading a chunked body), and turns
 any unexpected exception into OpenAI-style error JSON with no traceback.
 
+Slow clients (docs/operations.md "Slow clients"): a body must arrive whole within `server.body_timeout_s`
+(else 408 `body_timeout`, logged, and the connection is closed), and each write of an answer may wait at
+most `server.send_timeout_s` for the client to read (else the answer is cut, the connection closed, and
+a stream is logged as 408 `client_too_slow`). What waits meanwhile is bounded by the transport's write
+buffer (64 KiB high-water mark) plus one chunk.
+
 It also tunes the cyclic garbage collector once start-up is complete (see `_freeze_startup_heap`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import secrets
@@ -17,7 +24,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import BodyTooLarge, OpsgateError
+from gateway.errors import BodyTooLarge, ClientTooSlow, OpsgateError, RequestTimeout
 
 log = logging.getLogger("opsgate.http")
 
@@ -27,9 +34,18 @@ def error_body(exc: OpsgateError) -> bytes:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float = 30.0,
+        send_timeout_s: float = 30.0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,6 +58,7 @@ class GatewayMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = False
+        send_timeout = self.send_timeout_s
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started
@@ -50,8 +67,25 @@ class GatewayMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-opsgate-request-id", request_id.encode()))
                 headers.append((b"x-opsgate-versions", str(state.get("versions", "")).encode()))
+                if state.get("close_connection"):  # the rest of a slow body is not waited for
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
-            await send(message)
+                await send(message)
+                return
+            try:
+                async with asyncio.timeout(send_timeout):
+                    await send(message)
+            except TimeoutError:
+                state["client_too_slow"] = True
+                log.warning(
+                    "slow client on %s (request %s): a write waited %s s (server.send_timeout_s); answer cut",
+                    scope.get("path"),
+                    request_id,
+                    send_timeout,
+                )
+                raise ClientTooSlow(
+                    f"the client did not read the answer for {send_timeout} s (server.send_timeout_s)"
+                ) from None
 
         limit = self.max_body_bytes
         declared_too_large = False
@@ -63,20 +97,37 @@ class GatewayMiddleware:
                     declared_too_large = False
 
         received = 0
+        body_done = False
+        body_timeout = self.body_timeout_s
+        body_deadline = asyncio.get_running_loop().time() + body_timeout
 
         async def receive_wrapper() -> Message:
-            nonlocal received
+            nonlocal received, body_done
             if declared_too_large:  # refused before a byte is read, inside the handler so it is logged
                 raise _too_large(limit)
-            message = await receive()
+            if body_done:  # e.g. a streaming response listening for the client to leave: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                state["close_connection"] = True
+                raise RequestTimeout(
+                    f"the request body did not arrive within {body_timeout} s (server.body_timeout_s)"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _too_large(limit)  # the handler logs it; the app's error handler renders 413
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
+        except ClientTooSlow:
+            return  # logged above; the server closes the connection of an unfinished answer
         except OpsgateError as exc:  # raised outside a handler (e.g. a body read by the framework)
             if not started:
                 await self._error(send_wrapper, exc)

@@ -65,6 +65,7 @@ def _sse(stream: ChatStream) -> Response:
     return ClosingStreamingResponse(
         stream.sse(),
         stream.abandon,
+        on_slow=stream.too_slow,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -75,16 +76,24 @@ class ClosingStreamingResponse(StreamingResponse):
     (Starlette then cancels the response without ever starting the body iterator)."""
 
     def __init__(
-        self, content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]], **kw: Any
+        self,
+        content: AsyncIterator[bytes],
+        cleanup: Callable[[], Awaitable[None]],
+        *,
+        on_slow: Callable[[], None] | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(content, **kw)
         self._content = content
         self._cleanup = cleanup
+        self._on_slow = on_slow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
+            if self._on_slow is not None and scope.get("state", {}).get("client_too_slow"):
+                self._on_slow()  # the middleware cut it: the reader stopped reading (server.send_timeout_s)
             await asyncio.shield(self._close())
 
     async def _close(self) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from gateway.registry.specs import ENV_NAME_PATTERN
-from gateway.yamlspec import StrictModel
+from gateway.yamlspec import ENV_NAME_PATTERN, StrictModel
 
 
 class OnlineEvalConfig(StrictModel):

@@ -41,12 +41,35 @@ from gateway.db.models import ArtifactVersion, OnlineEvalScore
 from gateway.evaluation.config import OnlineEvalConfig
 from gateway.evaluation.metrics import registry
 from gateway.evaluation.metrics.base import EvalCase, EvalContext, Metric, TargetOutput
-from gateway.registry.specs import OnlineEvalSpec, PromptSpec
+from gateway.prompts.spec import OnlineEvalSpec, PromptSpec
 
 log = logging.getLogger("opsgate.online_eval")
 _SCALE = float(2**64)
 # A chat body -> the judge router's chat.completion (see `install`)
 JudgeCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def prompt_spec_problems(spec: PromptSpec) -> list[tuple[tuple[int | str, ...], str]]:
+    """The prompt kind's load-time check (gateway/kinds.py): online metrics exist and suit live traffic,
+    which has no reference answers; judged metrics need a judge."""
+    if spec.online_eval is None:
+        return []
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    metrics = registry()
+    for i, name in enumerate(spec.online_eval.metrics):
+        loc = ("online_eval", "metrics", i)
+        try:
+            definition = metrics.find(name)
+        except ValueError as exc:  # an unknown metric: the message lists the known ones
+            problems.append((loc, str(exc)))
+            continue
+        if not definition.reference_free:
+            problems.append(
+                (loc, f"metric {name!r} needs reference answers, which live traffic does not have")
+            )
+        elif definition.needs_judge and not spec.online_eval.judge:
+            problems.append((loc, f"metric {name!r} is judged by an LLM: set judge to a chat router"))
+    return problems
 
 
 def sampled(request_id: str, rate: float) -> bool:

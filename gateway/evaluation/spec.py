@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from gateway.errors import ConfigError
-from gateway.registry.specs import NAME_PATTERN, PromptMessage
-from gateway.yamlspec import StrictModel, format_validation_error, parse_yaml_text
+from gateway.prompts.spec import PromptMessage
+from gateway.yamlspec import NAME_PATTERN, StrictModel, format_validation_error, parse_yaml_text
 
 Stat = Literal["mean", "median", "p95", "min", "max"]
 

@@ -22,11 +22,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway.db.models import RequestLog
-from gateway.errors import NotFound
 from gateway.evaluation.metrics.base import EvalCase, TargetOutput
 from gateway.evaluation.spec import SuiteSpec
+from gateway.prompts.render import environment
 from gateway.registry.refs import parse_ref
-from gateway.registry.render import environment
 from gateway.registry.store import VersionRecord, VersionStore
 
 IN_PROCESS_URL = "http://opsgate.in-process/v1"
@@ -35,25 +34,7 @@ EVAL_HEADER = "x-opsgate-eval-run"  # marks evaluator traffic (the online sample
 
 def resolve_target(engine: Engine, text: str, *, default_kind: str = "prompt") -> VersionRecord:
     """`prompt:x`, `prompt:x@7`, `prompt:x@staging` -> the exact version (default alias: production)."""
-    ref = parse_ref(text, default_kind=default_kind)
-    assert ref.kind is not None
-    store = VersionStore(engine)
-    if ref.version is not None:
-        version: int = ref.version
-    else:
-        alias = ref.alias or "production"
-        aliases = store.aliases(ref.kind, ref.name).get((ref.kind, ref.name))
-        if aliases is None:
-            raise NotFound(f"{ref.kind}:{ref.name} does not exist in the registry (run `opsgate sync`?)")
-        aliased = aliases.get(alias)
-        if aliased is None:
-            known = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items()))
-            raise NotFound(f"{ref.kind}:{ref.name} has no alias {alias!r} (aliases: {known})")
-        version = aliased
-    record = store.get(ref.kind, ref.name, version)
-    if record is None:
-        raise NotFound(f"{ref.kind}:{ref.name}@{version} does not exist")
-    return record
+    return VersionStore(engine).resolve(parse_ref(text, default_kind=default_kind))
 
 
 @dataclass

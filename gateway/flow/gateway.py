@@ -8,33 +8,36 @@
                 limits)      charge)
 
 `Gateway.chat` reads as the whole chat path. Every request, failed or not, ends in exactly one
-`finish()`, which writes one log row: the HTTP layer opens each request with `gateway.api.calls.opened_call`,
+`finish()`, which writes one log row: the HTTP layer opens each request with `gateway.api.deps.opened_call`,
 which guarantees it (a stream hands that duty to its SSE writer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.api_requests import ChatRequest, EmbeddingRequest
-from gateway.errors import AuthenticationFailed, ModelNotFound, OpsgateError, UpstreamError
+from gateway.errors import AuthenticationFailed, ModelNotFound, OpsgateError, PermissionDenied, UpstreamError
 from gateway.flow.access import VersionAccess
 from gateway.flow.call import Call
 from gateway.flow.model_cards import model_card, prompt_card
 from gateway.flow.plan import ChatPlan, Resolver
 from gateway.flow.sse import ChatStream
 from gateway.keys import Principal
+from gateway.limits import LimitsConfig, check_embedding_input
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import LogRow, RequestLogWriter
 from gateway.policy.base import Subject
 from gateway.policy.payloads import chat_payload, embedding_payload
 from gateway.policy.pipeline import Pipeline
-from gateway.registry.render import render_messages
-from gateway.registry.specs import Deployment, PromptSpec
+from gateway.prompts.render import render_messages_async
+from gateway.prompts.spec import PromptSpec
+from gateway.providers.deployment import Deployment
 from gateway.retrieval.retriever import IndexRetriever, last_user_message
 from gateway.routing.router import Router, RouteResult
 from gateway.shapes import Json
@@ -44,10 +47,12 @@ from gateway.tokens_cost import (
     cost_usd,
     count_message_tokens,
     count_text_tokens,
+    encoding_for,
     message_text,
     prices_for,
 )
 
+METRICS_ONLY = frozenset({"metrics"})
 FinishHook = Callable[[Call, LogRow], None]
 
 
@@ -74,8 +79,10 @@ class Gateway:
         policy: Pipeline | None = None,
         *,
         protected_aliases: frozenset[str] = frozenset({"staging", "production"}),
+        limits: LimitsConfig | None = None,
     ) -> None:
         self.catalog = catalog
+        self.limits = limits or LimitsConfig()
         self.writer = writer
         self.metrics = metrics
         self.retriever = retriever
@@ -101,6 +108,10 @@ class Gateway:
         if principal is None:
             raise AuthenticationFailed("invalid API key: it is unknown or was revoked")
         call.principal = principal
+        if principal.roles == METRICS_ONLY:
+            raise PermissionDenied(
+                "this key has only the metrics role: it may read /metrics and nothing else"
+            )
         return principal
 
     # -- the chat path -----------------------------------------------------------------------------------
@@ -133,7 +144,7 @@ class Gateway:
             upstream = Upstream(plan.router, request.forward())
         else:
             context = await self._retrieve(call, plan) if plan.index is not None else []
-            upstream = Upstream(plan.router, self._prompt_body(plan, context))
+            upstream = Upstream(plan.router, await self._prompt_body(plan, context))
             if call.question is None:
                 call.question = last_user_message(request.caller_messages())
         payload = chat_payload(plan.router, upstream.body, request.body, self.policy.tokens)
@@ -144,7 +155,9 @@ class Gateway:
         assert self.retriever is not None and plan.spec is not None and plan.spec.retrieval is not None
         assert plan.index is not None and plan.query_source is not None
         messages, variables = plan.query_source
-        query = self.retriever.query(plan.spec, plan.spec.retrieval, variables, messages)
+        query = await asyncio.to_thread(
+            self.retriever.query, plan.spec, plan.spec.retrieval, variables, messages
+        )
         call.question = query
         retrieval = await self.retriever.retrieve(plan.index, plan.spec.retrieval, query)
         call.retrieval = retrieval
@@ -152,10 +165,12 @@ class Gateway:
         retrieval.keep(context)
         return context
 
-    def _prompt_body(self, plan: ChatPlan, context: list[Json]) -> Json:
+    async def _prompt_body(self, plan: ChatPlan, context: list[Json]) -> Json:
         assert plan.prompt is not None and plan.spec is not None
         spec, request = plan.spec, plan.request
-        rendered = render_messages(spec, plan.variables, templates=plan.prompt.files, context=context)
+        rendered = await render_messages_async(  # off the event loop, within limits.render
+            spec, plan.variables, templates=plan.prompt.files, context=context, limits=self.limits.render
+        )
         body = {**prompt_params(spec), **request.forward()}
         body["messages"] = rendered + request.caller_messages()
         if spec.response_format is not None and "response_format" not in request.body:
@@ -242,6 +257,7 @@ class Gateway:
         router, asked = self.resolver.router(call, request.model, "embedding")
         self.access.authorise(call.principal, [asked])
         self.catalog.adapters.params.check_request(request.body, "embedding")
+        check_embedding_input(request.input, self.limits.embeddings, _vocab_size(router.spec.deployments))
         await self.policy.authorise(call, Subject.of(call.principal, (("router", router.name),), "embedding"))
         body = request.forward()
         await self.policy.admit(call, embedding_payload(router, body))
@@ -338,6 +354,11 @@ class Gateway:
 def prompt_params(spec: PromptSpec) -> Json:
     params = spec.params.model_dump(exclude_none=True, exclude={"extra_body"})
     return {**spec.params.extra_body, **params}
+
+
+def _vocab_size(deployments: Iterable[Deployment]) -> int:
+    """The largest token vocabulary of these deployments (token ids in embedding inputs stay below it)."""
+    return max((encoding_for(d.model).n_vocab for d in deployments), default=encoding_for("").n_vocab)
 
 
 def _prices(deployment: Deployment) -> Prices | None:

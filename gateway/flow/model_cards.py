@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.registry.specs import PromptSpec
+from gateway.prompts.spec import PromptSpec
 from gateway.registry.store import VersionRecord
 from gateway.routing.router import Router
 from gateway.shapes import Json

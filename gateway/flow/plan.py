@@ -15,9 +15,9 @@ from typing import Any
 from gateway.api_requests import ChatRequest
 from gateway.errors import InvalidFields, InvalidRequest, ModelNotFound
 from gateway.flow.call import Call
+from gateway.prompts.render import check_variables
+from gateway.prompts.spec import PromptSpec
 from gateway.registry.refs import Ref, parse_ref
-from gateway.registry.render import check_variables
-from gateway.registry.specs import PromptSpec
 from gateway.registry.store import VersionRecord
 from gateway.retrieval.retriever import IndexRetriever
 from gateway.routing.router import Router

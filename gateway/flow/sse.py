@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import OpsgateError, StreamCut, UpstreamError
+from gateway.errors import ClientTooSlow, OpsgateError, StreamCut, UpstreamError
 from gateway.flow.call import Call
 from gateway.shapes import ChunkStream, Json
 
@@ -48,6 +48,7 @@ class ChatStream:
         self._count_usage = count_usage
         self._end = end
         self._cut = False
+        self._slow = False  # the client stopped reading and the server cut the answer
         self._task: asyncio.Task[Any] | None = None  # the writer's task while it waits for the upstream
 
     def cut(self) -> None:
@@ -56,6 +57,17 @@ class ChatStream:
         self._cut = True
         if self._task is not None:
             self._task.cancel(msg=CUT)
+
+    def too_slow(self) -> None:
+        """The client did not read for `server.send_timeout_s`: the stream ends as the server's cut."""
+        self._slow = True
+
+    def _left(self) -> tuple[int, OpsgateError]:
+        if self._slow:
+            return 408, ClientTooSlow(
+                "the client stopped reading the stream; it was cut after server.send_timeout_s"
+            )
+        return 499, OpsgateError("the client left during the stream", code="client_closed")
 
     async def sse(self) -> AsyncGenerator[bytes]:
         """SSE bytes for the client; ends with [DONE], or with an error event and no [DONE] when cut."""
@@ -96,14 +108,14 @@ class ChatStream:
             status, error = exc.status, exc
             yield _error_events(out, last_meta, exc)
         except asyncio.CancelledError:
-            if not self._cut:  # the client went away
-                status, error = 499, OpsgateError("the client left during the stream", code="client_closed")
+            if not self._cut:  # the client went away (or stopped reading)
+                status, error = self._left()
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]  # our own cut, not the client's
             status, error = 503, _cut_error()
             yield _error_events([], last_meta, error)
-        except GeneratorExit:  # the response was closed under us (the client went away)
-            status, error = 499, OpsgateError("the client left during the stream", code="client_closed")
+        except GeneratorExit:  # the response was closed under us (the client went away or stopped reading)
+            status, error = self._left()
             raise
         except Exception as exc:  # a bug: the client gets an error event, the row says so, the log has it
             log.exception("stream of request %s failed", call.request_id)

@@ -11,8 +11,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from gateway.registry.specs import NAME_PATTERN
-from gateway.yamlspec import StrictModel
+from gateway.yamlspec import NAME_PATTERN, StrictModel
 
 SHA256_ENTRY = re.compile(r"^sha256:[0-9a-f]{64}$")
 

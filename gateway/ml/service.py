@@ -129,6 +129,7 @@ class MLService:
             queue_size=config.queue_size,
             batch_size=config.batch_size,
             flush_interval_s=config.flush_interval_s,
+            spool_dir=data_dir / "spool" / "ml-log",
         )
         self.monitor = Monitor(
             engine, project_dir, commands=config.retrain_commands, timeout_s=config.retrain_timeout_s

@@ -26,8 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from gateway.registry.specs import NAME_PATTERN
-from gateway.yamlspec import StrictModel
+from gateway.yamlspec import NAME_PATTERN, StrictModel
 
 log = logging.getLogger("opsgate.ml")
 STORED = "stored"  # validation context: a registered version's spec, read back from the registry

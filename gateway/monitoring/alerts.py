@@ -24,26 +24,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-from pydantic import Field
 
 from gateway.egress import Egress
-from gateway.yamlspec import StrictModel
+from gateway.monitoring.config import AlertsConfig, WebhookConfig
 
 log = logging.getLogger("opsgate.alerts")
-
-
-class WebhookConfig(StrictModel):
-    url: str
-    secret_env: str | None = Field(
-        None, description="Env var holding the HMAC secret (never the secret itself)."
-    )
-    events: list[str] = Field(default_factory=lambda: ["*"], description="Event kinds to send, or * for all.")
-    timeout_s: float = Field(5.0, gt=0)
-    retries: int = Field(3, ge=0, le=10)
-
-
-class AlertsConfig(StrictModel):
-    webhooks: list[WebhookConfig] = Field(default_factory=list)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -1,7 +1,15 @@
-"""Prometheus metrics, on a registry owned by the app (no process-global collectors)."""
+"""Prometheus metrics, on a registry owned by the app (no process-global collectors).
+
+Label values only ever carry names the gateway chose or the registry knows: routes, registered artifact
+versions, deployments, policy checks, model columns. A name a caller sent that the registry does not know
+(a 404 model, a column a model does not have) counts under the one value `unknown`, so callers cannot
+grow the page (one series per name they invent) or break it (a `\\r` in a name). Every value is also
+cleaned of control characters and capped in length, whatever its source.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -9,12 +17,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from gateway.monitoring.requestlog import LogRow
 
+UNKNOWN = "unknown"
+MAX_LABEL_CHARS = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 POLICY_VERDICTS_COUNTED = frozenset({"blocked", "redacted", "flagged", "error"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, known_name: Callable[[str], str | None] | None = None) -> None:
+        # model name as a caller sent it -> its registered name ("router:default"), or None when unknown
+        self.known_name: Callable[[str], str | None] = known_name or (lambda _: None)
         self.registry = CollectorRegistry(auto_describe=True)
         # (metric, label values) -> child: prometheus' labels() validates and locks on every call
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -94,8 +108,10 @@ class Metrics:
         self.ml_rows.labels(artifact).inc(rows)
 
     def observe_ml_violations(self, artifact: str, violations: Iterable[tuple[str, str]]) -> None:
-        for field, rule in violations:
-            self.ml_violations.labels(artifact, field, rule).inc()
+        for field, rule in violations:  # a column the model does not have is the caller's name: unknown
+            self._child(
+                self.ml_violations, artifact, UNKNOWN if rule == "unknown_field" else field, rule
+            ).inc()
 
     def observe_ml_figures(self, artifact: str, figures: dict[str, Any]) -> None:
         drift = figures.get("drift", {})
@@ -124,11 +140,19 @@ class Metrics:
     def _child(self, metric: Any, *values: str) -> Any:
         child = self._children.get((metric, values))
         if child is None:
-            child = self._children[(metric, values)] = metric.labels(*values)
+            child = self._children[(metric, values)] = metric.labels(*map(label_value, values))
         return child
 
+    def artifact_label(self, row: LogRow) -> str:
+        """The artifact version that answered, or the registered name asked for, or `unknown`."""
+        if row.artifacts:
+            return row.artifacts[0].split("#", 1)[0]
+        if row.model:
+            return self.known_name(row.model) or UNKNOWN
+        return "-"
+
     def observe(self, row: LogRow) -> None:
-        artifact = row.artifacts[0].split("#", 1)[0] if row.artifacts else (row.model or "-")
+        artifact = self.artifact_label(row)
         labels = self._child
         labels(self.requests, row.route, artifact, str(row.status)).inc()
         labels(self.latency, row.route, artifact).observe(row.latency_ms / 1000)
@@ -147,7 +171,14 @@ class Metrics:
         for decision in row.decisions:
             verdict = decision.get("verdict")
             if verdict in POLICY_VERDICTS_COUNTED:
-                self.policy_decisions.labels(decision.get("check", "-"), verdict).inc()
+                labels(self.policy_decisions, str(decision.get("check", "-")), verdict).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def label_value(value: str) -> str:
+    """A label value safe on the page whatever it holds: no control characters, at most 200 characters
+    (prometheus_client escapes backslash, quote and newline; a carriage return it leaves as is)."""
+    value = _CONTROL.sub("?", str(value))
+    return value if len(value) <= MAX_LABEL_CHARS else value[: MAX_LABEL_CHARS - 3] + "..."

@@ -2,20 +2,25 @@
 
 Requests put a finished row on a bounded queue and move on (no DB work, no wait); the shared batch writer
 (gateway/db/batchwriter.py) inserts the rows in batches, whole or not at all, counts drops (exposed in
-/metrics and /readyz), retries a failing database, writes row by row what the database refuses as data,
-and flushes on shutdown.
+/metrics and /readyz), spools rows to `<data dir>/spool/request-log/` while the database fails and replays
+them exactly once (insert-or-ignore on the request id) when it is back, writes row by row what the
+database refuses as data, and flushes or spools on shutdown.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, insert
+from sqlalchemy import Connection, Engine, String, Table, insert
 
-from gateway.db.batchwriter import BatchWriter
+from gateway.db.batchwriter import BatchWriter, SpoolCodec
 from gateway.db.models import RequestLog
+from gateway.db.spool import dump_row, insert_ignore, load_row
+
+TABLE: Table = RequestLog.__table__  # type: ignore[assignment]
 
 COLUMNS = frozenset(c.name for c in RequestLog.__table__.columns)
 LENGTHS = {
@@ -63,6 +68,18 @@ def insert_rows(conn: Connection, rows: list[LogRow]) -> None:
     conn.execute(insert(RequestLog), [r.as_values() for r in rows])
 
 
+def insert_rows_ignore(conn: Connection, rows: list[LogRow]) -> None:
+    """The spool's replay: a row whose request id is already logged is skipped (written exactly once)."""
+    insert_ignore(conn, TABLE, [r.as_values() for r in rows])
+
+
+CODEC = SpoolCodec[LogRow](
+    encode=lambda row: dump_row(row.as_values()),
+    decode=lambda line: LogRow(**load_row(TABLE, line)),
+    insert_ignore=insert_rows_ignore,
+)
+
+
 class RequestLogWriter(BatchWriter[LogRow]):
     """The request log's writer: one LogRow per item (see gateway/db/batchwriter.py for the mechanics)."""
 
@@ -73,6 +90,9 @@ class RequestLogWriter(BatchWriter[LogRow]):
         queue_size: int,
         batch_size: int,
         flush_interval_s: float,
+        spool_dir: Path | None = None,
+        spool_max_bytes: int = 1 << 30,
+        stop_deadline_s: float = 5.0,
     ) -> None:
         super().__init__(
             engine,
@@ -81,4 +101,8 @@ class RequestLogWriter(BatchWriter[LogRow]):
             queue_size=queue_size,
             batch_size=batch_size,
             flush_interval_s=flush_interval_s,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
+            codec=CODEC,
+            stop_deadline_s=stop_deadline_s,
         )

@@ -24,7 +24,7 @@ from gateway.tokens_cost import (
 )
 
 if TYPE_CHECKING:
-    from gateway.registry.specs import Deployment
+    from gateway.providers.deployment import Deployment
     from gateway.routing.router import Router
 
 Json = dict[str, Any]

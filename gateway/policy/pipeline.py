@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import ConfigError, OpsgateError
+from gateway.errors import ConfigError, OpsgateError, ServiceUnavailable
 from gateway.policy.base import (
     Charge,
     Finding,
@@ -157,6 +157,13 @@ class Pipeline:
     @property
     def policy(self) -> LoadedPolicy:
         return self.compiled.loaded
+
+    def store_state(self) -> dict[str, Any]:
+        """The limit store for /readyz and /metrics: backend, up, and what a failure does (`on_store_error`:
+        allow = fail open, served and not counted; block = fail closed, 503)."""
+        state = self.store.state()
+        state["on_store_error"] = self.policy.spec.on_store_error
+        return state
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -565,11 +572,10 @@ def _merge(findings: list[Finding]) -> Finding:
     return Finding(worst.verdict, matched[:500], count=sum(f.count for f in findings))
 
 
-def _store_unavailable(backend: str) -> OpsgateError:
-    error = OpsgateError(
+def _store_unavailable(backend: str) -> ServiceUnavailable:
+    return ServiceUnavailable(
         f"the {backend} store that holds rate limits and budgets is unreachable and the policy says"
         " on_store_error: block; retry shortly",
+        retry_after_s=1,
         code="limit_store_unavailable",
     )
-    error.status = 503
-    return error

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import NoScriptError, RedisError
 
+from gateway.db.outage import Outage, describe
 from gateway.policy.base import Charge, Grant, Refusal
 from gateway.policy.redis_client import RespConnection
 
@@ -51,6 +52,8 @@ class QuotaStore(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
 
 
 # -- in-process ---------------------------------------------------------------------------------------
@@ -79,6 +82,9 @@ class MemoryStore:
 
     async def stop(self) -> None:
         return None
+
+    def state(self) -> dict[str, Any]:
+        return {"backend": self.backend, "up": True}
 
     async def acquire(self, charges: list[Charge]) -> Grant:
         return self.acquire_now(charges)
@@ -245,22 +251,52 @@ def _span_ms(charge: Charge) -> int:
 
 
 class RedisStore:
-    """Counters shared by every gateway on one Redis: one script call to admit; settles batched."""
+    """Counters shared by every gateway on one Redis: one script call to admit; settles batched.
+
+    When Redis fails (refused, reset, timed out), each check that uses it follows the policy's
+    `on_store_error` (allow: served, not counted; block: 503 `limit_store_unavailable`). While it is
+    down, requests do not wait on it: one call every `probe_s` tries it (the others get the error at
+    once), and the first that succeeds ends the outage. One log line per change of state; `state()`
+    feeds /readyz and /metrics."""
 
     backend = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "opsgate", timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "opsgate", timeout_s: float = 1.0, probe_s: float = 0.5
+    ) -> None:
         self.url = url
         self.prefix = prefix.rstrip(":") + ":"
         self.client = RespConnection(url, timeout_s=timeout_s)
+        self.probe_s = probe_s
+        self.outage = Outage(f"limit store: Redis at {self.client.where}", log)
+        self.errors = 0  # calls that failed or were not made because Redis was down (all time)
+        self._next_probe = 0.0
         self._queue: list[Settlement] = []
         self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.outage.up
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "up": self.outage.up,
+            "down_for_s": round(self.outage.down_for_s(), 3),
+            "last_error": self.outage.last_error,
+            "errors": self.errors,
+        }
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.outage.failed(exc, "limits and budgets follow on_store_error")
+        self._next_probe = time.monotonic() + self.probe_s
 
     async def start(self) -> None:
         try:
             await self.client.call("PING")
         except (OSError, TimeoutError, RedisError) as exc:  # start anyway; each call reports it
-            log.warning("Redis at %s is not reachable yet (%s); limits follow on_store_error", self.url, exc)
+            self._failed(exc)
 
     async def stop(self) -> None:
         await self.flush()
@@ -278,11 +314,16 @@ class RedisStore:
         args: list[Any] = []
         for c in charges:
             args += ["r" if c.kind == "rate" else "b", c.limit, c.amount, _span_ms(c), "1" if c.soft else "0"]
+        if not self.outage.up and time.monotonic() < self._next_probe:
+            self.errors += 1  # down: do not wait on it; the next probe is due soon
+            return Grant(error=f"Redis unavailable: {self.outage.last_error}")
         try:
             reply = await self._script(ACQUIRE, keys, args)
-        except (OSError, TimeoutError, RedisError) as exc:
-            return Grant(error=f"{type(exc).__name__}: {exc}")
-        refused, retry_ms, *over = (int(v) for v in reply)
+            refused, retry_ms, *over = (int(v) for v in reply)
+        except (OSError, TimeoutError, RedisError, ValueError, TypeError) as exc:
+            self._failed(exc)
+            return Grant(error=describe(exc))
+        self.outage.recovered()
         grant = Grant(over=[charges[i - 1] for i in over])
         if refused:
             grant.refusal = Refusal(charges[refused - 1], retry_ms / 1000)
@@ -305,5 +346,5 @@ class RedisStore:
                 args += ["r" if c.kind == "rate" else "b", c.limit, c.amount, s.actual, _span_ms(c)]
             try:
                 await self._script(SETTLE, keys, args)
-            except (OSError, TimeoutError, RedisError) as exc:
-                log.warning("settling %d counters in Redis failed: %s", len(keys), exc)
+            except (OSError, TimeoutError, RedisError) as exc:  # lost: the counters undercount a little
+                self._failed(exc)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import extensions
+from gateway.egress.params import ParamRules
 from gateway.errors import ConfigError
 from gateway.providers.base import Adapter, AdapterServices
-from gateway.providers.params import ParamRules
-from gateway.registry.specs import Deployment
+from gateway.providers.deployment import Deployment
 
 # Providers whose API is OpenAI's own wire format: served by the direct pooled adapter.
 DIRECT_PROVIDERS = frozenset(

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from gateway.egress import Egress, EgressConfig
+from gateway.egress.params import Kind, ParamRules
 from gateway.errors import EgressDenied, UpstreamError
+from gateway.limits import LocalLimits
+from gateway.providers.deployment import Deployment
 from gateway.providers.minilm import MiniLMEmbedder
-from gateway.providers.params import Kind, ParamRules
-from gateway.registry.specs import Deployment
 
 Json = dict[str, Any]
 
@@ -91,9 +92,16 @@ class AdapterServices:
     `egress` holds the operator's allow-lists (config/gateway.yaml `egress`; its defaults when not given):
     every adapter that reaches the network checks a deployment with it before sending anything."""
 
-    def __init__(self, embedder: MiniLMEmbedder, egress: Egress | EgressConfig | None = None) -> None:
+    def __init__(
+        self,
+        embedder: MiniLMEmbedder,
+        egress: Egress | EgressConfig | None = None,
+        *,
+        limits: LocalLimits | None = None,
+    ) -> None:
         self.embedder = embedder
         self.egress = egress if isinstance(egress, Egress) else Egress(egress)
+        self.local_limits = limits or LocalLimits()  # the local provider's input bounds
 
     @property
     def params(self) -> ParamRules:

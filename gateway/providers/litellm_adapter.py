@@ -21,11 +21,11 @@ import aiohttp
 import httpx
 
 from gateway.egress import Egress
+from gateway.egress.params import Kind
 from gateway.errors import EgressDenied, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment
+from gateway.providers.deployment import Deployment
 from gateway.providers.openai_compat import status_error
-from gateway.providers.params import Kind
-from gateway.registry.specs import Deployment
 
 # Request fields the adapter sets itself, and OpenAI's `metadata`: litellm's own `metadata` argument is
 # internal (logging, routing, cost), so a caller's is not handed to it.

@@ -2,6 +2,9 @@
 
 Chat: the deterministic extractive answerer (`extractive.py`). Embeddings: the packaged MiniLM model.
 Deployment models: `local/extractive` for chat, `local/all-MiniLM-L6-v2` (or `local/minilm`) for embeddings.
+
+Its work runs in worker threads, never on the event loop, and a chat request's messages are bounded
+(`limits.local.max_input_chars`: larger ones get 400 `input_too_large`, param `messages`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.errors import UpstreamRejected
+from gateway.limits import LocalLimits
 from gateway.providers import extractive
 from gateway.providers.base import AdapterServices, Json
+from gateway.providers.deployment import Deployment
 from gateway.providers.minilm import MODEL_NAME, MiniLMEmbedder
-from gateway.registry.specs import Deployment
-from gateway.tokens_cost import count_message_tokens, count_text_tokens, encoding_for
+from gateway.tokens_cost import count_message_tokens, count_text_tokens, encoding_for, message_text
 
 CHAT_MODELS = ("extractive",)
 EMBED_MODELS = (MODEL_NAME, "minilm")
@@ -28,8 +32,9 @@ WORDS_PER_CHUNK = 4
 class LocalAdapter:
     name = "local"
 
-    def __init__(self, embedder: MiniLMEmbedder) -> None:
+    def __init__(self, embedder: MiniLMEmbedder, limits: LocalLimits | None = None) -> None:
         self.embedder = embedder
+        self.limits = limits or LocalLimits()
 
     async def close(self) -> None:
         return None
@@ -43,12 +48,24 @@ class LocalAdapter:
                 deployment=deployment.id,
             )
 
+    def _check_size(self, deployment: Deployment, messages: list[Any]) -> None:
+        size = sum(len(message_text(m)) for m in messages)
+        if size > self.limits.max_input_chars:
+            error = UpstreamRejected(
+                f"the messages hold {size} characters; the local provider takes at most"
+                f" {self.limits.max_input_chars} (limits.local.max_input_chars)",
+                retryable=False,
+                deployment=deployment.id,
+                code="input_too_large",
+            )
+            error.param = "messages"
+            raise error
+
     async def chat(self, deployment: Deployment, body: Json) -> Json:
         self._check(deployment, CHAT_MODELS, "chat")
         messages = list(body.get("messages") or [])
-        text, finish = _reply(body)
-        prompt_tokens = count_message_tokens(messages)
-        completion_tokens = count_text_tokens(text)
+        self._check_size(deployment, messages)
+        text, finish, prompt_tokens, completion_tokens = await asyncio.to_thread(_answer, body, messages)
         n = _choices(body)  # deterministic: n identical choices, counted n times as OpenAI does
         return {
             "id": "chatcmpl-" + secrets.token_hex(12),
@@ -70,7 +87,8 @@ class LocalAdapter:
     async def chat_stream(self, deployment: Deployment, body: Json) -> AsyncIterator[Json]:
         self._check(deployment, CHAT_MODELS, "chat")
         messages = list(body.get("messages") or [])
-        text, finish = _reply(body)
+        self._check_size(deployment, messages)
+        text, finish, prompt_tokens, completion_tokens = await asyncio.to_thread(_answer, body, messages)
         base = {
             "id": "chatcmpl-" + secrets.token_hex(12),
             "object": "chat.completion.chunk",
@@ -99,12 +117,12 @@ class LocalAdapter:
         yield {
             **base,
             "choices": [],
-            "usage": _usage(count_message_tokens(messages), count_text_tokens(text) * n),
+            "usage": _usage(prompt_tokens, completion_tokens * n),
         }
 
     async def embed(self, deployment: Deployment, body: Json) -> Json:
         self._check(deployment, EMBED_MODELS, "embedding")
-        texts = _embedding_inputs(body.get("input"), deployment)
+        texts = await asyncio.to_thread(_embedding_inputs, body.get("input"), deployment)
         vectors = await asyncio.to_thread(self.embedder.encode, texts)
         dims = body.get("dimensions")
         if isinstance(dims, int) and 0 < dims < vectors.shape[1]:
@@ -142,6 +160,12 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def _answer(body: Json, messages: list[Any]) -> tuple[str, str, int, int]:
+    """The reply, its finish reason, and the prompt and completion token counts (in a worker thread)."""
+    text, finish = _reply(body)
+    return text, finish, count_message_tokens(messages), count_text_tokens(text)
+
+
 def _reply(body: Json) -> tuple[str, str]:
     """The answer and its finish reason; max_tokens / max_completion_tokens cut it as a model would."""
     text = extractive.answer(list(body.get("messages") or []))
@@ -159,10 +183,22 @@ def _embedding_inputs(value: Any, deployment: Deployment) -> list[str]:
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return list(value)
     enc = encoding_for("")
-    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-        return [enc.decode(value)]
-    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
-        return [enc.decode([int(t) for t in v]) for v in value]
+    try:
+        if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+            return [enc.decode(value)]
+        if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            return [enc.decode([int(t) for t in v]) for v in value]
+    except BaseException as exc:  # tiktoken panics (a BaseException) on ids outside its vocabulary
+        if isinstance(exc, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
+            raise
+        error = UpstreamRejected(
+            f"input holds a token id outside the vocabulary ({type(exc).__name__})",
+            retryable=False,
+            deployment=deployment.id,
+            code="invalid_token_id",
+        )
+        error.param = "input"
+        raise error from None
     raise UpstreamRejected(
         "input must be a string, a list of strings, or token arrays",
         retryable=False,
@@ -171,4 +207,4 @@ def _embedding_inputs(value: Any, deployment: Deployment) -> list[str]:
 
 
 def create(services: AdapterServices) -> LocalAdapter:
-    return LocalAdapter(services.embedder)
+    return LocalAdapter(services.embedder, services.local_limits)

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from gateway.egress import Egress
+from gateway.egress.params import Kind
 from gateway.errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -26,8 +27,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment, upstream_message
-from gateway.providers.params import Kind
-from gateway.registry.specs import Deployment
+from gateway.providers.deployment import Deployment
 
 DEFAULT_BASES = {"openai": "https://api.openai.com/v1"}
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}

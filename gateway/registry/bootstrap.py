@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from gateway import kinds
 from gateway.db.generation import lock_key, set_counter
 from gateway.db.models import ArtifactVersion, GatewayState
 from gateway.errors import ConfigError
@@ -31,7 +32,6 @@ REGISTRY_BOOTSTRAPPED = "registry_bootstrapped"
 INDEXES_BOOTSTRAPPED = "indexes_bootstrapped"
 BOOTSTRAP_LOCK = "bootstrap_lock"
 BOOTSTRAP_ALIAS = "production"
-REGISTERED_KINDS = ("prompt", "router", "model")
 
 
 @dataclass
@@ -65,7 +65,7 @@ def registry_open(session: Session) -> bool:
     if _marked(session, REGISTRY_BOOTSTRAPPED):
         return False
     any_version = session.scalar(
-        select(ArtifactVersion.id).where(ArtifactVersion.kind.in_(REGISTERED_KINDS)).limit(1)
+        select(ArtifactVersion.id).where(ArtifactVersion.kind.in_(kinds.synced())).limit(1)
     )
     return any_version is None
 

@@ -9,7 +9,6 @@ an error naming the spec file and the line that references it.
 
 from __future__ import annotations
 
-import importlib
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,32 +17,17 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from gateway import kinds
 from gateway.errors import ConfigError
 from gateway.registry.hashing import canonical_data, content_hash
 from gateway.registry.tree import Tree, WorkingTree
 from gateway.yamlspec import line_of, line_of_value, load_spec_and_tree
 
-KIND_DIRS: dict[str, str] = {
-    "prompt": "prompts",
-    "router": "config/routers",
-    "index": "config/indexes",
-    "model": "config/models",
-}
-# Spec classes by import path, so a kind's module loads only when its files are read.
-KIND_SPECS: dict[str, str] = {
-    "prompt": "gateway.registry.specs:PromptSpec",
-    "router": "gateway.registry.specs:RouterSpec",
-    "index": "gateway.retrieval.spec:IndexSpec",
-    "model": "gateway.ml.spec:ModelSpec",
-}
-TEXT_FILE_KINDS = frozenset({"prompt"})  # referenced files stored with the version (templates)
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 
 def spec_class(kind: str) -> type[BaseModel]:
-    module, _, attr = KIND_SPECS[kind].partition(":")
-    cls: type[BaseModel] = getattr(importlib.import_module(module), attr)
-    return cls
+    return kinds.get(kind).spec_class()
 
 
 @dataclass(frozen=True)
@@ -57,7 +41,7 @@ class ArtifactFile:
     node: yaml.Node | None = field(default=None, compare=False, repr=False)  # for line numbers
 
     def stored_files(self) -> dict[str, str] | None:
-        if self.kind not in TEXT_FILE_KINDS or not self.referenced:
+        if not kinds.get(self.kind).text_files or not self.referenced:
             return None
         return {name: data.decode("utf-8") for name, data in self.referenced.items()}
 
@@ -85,7 +69,7 @@ def artifact_paths(project_dir: Path, kind: str) -> list[Path]:
 
 
 def spec_files(tree: Tree, kind: str) -> list[str]:
-    return [p for p in tree.files(KIND_DIRS[kind]) if p.endswith(SPEC_SUFFIXES)]
+    return [p for p in tree.files(kinds.get(kind).folder) if p.endswith(SPEC_SUFFIXES)]
 
 
 def _relative(project_dir: Path, file: Path) -> str:
@@ -102,7 +86,8 @@ def _relative(project_dir: Path, file: Path) -> str:
 def file_context(project_dir: Path) -> dict[str, Any]:
     """What artifact files are checked against beyond their own schema: the operator's egress rules in
     the project's config/gateway.yaml (hosts, key variables, headers, request parameters)."""
-    from gateway.egress import project_egress, spec_context
+    from gateway.egress import spec_context
+    from gateway.settings import project_egress
 
     return spec_context(project_egress(project_dir))
 
@@ -137,11 +122,20 @@ def load_artifact_from(
     name = getattr(spec, "name", None)
     if name != stem:
         raise ConfigError(f"name: {name!r} must match the file name {stem!r}", path=rel, line=1)
+    _raise_check_problems(kind, spec, node, rel)
     referenced: dict[str, bytes] = {}
     lister = getattr(spec, "referenced_files", None)
     for ref in lister() if callable(lister) else []:
         referenced[ref] = _referenced_bytes(tree, kind, rel, node, ref)
     return ArtifactFile(kind, stem, rel, spec, content_hash(spec, referenced), referenced, node)
+
+
+def _raise_check_problems(kind: str, spec: BaseModel, node: yaml.Node | None, rel: str) -> None:
+    """The kind's load-time checks (gateway/kinds.py); the first problem is reported at its line."""
+    for check in kinds.get(kind).spec_checks():
+        for loc, message in check(spec):
+            field_path = ".".join(str(part) for part in loc)
+            raise ConfigError(f"{field_path}: {message}", path=rel, line=line_of(node, loc))
 
 
 def _text(data: bytes, rel: str) -> str:
@@ -161,7 +155,7 @@ def _referenced_bytes(tree: Tree, kind: str, rel: str, node: yaml.Node | None, r
         raise ConfigError(f"file: {ref!r} ({target}) {exc.detail}", path=rel, line=line) from None
     if not data:
         raise ConfigError(f"file: {ref!r} ({target}) is empty", path=rel, line=line)
-    if kind in TEXT_FILE_KINDS:
+    if kinds.get(kind).text_files:
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -172,7 +166,7 @@ def _referenced_bytes(tree: Tree, kind: str, rel: str, node: yaml.Node | None, r
 
 
 def load_artifacts(
-    project_dir: Path, kinds: tuple[str, ...], tree: Tree | None = None
+    project_dir: Path, kind_names: tuple[str, ...], tree: Tree | None = None
 ) -> tuple[list[ArtifactFile], list[ConfigError]]:
     """Every artifact file of the given kinds (from the working tree unless `tree` is given); invalid
     ones are returned as errors, valid ones still load."""
@@ -183,7 +177,7 @@ def load_artifacts(
         context = file_context(project_dir)
     except ConfigError as exc:  # config/gateway.yaml itself is invalid: nothing can be checked
         return [], [exc]
-    for kind in kinds:
+    for kind in kind_names:
         try:
             paths = spec_files(tree, kind)
         except ConfigError as exc:  # the kind's folder is a link: nothing in it is read
@@ -195,7 +189,9 @@ def load_artifacts(
             spec_class(kind)
         except ImportError:
             errors.append(
-                ConfigError(f"artifact kind {kind!r} is not available in this build", path=KIND_DIRS[kind])
+                ConfigError(
+                    f"artifact kind {kind!r} is not available in this build", path=kinds.get(kind).folder
+                )
             )
             continue
         paths, clashes = _without_suffix_clashes(paths)
@@ -230,7 +226,7 @@ def _without_bare_name_clashes(found: list[ArtifactFile]) -> tuple[list[Artifact
     errors: list[ConfigError] = []
     names: dict[str, ArtifactFile] = {}
     for art in sorted(found, key=lambda a: a.kind != "router"):  # on a clash the router keeps its name
-        if art.kind not in ("prompt", "router"):
+        if not kinds.get(art.kind).model_name:
             continue
         other = names.get(art.name)
         if other is not None and other.kind != art.kind:

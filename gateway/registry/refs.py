@@ -6,9 +6,14 @@ import functools
 import re
 from dataclasses import dataclass
 
+from gateway import kinds
 from gateway.errors import InvalidRequest
 
-KINDS = ("prompt", "router", "index", "model", "policy", "governance")
+# What a reference without `@` means wherever a version is served or pinned: the request path, eval
+# targets, index embedders, `opsgate index query`. Commands that inspect (show, diff, render) use `latest`.
+DEFAULT_ALIAS = "production"
+# Governance rules (gateway/registry/rules.py): single-file kinds, versioned and promoted like the rest.
+RULE_KINDS = ("policy", "governance")
 _REF = re.compile(
     r"^(?:(?P<kind>[a-z]+):)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@(?P<sel>[A-Za-z0-9._-]+))?$"
 )
@@ -51,7 +56,17 @@ class Ref:
         return f"{head}@{self.selector}" if self.selector else head
 
 
+MAX_REF_CHARS = 300  # longer than any reference can be (kind, a 128-character name, a selector)
+
+
 def parse_ref(text: str, *, default_kind: str | None = None, param: str | None = None) -> Ref:
+    if len(text) > MAX_REF_CHARS:  # refused without entering the cache: 4096 cached 1 MB names are 4 GB
+        raise InvalidRequest(
+            f"the artifact reference is {len(text)} characters long; a reference is kind:name@selector"
+            " with a name of at most 128 characters",
+            param=param,
+            code="invalid_reference",
+        )
     return _parse_ref(text, default_kind, param)
 
 
@@ -66,9 +81,9 @@ def _parse_ref(text: str, default_kind: str | None, param: str | None) -> Ref:
             code="invalid_reference",
         )
     kind = match.group("kind") or default_kind
-    if kind is not None and kind not in KINDS:
+    if kind is not None and kind not in kinds.registry() and kind not in RULE_KINDS:
         raise InvalidRequest(
-            f"unknown artifact kind {kind!r}; kinds are: {', '.join(KINDS)}",
+            f"unknown artifact kind {kind!r}; kinds are: {', '.join([*kinds.names(), *RULE_KINDS])}",
             param=param,
             code="invalid_reference",
         )

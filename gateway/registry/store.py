@@ -16,10 +16,11 @@ from sqlalchemy.orm import Session
 
 from gateway.db.generation import as_utc, bump_generation, utcnow
 from gateway.db.models import Alias, ArtifactVersion
+from gateway.errors import NotFound
 from gateway.registry import audit
+from gateway.registry.refs import DEFAULT_ALIAS, Ref
 from gateway.shapes import ArtifactRef
 
-KINDS = ("prompt", "router", "index", "model", "policy", "governance")
 LATEST = "latest"
 
 
@@ -216,6 +217,27 @@ class VersionStore:
                 )
             ).first()
             return to_record(row) if row else None
+
+    def resolve(self, ref: Ref, *, default_alias: str = DEFAULT_ALIAS) -> VersionRecord:
+        """The version a reference names: by number, by alias, or by the default alias. Read from the
+        database, for commands and builds; the request path resolves from memory (gateway/snapshot.py)."""
+        assert ref.kind is not None
+        if ref.version is not None:
+            record = self.get(ref.kind, ref.name, ref.version)
+            if record is None:
+                raise NotFound(f"{ref.kind}:{ref.name}@{ref.version} does not exist")
+            return record
+        aliases = self.aliases(ref.kind, ref.name).get((ref.kind, ref.name))
+        if not aliases:
+            raise NotFound(f"{ref.kind}:{ref.name} does not exist in the registry (run `opsgate sync`)")
+        alias = ref.alias or default_alias
+        if alias not in aliases:
+            known = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items()))
+            raise NotFound(f"{ref.kind}:{ref.name} has no alias {alias!r} (aliases: {known})")
+        record = self.get(ref.kind, ref.name, aliases[alias])
+        if record is None:
+            raise NotFound(f"{ref.kind}:{ref.name}@{alias} points at a missing version")
+        return record
 
     def aliases(
         self, kind: str | None = None, name: str | None = None

@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from gateway import kinds
 from gateway.db.models import ArtifactVersion
 from gateway.errors import ConfigError, Conflict
 from gateway.registry import audit
@@ -32,7 +33,7 @@ from gateway.registry.bootstrap import (
     register_bootstrap,
     registry_open_now,
 )
-from gateway.registry.files import KIND_DIRS, ArtifactFile, load_artifacts, spec_files
+from gateway.registry.files import ArtifactFile, load_artifacts, spec_files
 from gateway.registry.git import GitRepo
 from gateway.registry.rules import RuleFile, read_rules, register_rules
 from gateway.registry.store import (
@@ -44,9 +45,10 @@ from gateway.registry.store import (
 )
 from gateway.registry.tree import GitTree, Tree, WorkingTree
 
-SYNC_KINDS = ("prompt", "router", "model")
-VALIDATE_ONLY = ("index",)
-WATCHED = ["prompts", "config"]
+
+def watched() -> list[str]:
+    """The top-level folders that hold artifact files (every kind's folder, and config/ for the rules)."""
+    return list(dict.fromkeys([*(k.folder.split("/")[0] for k in kinds.registry().values()), "config"]))
 
 
 @dataclass
@@ -168,7 +170,9 @@ def _candidate(art: ArtifactFile, source: SourceInfo) -> Candidate:
 
 def git_tree(repo: GitRepo, commit: str) -> GitTree:
     """The artifact folders (and the files they reference, which live below them) at `commit`."""
-    return GitTree(repo, commit, tuple(dict.fromkeys(KIND_DIRS[k].split("/")[0] for k in KIND_DIRS)))
+    return GitTree(
+        repo, commit, tuple(dict.fromkeys(k.folder.split("/")[0] for k in kinds.registry().values()))
+    )
 
 
 def sync(
@@ -183,7 +187,7 @@ def sync(
     if not repo.is_repo():
         raise ConfigError(f"{project_dir} is not a git repository: `opsgate sync` registers what git holds")
     head = repo.head()
-    dirty = repo.dirty_paths([p for p in WATCHED if (project_dir / p).exists()])
+    dirty = repo.dirty_paths([p for p in watched() if (project_dir / p).exists()])
     if dirty and not allow_dirty:
         shown = ", ".join(dirty[:10]) + (" ..." if len(dirty) > 10 else "")
         raise Conflict(
@@ -193,8 +197,8 @@ def sync(
         )
     report = SyncReport(commit=head, dirty_files=dirty)
     tree: Tree = WorkingTree(project_dir) if dirty else git_tree(repo, head)
-    artifacts, errors = load_artifacts(project_dir, SYNC_KINDS, tree)
-    indexes, index_errors = load_artifacts(project_dir, VALIDATE_ONLY, tree)
+    artifacts, errors = load_artifacts(project_dir, kinds.synced(), tree)
+    indexes, index_errors = load_artifacts(project_dir, kinds.built(), tree)
     artifacts, dangling = refuse_dangling(engine, artifacts, {a.name for a in indexes} | _index_files(tree))
     report.errors.extend(errors + index_errors + dangling)
     dirty_set = set(dirty)
@@ -290,7 +294,7 @@ def dangling_references(
         for loc, kind, name in _prompt_references(art):
             known = routers if kind == "router" else indexes
             if name not in known:
-                folder = KIND_DIRS[kind]
+                folder = kinds.get(kind).folder
                 out.append(
                     (
                         art,
@@ -342,17 +346,17 @@ def bootstrap(
     if not registry_open_now(engine):
         return BootstrapReport()
     repo = GitRepo(project_dir)
-    folders = [p for p in KIND_DIRS.values() if (project_dir / p).is_dir()]
+    folders = [k.folder for k in kinds.registry().values() if (project_dir / k.folder).is_dir()]
     if repo.is_repo() and repo.has_commit():
         head: str | None = repo.head()
         assert head is not None
-        artifacts, errors = load_artifacts(project_dir, SYNC_KINDS, git_tree(repo, head))
+        artifacts, errors = load_artifacts(project_dir, kinds.synced(), git_tree(repo, head))
         skipped = [_skipped_line(p) for p in repo.dirty_paths(folders)] if folders else []
         skipped += [_ignored_line(p) for p in repo.ignored_paths(folders) if p.endswith((".yaml", ".yml"))]
         sourced = [(art, _committed_source(repo, art, head)) for art in artifacts]
     elif working_tree:
         head = None
-        artifacts, errors = load_artifacts(project_dir, SYNC_KINDS)
+        artifacts, errors = load_artifacts(project_dir, kinds.synced())
         skipped = []
         sourced = [(art, _source(None, art, set(), None)) for art in artifacts]
     else:
@@ -408,7 +412,7 @@ def drifted(engine: Engine, project_dir: Path, *, alias: str = "production") -> 
     """Artifacts whose file no longer matches the version their alias serves (a hint to sync and promote)."""
     from gateway.registry.store import VersionStore
 
-    artifacts, _ = load_artifacts(project_dir, SYNC_KINDS)
+    artifacts, _ = load_artifacts(project_dir, kinds.synced())
     store = VersionStore(engine)
     aliases = store.aliases()
     hashes = {(r.kind, r.name, r.version): r.content_hash for r in store.versions()}
@@ -422,6 +426,6 @@ def drifted(engine: Engine, project_dir: Path, *, alias: str = "production") -> 
 
 def dangling_in_project(engine: Engine, project_dir: Path) -> list[str]:
     """Warnings for `opsgate serve`: prompt files naming a router, judge or index that does not exist."""
-    artifacts, _ = load_artifacts(project_dir, SYNC_KINDS)
+    artifacts, _ = load_artifacts(project_dir, kinds.synced())
     tree = WorkingTree(project_dir)
     return [err.message for _, err in dangling_references(engine, artifacts, _index_files(tree))]

@@ -9,32 +9,15 @@ import yaml
 from sqlalchemy import Engine
 
 from gateway.errors import NotFound
+from gateway.prompts.render import render_messages
+from gateway.prompts.spec import PromptSpec
 from gateway.registry.refs import Ref
-from gateway.registry.render import render_messages
-from gateway.registry.specs import PromptSpec
-from gateway.registry.store import VersionRecord, VersionStore
+from gateway.registry.store import LATEST, VersionRecord, VersionStore
 
 
-def resolve_record(store: VersionStore, ref: Ref, *, default_alias: str = "latest") -> VersionRecord:
-    """A version by number or alias, read from the database (for commands, not the request path)."""
-    assert ref.kind is not None
-    if ref.version is not None:
-        record = store.get(ref.kind, ref.name, ref.version)
-        if record is None:
-            raise NotFound(f"{ref.kind}:{ref.name}@{ref.version} does not exist")
-        return record
-    aliases = store.aliases(ref.kind, ref.name).get((ref.kind, ref.name))
-    if not aliases:
-        raise NotFound(f"{ref.kind}:{ref.name} does not exist in the registry (run `opsgate sync`)")
-    alias = ref.alias or default_alias
-    if alias not in aliases:
-        raise NotFound(
-            f"{ref.kind}:{ref.name} has no alias {alias!r} (aliases: {', '.join(sorted(aliases))})"
-        )
-    record = store.get(ref.kind, ref.name, aliases[alias])
-    if record is None:
-        raise NotFound(f"{ref.kind}:{ref.name}@{alias} points at a missing version")
-    return record
+def resolve_record(store: VersionStore, ref: Ref, *, default_alias: str = LATEST) -> VersionRecord:
+    """A version for a command that inspects it (show, diff, render): a bare name means `latest`."""
+    return store.resolve(ref, default_alias=default_alias)
 
 
 def version_dict(record: VersionRecord, aliases: dict[str, int] | None = None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import orjson
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from gateway import kinds
 from gateway.db.generation import utcnow
 from gateway.db.locks import bootstrap_lock
 from gateway.db.models import Alias, ArtifactVersion
@@ -37,7 +38,7 @@ from gateway.registry.bootstrap import (
     indexes_open_now,
     registry_open_now,
 )
-from gateway.registry.files import KIND_DIRS, ArtifactFile, artifact_paths, load_artifact
+from gateway.registry.files import ArtifactFile, artifact_paths, load_artifact
 from gateway.registry.git import GitRepo
 from gateway.registry.store import (
     SourceInfo,
@@ -133,7 +134,7 @@ def index_file(project_dir: Path, name: str) -> ArtifactFile:
         if path.stem == name:
             return load_artifact(project_dir, "index", path)
     known = ", ".join(p.stem for p in artifact_paths(project_dir, "index")) or "none"
-    raise ConfigError(f"no index file {KIND_DIRS['index']}/{name}.yaml (indexes: {known})")
+    raise ConfigError(f"no index file {kinds.INDEX.folder}/{name}.yaml (indexes: {known})")
 
 
 def content_hash(spec: IndexSpec, embedder: dict[str, Any], files: list[SourceFile]) -> str:
@@ -332,11 +333,11 @@ class IndexBuilder:
     def _vectorizer(self, plan: BuildPlan) -> Vectorizer:
         if plan.router is None:
             return LocalVectorizer(self.minilm)
-        from gateway.egress import project_egress
         from gateway.providers import Adapters
         from gateway.providers.base import AdapterServices
-        from gateway.registry.specs import RouterSpec
         from gateway.routing.router import Router
+        from gateway.routing.spec import RouterSpec
+        from gateway.settings import project_egress
 
         assert isinstance(plan.spec.embedder, RouterEmbedder)
         adapters = Adapters(AdapterServices(self.minilm, project_egress(self.project_dir)))
@@ -476,12 +477,12 @@ def bootstrap_indexes(builder: IndexBuilder, *, actor: str, working_tree: bool =
 def _bootstrap_indexes(builder: IndexBuilder, *, actor: str, working_tree: bool) -> list[BuildResult]:
     if not indexes_open_now(builder.engine) or registry_open_now(builder.engine):
         return []  # already done, or nothing was registered yet (a project with no commit)
-    not_committed = uncommitted(builder.project_dir, KIND_DIRS["index"], working_tree=working_tree)
+    not_committed = uncommitted(builder.project_dir, kinds.INDEX.folder, working_tree=working_tree)
     with Session(builder.engine) as s:
         known = set(s.scalars(select(ArtifactVersion.name).where(ArtifactVersion.kind == "index").distinct()))
     results, skipped = [], []
     for path in artifact_paths(builder.project_dir, "index"):
-        rel = f"{KIND_DIRS['index']}/{path.name}"
+        rel = f"{kinds.INDEX.folder}/{path.name}"
         if path.stem in known:
             continue
         if not_committed is None or rel in not_committed:

@@ -256,15 +256,10 @@ def _resolve(engine: Any, ref: str) -> Any:
         parsed = parse_ref(ref, default_kind="index")
     except OpsgateError as exc:
         _fail(exc.message, 2)
-    store = VersionStore(engine)
-    selector = parsed.selector or "production"
-    version = parsed.version
-    if version is None:
-        version = store.aliases("index", parsed.name).get(("index", parsed.name), {}).get(selector)
-    record = store.get("index", parsed.name, version) if version is not None else None
-    if record is None:
-        _fail(f"index:{parsed.name}@{selector} does not exist; `opsgate index list` shows what does")
-    return record
+    try:
+        return VersionStore(engine).resolve(parsed)
+    except OpsgateError as exc:
+        _fail(f"{exc.message}; `opsgate index list` shows what exists")
 
 
 @index_app.command("query")

@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from gateway.errors import ConfigError, UpstreamError
 from gateway.providers.minilm import DIMENSIONS, MODEL_NAME, MiniLMEmbedder
+from gateway.registry.refs import DEFAULT_ALIAS
 from gateway.registry.store import VersionRecord
 from gateway.retrieval.spec import LocalEmbedder, RouterEmbedder
 
@@ -90,7 +91,7 @@ def router_record(
 ) -> VersionRecord:
     """The router version a build pins: `name@version`, `name@alias`, or `name` (production)."""
     name, _, selector = spec.router.partition("@")
-    selector = selector or "production"
+    selector = selector or DEFAULT_ALIAS
     version = int(selector) if selector.isdigit() else aliases.get(selector)
     record = records.get((name, version)) if version is not None else None
     if record is None:

@@ -20,10 +20,10 @@ import httpx
 from sqlalchemy import Engine
 
 from gateway.errors import InvalidRequest, NotFound, UpstreamUnavailable
+from gateway.prompts.render import render_template
+from gateway.prompts.spec import PromptSpec, RetrievalSpec
 from gateway.providers.minilm import MiniLMEmbedder
 from gateway.registry.refs import parse_ref
-from gateway.registry.render import render_template
-from gateway.registry.specs import PromptSpec, RetrievalSpec
 from gateway.registry.store import VersionRecord
 from gateway.retrieval.build import IndexBuilder, lexical_dir
 from gateway.retrieval.embedders import vectors_from_response

@@ -20,8 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from gateway.registry.specs import NAME_PATTERN
-from gateway.yamlspec import StrictModel
+from gateway.yamlspec import NAME_PATTERN, StrictModel
 
 
 def _type_or(default: str) -> Callable[[Any], str]:

@@ -21,7 +21,8 @@ from typing import Any
 from gateway.errors import UpstreamError
 from gateway.providers import Adapters
 from gateway.providers.base import Adapter
-from gateway.registry.specs import Deployment, RouterSpec, WeightedStrategy
+from gateway.providers.deployment import Deployment
+from gateway.routing.spec import RouterSpec, WeightedStrategy
 from gateway.shapes import ArtifactRef, ChunkStream, Json, chunk_stream
 
 

@@ -300,7 +300,8 @@ def test_health_and_readiness(gw: GatewayProcess) -> None:
         ("GET", "/v1/models/default", None, True, 200),
         ("GET", "/healthz", None, False, 200),
         ("GET", "/readyz", None, False, 200),
-        ("GET", "/metrics", None, False, 200),
+        ("GET", "/metrics", None, True, 200),
+        ("GET", "/metrics", None, False, 401),
         ("GET", "/v1/nowhere", None, True, 404),
     ],
 )

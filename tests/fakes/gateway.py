@@ -338,7 +338,9 @@ class GatewayProcess:
 
     def metrics(self) -> str:
         with self.http() as http:
-            return http.get("/metrics").text
+            r = http.get("/metrics", headers=self.auth())
+            assert r.status_code == 200, r.text
+            return r.text
 
     # -- CLI and request log -----------------------------------------------------------------------------
 

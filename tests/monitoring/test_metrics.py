@@ -76,7 +76,7 @@ def test_request_counters_per_artifact_version(gw: GatewayProcess) -> None:
 
 def test_metrics_are_prometheus_text(gw: GatewayProcess) -> None:
     with gw.http() as http:
-        r = http.get("/metrics")
+        r = http.get("/metrics", headers=gw.auth())
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     names = {family.name for family in text_string_to_metric_families(r.text)}

@@ -18,8 +18,8 @@ from gateway.policy.base import Charge
 from gateway.policy.pipeline import Pipeline
 from gateway.policy.quota import MemoryStore, RedisStore, Settlement
 from gateway.policy.spec import parse_policy, registered_checks
-from gateway.registry.specs import RouterSpec
 from gateway.routing.router import Router
+from gateway.routing.spec import RouterSpec
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -8,10 +8,10 @@ import pytest
 import tiktoken
 
 from gateway.errors import UpstreamRejected
+from gateway.providers.deployment import Deployment
 from gateway.providers.extractive import NO_CONTEXT, NO_QUESTION, NOT_FOUND
 from gateway.providers.local import LocalAdapter
 from gateway.providers.minilm import MiniLMEmbedder
-from gateway.registry.specs import Deployment
 
 CHAT = Deployment(id="local", model="local/extractive")
 CONTEXT = (

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.egress.params import CHAT_PARAMS, EMBEDDING_PARAMS, ParamRules, check_request_params
 from gateway.errors import InvalidRequest
 from gateway.offline import apply_offline_env
-from gateway.providers.params import CHAT_PARAMS, EMBEDDING_PARAMS, ParamRules, check_request_params
 
 
 def test_no_allowed_name_is_a_litellm_argument_but_metadata() -> None:

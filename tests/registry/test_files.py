@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway import kinds
 from gateway.errors import ConfigError
 from gateway.registry.files import load_artifact, load_artifacts
 from gateway.registry.git import GitRepo
-from gateway.registry.sync import SYNC_KINDS, git_tree
+from gateway.registry.sync import git_tree
 from tests.conftest import ProjectFactory
 from tests.fakes.gateway import commit_project
 
@@ -18,7 +19,7 @@ GREET = "name: greet\ndescription: Greets.\nmessages:\n  - role: system\n    fil
 
 
 def errors_of(project: Path) -> list[str]:
-    _, errors = load_artifacts(project, SYNC_KINDS)
+    _, errors = load_artifacts(project, kinds.synced())
     return sorted(e.message for e in errors)
 
 
@@ -49,7 +50,7 @@ def test_a_referenced_file_missing_from_git_is_named_with_its_line(make_project:
     (project / "prompts" / "templates").mkdir()
     (project / "prompts" / "templates" / "greet.j2").write_text("Hello {{ who }}.", encoding="utf-8")
     repo = GitRepo(project)
-    _, errors = load_artifacts(project, SYNC_KINDS, git_tree(repo, repo.head()))
+    _, errors = load_artifacts(project, kinds.synced(), git_tree(repo, repo.head()))
     assert [e.message for e in errors] == [
         f"prompts/greet.yaml:5: file: 'templates/greet.j2' (prompts/templates/greet.j2) is not in git commit"
         f" {repo.head()[:12]} (commit it, or sync with --allow-dirty to register the working tree)"
@@ -68,7 +69,7 @@ def test_an_empty_or_non_utf8_spec_file_is_one_line(make_project: ProjectFactory
 def test_x_yaml_beside_x_yml_is_refused_and_neither_loads(make_project: ProjectFactory) -> None:
     hello = "name: hello\nmessages:\n  - {role: system, content: Hi.}\n"
     project = make_project(files={"prompts/hello.yaml": hello, "prompts/hello.yml": hello}, git=False)
-    found, errors = load_artifacts(project, SYNC_KINDS)
+    found, errors = load_artifacts(project, kinds.synced())
     assert "hello" not in {a.name for a in found}
     assert [e.message for e in errors] == [
         "prompts/hello.yml:1: prompts/hello.yaml and prompts/hello.yml both define 'hello'; keep one of them"
@@ -90,8 +91,8 @@ def test_git_and_working_tree_read_the_same_content(make_project: ProjectFactory
     project = make_project(files={"prompts/greet.yaml": GREET, "prompts/templates/greet.j2": "Hi {{ who }}."})
     commit_project(project, "greet")
     repo = GitRepo(project)
-    from_git, _ = load_artifacts(project, SYNC_KINDS, git_tree(repo, repo.head()))
-    from_tree, _ = load_artifacts(project, SYNC_KINDS)
+    from_git, _ = load_artifacts(project, kinds.synced(), git_tree(repo, repo.head()))
+    from_tree, _ = load_artifacts(project, kinds.synced())
     assert {(a.kind, a.name, a.content_hash) for a in from_git} == {
         (a.kind, a.name, a.content_hash) for a in from_tree
     }

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gateway.registry.hashing import canonical_data, content_hash
-from gateway.registry.specs import RouterSpec
 from gateway.retrieval.spec import IndexSpec
+from gateway.routing.spec import RouterSpec
 
 
 def test_discriminators_survive_and_specs_round_trip() -> None:

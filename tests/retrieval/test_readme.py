@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
+from gateway.prompts.render import render_messages
+from gateway.prompts.spec import PromptSpec
 from gateway.providers import extractive
 from gateway.registry.files import load_artifact
-from gateway.registry.render import render_messages
-from gateway.registry.specs import PromptSpec
 from gateway.retrieval.search import DEFAULT_MODE
 from tests.fakes.gateway import REPO
 from tests.retrieval.conftest import WorkspaceFactory

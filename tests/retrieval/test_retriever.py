@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from gateway.errors import NotFound, UpstreamUnavailable
+from gateway.prompts.spec import PromptSpec
 from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
-from gateway.registry.specs import PromptSpec
 from gateway.registry.sync import bootstrap
 from gateway.retrieval.retriever import IndexRetriever, Retrieval
 from gateway.retrieval.store import collection_name

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.registry.specs import PromptSpec
+from gateway.prompts.spec import PromptSpec
 from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import GatewayProcess, assert_error
 from tests.fakes.upstream import FakeUpstream

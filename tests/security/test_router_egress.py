@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.registry.specs import RouterSpec
+from gateway.routing.spec import RouterSpec
 from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import GatewayProcess, assert_error
 from tests.fakes.upstream import FakeUpstream

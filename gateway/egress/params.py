@@ -18,11 +18,11 @@ The request path calls `ParamRules.check_request` early (before retrieval and po
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.egress import steers_the_call
 from gateway.errors import InvalidRequest
 
 Kind = Literal["chat", "embedding"]
@@ -201,3 +201,27 @@ def _tool_problems(loc: Loc, tool: Any) -> list[ParamProblem]:
 
 def _legacy_function_problems(loc: Loc, function: Any) -> list[ParamProblem]:
     return _keys_problems(loc, function, _LEGACY_FUNCTION_KEYS)
+
+
+# Words (between underscores) of parameter names that choose where or how a call is made. Used to explain
+# a refusal and to keep the operator from allowing such a name by mistake; the decision itself is always
+# the allow-list.
+_STEERING_WORDS = frozenset(
+    {
+        "api", "base", "url", "uri", "endpoint", "host", "hostname", "port", "key", "keys", "secret",
+        "password", "credential", "credentials", "auth", "authorization", "header",
+        "headers", "cookie", "cookies", "provider", "region", "location", "project", "callback",
+        "callbacks", "hook", "hooks", "litellm", "proxy", "mock", "aws", "vertex", "vertexai", "azure",
+        "gcp", "google", "bedrock", "sagemaker", "timeout", "retries", "retry", "fallback", "fallbacks",
+        "client", "session", "deployment", "organization", "org", "tenant", "extra", "custom", "cost",
+        "budget", "ssl", "verify", "cert", "langfuse", "langsmith", "s3", "gcs", "logger", "logging",
+    }
+)  # fmt: skip
+
+
+def steers_the_call(name: str) -> bool:
+    """Whether a parameter name looks like it picks a host, credential, header, provider, region or
+    callback (for messages and as a guard on the operator's list; the allow-list decides)."""
+    lowered = name.lower()
+    words = set(re.split(r"[^a-z0-9]+", lowered))
+    return bool(words & _STEERING_WORDS) or lowered.startswith("_")

@@ -28,7 +28,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -36,11 +35,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from gateway.egress.params import ParamRules, steers_the_call
 from gateway.yamlspec import StrictModel
 
 if TYPE_CHECKING:
-    from gateway.providers.params import ParamRules
-    from gateway.registry.specs import Deployment
+    from gateway.providers.deployment import Deployment
 
 # Where each provider's API lives when a deployment gives no api_base (litellm's defaults). None: the
 # provider has no fixed address (Azure resources, self-hosted servers): a deployment must set api_base.
@@ -292,30 +291,6 @@ class EgressConfig(StrictModel):
         return value
 
 
-# Words (between underscores) of parameter names that choose where or how a call is made. Used to explain
-# a refusal and to keep the operator from allowing such a name by mistake; the decision itself is always
-# the allow-list.
-_STEERING_WORDS = frozenset(
-    {
-        "api", "base", "url", "uri", "endpoint", "host", "hostname", "port", "key", "keys", "secret",
-        "password", "credential", "credentials", "auth", "authorization", "header",
-        "headers", "cookie", "cookies", "provider", "region", "location", "project", "callback",
-        "callbacks", "hook", "hooks", "litellm", "proxy", "mock", "aws", "vertex", "vertexai", "azure",
-        "gcp", "google", "bedrock", "sagemaker", "timeout", "retries", "retry", "fallback", "fallbacks",
-        "client", "session", "deployment", "organization", "org", "tenant", "extra", "custom", "cost",
-        "budget", "ssl", "verify", "cert", "langfuse", "langsmith", "s3", "gcs", "logger", "logging",
-    }
-)  # fmt: skip
-
-
-def steers_the_call(name: str) -> bool:
-    """Whether a parameter name looks like it picks a host, credential, header, provider, region or
-    callback (for messages and as a guard on the operator's list; the allow-list decides)."""
-    lowered = name.lower()
-    words = set(re.split(r"[^a-z0-9]+", lowered))
-    return bool(words & _STEERING_WORDS) or lowered.startswith("_")
-
-
 # -- the rules, compiled ----------------------------------------------------------------------------------
 
 
@@ -333,8 +308,6 @@ class Egress:
     @cached_property
     def params(self) -> ParamRules:
         """The request-parameter allow-list with the operator's extra parameters."""
-        from gateway.providers.params import ParamRules  # here: gateway.providers imports the registry
-
         return ParamRules(self.config.request_params)
 
     # -- single checks: None when allowed, else what is wrong and what to configure ------------------------
@@ -475,14 +448,3 @@ def raise_problems(title: str, problems: Sequence[Problem]) -> None:
         for loc, message in problems
     ]
     raise ValidationError.from_exception_data(title, errors)
-
-
-def project_egress(project_dir: Path) -> Egress:
-    """The rules in a project's config/gateway.yaml (defaults when the file is missing)."""
-    from gateway.settings import GatewayConfig  # here: settings imports this module
-    from gateway.yamlspec import load_spec
-
-    file = project_dir / "config" / "gateway.yaml"
-    if not file.exists():
-        return Egress()
-    return Egress(load_spec(file, GatewayConfig, display="config/gateway.yaml").egress)
