@@ -52,8 +52,10 @@ from gateway.policy.setup import build_pipeline, validate_policy_file
 from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
+from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.refs import parse_ref
+from gateway.registry.rules import bootstrap_rules
 from gateway.registry.sync import bootstrap, dangling_in_project, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
@@ -88,6 +90,7 @@ def prepare_database(settings: Settings) -> Engine:
     ensure_private_dir(settings.resolved_data_dir())
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
+    audit.setup(engine, settings.resolved_data_dir())  # keyed and anchored outside the database
     # replicas starting together on one PostgreSQL database: one bootstraps, the others then find it done
     with bootstrap_lock(engine):
         _bootstrap_registry(settings, engine)
@@ -111,6 +114,9 @@ def _bootstrap_registry(settings: Settings, engine: Engine) -> None:
         log.warning("%s (requests to this prompt will fail; `opsgate sync` refuses it)", warning)
     for note in drifted(engine, settings.project_dir):
         log.warning("%s: serving the registered version; run `opsgate sync` and promote to change it", note)
+    rules = bootstrap_rules(engine, settings.project_dir, actor="system:bootstrap")
+    for record in rules or []:
+        log.info("bootstrap: %s from %s is in force (production)", record.ref, record.source_path)
     key_file = KeyService(engine).ensure_bootstrap_admin(settings.resolved_data_dir())
     if key_file is not None:
         print(f"opsgate: no API keys existed; created an admin key in {key_file} (readable only by you)")
@@ -128,9 +134,11 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     retriever = IndexRetriever(catalog, library)
     catalog.listeners.append(retriever.on_snapshot)  # opens aliased index versions ahead of requests
     policy = build_pipeline(settings, config, engine)
+    # the policy in force follows policy:policies@production as it moves (no file watch, no restart)
+    catalog.listeners.append(lambda snapshot: policy.follow(snapshot.aliases, snapshot.records))
     metrics.gauge(
         "opsgate_policy_reload_failed",
-        "1 when the last edit of config/policies.yaml did not load (the previous policy stays in force).",
+        "1 when the policy version promoted to production could not be applied (the previous one stays in force).",
         lambda: 1.0 if policy.reload_error else 0.0,
     )
     _limit_store_metrics(metrics, policy)
@@ -147,7 +155,7 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
         limits=config.limits,
         traffic=recorder,
     )
-    alerts = Alerts(config.alerts, egress)
+    alerts = Alerts(config.alerts, egress, audit_tip=lambda: audit.anchored_tip(engine))
     return Parts(
         settings,
         config,

@@ -133,10 +133,16 @@ def keys_create(
 
     settings = _settings()
     engine = _engine(settings)
-    actor = _key_creator(settings, engine, api_key, local_admin)
+    actor, creator_key = _key_creator(settings, engine, api_key, local_admin)
     try:
         record, plaintext = KeyService(engine).create(
-            name=name, roles=role, principal=principal, allow=allow or ["*"], value=key, actor=actor
+            name=name,
+            roles=role,
+            principal=principal,
+            allow=allow or ["*"],
+            value=key,
+            actor=actor,
+            created_by_key=creator_key,
         )
     except OpsgateError as exc:
         fail(exc.message)
@@ -144,17 +150,21 @@ def keys_create(
     typer.echo(plaintext)
 
 
-def _key_creator(settings: Any, engine: Any, api_key: str | None, local_admin: bool) -> str:
-    """Who creates a key: an admin key's principal; anyone for the very first key (the bootstrap, as
-    `opsgate serve` does on its first start); or the operator on this machine with --local-admin."""
+def _key_creator(
+    settings: Any, engine: Any, api_key: str | None, local_admin: bool
+) -> tuple[str, str | None]:
+    """Who creates a key (actor, and the creating key's id): an admin key's principal; anyone for the very
+    first key (the bootstrap, as `opsgate serve` does on its first start); or the operator on this machine
+    with --local-admin."""
     from gateway.cli_common import local_admin_actor, no_key_ever_created
 
     if local_admin:
-        return local_admin_actor(settings)
+        return local_admin_actor(settings), None
     if api_key:
-        return str(authenticate_cli(engine, api_key, "admin").actor)
+        creator = authenticate_cli(engine, api_key, "admin")
+        return str(creator.actor), str(creator.key_id)
     if no_key_ever_created(engine):
-        return "local:cli (first key)"
+        return "local:cli (first key)", None
     fail(
         "creating a key needs an admin key: set OPSGATE_API_KEY or pass --api-key (the first admin key is in"
         " the data directory's admin.key), or, as the operator on this machine, pass --local-admin"
@@ -369,6 +379,7 @@ def sync_cmd(
                 "errors": [e.message for e in report.errors],
                 "dirty_files": report.dirty_files,
                 "bootstrapped": report.bootstrapped,
+                "rules": [r.ref for r in report.rules],
             }
         )
     else:
@@ -385,6 +396,12 @@ def sync_cmd(
             )
         for record in report.unchanged:
             typer.echo(f"unchanged  {record.ref}")
+        for record in report.rules:
+            flag = " (dirty)" if record.dirty else ""
+            typer.echo(
+                f"registered {record.ref}  {record.source_path}  {(record.git_commit or '')[:12]}{flag}"
+                f"  (rules: in force once promoted to production)"
+            )
         for err in report.errors:
             typer.echo(f"error      {err.message}", err=True)
     if report.errors:

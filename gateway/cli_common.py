@@ -29,9 +29,14 @@ def load_settings() -> Any:
 def open_engine(settings: Any) -> Any:
     """The database of these settings, migrated to the current schema."""
     from gateway.db.engine import make_engine, migrate
+    from gateway.registry import audit
 
     eng = make_engine(settings.resolved_database_url())
     migrate(eng)
+    data_dir = settings.resolved_data_dir()
+    # CLI writes are keyed and anchored like the gateway's; a data directory that does not exist (a
+    # PostgreSQL install run from another machine) is not created here: set OPSGATE_AUDIT_KEY there
+    audit.setup(eng, data_dir, create=data_dir.is_dir() or settings.database_url is None)
     return eng
 
 

@@ -38,6 +38,7 @@ class ApiKey(Base):
     created_by: Mapped[str] = mapped_column(String(200))
     revoked_at: Mapped[datetime | None]
     revoked_by: Mapped[str | None] = mapped_column(String(200))
+    created_by_key: Mapped[str | None] = mapped_column(String(32))  # the key that created this one
 
 
 class ArtifactVersion(Base):
@@ -61,6 +62,8 @@ class ArtifactVersion(Base):
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(200))
     files: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # everyone who committed to a file of the version since the previous version ("Name <email>")
+    authors: Mapped[list[Any] | None] = mapped_column(JSON)
 
 
 class Promotion(Base):
@@ -181,6 +184,7 @@ class AuditEntry(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64))  # HMAC of entry_hash with the audit key
 
 
 class GatewayState(Base):
