@@ -8,9 +8,17 @@ OpenAI's parameters (gateway/providers/params.py), checked before any work is do
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from gateway.errors import InvalidFields
 
@@ -21,7 +29,44 @@ R = TypeVar("R", bound="_Request")
 GATEWAY_FIELDS = frozenset({"prompt_variables", "prompt_id", "prompt_version", "opsgate"})
 
 
-class _Open(BaseModel):
+def _whole_numbers(value: Any) -> Any:
+    """JSON has one number type: `13.0` is the integer 13 (JSON Schema says so, and clients that compute a
+    count in floating point send it). Anything else is left for the strict integer check to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
+def _mentions_int(annotation: Any) -> bool:
+    return annotation is int or any(_mentions_int(arg) for arg in get_args(annotation))
+
+
+class StrictBody(BaseModel):
+    """A JSON request body checked strictly: a value of the wrong type is refused, never coerced (`"1"` is
+    not 1, `0` is not false, `"yes"` is not true), except that a whole number written `13.0` is an integer,
+    as JSON Schema has it (the published schema says `integer`)."""
+
+    model_config = ConfigDict(strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integer_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            k: _whole_numbers(v) if k in fields and _mentions_int(fields[k].annotation) else v
+            for k, v in data.items()
+        }
+
+
+class _Open(StrictBody):
+    """Open to fields OpenAI may add (checked by the allow-list of gateway/providers/params.py instead), and
+    strict: a JSON value of the wrong type is refused, never coerced (`"temperature": "1"` used to be accepted
+    and forwarded as a string)."""
+
     model_config = ConfigDict(extra="allow")
 
 
@@ -60,10 +105,109 @@ class ChatMessage(_Open):
 
 
 class StreamOptions(_Open):
+    # other keys are refused by the allow-list (400 forbidden_parameter / unknown_parameter)
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
     include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+# Fields whose nested rules are the allow-list's (gateway/providers/params.py: 400 `invalid_parameter` or
+# `forbidden_parameter`): typed loosely here so that check keeps its answer, documented with its rules.
+_METADATA_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "object",
+            "maxProperties": 16,
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 512},
+        },
+        {"type": "null"},
+    ],
+    "description": "OpenAI's metadata: at most 16 string pairs (keys <= 64, values <= 512 characters).",
+}
+_FUNCTION_SCHEMA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "parameters": {"type": "object"},
+        "strict": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+    },
+    "additionalProperties": False,
+}
+_TOOLS_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "array",
+            "items": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["type", "function"],
+                        "properties": {"type": {"const": "function"}, "function": _FUNCTION_SCHEMA},
+                        "additionalProperties": False,
+                    },
+                    {
+                        "type": "object",
+                        "required": ["type", "custom"],
+                        "properties": {
+                            "type": {"const": "custom"},
+                            "custom": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "description": {"type": "string"},
+                                    "format": {"type": "object"},
+                                },
+                                "additionalProperties": False,
+                            },
+                        },
+                        "additionalProperties": False,
+                    },
+                ]
+            },
+        },
+        {"type": "null"},
+    ],
+    "description": "Function (or custom) tools only: other tool types would make a provider reach a server.",
+}
+_FUNCTIONS_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "parameters": {"type": "object"},
+                },
+                "additionalProperties": False,
+            },
+        },
+        {"type": "null"},
+    ],
+    "description": "Deprecated by OpenAI in favour of `tools`.",
+}
+# gateway/registry/refs.py's grammar, as the request path applies it (surrounding blanks are ignored)
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+SELECTOR_PATTERN = r"^[A-Za-z0-9._-]+$"
+PROMPT_REF_PATTERN = rf"^\s*(prompt:)?{NAME_PATTERN}(@[A-Za-z0-9._-]+)?\s*$"
+Penalty = Annotated[float | None, Field(ge=-2, le=2)]
 
 
 class ChatRequest(_Request):
+    """OpenAI's chat completions request (platform.openai.com/docs/api-reference/chat/create), plus the
+    gateway's own fields (`prompt_id`, `prompt_version`, `prompt_variables`, `opsgate`). `model` names a
+    router or a prompt; `messages` may be left out when the prompt supplies them. Any other top-level field
+    is refused (400) unless the operator allows it in `egress.request_params` (the published schema lists
+    those too)."""
+
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(default_factory=list)  # required unless a prompt supplies them
     stream: bool = False
@@ -73,9 +217,37 @@ class ChatRequest(_Request):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=128)
+    frequency_penalty: Penalty = None
+    presence_penalty: Penalty = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    user: str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool | None = None  # keep the call in the traffic store (GET /v1/chat/completions/{id})
+    tool_choice: str | dict[str, Any] | None = None
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    verbosity: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    metadata: Annotated[Any, WithJsonSchema(_METADATA_SCHEMA)] = None
+    tools: Annotated[Any, WithJsonSchema(_TOOLS_SCHEMA)] = None
+    functions: Annotated[Any, WithJsonSchema(_FUNCTIONS_SCHEMA)] = None
     prompt_variables: dict[str, Any] | None = None
-    prompt_id: str | None = None
-    prompt_version: int | str | None = None
+    # parsed as artifact references (400 invalid_reference otherwise): the pattern documents the grammar
+    prompt_id: str | None = Field(None, json_schema_extra={"pattern": PROMPT_REF_PATTERN})
+    prompt_version: int | str | None = Field(None, json_schema_extra={"pattern": SELECTOR_PATTERN})
     opsgate: OpsgateOptions | None = None
 
     @property
@@ -96,10 +268,16 @@ class ChatRequest(_Request):
 
 
 class EmbeddingRequest(_Request):
+    """OpenAI's embeddings request (platform.openai.com/docs/api-reference/embeddings/create). Other
+    top-level fields are refused (400) unless the operator allows them in `egress.request_params`."""
+
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
 
 
 def validate(model: type[M], data: Any) -> M:

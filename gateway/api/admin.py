@@ -7,28 +7,92 @@ a protected alias around a promotion).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway import kinds
 from gateway.api.deps import call_for, gateway_of
+from gateway.api.openapi_spec import (
+    ADMIN_ERRORS,
+    KIND_REF,
+    VERSION_REF,
+    body_properties,
+    error_responses,
+)
+from gateway.api_requests import StrictBody
 from gateway.db.generation import as_utc
 from gateway.db.models import AuditEntry
-from gateway.errors import PermissionDenied
+from gateway.errors import InvalidRequest, PermissionDenied
 from gateway.keys import KeyService, Principal
 from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.promotion import PromotionService
-from gateway.registry.refs import parse_ref
+from gateway.registry.refs import parse_ref, validate_alias
 from gateway.registry.store import VersionStore
 from gateway.registry.sync import sync
 from gateway.registry.views import artifact_detail, artifact_list, diff, resolve_record, version_dict
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+MAX_INT = 2**31 - 1  # integer columns (versions, sequence numbers) are 32-bit in every database
+
+
+def _bad_value(value: Any, where: str) -> InvalidRequest | None:
+    """A NUL character (PostgreSQL refuses it in text) or an integer no column holds, anywhere in a value."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return InvalidRequest(f"{where}: NUL characters are not allowed", param=where)
+        if value.lstrip("-").isdigit() and len(value) > 10 and abs(int(value)) > MAX_INT:
+            return InvalidRequest(f"{where}: {value} is out of range (at most {MAX_INT})", param=where)
+    elif isinstance(value, bool):
+        return None
+    elif isinstance(value, int | float):
+        if abs(value) > MAX_INT:
+            return InvalidRequest(f"{where}: {value} is out of range (at most {MAX_INT})", param=where)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            problem = _bad_value(k, f"{where}.{k}" if where else str(k)) or _bad_value(
+                v, f"{where}.{k}" if where else str(k)
+            )
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            problem = _bad_value(v, f"{where}.{i}" if where else str(i))
+            if problem:
+                return problem
+    return None
+
+
+async def clean_inputs(request: Request) -> None:
+    """Before anything reaches the database: NUL characters and out-of-range integers in the path, the
+    query or the JSON body get a 400 naming the field, never a 500."""
+    for name, value in request.path_params.items():
+        if problem := _bad_value(str(value), name):
+            raise problem
+    for name, value in request.query_params.multi_items():
+        if problem := _bad_value(value, name):
+            raise problem
+    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        raw = await request.body()
+        if raw:
+            try:  # the stdlib parser keeps big integers exact (orjson turns them into floats)
+                data = json.loads(raw)
+            except ValueError:
+                return  # not JSON: reported by the body's own validation
+            if problem := _bad_value(data, ""):
+                raise problem
+
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    responses=error_responses(*ADMIN_ERRORS),
+    dependencies=[Depends(clean_inputs)],
+)
 
 READ_ROLES = ("prompt-engineer", "approver", "admin")
 
@@ -57,7 +121,7 @@ def _promotions(request: Request) -> PromotionService:
     return PromotionService(parts.engine, parts.config.governance)
 
 
-class _Body(BaseModel):
+class _Body(StrictBody):  # `{"emergency": "yes"}` was coerced to true (found by the fuzz pass)
     model_config = ConfigDict(extra="forbid")
 
 
@@ -142,6 +206,7 @@ def sync_repo(request: Request, caller: Caller, body: SyncRequest) -> dict[str, 
     return {
         "commit": report.commit,
         "registered": [r.ref for r in report.registered],
+        "rules": [r.ref for r in report.rules],
         "unchanged": [r.ref for r in report.unchanged],
         "errors": [e.message for e in report.errors],
         "dirty_files": report.dirty_files,
@@ -165,12 +230,14 @@ def get_promotion(request: Request, _: Reader, promotion_id: str) -> dict[str, A
     "/promotions",
     status_code=201,
     summary="Request a promotion (applies at once if the alias is not protected)",
+    openapi_extra=body_properties(ref=VERSION_REF),
 )
 def request_promotion(request: Request, caller: Caller, body: PromotionRequest) -> dict[str, Any]:
     ref = parse_ref(body.ref, param="ref")
     if ref.kind is None or ref.version is None:
         raise_ref(body.ref)
     assert ref.kind is not None and ref.version is not None
+    validate_alias(body.to, param="to")
     record = _promotions(request).request(
         caller, kind=ref.kind, name=ref.name, version=ref.version, alias=body.to, reason=body.reason
     )
@@ -194,7 +261,10 @@ def reject(request: Request, caller: Caller, promotion_id: str, body: Rejection)
 
 
 @router.post(
-    "/rollback", status_code=201, summary="Roll an alias back (a promotion; admins may do it at once)"
+    "/rollback",
+    status_code=201,
+    summary="Roll an alias back (a promotion; admins may do it at once)",
+    openapi_extra=body_properties(ref=KIND_REF),
 )
 def rollback(request: Request, caller: Caller, body: RollbackRequest) -> dict[str, Any]:
     ref = parse_ref(body.ref, param="ref")
@@ -299,7 +369,12 @@ def list_keys(request: Request, caller: Caller) -> list[dict[str, Any]]:
 def create_key(request: Request, caller: Caller, body: KeyRequest) -> dict[str, Any]:
     _admin(caller)
     record, value = KeyService(_engine(request)).create(
-        name=body.name, roles=body.roles, principal=body.principal, allow=body.allow, actor=caller.actor
+        name=body.name,
+        roles=body.roles,
+        principal=body.principal,
+        allow=body.allow,
+        actor=caller.actor,
+        created_by_key=caller.key_id,
     )
     return {"id": record.id, "key": value, "principal": record.principal, "roles": record.roles}
 

@@ -9,13 +9,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
+from gateway.api.openapi_spec import READINESS, Health, responses
 from gateway.db.outage import describe
 from gateway.retrieval.readiness import check_indexes
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.get("/healthz", summary="Liveness: the process answers", responses=responses(Health))
 async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
@@ -24,6 +25,7 @@ async def healthz() -> Response:
     "/readyz",
     summary="Readiness: can serve (caches and aliased models loaded, log writer running); a database or"
     " Redis outage is reported as degraded (200), not as not ready",
+    responses=READINESS,
 )
 async def readyz(request: Request) -> Response:
     """Readiness means "can serve". Chat and embeddings are answered from memory (keys, aliases, policies)
@@ -38,6 +40,9 @@ async def readyz(request: Request) -> Response:
         try:
             await asyncio.wait_for(asyncio.to_thread(_ping, parts.engine), timeout=2)
             checks["database"] = True
+            outage = getattr(request.app.state, "database_outage", None)
+            if outage is not None:  # the admin routes' outage (503s) is over: say so once
+                outage.recovered()
         except Exception as exc:  # noqa: BLE001 - any failure is reported; serving goes on from memory
             checks["database"] = False
             checks["database_error"] = describe(exc)

@@ -7,16 +7,28 @@ of a key with the `metrics` role (or an admin key); see docs/operations.md.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.api.openapi_spec import error_responses
 from gateway.errors import AuthenticationFailed, PermissionDenied
 
 router = APIRouter(tags=["monitoring"])
 METRICS_ROLES = ("metrics", "admin")
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format 0.0.4.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **error_responses(401, 403),  # unless metrics.require_key is false
+    },
+)
 async def metrics(request: Request) -> Response:
     parts = request.app.state.parts
     if parts.config.metrics.require_key:

@@ -25,6 +25,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.api.deps import call_for, gateway_of
+from gateway.api.openapi_spec import (
+    ML_ERRORS,
+    FeedbackAccepted,
+    MLflowPredictions,
+    MLModelCard,
+    MLModelList,
+    Predictions,
+    PredictRequest,
+    json_body,
+    responses,
+)
 from gateway.errors import InvalidFields, NotFound, OpsgateError, PermissionDenied
 from gateway.flow.access import CANDIDATE_ROLES, granted
 from gateway.flow.call import Call
@@ -65,6 +76,47 @@ def _fail(gateway: Gateway, call: Call, request: Request, exc: OpsgateError) -> 
 
 Handler = Callable[[Call], Awaitable[Response]]
 
+_ROWS = {"type": "array", "items": {"anyOf": [{"type": "object"}, {"type": "array"}]}}
+# MLflow's scoring protocol (gateway/ml/protocol.py): exactly one of the four keys, and optional params
+MLFLOW_BODY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "dataframe_split": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"columns": {"type": "array", "items": {"type": "string"}}, "data": _ROWS},
+        },
+        "dataframe_records": {"type": "array", "items": {"type": "object"}},
+        "instances": _ROWS,
+        "inputs": {"anyOf": [{"type": "object", "additionalProperties": {"type": "array"}}, _ROWS]},
+        "params": {"type": "object"},
+    },
+    "oneOf": [{"required": [k]} for k in protocol.MLFLOW_KEYS],
+    "additionalProperties": False,
+}
+_FEEDBACK_ITEM = {
+    "type": "object",
+    "required": ["prediction_id", "label"],
+    "properties": {"prediction_id": {"type": ["string", "integer"]}, "label": {}},
+}
+FEEDBACK_BODY: dict[str, Any] = {
+    "anyOf": [
+        _FEEDBACK_ITEM,
+        {
+            "type": "object",
+            "required": ["feedback"],
+            "properties": {
+                "feedback": {
+                    "type": "array",
+                    "items": _FEEDBACK_ITEM,
+                    "minItems": 1,
+                    "maxItems": MAX_FEEDBACK,
+                }
+            },
+        },
+    ]
+}
+
 
 async def _logged(request: Request, route: str, handler: Handler) -> Response:
     """Authenticate, run the route, and write exactly one log row whatever happens: the error's status
@@ -85,7 +137,12 @@ async def _logged(request: Request, route: str, handler: Handler) -> Response:
     return response
 
 
-@router.post("/v1/ml/{name}/predict", summary="Score rows with a classic model")
+@router.post(
+    "/v1/ml/{name}/predict",
+    summary="Score rows with a classic model",
+    responses=responses(Predictions, *ML_ERRORS),
+    openapi_extra=json_body(PredictRequest),
+)
 async def predict(request: Request, name: str) -> Response:
     ml = ml_of(request)
 
@@ -118,7 +175,12 @@ def _predict_body(result: Prediction) -> dict[str, Any]:
     return body
 
 
-@router.post("/v1/ml/{name}/invocations", summary="MLflow scoring protocol")
+@router.post(
+    "/v1/ml/{name}/invocations",
+    summary="MLflow scoring protocol",
+    responses=responses(MLflowPredictions, *ML_ERRORS),
+    openapi_extra=json_body(schema=MLFLOW_BODY, others={"text/csv": {"schema": {"type": "string"}}}),
+)
 async def invocations(request: Request, name: str) -> Response:
     ml = ml_of(request)
 
@@ -138,7 +200,12 @@ async def invocations(request: Request, name: str) -> Response:
     return await _logged(request, "/v1/ml/{name}/invocations", handle)
 
 
-@router.post("/v1/ml/{name}/feedback", summary="Attach ground truth to predictions")
+@router.post(
+    "/v1/ml/{name}/feedback",
+    summary="Attach ground truth to predictions",
+    responses=responses(FeedbackAccepted, *ML_ERRORS),
+    openapi_extra=json_body(schema=FEEDBACK_BODY),
+)
 async def feedback(request: Request, name: str) -> Response:
     ml = ml_of(request)
 
@@ -179,7 +246,7 @@ def _feedback_items(data: Any) -> list[dict[str, Any]]:
     return cast(list[dict[str, Any]], items)
 
 
-@router.get("/v1/ml", summary="Models this key may call")
+@router.get("/v1/ml", summary="Models this key may call", responses=responses(MLModelList, 401, 503))
 async def list_models(request: Request) -> Response:
     ml = ml_of(request)
 
@@ -192,7 +259,11 @@ async def list_models(request: Request) -> Response:
     return await _logged(request, "/v1/ml", handle)
 
 
-@router.get("/v1/ml/{name}", summary="One model's card: version, schema, output")
+@router.get(
+    "/v1/ml/{name}",
+    summary="One model's card: version, schema, output",
+    responses=responses(MLModelCard, *ML_ERRORS),
+)
 async def get_model(request: Request, name: str) -> Response:
     ml = ml_of(request)
 
@@ -255,7 +326,11 @@ async def _admin_model(ml: MLService, call: Call, name: str, version: str | None
     return await ml.served(record)
 
 
-@router.get("/admin/ml/{name}/monitor", summary="Drift, data quality, accuracy, fairness of a version")
+@router.get(
+    "/admin/ml/{name}/monitor",
+    summary="Drift, data quality, accuracy, fairness of a version",
+    responses=responses(None, *ML_ERRORS),
+)
 async def monitor_figures(request: Request, name: str, version: str | None = None) -> Response:
     from gateway.ml.monitor import figures
 
@@ -270,7 +345,9 @@ async def monitor_figures(request: Request, name: str, version: str | None = Non
 
 
 @router.post(
-    "/admin/ml/{name}/monitor", summary="Judge a version now: store reports, alert, trigger retraining"
+    "/admin/ml/{name}/monitor",
+    summary="Judge a version now: store reports, alert, trigger retraining",
+    responses=responses(None, *ML_ERRORS),
 )
 async def monitor_check(request: Request, name: str, version: str | None = None) -> Response:
     ml = ml_of(request)
@@ -282,7 +359,9 @@ async def monitor_check(request: Request, name: str, version: str | None = None)
 
 
 @router.get(
-    "/admin/ml/{name}/retrain/{run_id}", summary="A retraining run's status (never the command's output)"
+    "/admin/ml/{name}/retrain/{run_id}",
+    summary="A retraining run's status (never the command's output)",
+    responses=responses(None, *ML_ERRORS),
 )
 async def retrain_run(request: Request, name: str, run_id: str) -> Response:
     ml = ml_of(request)
@@ -299,7 +378,11 @@ async def retrain_run(request: Request, name: str, run_id: str) -> Response:
     return await _logged(request, "/admin/ml/{name}/retrain/{run_id}", handle)
 
 
-@router.get("/admin/ml/{name}/importance", summary="Global feature importance (mean |SHAP|) of a version")
+@router.get(
+    "/admin/ml/{name}/importance",
+    summary="Global feature importance (mean |SHAP|) of a version",
+    responses=responses(None, *ML_ERRORS),
+)
 async def importance(request: Request, name: str, version: str | None = None) -> Response:
     ml = ml_of(request)
 

@@ -16,6 +16,17 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.deps import gateway_of, opened_call, read_json
+from gateway.api.openapi_spec import (
+    CALL_ERRORS,
+    SSE_CHUNKS,
+    ChatCompletion,
+    ChatCompletionChunk,
+    EmbeddingList,
+    ModelCard,
+    ModelList,
+    json_body,
+    responses,
+)
 from gateway.api_requests import ChatRequest, EmbeddingRequest
 from gateway.flow.sse import ChatStream
 
@@ -28,7 +39,17 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 
 
-@router.post("/chat/completions", summary="Create a chat completion (streaming with SSE)")
+_CHAT_OK: dict[int | str, dict[str, Any]] = {
+    200: {"model": ChatCompletion, "description": "The completion.", "content": SSE_CHUNKS}
+}
+
+
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion (streaming with SSE)",
+    responses={**_CHAT_OK, **responses(None, *CALL_ERRORS)},
+    openapi_extra=json_body(ChatRequest, also=[ChatCompletionChunk]),
+)
 async def chat_completions(request: Request) -> Response:
     async with opened_call(request, "/v1/chat/completions") as call:
         chat = ChatRequest.parse(await read_json(request))
@@ -38,14 +59,19 @@ async def chat_completions(request: Request) -> Response:
     return _json(answer)
 
 
-@router.post("/embeddings", summary="Create embeddings")
+@router.post(
+    "/embeddings",
+    summary="Create embeddings",
+    responses=responses(EmbeddingList, *CALL_ERRORS),
+    openapi_extra=json_body(EmbeddingRequest),
+)
 async def embeddings(request: Request) -> Response:
     async with opened_call(request, "/v1/embeddings") as call:
         data = await gateway_of(request).embeddings(call, EmbeddingRequest.parse(await read_json(request)))
     return _json(data)
 
 
-@router.get("/models", summary="List the models this key may call")
+@router.get("/models", summary="List the models this key may call", responses=responses(ModelList, 401, 503))
 async def list_models(request: Request) -> Response:
     async with opened_call(request, "/v1/models") as call:
         assert call.principal is not None
@@ -53,7 +79,11 @@ async def list_models(request: Request) -> Response:
     return _json(data)
 
 
-@router.get("/models/{model_id:path}", summary="Describe one model")
+@router.get(
+    "/models/{model_id:path}",
+    summary="Describe one model",
+    responses=responses(ModelCard, 401, 404, 503),
+)
 async def get_model(request: Request, model_id: str) -> Response:
     async with opened_call(request, "/v1/models/{id}", model=model_id) as call:
         assert call.principal is not None

@@ -14,9 +14,10 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from gateway import kinds
 from gateway.db.generation import as_utc, bump_generation, utcnow
 from gateway.db.models import Alias, ArtifactVersion
-from gateway.errors import NotFound
+from gateway.errors import InvalidRequest, NotFound
 from gateway.registry import audit
 from gateway.registry.refs import DEFAULT_ALIAS, Ref
 from gateway.shapes import ArtifactRef
@@ -39,6 +40,7 @@ class VersionRecord:
     created_at: datetime
     created_by: str
     files: dict[str, Any] | None = None
+    authors: tuple[str, ...] = ()  # everyone who committed to a file of it since the previous version
 
     @functools.cached_property
     def ref(self) -> ArtifactRef:
@@ -52,6 +54,12 @@ class SourceInfo:
     author: str | None = None
     message: str | None = None
     dirty: bool = False
+    # everyone who committed to any file of the version (spec and referenced files) since the previous
+    # version of the artifact; empty means just `author`
+    authors: tuple[str, ...] = ()
+
+    def all_authors(self) -> list[str]:
+        return list(dict.fromkeys([*self.authors, *([self.author] if self.author else [])]))
 
 
 def to_record(row: ArtifactVersion) -> VersionRecord:
@@ -69,7 +77,23 @@ def to_record(row: ArtifactVersion) -> VersionRecord:
         as_utc(row.created_at),
         row.created_by,
         dict(row.files) if row.files else None,
+        tuple(row.authors) if row.authors else ((row.git_author,) if row.git_author else ()),
     )
+
+
+def previous_commit(engine: Engine, kind: str, name: str) -> str | None:
+    """The commit of the newest version of an artifact that has one (where its authorship starts)."""
+    with Session(engine) as s:
+        return s.scalar(
+            select(ArtifactVersion.git_commit)
+            .where(
+                ArtifactVersion.kind == kind,
+                ArtifactVersion.name == name,
+                ArtifactVersion.git_commit.is_not(None),
+            )
+            .order_by(ArtifactVersion.version.desc())
+            .limit(1)
+        )
 
 
 def register_version(
@@ -112,6 +136,7 @@ def register_version(
         created_at=utcnow(),
         created_by=actor,
         files=files,
+        authors=source.all_authors(),
     )
     session.add(row)
     session.flush()
@@ -197,7 +222,12 @@ class VersionStore:
     def resolve(self, ref: Ref, *, default_alias: str = DEFAULT_ALIAS) -> VersionRecord:
         """The version a reference names: by number, by alias, or by the default alias. Read from the
         database, for commands and builds; the request path resolves from memory (gateway/snapshot.py)."""
-        assert ref.kind is not None
+        if ref.kind is None:  # e.g. GET /admin/diff?a=support_qa (was an AssertionError: a 500)
+            raise InvalidRequest(
+                f"{str(ref)!r} does not say its kind; use kind:name@VERSION or kind:name@ALIAS (kinds:"
+                f" {', '.join(kinds.names())})",
+                code="invalid_reference",
+            )
         if ref.version is not None:
             record = self.get(ref.kind, ref.name, ref.version)
             if record is None:

@@ -31,7 +31,7 @@ def gw(
     project_factory: Callable[..., Path],
     gateway_factory: Callable[..., GatewayProcess],
     fake_upstream: FakeUpstream,
-) -> Iterator[tuple[GatewayProcess, str]]:
+) -> Iterator[tuple[GatewayProcess, dict[str, str]]]:
     """Routers `worse` and `same` at version 1 (healthy upstream) in production; version 2 of `worse`
     calls an upstream that always fails, version 2 of `same` the healthy one."""
     ok = fake_upstream.url("ok")
@@ -45,14 +45,25 @@ def gw(
     commit_project(root, "candidates")
     out = gw.cli("sync", key=gw.admin_key).stdout
     assert "router:worse@2" in out and "router:same@2" in out
-    created = gw.cli("keys", "create", "--name", "approver", "--role", "approver", key=gw.admin_key).stdout
-    approver = created.strip().splitlines()[-1]
-    gw.wait_for_key(approver)
+    # the engineer starts rollouts; an approver someone else (the root admin) created approves them
+    engineer = _new_key(gw, "engineer", "engineer@example.com", ["prompt-engineer"])
+    approver = _new_key(gw, "approver", "approver@example.com", ["approver"])
     with gw:
-        yield gw, approver
+        yield gw, {"engineer": engineer, "approver": approver}
 
 
-def _start(gw: GatewayProcess, approver: str, name: str) -> dict[str, Any]:
+def _new_key(gw: GatewayProcess, name: str, principal: str, roles: list[str]) -> str:
+    with gw.http() as http:
+        r = http.post(
+            "/admin/keys", json={"name": name, "principal": principal, "roles": roles}, headers=gw.auth()
+        )
+    assert r.status_code == 201, r.text
+    value: str = r.json()["key"]
+    gw.wait_for_key(value)
+    return value
+
+
+def _start(gw: GatewayProcess, keys: dict[str, str], name: str) -> dict[str, Any]:
     body = {
         "kind": "router",
         "name": name,
@@ -64,15 +75,17 @@ def _start(gw: GatewayProcess, approver: str, name: str) -> dict[str, Any]:
         "metrics": [{"metric": "error_rate"}],
     }
     with gw.http() as http:
-        r = http.post("/admin/rollouts", json=body, headers=gw.auth())
+        r = http.post("/admin/rollouts", json=body, headers=gw.auth(keys["engineer"]))
         assert r.status_code == 201, r.text
         started = r.json()
         # production is protected: the rollout is a promotion, approved by someone else (four-eyes)
         assert started["state"] == "awaiting_approval"
-        own = http.post(f"/admin/promotions/{started['promotion_id']}/approve", json={}, headers=gw.auth())
-        assert own.status_code == 403 and own.json()["error"]["code"] == "four_eyes"
+        own = http.post(
+            f"/admin/promotions/{started['promotion_id']}/approve", json={}, headers=gw.auth(keys["engineer"])
+        )
+        assert own.status_code == 403, own.text
         ok = http.post(
-            f"/admin/promotions/{started['promotion_id']}/approve", json={}, headers=gw.auth(approver)
+            f"/admin/promotions/{started['promotion_id']}/approve", json={}, headers=gw.auth(keys["approver"])
         )
         assert ok.status_code == 200, ok.text
     return started
@@ -112,9 +125,9 @@ def _traffic(gw: GatewayProcess, model: str) -> dict[str, list[str]]:
     return served
 
 
-def test_worse_candidate_is_rolled_back_with_the_evidence(gw: tuple[GatewayProcess, str]) -> None:
-    gateway, approver = gw
-    started = _start(gateway, approver, "worse")
+def test_worse_candidate_is_rolled_back_with_the_evidence(gw: tuple[GatewayProcess, dict[str, str]]) -> None:
+    gateway, keys = gw
+    started = _start(gateway, keys, "worse")
     _wait(gateway, started["id"], {"active"})
     time.sleep(0.6)  # the catalog sees the activation within its refresh interval (0.2 s)
     served = _traffic(gateway, "worse")
@@ -144,9 +157,11 @@ def test_worse_candidate_is_rolled_back_with_the_evidence(gw: tuple[GatewayProce
     assert all(v == ["router:worse@1"] for v in again.values()), sorted(set(map(str, again.values())))
 
 
-def test_equal_candidate_keeps_serving_sticky_arms_on_the_log(gw: tuple[GatewayProcess, str]) -> None:
-    gateway, approver = gw
-    started = _start(gateway, approver, "same")
+def test_equal_candidate_keeps_serving_sticky_arms_on_the_log(
+    gw: tuple[GatewayProcess, dict[str, str]],
+) -> None:
+    gateway, keys = gw
+    started = _start(gateway, keys, "same")
     _wait(gateway, started["id"], {"active"})
     time.sleep(0.6)  # the catalog sees the activation within its refresh interval (0.2 s)
     first = _traffic(gateway, "same")
@@ -178,16 +193,16 @@ def test_equal_candidate_keeps_serving_sticky_arms_on_the_log(gw: tuple[GatewayP
         assert bad.status_code in (401, 422)
 
 
-def test_cli_start_status_stop(gw: tuple[GatewayProcess, str]) -> None:
-    gateway, approver = gw
+def test_cli_start_status_stop(gw: tuple[GatewayProcess, dict[str, str]]) -> None:
+    gateway, keys = gw
     done = gateway.cli(
         "rollout", "start", "router:same@2", "--share", "0.3", "--step", "600:0.6", "--min-sample", "30",
-        key=gateway.admin_key,
+        key=keys["engineer"],
     )  # fmt: skip
     rollout_id = done.stdout.strip().splitlines()[-1]
     assert rollout_id.startswith("rol_") and "awaiting_approval" in done.stderr
     promotion = _status(gateway, rollout_id)["promotion_id"]
-    gateway.cli("approve", promotion, key=approver)
+    gateway.cli("approve", promotion, key=keys["approver"])
     gateway.cli("rollout", "check", rollout_id)
     shown = gateway.cli("rollout", "status", rollout_id).stdout
     assert "router:same@production  1 -> 2  share 30%  active" in shown
@@ -195,7 +210,7 @@ def test_cli_start_status_stop(gw: tuple[GatewayProcess, str]) -> None:
     assert [orjson.loads(line)["id"] for line in live] == [rollout_id]
     bad = gateway.cli("rollout", "start", "router:same", key=gateway.admin_key, check=False)
     assert bad.returncode == 2 and "KIND:NAME@VERSION" in bad.stderr
-    taken = gateway.cli("rollout", "start", "router:same@2", key=gateway.admin_key, check=False)
+    taken = gateway.cli("rollout", "start", "router:same@2", key=keys["engineer"], check=False)
     assert taken.returncode == 1 and "already live" in taken.stderr
     stopped = gateway.cli(
         "rollout", "stop", rollout_id, "--reason", "demo over", key=gateway.admin_key

@@ -1,14 +1,14 @@
 """Rollouts: a candidate version meets an alias's traffic gradually and is judged by a sequential test.
 
-Revision ID: 0007_rollouts
-Revises: 0006_ml
+Revision ID: 0009_rollouts
+Revises: 0008_approvals
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_rollouts"
-down_revision = "0006_ml"
+revision = "0009_rollouts"
+down_revision = "0008_approvals"
 branch_labels = None
 depends_on = None
 
