@@ -3,6 +3,7 @@ automatic rollback with its evidence in the audit log, exactly-once transitions.
 
 from __future__ import annotations
 
+import random
 import secrets
 from collections.abc import Callable
 
@@ -11,7 +12,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from gateway.db.generation import utcnow
-from gateway.db.models import AuditEntry, RequestLog
+from gateway.db.models import AuditEntry, OnlineEvalScore, RequestLog
 from gateway.errors import Conflict
 from gateway.registry.promotion import PromotionService
 from gateway.registry.store import VersionStore, set_alias
@@ -197,3 +198,60 @@ def test_bad_specs_are_refused() -> None:
         spec(share=1.5)
     with pytest.raises(ValueError, match="shadow"):
         spec(mode="shadow")
+
+
+def score_rows(engine: Engine, rollout_id: str, arm: str, scores: list[float]) -> None:
+    """Request log rows of one arm, each with an online eval score (what gateway/evaluation/online.py
+    stores for a sampled request)."""
+    rows, evals = [], []
+    for score in scores:
+        rid = "req_" + secrets.token_hex(8)
+        rows.append(
+            {
+                "id": rid,
+                "ts": utcnow(),
+                "route": "chat",
+                "artifacts": [],
+                "status": 200,
+                "latency_ms": 10.0,
+                "attempts": [],
+                "decisions": [],
+                "extra": {"rollout": {"id": rollout_id, "arm": arm}},
+            }
+        )
+        evals.append(
+            {
+                "request_id": rid,
+                "ts": utcnow(),
+                "prompt": "support_qa",
+                "prompt_version": 2 if arm == "candidate" else 1,
+                "prompt_hash": "0" * 64,
+                "versions": [],
+                "metric": "faithfulness",
+                "score": score,
+            }
+        )
+    with Session(engine) as s, s.begin():
+        s.execute(insert(RequestLog), rows)
+        s.execute(insert(OnlineEvalScore), evals)
+
+
+def test_lower_online_eval_score_is_rolled_back(
+    project: GitProject, engine: Engine, people: People, rollouts: RolloutService
+) -> None:
+    started = rollouts.start(people.alice, spec(metrics=[{"metric": "faithfulness"}]))
+    rng = random.Random(3)
+    score_rows(engine, started["id"], "control", [min(1.0, max(0.0, rng.gauss(0.8, 0.1))) for _ in range(80)])
+    score_rows(
+        engine, started["id"], "candidate", [min(1.0, max(0.0, rng.gauss(0.8, 0.1))) for _ in range(80)]
+    )
+    assert rollouts.check(started["id"])["decision"] == "continue"  # equal scores: no verdict
+    score_rows(
+        engine, started["id"], "candidate", [min(1.0, max(0.0, rng.gauss(0.6, 0.1))) for _ in range(80)]
+    )
+    result = rollouts.check(started["id"])
+    assert result["state"] == "rolled_back"
+    [test] = result["tests"]
+    assert test["metric"] == "faithfulness" and test["test"] == "msprt_means"
+    assert (test["n_control"], test["n_candidate"]) == (80, 160)
+    assert test["mean_candidate"] < test["mean_control"]
