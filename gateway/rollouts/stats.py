@@ -23,8 +23,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from scipy import special as _special
-
 Direction = Literal["lower", "higher"]
 Verdict = Literal["worse", "better", "inconclusive", "insufficient"]
 
@@ -221,7 +219,10 @@ def welch_means(
         df = (va + vb) ** 2 / (
             (va * va / (control.n - 1) if va else 0.0) + (vb * vb / (candidate.n - 1) if vb else 0.0)
         )
-        p_value = float(2.0 * _special.stdtr(df, -abs(t)))
+        # scipy only here: the request path imports this module and must not load scipy (~100 MB)
+        from scipy import special
+
+        p_value = float(2.0 * special.stdtr(df, -abs(t)))
     verdict = _verdict(p_value < alpha, diff, direction)
     return _result(name_, alpha, control, candidate, t, p_value, verdict)
 
