@@ -179,7 +179,7 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
 def _rollout_evaluator(parts: Parts) -> RolloutEvaluator:
     promotions = PromotionService(parts.engine, parts.config.governance)
     service = RolloutService(parts.engine, promotions)
-    return RolloutEvaluator(service, tick_s=parts.config.rollouts.check_interval_s)
+    return RolloutEvaluator(service, tick_s=parts.config.rollouts.check_interval_s, notify=parts.alerts.emit)
 
 
 async def _purge_traffic(store: TrafficStore, interval_s: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +28,16 @@ log = logging.getLogger("opsgate.rollouts")
 
 
 class RolloutEvaluator:
-    def __init__(self, service: RolloutService, *, tick_s: float) -> None:
+    def __init__(
+        self,
+        service: RolloutService,
+        *,
+        tick_s: float,
+        notify: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
         self.service = service
         self.tick_s = tick_s
+        self.notify = notify  # webhook events (Alerts.emit): rollout.rolled_back | promoted | held
         self._task: asyncio.Task[None] | None = None
         self.outage = Outage("rollout evaluator: database", log)
 
@@ -78,8 +86,15 @@ class RolloutEvaluator:
         while True:
             await asyncio.sleep(self.tick_s)
             try:
-                await asyncio.to_thread(self.tick)
+                results = await asyncio.to_thread(self.tick)
             except Exception as exc:  # noqa: BLE001 - one line per change of state; the next tick retries
                 self.outage.failed(exc, "rollouts are not being judged until the database answers")
             else:
                 self.outage.recovered()
+                self._announce(results)
+
+    def _announce(self, results: list[dict[str, Any]]) -> None:
+        for result in results:
+            decision = result.get("decision")
+            if self.notify is not None and decision not in (None, "continue"):
+                self.notify(f"rollout.{decision}", result)

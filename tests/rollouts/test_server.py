@@ -4,8 +4,10 @@ keeps serving. Requests come from the official openai client, each with an OpenA
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,29 @@ from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, commit_projec
 from tests.fakes.upstream import FakeUpstream
 
 GATEWAY_YAML = FAST_GATEWAY_YAML + "rollouts:\n  check_interval_s: 0.3\n"
+
+
+class Hooks(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append({"event": self.headers.get("x-opsgate-event"), "body": orjson.loads(body)})
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", Hooks.received
+    server.shutdown()
+
+
 USERS = [f"user-{i}" for i in range(100)]
 
 
@@ -31,13 +56,17 @@ def gw(
     project_factory: Callable[..., Path],
     gateway_factory: Callable[..., GatewayProcess],
     fake_upstream: FakeUpstream,
+    webhook: tuple[str, list[dict[str, Any]]],
 ) -> Iterator[tuple[GatewayProcess, dict[str, str]]]:
     """Routers `worse` and `same` at version 1 (healthy upstream) in production; version 2 of `worse`
     calls an upstream that always fails, version 2 of `same` the healthy one."""
     ok = fake_upstream.url("ok")
     root = project_factory(
         routers={"worse": _router("worse", ok, "v1"), "same": _router("same", ok, "v1")},
-        files={"config/gateway.yaml": GATEWAY_YAML},
+        files={
+            "config/gateway.yaml": GATEWAY_YAML
+            + f"alerts:\n  webhooks:\n    - {{url: '{webhook[0]}', events: [rollout.rolled_back, rollout.promoted], retries: 0}}\n"
+        },
     )
     gw = gateway_factory(root)
     (root / "config/routers/worse.yaml").write_text(_router("worse", fake_upstream.url("500-cand"), "v2"))
@@ -125,7 +154,9 @@ def _traffic(gw: GatewayProcess, model: str) -> dict[str, list[str]]:
     return served
 
 
-def test_worse_candidate_is_rolled_back_with_the_evidence(gw: tuple[GatewayProcess, dict[str, str]]) -> None:
+def test_worse_candidate_is_rolled_back_with_the_evidence(
+    gw: tuple[GatewayProcess, dict[str, str]], webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
     gateway, keys = gw
     started = _start(gateway, keys, "worse")
     _wait(gateway, started["id"], {"active"})
@@ -147,6 +178,11 @@ def test_worse_candidate_is_rolled_back_with_the_evidence(gw: tuple[GatewayProce
     assert entry["after"]["tests"][0]["p_value"] < 0.05
     assert entry["after"]["alias_version"] == 1
     assert verified["ok"] is True
+    deadline = time.monotonic() + 5
+    while not webhook[1] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [event] = [h for h in webhook[1] if h["body"].get("rollout") == started["id"]]
+    assert event["event"] == "rollout.rolled_back" and event["body"]["tests"][0]["verdict"] == "worse"
     # the alias is back on version 1 and every caller is served it once the catalog refreshes
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
