@@ -256,3 +256,26 @@ def test_cli_start_status_stop(gw: tuple[GatewayProcess, dict[str, str]]) -> Non
         entries = http.get("/admin/audit", params={"limit": 1000}, headers=gateway.auth()).json()
     stops = [e for e in entries if e["action"] == "rollout.stop" and e["after"]["rollout"] == rollout_id]
     assert stops[0]["reason"] == "demo over" and stops[0]["after"]["alias_version"] == 1
+
+
+def test_bad_rollout_requests_get_clear_errors(gw: tuple[GatewayProcess, dict[str, str]]) -> None:
+    gateway, keys = gw
+    app = _new_key(gateway, "app", "checkout-service", ["app"])
+    base = {"kind": "router", "name": "worse", "candidate": 2}
+    cases = [
+        (base | {"share": 3}, keys["engineer"], 422, "share"),
+        (base | {"mode": "shadow"}, keys["engineer"], 422, "shadow"),
+        (base | {"alias": "latest"}, keys["engineer"], 422, "latest"),
+        (base | {"candidate": 99}, keys["engineer"], 404, "worse@99"),
+        (base | {"name": "nope"}, keys["engineer"], 409, "does not exist"),
+        (base | {"bogus": 1}, keys["engineer"], 422, "bogus"),
+        (base, app, 403, "role"),
+    ]
+    with gateway.http() as http:
+        before = http.get("/admin/rollouts", headers=gateway.auth()).json()
+        for body, key, status, text in cases:
+            r = http.post("/admin/rollouts", json=body, headers=gateway.auth(key))
+            assert r.status_code == status, (body, r.text)
+            assert text in r.json()["error"]["message"], (body, r.text)
+        assert http.get("/admin/rollouts/rol_missing", headers=gateway.auth()).status_code == 404
+        assert http.get("/admin/rollouts", headers=gateway.auth()).json() == before  # no partial writes
