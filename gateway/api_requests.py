@@ -226,7 +226,7 @@ class ChatRequest(_Request):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None
     parallel_tool_calls: bool | None = None
-    store: bool | None = None
+    store: bool | None = None  # keep the call in the traffic store (GET /v1/chat/completions/{id})
     tool_choice: str | dict[str, Any] | None = None
     function_call: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None

@@ -20,7 +20,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gateway import __version__
-from gateway.api import admin, health, metrics_api, openai, openapi_spec
+from gateway.api import (
+    admin,
+    anthropic,
+    completions,
+    health,
+    metrics_api,
+    openai,
+    openapi_spec,
+    responses,
+    stored,
+)
 from gateway.api import ml as ml_api
 from gateway.api.middleware import GatewayMiddleware, error_body
 from gateway.db.engine import ensure_private_dir, make_engine, migrate
@@ -30,6 +40,7 @@ from gateway.egress import Egress
 from gateway.errors import InvalidFields, NotFound, OpsgateError
 from gateway.evaluation import online as online_eval
 from gateway.flow.gateway import Gateway
+from gateway.flow.traffic import TrafficRecorder
 from gateway.keys import KeyService, Principal
 from gateway.ml.service import MLService
 from gateway.monitoring.alerts import Alerts
@@ -41,14 +52,17 @@ from gateway.policy.setup import build_pipeline, validate_policy_file
 from gateway.providers import Adapters
 from gateway.providers.base import AdapterServices
 from gateway.providers.minilm import MiniLMEmbedder
+from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.refs import parse_ref
+from gateway.registry.rules import bootstrap_rules
 from gateway.registry.sync import bootstrap, dangling_in_project, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
 from gateway.retrieval.store import make_store
 from gateway.settings import GatewayConfig, Settings
 from gateway.snapshot import Catalog
+from gateway.traffic.store import TrafficStore
 
 log = logging.getLogger("opsgate")
 # Who the gateway's own calls run as (judge calls of online evaluation): no key, logged under this name.
@@ -68,6 +82,7 @@ class Parts:
     alerts: Alerts
     retrieval: IndexRetriever
     policy: Pipeline
+    traffic: TrafficStore
 
 
 def prepare_database(settings: Settings) -> Engine:
@@ -75,6 +90,7 @@ def prepare_database(settings: Settings) -> Engine:
     ensure_private_dir(settings.resolved_data_dir())
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
+    audit.setup(engine, settings.resolved_data_dir())  # keyed and anchored outside the database
     # replicas starting together on one PostgreSQL database: one bootstraps, the others then find it done
     with bootstrap_lock(engine):
         _bootstrap_registry(settings, engine)
@@ -98,6 +114,9 @@ def _bootstrap_registry(settings: Settings, engine: Engine) -> None:
         log.warning("%s (requests to this prompt will fail; `opsgate sync` refuses it)", warning)
     for note in drifted(engine, settings.project_dir):
         log.warning("%s: serving the registered version; run `opsgate sync` and promote to change it", note)
+    rules = bootstrap_rules(engine, settings.project_dir, actor="system:bootstrap")
+    for record in rules or []:
+        log.info("bootstrap: %s from %s is in force (production)", record.ref, record.source_path)
     key_file = KeyService(engine).ensure_bootstrap_admin(settings.resolved_data_dir())
     if key_file is not None:
         print(f"opsgate: no API keys existed; created an admin key in {key_file} (readable only by you)")
@@ -115,20 +134,54 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
     retriever = IndexRetriever(catalog, library)
     catalog.listeners.append(retriever.on_snapshot)  # opens aliased index versions ahead of requests
     policy = build_pipeline(settings, config, engine)
+    # the policy in force follows policy:policies@production as it moves (no file watch, no restart)
+    catalog.listeners.append(lambda snapshot: policy.follow(snapshot.aliases, snapshot.records))
     metrics.gauge(
         "opsgate_policy_reload_failed",
-        "1 when the last edit of config/policies.yaml did not load (the previous policy stays in force).",
+        "1 when the policy version promoted to production could not be applied (the previous one stays in force).",
         lambda: 1.0 if policy.reload_error else 0.0,
     )
     _limit_store_metrics(metrics, policy)
     protected = frozenset(config.governance.protected_aliases)
+    traffic = TrafficStore(engine, config.traffic)
+    recorder = TrafficRecorder(traffic, config.traffic)
     gateway = Gateway(
-        catalog, writer, metrics, retriever, policy, protected_aliases=protected, limits=config.limits
+        catalog,
+        writer,
+        metrics,
+        retriever,
+        policy,
+        protected_aliases=protected,
+        limits=config.limits,
+        traffic=recorder,
     )
-    alerts = Alerts(config.alerts, egress)
+    alerts = Alerts(config.alerts, egress, audit_tip=lambda: audit.anchored_tip(engine))
     return Parts(
-        settings, config, engine, adapters, catalog, writer, metrics, gateway, alerts, retriever, policy
+        settings,
+        config,
+        engine,
+        adapters,
+        catalog,
+        writer,
+        metrics,
+        gateway,
+        alerts,
+        retriever,
+        policy,
+        traffic,
     )
+
+
+async def _purge_traffic(store: TrafficStore, interval_s: float) -> None:
+    """Delete stored calls past their retention, at start and then every `interval_s`."""
+    while True:
+        try:
+            gone = await asyncio.to_thread(store.purge_expired)
+            if gone:
+                log.info("traffic store: deleted %d calls past their retention", gone)
+        except SQLAlchemyError as exc:  # the database is down: the next round tries again
+            log.warning("traffic store: purge failed (%s)", type(exc).__name__)
+        await asyncio.sleep(interval_s)
 
 
 def registered_name(catalog: Catalog, model: str) -> str | None:
@@ -243,11 +296,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         parts.writer.start()
         online.start()
         ml.start()
+        purge = asyncio.create_task(_purge_traffic(parts.traffic, config.traffic.purge_interval_s))
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            purge.cancel()
             await online.stop()
             await ml.stop()
             await parts.writer.stop()
@@ -272,7 +327,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_timeout_s=config.server.body_timeout_s,
         send_timeout_s=config.server.send_timeout_s,
     )
+    app.include_router(stored.router)  # before openai: GET /v1/chat/completions is the stored list
     app.include_router(openai.router)
+    app.include_router(completions.router)
+    app.include_router(responses.router)
+    app.include_router(anthropic.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
     app.include_router(ml_api.router)

@@ -17,14 +17,16 @@ import orjson
 import typer
 
 from gateway import kinds
-from gateway.cli_common import KeyOption, authenticate_cli, fail
+from gateway.cli_common import KeyOption, authenticate_cli, fail, parse_since
 from gateway.cli_common import load_settings as _settings
 from gateway.cli_common import open_engine as _engine
 from gateway.errors import OpsgateError
 from gateway.evaluation.cli import eval_app
 from gateway.ml.cli import ml_app
+from gateway.ml.pipelines.cli import pipeline_app
 from gateway.offline import apply_offline_env
 from gateway.retrieval.cli import index_app
+from gateway.traffic.cli import dataset_app, replay_command
 
 app = typer.Typer(help="opsgate: a ModelOps gateway.", no_args_is_help=True, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -34,6 +36,9 @@ app.add_typer(logs_app, name="logs")
 app.add_typer(ml_app, name="ml")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+app.add_typer(pipeline_app, name="pipeline")
+eval_app.add_typer(dataset_app, name="dataset")
+logs_app.command("replay")(replay_command)
 
 # -- serve ----------------------------------------------------------------------------------------------
 
@@ -128,10 +133,16 @@ def keys_create(
 
     settings = _settings()
     engine = _engine(settings)
-    actor = _key_creator(settings, engine, api_key, local_admin)
+    actor, creator_key = _key_creator(settings, engine, api_key, local_admin)
     try:
         record, plaintext = KeyService(engine).create(
-            name=name, roles=role, principal=principal, allow=allow or ["*"], value=key, actor=actor
+            name=name,
+            roles=role,
+            principal=principal,
+            allow=allow or ["*"],
+            value=key,
+            actor=actor,
+            created_by_key=creator_key,
         )
     except OpsgateError as exc:
         fail(exc.message)
@@ -139,17 +150,21 @@ def keys_create(
     typer.echo(plaintext)
 
 
-def _key_creator(settings: Any, engine: Any, api_key: str | None, local_admin: bool) -> str:
-    """Who creates a key: an admin key's principal; anyone for the very first key (the bootstrap, as
-    `opsgate serve` does on its first start); or the operator on this machine with --local-admin."""
+def _key_creator(
+    settings: Any, engine: Any, api_key: str | None, local_admin: bool
+) -> tuple[str, str | None]:
+    """Who creates a key (actor, and the creating key's id): an admin key's principal; anyone for the very
+    first key (the bootstrap, as `opsgate serve` does on its first start); or the operator on this machine
+    with --local-admin."""
     from gateway.cli_common import local_admin_actor, no_key_ever_created
 
     if local_admin:
-        return local_admin_actor(settings)
+        return local_admin_actor(settings), None
     if api_key:
-        return str(authenticate_cli(engine, api_key, "admin").actor)
+        creator = authenticate_cli(engine, api_key, "admin")
+        return str(creator.actor), str(creator.key_id)
     if no_key_ever_created(engine):
-        return "local:cli (first key)"
+        return "local:cli (first key)", None
     fail(
         "creating a key needs an admin key: set OPSGATE_API_KEY or pass --api-key (the first admin key is in"
         " the data directory's admin.key), or, as the operator on this machine, pass --local-admin"
@@ -204,24 +219,6 @@ def keys_revoke(
 
 
 # -- logs -----------------------------------------------------------------------------------------------
-
-_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
-
-
-def parse_since(value: str) -> datetime:
-    match = _RELATIVE.match(value.strip())
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
-        return datetime.now(UTC) - timedelta(seconds=seconds)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            "use an ISO time (2026-11-28T10:00) or a duration (30s, 10m, 2h, 1d)"
-        ) from None
-    # In UTC: SQLite stores times without their offset, so 10:00+02:00 must be compared as 08:00.
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _log_rows(
@@ -382,6 +379,7 @@ def sync_cmd(
                 "errors": [e.message for e in report.errors],
                 "dirty_files": report.dirty_files,
                 "bootstrapped": report.bootstrapped,
+                "rules": [r.ref for r in report.rules],
             }
         )
     else:
@@ -398,6 +396,12 @@ def sync_cmd(
             )
         for record in report.unchanged:
             typer.echo(f"unchanged  {record.ref}")
+        for record in report.rules:
+            flag = " (dirty)" if record.dirty else ""
+            typer.echo(
+                f"registered {record.ref}  {record.source_path}  {(record.git_commit or '')[:12]}{flag}"
+                f"  (rules: in force once promoted to production)"
+            )
         for err in report.errors:
             typer.echo(f"error      {err.message}", err=True)
     if report.errors:

@@ -4,6 +4,8 @@ it at module level without importing the main CLI."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -27,9 +29,14 @@ def load_settings() -> Any:
 def open_engine(settings: Any) -> Any:
     """The database of these settings, migrated to the current schema."""
     from gateway.db.engine import make_engine, migrate
+    from gateway.registry import audit
 
     eng = make_engine(settings.resolved_database_url())
     migrate(eng)
+    data_dir = settings.resolved_data_dir()
+    # CLI writes are keyed and anchored like the gateway's; a data directory that does not exist (a
+    # PostgreSQL install run from another machine) is not created here: set OPSGATE_AUDIT_KEY there
+    audit.setup(eng, data_dir, create=data_dir.is_dir() or settings.database_url is None)
     return eng
 
 
@@ -86,3 +93,22 @@ def local_admin_actor(settings: Any) -> str:
     except (KeyError, OSError):
         user = f"uid {os.getuid()}"
     return f"local-admin {user}@{socket.gethostname()} (--local-admin, data dir {data_dir})"
+
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")
+
+
+def parse_since(value: str) -> datetime:
+    match = _RELATIVE.match(value.strip())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            "use an ISO time (2026-11-28T10:00) or a duration (30s, 10m, 2h, 1d)"
+        ) from None
+    # In UTC: SQLite stores times without their offset, so 10:00+02:00 must be compared as 08:00.
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)

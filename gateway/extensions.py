@@ -51,6 +51,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "router": "gateway.kinds:ROUTER",
             "index": "gateway.kinds:INDEX",
             "model": "gateway.kinds:MODEL",
+            "pipeline": "gateway.kinds:PIPELINE",
         },
         METRICS: {
             "strings": "gateway.evaluation.metrics.strings:FAMILY",

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from gateway.db.generation import as_utc, bump_generation, utcnow
 from gateway.db.models import ApiKey
 from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.principals import normalise
 from gateway.registry import audit
 
 ROLES = ("app", "prompt-engineer", "approver", "admin", "metrics")  # metrics: reads /metrics, nothing else
@@ -72,6 +73,7 @@ class KeyRecord:
     created_at: datetime
     created_by: str
     revoked_at: datetime | None
+    created_by_key: str | None = None
 
 
 def _record(row: ApiKey) -> KeyRecord:
@@ -85,6 +87,7 @@ def _record(row: ApiKey) -> KeyRecord:
         as_utc(row.created_at),
         row.created_by,
         as_utc(row.revoked_at) if row.revoked_at else None,
+        row.created_by_key,
     )
 
 
@@ -97,6 +100,20 @@ def validate_roles(roles: Iterable[str]) -> list[str]:
         raise InvalidRequest(
             f"unknown role {unknown[0]!r}; roles are: {', '.join(ROLES)}", param="role", code="unknown_role"
         )
+    return out
+
+
+def key_creators(session: Session, key_id: str) -> list[tuple[str, str]]:
+    """(key id, normalised principal) of the keys that created `key_id`, nearest first (its creator, the
+    creator's creator, ...), read in the caller's session."""
+    out: list[tuple[str, str]] = []
+    seen = {key_id}
+    current = session.get(ApiKey, key_id)
+    while current is not None and current.created_by_key and current.created_by_key not in seen:
+        seen.add(current.created_by_key)
+        current = session.get(ApiKey, current.created_by_key)
+        if current is not None:
+            out.append((current.id, normalise(current.principal)))
     return out
 
 
@@ -113,9 +130,19 @@ class KeyService:
         principal: str | None = None,
         allow: Iterable[str] = ("*",),
         value: str | None = None,
+        created_by_key: str | None = None,
     ) -> tuple[KeyRecord, str]:
-        """Create (or import, when `value` is given) a key. Returns the record and the plaintext key."""
+        """Create (or import, when `value` is given) a key. Returns the record and the plaintext key.
+
+        The principal is stored normalised (gateway/principals.py); `created_by_key` is the key that
+        created this one (four-eyes does not count an approval by a key the requester created)."""
         role_list = validate_roles(roles)
+        who = normalise(principal or name)
+        if not who:
+            raise InvalidRequest(
+                f"principal {principal or name!r} is empty once normalised; name a person or a service",
+                param="principal",
+            )
         if value is not None and len(value) < 16:
             raise InvalidRequest("an imported key must be at least 16 characters long", param="key")
         plaintext = value or new_key_value()
@@ -125,13 +152,14 @@ class KeyService:
             key_hash=digest,
             prefix=plaintext[:10],
             name=name,
-            principal=principal or name,
+            principal=who,
             roles=role_list,
             allow=list(allow) or ["*"],
             created_at=utcnow(),
             created_by=actor,
             revoked_at=None,
             revoked_by=None,
+            created_by_key=created_by_key,
         )
 
         def write(conn: Session) -> None:
@@ -146,7 +174,13 @@ class KeyService:
                 actor=actor,
                 action="key.create",
                 target=f"key:{row.id}",
-                after={"name": name, "principal": row.principal, "roles": role_list, "allow": row.allow},
+                after={
+                    "name": name,
+                    "principal": row.principal,
+                    "roles": role_list,
+                    "allow": row.allow,
+                    "created_by_key": created_by_key,
+                },
             )
             bump_generation(conn)
 
@@ -195,7 +229,9 @@ class KeyService:
         with Session(self.engine) as conn:
             rows = conn.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None))).scalars()
             return {
-                r.key_hash: Principal(r.id, r.name, r.principal, frozenset(r.roles), tuple(r.allow))
+                r.key_hash: Principal(
+                    r.id, r.name, normalise(r.principal) or r.principal, frozenset(r.roles), tuple(r.allow)
+                )
                 for r in rows
             }
 

@@ -69,6 +69,8 @@ PROMPT = ArtifactKind(
 ROUTER = ArtifactKind("router", "config/routers", "gateway.routing.spec:RouterSpec", model_name=True)
 INDEX = ArtifactKind("index", "config/indexes", "gateway.retrieval.spec:IndexSpec", source="build")
 MODEL = ArtifactKind("model", "config/models", "gateway.ml.spec:ModelSpec")
+# how a model is trained: gateway/ml/pipelines (docs/pipelines.md)
+PIPELINE = ArtifactKind("pipeline", "config/pipelines", "gateway.ml.pipelines.spec:PipelineSpec")
 
 
 @functools.cache

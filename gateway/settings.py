@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.egress import Egress, EgressConfig, raise_problems
@@ -17,6 +17,8 @@ from gateway.evaluation.config import EvaluationConfig
 from gateway.limits import LimitsConfig
 from gateway.ml.config import MLConfig
 from gateway.monitoring.config import AlertsConfig
+from gateway.registry.refs import ALIAS_RULE
+from gateway.traffic.config import TrafficConfig
 from gateway.yamlspec import StrictModel, load_spec
 
 
@@ -121,6 +123,22 @@ class GovernanceConfig(StrictModel):
         default_factory=lambda: ["prompt-engineer", "admin"], description="Roles that may run `opsgate sync`."
     )
 
+    @field_validator("protected_aliases")
+    @classmethod
+    def _alias_names(cls, value: dict[str, AliasRule]) -> dict[str, AliasRule]:
+        for alias in value:
+            if not ALIAS_RULE.fullmatch(alias):
+                raise ValueError(
+                    f"{alias!r} is not a valid alias name (a lowercase letter, then up to 63 lowercase letters,"
+                    " digits, '_' or '-')"
+                )
+        return value
+
+
+def governance_model() -> type[GovernanceConfig]:
+    """The model of governance rule versions (gateway/registry/rules.py)."""
+    return GovernanceConfig
+
 
 class GatewayConfig(StrictModel):
     server: ServerConfig = ServerConfig()
@@ -133,6 +151,7 @@ class GatewayConfig(StrictModel):
     egress: EgressConfig = EgressConfig()
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
+    traffic: TrafficConfig = TrafficConfig()
 
     @model_validator(mode="after")
     def _webhooks_allowed(self) -> GatewayConfig:

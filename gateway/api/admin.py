@@ -7,6 +7,7 @@ a protected alias around a promotion).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -26,17 +27,72 @@ from gateway.api.openapi_spec import (
 from gateway.api_requests import StrictBody
 from gateway.db.generation import as_utc
 from gateway.db.models import AuditEntry
-from gateway.errors import PermissionDenied
+from gateway.errors import InvalidRequest, PermissionDenied
 from gateway.keys import KeyService, Principal
 from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.promotion import PromotionService
-from gateway.registry.refs import parse_ref
+from gateway.registry.refs import parse_ref, validate_alias
 from gateway.registry.store import VersionStore
 from gateway.registry.sync import sync
 from gateway.registry.views import artifact_detail, artifact_list, diff, resolve_record, version_dict
 
-router = APIRouter(prefix="/admin", tags=["admin"], responses=error_responses(*ADMIN_ERRORS))
+MAX_INT = 2**31 - 1  # integer columns (versions, sequence numbers) are 32-bit in every database
+
+
+def _bad_value(value: Any, where: str) -> InvalidRequest | None:
+    """A NUL character (PostgreSQL refuses it in text) or an integer no column holds, anywhere in a value."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return InvalidRequest(f"{where}: NUL characters are not allowed", param=where)
+        if value.lstrip("-").isdigit() and len(value) > 10 and abs(int(value)) > MAX_INT:
+            return InvalidRequest(f"{where}: {value} is out of range (at most {MAX_INT})", param=where)
+    elif isinstance(value, bool):
+        return None
+    elif isinstance(value, int | float):
+        if abs(value) > MAX_INT:
+            return InvalidRequest(f"{where}: {value} is out of range (at most {MAX_INT})", param=where)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            problem = _bad_value(k, f"{where}.{k}" if where else str(k)) or _bad_value(
+                v, f"{where}.{k}" if where else str(k)
+            )
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            problem = _bad_value(v, f"{where}.{i}" if where else str(i))
+            if problem:
+                return problem
+    return None
+
+
+async def clean_inputs(request: Request) -> None:
+    """Before anything reaches the database: NUL characters and out-of-range integers in the path, the
+    query or the JSON body get a 400 naming the field, never a 500."""
+    for name, value in request.path_params.items():
+        if problem := _bad_value(str(value), name):
+            raise problem
+    for name, value in request.query_params.multi_items():
+        if problem := _bad_value(value, name):
+            raise problem
+    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        raw = await request.body()
+        if raw:
+            try:  # the stdlib parser keeps big integers exact (orjson turns them into floats)
+                data = json.loads(raw)
+            except ValueError:
+                return  # not JSON: reported by the body's own validation
+            if problem := _bad_value(data, ""):
+                raise problem
+
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    responses=error_responses(*ADMIN_ERRORS),
+    dependencies=[Depends(clean_inputs)],
+)
 
 READ_ROLES = ("prompt-engineer", "approver", "admin")
 
@@ -150,6 +206,7 @@ def sync_repo(request: Request, caller: Caller, body: SyncRequest) -> dict[str, 
     return {
         "commit": report.commit,
         "registered": [r.ref for r in report.registered],
+        "rules": [r.ref for r in report.rules],
         "unchanged": [r.ref for r in report.unchanged],
         "errors": [e.message for e in report.errors],
         "dirty_files": report.dirty_files,
@@ -180,6 +237,7 @@ def request_promotion(request: Request, caller: Caller, body: PromotionRequest) 
     if ref.kind is None or ref.version is None:
         raise_ref(body.ref)
     assert ref.kind is not None and ref.version is not None
+    validate_alias(body.to, param="to")
     record = _promotions(request).request(
         caller, kind=ref.kind, name=ref.name, version=ref.version, alias=body.to, reason=body.reason
     )
@@ -311,7 +369,12 @@ def list_keys(request: Request, caller: Caller) -> list[dict[str, Any]]:
 def create_key(request: Request, caller: Caller, body: KeyRequest) -> dict[str, Any]:
     _admin(caller)
     record, value = KeyService(_engine(request)).create(
-        name=body.name, roles=body.roles, principal=body.principal, allow=body.allow, actor=caller.actor
+        name=body.name,
+        roles=body.roles,
+        principal=body.principal,
+        allow=body.allow,
+        actor=caller.actor,
+        created_by_key=caller.key_id,
     )
     return {"id": record.id, "key": value, "principal": record.principal, "roles": record.roles}
 

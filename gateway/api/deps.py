@@ -26,10 +26,13 @@ def call_for(request: Request, route: str) -> Call:
 
 
 @asynccontextmanager
-async def opened_call(request: Request, route: str, *, model: str | None = None) -> AsyncIterator[Call]:
+async def opened_call(
+    request: Request, route: str, *, model: str | None = None, authorization: str | None = None
+) -> AsyncIterator[Call]:
     """One request's call: authenticated on entry; on exit, whatever happened, its one log row is
     written (a stream's is written by its SSE writer once `call.stream_owner` is set) and the
-    `x-opsgate-versions` header is set. Errors propagate to the app's error handlers unchanged."""
+    `x-opsgate-versions` header is set. Errors propagate to the app's error handlers unchanged.
+    `authorization`: the key as another API presents it (Anthropic's x-api-key), as a bearer header."""
     gateway = gateway_of(request)
     call = call_for(request, route)
     call.model = model
@@ -37,7 +40,7 @@ async def opened_call(request: Request, route: str, *, model: str | None = None)
     if run:  # evaluator traffic: the log row says which run, and online evaluation leaves it alone
         call.extra["eval_run"] = run[:64]
     try:
-        gateway.authenticate(call, request.headers.get("authorization"))
+        gateway.authenticate(call, authorization or request.headers.get("authorization"))
         yield call
     except OpsgateError as exc:
         gateway.finish(call, exc.status, exc)

@@ -40,6 +40,9 @@ async def readyz(request: Request) -> Response:
         try:
             await asyncio.wait_for(asyncio.to_thread(_ping, parts.engine), timeout=2)
             checks["database"] = True
+            outage = getattr(request.app.state, "database_outage", None)
+            if outage is not None:  # the admin routes' outage (503s) is over: say so once
+                outage.recovered()
         except Exception as exc:  # noqa: BLE001 - any failure is reported; serving goes on from memory
             checks["database"] = False
             checks["database_error"] = describe(exc)

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -27,6 +38,7 @@ class ApiKey(Base):
     created_by: Mapped[str] = mapped_column(String(200))
     revoked_at: Mapped[datetime | None]
     revoked_by: Mapped[str | None] = mapped_column(String(200))
+    created_by_key: Mapped[str | None] = mapped_column(String(32))  # the key that created this one
 
 
 class ArtifactVersion(Base):
@@ -50,6 +62,8 @@ class ArtifactVersion(Base):
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(200))
     files: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # everyone who committed to a file of the version since the previous version ("Name <email>")
+    authors: Mapped[list[Any] | None] = mapped_column(JSON)
 
 
 class Promotion(Base):
@@ -170,6 +184,7 @@ class AuditEntry(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64))  # HMAC of entry_hash with the audit key
 
 
 class GatewayState(Base):
@@ -207,3 +222,38 @@ class RequestLog(Base):
     attempts: Mapped[list[Any]] = mapped_column(JSON)
     decisions: Mapped[list[Any]] = mapped_column(JSON)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class TrafficCall(Base):
+    """A stored call (traffic store): who owns it, what it was, its lineage row; small payloads inline."""
+
+    __tablename__ = "traffic_calls"
+    __table_args__ = (
+        Index("ix_traffic_owner", "principal", "kind", "seq"),
+        Index("ix_traffic_expires", "expires_at"),
+        Index("ix_traffic_request", "request_id"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    request_id: Mapped[str] = mapped_column(String(40))  # the request_log row: versions, route, status
+    kind: Mapped[str] = mapped_column(String(32))  # chat.completion | response | text_completion | message
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    principal: Mapped[str] = mapped_column(String(200))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(300))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    size_bytes: Mapped[int]
+    payload: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True)
+    )  # inline when small, else in the blob row
+
+
+class TrafficPayload(Base):
+    """A large stored payload (zlib-compressed JSON), kept out of the index table's pages."""
+
+    __tablename__ = "traffic_payloads"
+
+    call_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

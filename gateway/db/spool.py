@@ -10,7 +10,8 @@ replayed twice (a crash in the middle of a replay, or a batch the database commi
 failed) is written exactly once.
 
 Layout: `<data dir>/spool/<writer>/<seq>-<created epoch ms>.jsonl`, one JSON document per line (one item).
-A new segment starts when a replay begins, so the file being replayed is never appended to. A last line
+A new segment starts when a replay begins, so the file being replayed is never appended to, and when the
+open one passes SEGMENT_BYTES, so a replay reads a few MB at a time however long the outage. A last line
 without its newline (the machine crashed in the middle of a write) is ignored when read.
 
 Blocking: call from the writer's thread, one call at a time.
@@ -29,6 +30,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, DateTime, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
+
+SEGMENT_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -97,6 +100,8 @@ class Spool:
         segment.size += len(data)
         segment.rows += len(lines)
         self.appended_rows += len(lines)
+        if segment.size >= SEGMENT_BYTES:
+            self.close()
         return True
 
     def _open_segment(self) -> None:

@@ -28,6 +28,7 @@ from gateway.flow.call import Call
 from gateway.flow.model_cards import model_card, prompt_card
 from gateway.flow.plan import ChatPlan, Resolver
 from gateway.flow.sse import ChatStream
+from gateway.flow.traffic import CHAT, Recording, Surface, TrafficRecorder
 from gateway.keys import Principal
 from gateway.limits import LimitsConfig, check_embedding_input
 from gateway.monitoring.metrics import Metrics
@@ -80,6 +81,7 @@ class Gateway:
         *,
         protected_aliases: frozenset[str] = frozenset({"staging", "production"}),
         limits: LimitsConfig | None = None,
+        traffic: TrafficRecorder | None = None,
     ) -> None:
         self.catalog = catalog
         self.limits = limits or LimitsConfig()
@@ -89,6 +91,7 @@ class Gateway:
         self.policy = policy if policy is not None else Pipeline.ungoverned()
         self.access = VersionAccess(catalog, protected_aliases)
         self.resolver = Resolver(catalog, retriever)
+        self.traffic = traffic  # the traffic store's recorder (None: nothing is stored)
         # Called with (call, row) after every request's log row is submitted (e.g. online eval sampling).
         # Hooks must be quick and must not raise: they run on the request path.
         self.finish_hooks: list[FinishHook] = []
@@ -116,16 +119,33 @@ class Gateway:
 
     # -- the chat path -----------------------------------------------------------------------------------
 
-    async def chat(self, call: Call, request: ChatRequest) -> Json | ChatStream:
+    async def chat(self, call: Call, request: ChatRequest, surface: Surface = CHAT) -> Json | ChatStream:
         """A chat completion, in the order of the request flow. The caller finishes the call (or the
-        returned stream does, once it is over)."""
+        returned stream does, once it is over). `surface`: the API it was asked through (a bridged API's
+        call is stored in that API's shape)."""
         call.stream, call.include_context = request.stream, request.include_context
         plan = self.resolver.chat(call, request)
         await self.authorise(call, plan)
         upstream = await self.prepare(call, plan)
+        recording = self.recording(call, plan, upstream, surface)
         if request.stream:
-            return await self.open_stream(call, upstream, request)
-        return await self.complete(call, upstream)
+            return await self.open_stream(call, upstream, request, recording)
+        data = await self.complete(call, upstream)
+        if recording is not None:
+            data["id"] = recording.id
+            await recording.save(upstream.body, data)
+        return data
+
+    def recording(self, call: Call, plan: ChatPlan, upstream: Upstream, surface: Surface) -> Recording | None:
+        """The call's recording in the traffic store, when it is to be stored. The gateway is the store:
+        `store` is never sent upstream (a provider would keep a second copy, out of the operator's reach)."""
+        prompt = plan.prompt.name if plan.prompt is not None else None
+        if self.traffic is None:
+            return None
+        upstream.body.pop("store", None)
+        if not self.traffic.wanted(plan.request.store, plan.router.name, prompt):
+            return None
+        return self.traffic.recording(call, surface, plan.request.body, plan.request.body.get("metadata"))
 
     async def authorise(self, call: Call, plan: ChatPlan) -> None:
         """Access (the key's allow list, approved versions, policy rules), the query screen, and (for a
@@ -197,7 +217,9 @@ class Gateway:
         call.answer = _answer_text(data)
         return data
 
-    async def open_stream(self, call: Call, upstream: Upstream, request: ChatRequest) -> ChatStream:
+    async def open_stream(
+        self, call: Call, upstream: Upstream, request: ChatRequest, recording: Recording | None = None
+    ) -> ChatStream:
         """Open the upstream stream (falling back until one yields its first chunk), put the output
         checks around it, and hand it to an SSE writer that finishes the call when the stream ends."""
         started = time.perf_counter()
@@ -208,6 +230,8 @@ class Gateway:
             call.upstream_ms = (time.perf_counter() - started) * 1000
         call.ttft_ms = call.upstream_ms
         first, rest = await self.policy.wrap_stream(call, first, rest)
+        if recording is not None:
+            first, rest = recording.wrap_stream(upstream.body, first, rest)
         messages = upstream.messages
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
 

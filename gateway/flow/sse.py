@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -25,6 +25,43 @@ log = logging.getLogger("opsgate.stream")
 EndHook = Callable[[Call, int, OpsgateError | None, dict[str, Any] | None, str], None]
 # (answer text) -> usage counted by the gateway, when the upstream sent none and the client asked for it
 UsageCounter = Callable[[str], dict[str, int]]
+
+
+class StreamEncoder(Protocol):
+    """How a stream's chunks become the bytes of one API surface (chat's own SSE, or a bridged API's
+    events). `chunk` gets every chunk (usage-only ones too) and returns what to send for it (may be
+    empty); `end` closes a whole stream (with the usage, counted by the gateway when the upstream sent
+    none and `wants_usage`); `error` closes a cut one, after what was pending (`out`)."""
+
+    wants_usage: bool
+
+    def chunk(self, chunk: Json) -> bytes: ...
+
+    def end(self, meta: Json, usage: dict[str, Any] | None, counted: bool) -> bytes: ...
+
+    def error(self, out: list[bytes], meta: Json, error: OpsgateError) -> bytes: ...
+
+
+class ChatEncoder:
+    """Chat completions' SSE: chunks as sent (usage only when asked for), then `data: [DONE]`."""
+
+    def __init__(self, include_usage: bool) -> None:
+        self.wants_usage = include_usage
+
+    def chunk(self, chunk: Json) -> bytes:
+        if self.wants_usage or chunk.get("choices"):
+            if not self.wants_usage and "usage" in chunk:
+                chunk = {k: v for k, v in chunk.items() if k != "usage"}
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return b""
+
+    def end(self, meta: Json, usage: dict[str, Any] | None, counted: bool) -> bytes:
+        if counted and usage is not None:  # the upstream sent none: the gateway's count, as its own chunk
+            return b"data: " + orjson.dumps(_usage_chunk(meta, usage)) + b"\n\ndata: [DONE]\n\n"
+        return b"data: [DONE]\n\n"
+
+    def error(self, out: list[bytes], meta: Json, error: OpsgateError) -> bytes:
+        return _error_events(out, meta, error)
 
 
 class ChatStream:
@@ -50,6 +87,7 @@ class ChatStream:
         self._cut = False
         self._slow = False  # the client stopped reading and the server cut the answer
         self._task: asyncio.Task[Any] | None = None  # the writer's task while it waits for the upstream
+        self.encoder: StreamEncoder = ChatEncoder(include_usage)  # a bridged API sets its own
 
     def cut(self) -> None:
         """End the stream now with an error event (the server is shutting down): at once if the writer
@@ -71,7 +109,7 @@ class ChatStream:
 
     async def sse(self) -> AsyncGenerator[bytes]:
         """SSE bytes for the client; ends with [DONE], or with an error event and no [DONE] when cut."""
-        call, rest = self.call, self.rest
+        call, rest, encoder = self.call, self.rest, self.encoder
         pieces: list[str] = []
         usage: dict[str, Any] | None = None
         last_meta: Json = self.first
@@ -92,28 +130,27 @@ class ChatStream:
                     if isinstance(delta.get("content"), str):
                         pieces.append(delta["content"])
                 last_meta = chunk
-                if self.include_usage or chunk.get("choices"):
-                    if not self.include_usage and "usage" in chunk:
-                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                    out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                piece = encoder.chunk(chunk)
+                if piece:
+                    out.append(piece)
                 if out and not rest.ready():
                     yield b"".join(out)
                     out.clear()
                 chunk = await self._next()
-            if self.include_usage and usage is None:
+            counted = encoder.wants_usage and usage is None
+            if counted:
                 usage = self._count_usage("".join(pieces))
-                out.append(b"data: " + orjson.dumps(_usage_chunk(last_meta, usage)) + b"\n\n")
-            yield b"".join([*out, b"data: [DONE]\n\n"])
+            yield b"".join([*out, encoder.end(last_meta, usage, counted)])
         except (UpstreamError, StreamCut) as exc:
             status, error = exc.status, exc
-            yield _error_events(out, last_meta, exc)
+            yield encoder.error(out, last_meta, exc)
         except asyncio.CancelledError:
             if not self._cut:  # the client went away (or stopped reading)
                 status, error = self._left()
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]  # our own cut, not the client's
             status, error = 503, _cut_error()
-            yield _error_events([], last_meta, error)
+            yield encoder.error([], last_meta, error)
         except GeneratorExit:  # the response was closed under us (the client went away or stopped reading)
             status, error = self._left()
             raise
@@ -121,7 +158,7 @@ class ChatStream:
             log.exception("stream of request %s failed", call.request_id)
             status = 500
             error = OpsgateError(f"internal error ({type(exc).__name__}); quote request id {call.request_id}")
-            yield _error_events(out, last_meta, error)
+            yield encoder.error(out, last_meta, error)
         finally:
             await rest.aclose()
             self._end(call, status, error, usage, "".join(pieces))

@@ -146,13 +146,15 @@ def monitor_cmd(
             _print({"ref": record.ref, "aliases": by_alias, "error": exc.message}, json_out)
             continue
         if alert:
-            found = asyncio.run(_judge(engine, settings.project_dir, config, served))
+            found = asyncio.run(
+                _judge(engine, settings.project_dir, config, served, settings.resolved_data_dir())
+            )
         else:
             found = figures(engine, served)
         _print({"aliases": by_alias, **found}, json_out)
 
 
-async def _judge(engine: Any, project_dir: Path, config: Any, served: Any) -> dict[str, Any]:
+async def _judge(engine: Any, project_dir: Path, config: Any, served: Any, data_dir: Path) -> dict[str, Any]:
     """Judge and alert like the gateway's monitor; a retraining run is waited for (its output goes to
     the log, as in the gateway), and its final status shown."""
     from gateway.egress import Egress
@@ -161,11 +163,18 @@ async def _judge(engine: Any, project_dir: Path, config: Any, served: Any) -> di
 
     alerts = Alerts(config.alerts, Egress(config.egress))
     monitor = Monitor(
-        engine, project_dir, commands=config.ml.retrain_commands, timeout_s=config.ml.retrain_timeout_s
+        engine,
+        project_dir,
+        commands=config.ml.retrain_commands,
+        timeout_s=config.ml.retrain_timeout_s,
+        data_dir=data_dir,
+        config_loader=lambda: config,
     )
     try:
         found = await monitor.check(served, alerts.send)
         await monitor.runner.drain()
+        if monitor.pipelines is not None:
+            await monitor.pipelines.drain()
     finally:
         await alerts.close()
     command = found.get("retrain", {}).get("command")

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Engine, func, select
@@ -29,6 +29,9 @@ from gateway.ml.fairness import fairness_report
 from gateway.ml.model import ServedModel
 from gateway.ml.retrain import RetrainRunner
 from gateway.ml.tables import MLFeedback, MLPrediction, MLQualityEvent, MLReport
+
+if TYPE_CHECKING:
+    from gateway.ml.pipelines.trigger import PipelineTrigger
 
 log = logging.getLogger("opsgate.ml.monitor")
 KINDS = ("drift", "fairness", "accuracy")
@@ -259,13 +262,24 @@ class Monitor:
         *,
         commands: Mapping[str, list[str]] | None = None,
         timeout_s: float = 600.0,
+        data_dir: Path | None = None,
+        config_loader: Callable[[], Any] | None = None,
     ) -> None:
         self.engine = engine
         self.project_dir = project_dir
         self.runner = RetrainRunner(engine, project_dir, commands or {}, timeout_s=timeout_s)
+        # a breach also starts the model's approved pipelines (config/pipelines, `trigger:`), once across
+        # replicas: gateway/ml/pipelines/trigger.py. Needs the data directory (model store, reports).
+        self.pipelines: PipelineTrigger | None = None
+        if data_dir is not None:
+            from gateway.ml.pipelines.trigger import PipelineTrigger
+
+            self.pipelines = PipelineTrigger(engine, project_dir, data_dir, config_loader)
 
     async def stop(self) -> None:
         await self.runner.stop()
+        if self.pipelines is not None:
+            await self.pipelines.stop()
 
     def _last(self, session: Session, served: ServedModel, kind: str) -> MLReport | None:
         q = (
@@ -338,6 +352,10 @@ class Monitor:
         found["alerts"] = newly
         if retrain:
             found["retrain"] = await self.retrain(served, found, deliver)
+        if self.pipelines is not None:
+            started = await self.pipelines.on_breach(served, found)
+            if started:
+                found["pipelines"] = started
         return found
 
     async def retrain(self, served: ServedModel, found: dict[str, Any], deliver: Deliver) -> dict[str, Any]:

@@ -132,7 +132,12 @@ class MLService:
             spool_dir=data_dir / "spool" / "ml-log",
         )
         self.monitor = Monitor(
-            engine, project_dir, commands=config.retrain_commands, timeout_s=config.retrain_timeout_s
+            engine,
+            project_dir,
+            commands=config.retrain_commands,
+            timeout_s=config.retrain_timeout_s,
+            data_dir=data_dir,
+            config_loader=lambda: _gateway_config(project_dir),
         )
         self._specs: dict[Key, ModelSpec] = {}
         self._served: dict[Key, ServedModel] = {}
@@ -583,3 +588,11 @@ def _check_explainable(served: ServedModel, rows: int) -> None:
 def _log_failure(task: asyncio.Task[ServedModel]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("model preload failed: %s", task.exception())
+
+
+def _gateway_config(project_dir: Path) -> Any:
+    """The operator's config/gateway.yaml as it is now (a triggered pipeline reads its ml.pipelines, trust
+    and egress rules when it starts)."""
+    from gateway.settings import Settings
+
+    return Settings(project_dir=project_dir).load_gateway_config()

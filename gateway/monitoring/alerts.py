@@ -18,6 +18,7 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,14 +55,32 @@ class AlertStats:
 class Alerts:
     """Send alert events to the configured webhooks. `emit` never blocks the caller."""
 
-    def __init__(self, config: AlertsConfig, egress: Egress | None = None) -> None:
+    def __init__(
+        self,
+        config: AlertsConfig,
+        egress: Egress | None = None,
+        *,
+        audit_tip: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> None:
         self.config = config
+        # the newest anchored audit entry rides along with every alert: a copy of the tip outside the
+        # database and the data directory (gateway/registry/audit.py)
+        self.audit_tip = audit_tip
         self.egress = egress or Egress()  # the defaults allow no webhook host
         self.stats = AlertStats()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def emit(self, kind: str, payload: dict[str, Any]) -> None:
+    def _event(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         event = {"event": kind, "time": time.time(), **payload}
+        if self.audit_tip is not None:
+            try:
+                event["audit_tip"] = self.audit_tip()
+            except OSError:
+                event["audit_tip"] = None
+        return event
+
+    def emit(self, kind: str, payload: dict[str, Any]) -> None:
+        event = self._event(kind, payload)
         self.stats.history = [*self.stats.history[-99:], event]
         for hook in self.config.webhooks:
             if "*" in hook.events or kind in hook.events:
@@ -71,7 +90,7 @@ class Alerts:
 
     async def send(self, kind: str, payload: dict[str, Any]) -> None:
         """Deliver now and wait (for commands outside the server, e.g. a CLI monitor run)."""
-        event = {"event": kind, "time": time.time(), **payload}
+        event = self._event(kind, payload)
         await asyncio.gather(
             *(
                 self._deliver(h, kind, event)

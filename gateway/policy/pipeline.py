@@ -49,7 +49,7 @@ from gateway.policy.base import (
 from gateway.policy.checks.budget import day_period, ledger, month_period, nano_usd
 from gateway.policy.payloads import TokenCounter, chat_output, chat_payload, embedding_payload
 from gateway.policy.quota import MemoryStore, QuotaStore, Settlement
-from gateway.policy.spec import CompiledMatch, LoadedPolicy, PolicySpec, load_policy
+from gateway.policy.spec import CompiledMatch, LoadedPolicy, PolicySpec, load_policy, spec_model
 from gateway.policy.streaming import StreamGuard
 from gateway.registry.hashing import content_hash
 from gateway.shapes import ChunkStream, Json
@@ -198,6 +198,28 @@ class Pipeline:
             if stamp != self._stamp:
                 self._stamp = stamp
                 self.reload()
+
+    def follow(
+        self, aliases: Mapping[tuple[str, str], Mapping[str, int]], records: Mapping[Any, Any]
+    ) -> None:
+        """A catalog listener: when `policy:policies@production` moves, apply the version it points at."""
+        version = aliases.get(("policy", "policies"), {}).get("production")
+        if version is None:
+            return
+        record = records.get(("policy", "policies", version))
+        if record is None or record.content_hash == self.compiled.loaded.hash:
+            return
+        try:
+            parsed = spec_model(self.checks).model_validate(record.spec)
+        except ValueError as exc:  # a check plugin missing on this host: keep the policy in force
+            self.reload_error = f"policy:policies@{version}: {exc}"
+            log.error("policy version not applied, the previous policy stays in force: %s", self.reload_error)
+            return
+        self.reload_error = None
+        self.compiled = CompiledPolicy(
+            LoadedPolicy(parsed, content_hash(parsed), f"policy:policies@{version}"), self.checks
+        )
+        log.info("policy applied: policy:policies@%s (%s)", version, self.compiled.loaded.ref)
 
     def reload(self) -> bool:
         """Re-read the policy file; on an error keep serving the policy in force (and log why)."""

@@ -8,23 +8,35 @@ request log (`cost_usd` per row) at start-up, so a restart does not reset budget
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from gateway.db.models import RequestLog
+from gateway.policy.base import PolicyCheck
 from gateway.policy.checks.budget import day_period, ledger, month_period, nano_usd
 from gateway.policy.pipeline import Pipeline
 from gateway.policy.quota import MemoryStore, QuotaStore, RedisStore
-from gateway.policy.spec import POLICY_FILE, load_policy, registered_checks
+from gateway.policy.spec import POLICY_FILE, LoadedPolicy, load_policy, registered_checks, spec_model
+from gateway.registry.hashing import content_hash
+from gateway.registry.rules import served_ref, served_spec
 from gateway.settings import GatewayConfig, Settings
 
 
 def build_pipeline(settings: Settings, config: GatewayConfig, engine: Engine | None) -> Pipeline:
+    """The policy in force is the version of `policy:policies` at `production` (gateway/registry/rules.py);
+    the gateway follows that alias as it moves (`Pipeline.follow`), never the file. Only when the registry
+    has no policy version yet (a project that is not a git repository) is the file read, once, at start."""
     checks = registered_checks()
     file = settings.config_dir / POLICY_FILE
     display = settings.display_path(file)
-    policy = load_policy(file, checks, display=display)
+    served = served_spec(engine, "policy") if engine is not None else None
+    if served is not None:
+        policy = registered_policy(served, checks, served_ref(engine, "policy") if engine else "")
+    else:
+        policy = load_policy(file, checks, display=display)
     store: QuotaStore
     if settings.redis_url:
         store = RedisStore(settings.redis_url, prefix=settings.redis_prefix)
@@ -34,11 +46,17 @@ def build_pipeline(settings: Settings, config: GatewayConfig, engine: Engine | N
         policy,
         checks,
         store,
-        file=file,
         display=display,
         refresh_interval_s=config.cache.refresh_interval_s,
         spend_seed=(lambda s: seed_spend(engine, s)) if engine is not None else None,
     )
+
+
+def registered_policy(
+    spec: dict[str, object], checks: Mapping[str, type[PolicyCheck[Any]]], source: str
+) -> LoadedPolicy:
+    parsed = spec_model(checks).model_validate(spec)
+    return LoadedPolicy(parsed, content_hash(parsed), source)
 
 
 def seed_spend(engine: Engine, store: MemoryStore, now: float | None = None) -> int:

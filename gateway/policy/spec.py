@@ -94,6 +94,11 @@ def spec_model(checks: Mapping[str, type[PolicyCheck[Any]]]) -> type[PolicySpec]
     return spec
 
 
+def policy_model() -> type[PolicySpec]:
+    """The policy file's model with the checks installed now (the registry parses policy versions with it)."""
+    return spec_model(registered_checks())
+
+
 def registered_checks() -> dict[str, type[PolicyCheck[Any]]]:
     found: dict[str, type[PolicyCheck[Any]]] = {}
     for name, cls in extensions.load(extensions.CHECKS).items():

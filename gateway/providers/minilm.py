@@ -20,6 +20,7 @@ class MiniLMEmbedder:
         self.batch_size = batch_size
         self._model: Any = None
         self._lock = threading.Lock()
+        self._counter: Any = None  # a tokenizer of its own for count_tokens (see there)
 
     def model(self) -> Any:
         if self._model is None:
@@ -48,5 +49,19 @@ class MiniLMEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def count_tokens(self, texts: list[str]) -> int:
-        tok = self.tokenizer()
-        return sum(len(tok.encode(t, add_special_tokens=True)) for t in texts)
+        """Tokens of the texts, special tokens included, untruncated. Counted with a copy of the model's
+        tokenizer: the model's own one sets padding and truncation on its shared state for each `encode`,
+        so a count beside it in another thread broke that encode (ValueError: 500 on /v1/embeddings)."""
+        counter = self._counter
+        if counter is None:
+            source = self.tokenizer().backend_tokenizer.to_str()  # (loads the model: takes the lock)
+            with self._lock:
+                if self._counter is None:
+                    from tokenizers import Tokenizer
+
+                    copy = Tokenizer.from_str(source)
+                    copy.no_padding()
+                    copy.no_truncation()
+                    self._counter = copy
+                counter = self._counter
+        return sum(len(e.ids) for e in counter.encode_batch(texts, add_special_tokens=True))

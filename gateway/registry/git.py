@@ -110,6 +110,28 @@ class GitRepo:
         sha, author, message = out.split("\x1f", 2)
         return Commit(sha.strip(), author.strip(), message.strip())
 
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        try:
+            self._git("merge-base", "--is-ancestor", older, newer)
+        except ConfigError:
+            return False
+        return True
+
+    def authors(self, paths: list[str], *, since: str | None, until: str) -> list[str]:
+        """Everyone (author and committer, as `Name <email>`) who committed to any of `paths` after
+        `since` up to `until`; the whole history of the paths when `since` is None or not an ancestor of
+        `until` (history rewritten since)."""
+        if not paths:
+            return []
+        span = f"{since}..{until}" if since and self.is_ancestor(since, until) else until
+        out = self._git("log", "--format=%an <%ae>%x1f%cn <%ce>", span, "--", *paths)
+        people: dict[str, None] = {}
+        for line in out.splitlines():
+            for who in line.split("\x1f"):
+                if who.strip():
+                    people[who.strip()] = None
+        return list(people)
+
     def user(self) -> str:
         name = self._git("config", "--default", "", "user.name").strip()
         email = self._git("config", "--default", "", "user.email").strip()

@@ -25,11 +25,14 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway import principals
 from gateway.db.generation import as_utc, utcnow
-from gateway.db.models import Alias, ArtifactVersion, EvalRun, Promotion
+from gateway.db.models import Alias, ArtifactVersion, AuditEntry, EvalRun, Promotion
 from gateway.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
-from gateway.keys import Principal
+from gateway.keys import Principal, key_creators
 from gateway.registry import audit
+from gateway.registry.refs import validate_alias
+from gateway.registry.rules import RULE_KINDS, loosening, served_spec
 from gateway.registry.store import LATEST, set_alias
 from gateway.settings import AliasRule, GovernanceConfig
 
@@ -92,19 +95,17 @@ def _record(row: Promotion) -> PromotionRecord:
 
 
 def is_author(principal: Principal, git_author: str | None) -> bool:
-    """A principal is the author when it equals the commit author's email, its name, or the email's user."""
-    if not git_author:
-        return False
-    name, _, rest = git_author.partition("<")
-    email = rest.rstrip(">").strip().lower()
-    who = principal.principal.strip().lower()
-    return who in {email, name.strip().lower(), email.split("@", 1)[0]} - {""}
+    """A principal is the author when it is the commit author's email, its name, or the email's user,
+    however either is spelled (gateway/principals.py)."""
+    return principals.is_author(principal.principal, [git_author] if git_author else []) is not None
 
 
 class PromotionService:
     def __init__(self, engine: Engine, governance: GovernanceConfig) -> None:
+        """`governance` applies until the registry serves a governance version (then that one does)."""
         self.engine = engine
-        self.governance = governance
+        served = served_spec(engine, "governance")
+        self.governance = GovernanceConfig.model_validate(served) if served is not None else governance
 
     # -- queries -------------------------------------------------------------------------------------
 
@@ -196,6 +197,7 @@ class PromotionService:
         action: str = "promote",
     ) -> PromotionRecord:
         self._require_role(principal, self.governance.requester_roles, "requesting a promotion")
+        validate_alias(alias)
         if alias == LATEST:
             raise InvalidRequest(
                 "the alias 'latest' moves by itself when a version is registered", param="alias"
@@ -203,7 +205,9 @@ class PromotionService:
         rule = self.rule_for(alias)
 
         def work(session: Session) -> PromotionRecord:
-            self._version(session, kind, name, version)
+            target = self._version(session, kind, name, version)
+            if rule is not None:
+                _refuse_dirty(target, alias)
             current = self._alias_version(session, kind, name, alias)
             if current == version:
                 raise Conflict(f"{kind}:{name}@{alias} already points at version {version}", code="no_change")
@@ -212,9 +216,10 @@ class PromotionService:
             ).first()
             if pending is not None:
                 raise _already_pending(kind, name, alias, pending)
+            effective, loosens = _rules_rule(session, rule, target, current)
             checks: list[dict[str, Any]] = []
-            if rule is not None:
-                eval_check = self._eval_check(session, rule, kind, name, version)
+            if effective is not None:
+                eval_check = self._eval_check(session, effective, kind, name, version)
                 if eval_check:
                     checks.append(eval_check)
             row = Promotion(
@@ -226,10 +231,14 @@ class PromotionService:
                 action=action,
                 state=PENDING,
                 from_version=current,
-                requested_by=principal.principal,
+                requested_by=principals.normalise(principal.principal) or principal.principal,
                 requested_at=utcnow(),
                 reason=reason,
-                rule=rule.model_dump() if rule else {"protected": False},
+                rule=(
+                    {**effective.model_dump(), **({"loosens": loosens} if loosens else {})}
+                    if effective
+                    else {"protected": False}
+                ),
                 approvals=[],
                 checks=checks,
                 pending_key=f"{kind}:{name}@{alias}",
@@ -248,7 +257,7 @@ class PromotionService:
                 after={"version": version, "promotion": row.id},
                 reason=reason,
             )
-            if rule is None or rule.approvals == 0:
+            if effective is None or effective.approvals == 0:
                 self._apply(session, row, principal.actor)
             return _record(row)
 
@@ -267,26 +276,14 @@ class PromotionService:
     ) -> PromotionRecord:
         def work(session: Session) -> PromotionRecord:
             row = self._load_pending(session, promotion_id)
-            rule = (
-                AliasRule.model_validate(row.rule)
-                if row.rule.get("protected", True)
-                else AliasRule(approvals=0)
-            )
+            rule = _stored_rule(row.rule, AliasRule(approvals=0))
             self._require_role(principal, rule.approver_roles, "approving a promotion")
             version = self._version(session, row.kind, row.name, row.version)
+            if row.rule.get("protected", True):
+                _refuse_dirty(version, row.alias)
             if rule.four_eyes:
-                if principal.principal == row.requested_by:
-                    raise PermissionDenied(
-                        f"four-eyes: {principal.principal} requested promotion {row.id} and may not approve it",
-                        code="four_eyes",
-                    )
-                if is_author(principal, version.git_author):
-                    raise PermissionDenied(
-                        f"four-eyes: {principal.principal} is the author of {row.kind}:{row.name}@{row.version}"
-                        f" ({version.git_author}) and may not approve it",
-                        code="four_eyes",
-                    )
-            if any(a["by"] == principal.principal for a in row.approvals):
+                self._four_eyes(session, principal, row, version)
+            if any(principals.same(a["by"], principal.principal) for a in row.approvals):
                 raise Conflict(
                     f"{principal.principal} has already approved {row.id}", code="already_approved"
                 )
@@ -325,6 +322,33 @@ class PromotionService:
 
         return audit.write_transaction(self.engine, work)
 
+    def _four_eyes(
+        self, session: Session, principal: Principal, row: Promotion, version: ArtifactVersion
+    ) -> None:
+        """Neither the requester, nor anyone who committed to a file of the version since the previous
+        version, nor a key the requester created (directly or through keys it created) may approve."""
+        who = principal.principal
+        if principals.same(who, row.requested_by):
+            raise PermissionDenied(
+                f"four-eyes: {who} requested promotion {row.id} and may not approve it", code="four_eyes"
+            )
+        authors = list(version.authors or []) or ([version.git_author] if version.git_author else [])
+        author = principals.is_author(who, authors)
+        if author is not None:
+            raise PermissionDenied(
+                f"four-eyes: {who} is the author of {row.kind}:{row.name}@{row.version} ({author} committed to"
+                f" its files) and may not approve it",
+                code="four_eyes",
+            )
+        for key_id, creator in key_creators(session, principal.key_id):
+            if principals.same(creator, row.requested_by):
+                raise PermissionDenied(
+                    f"four-eyes: key {principal.key_id} ({who}) was created by {row.requested_by}'s key"
+                    f" {key_id}, so its approval of {row.requested_by}'s request {row.id} does not count;"
+                    " an approver whose key someone else created must approve",
+                    code="four_eyes",
+                )
+
     def _apply(self, session: Session, row: Promotion, actor: str) -> None:
         current = self._alias_version(session, row.kind, row.name, row.alias)
         if current != row.from_version:
@@ -356,7 +380,7 @@ class PromotionService:
 
         def work(session: Session) -> PromotionRecord:
             row = self._load_pending(session, promotion_id)
-            rule = AliasRule.model_validate(row.rule) if row.rule.get("protected", True) else AliasRule()
+            rule = _stored_rule(row.rule, AliasRule())
             self._require_role(principal, rule.approver_roles, "rejecting a promotion")
             row.state = REJECTED
             row.decided_by = principal.principal
@@ -400,6 +424,7 @@ class PromotionService:
                 action="rollback",
             )
         self._require_role(principal, ["admin"], "an emergency rollback")
+        validate_alias(alias)
 
         def work(session: Session) -> PromotionRecord:
             self._version(session, kind, name, to_version)
@@ -407,6 +432,25 @@ class PromotionService:
             if current == to_version:
                 raise Conflict(
                     f"{kind}:{name}@{alias} already points at version {to_version}", code="no_change"
+                )
+            if kind in RULE_KINDS and current is not None:
+                served = self._version(session, kind, name, current)
+                wanted = self._version(session, kind, name, to_version)
+                loosens = loosening(kind, dict(served.spec), dict(wanted.spec))
+                if loosens:
+                    raise Conflict(
+                        f"rolling {kind}:{name}@{alias} back to version {to_version} loosens the rules"
+                        f" ({'; '.join(loosens)}): that needs another admin's approval, so request a rollback"
+                        " without --emergency",
+                        code="loosens_rules",
+                    )
+            held = held_versions(session, kind, name, alias)
+            if to_version not in held:
+                before = ", ".join(str(v) for v in sorted(held)) or "none"
+                raise Conflict(
+                    f"an emergency rollback only moves {kind}:{name}@{alias} back to a version it held before"
+                    f" (held: {before}); version {to_version} never was {alias}: request a promotion instead",
+                    code="not_a_rollback",
                 )
             for pending in session.scalars(
                 select(Promotion).where(Promotion.pending_key == f"{kind}:{name}@{alias}").with_for_update()
@@ -453,6 +497,55 @@ class PromotionService:
             return _record(row)
 
         return audit.write_transaction(self.engine, work)
+
+
+def _stored_rule(stored: dict[str, Any], unprotected: AliasRule) -> AliasRule:
+    if not stored.get("protected", True):
+        return unprotected
+    return AliasRule.model_validate({k: v for k, v in stored.items() if k != "loosens"})
+
+
+def _rules_rule(
+    session: Session, rule: AliasRule | None, target: ArtifactVersion, current: int | None
+) -> tuple[AliasRule | None, list[str]]:
+    """The rule a promotion of policy or governance rules follows: a change that loosens them needs an
+    admin other than the requester (and the alias rule's other demands), whatever the alias rule says."""
+    if target.kind not in RULE_KINDS or current is None:
+        return rule, []
+    served = PromotionService._version(session, target.kind, target.name, current)
+    loosens = loosening(target.kind, dict(served.spec), dict(target.spec))
+    if not loosens:
+        return rule, []
+    strict = AliasRule(
+        approvals=max(1, rule.approvals if rule else 1),
+        approver_roles=["admin"],
+        four_eyes=True,
+        require_eval=rule.require_eval if rule else None,
+    )
+    return strict, loosens
+
+
+def held_versions(session: Session, kind: str, name: str, alias: str) -> set[int]:
+    """Every version the alias pointed at, read from the audit chain (the alias's moves)."""
+    target = f"{kind}:{name}@{alias}"
+    held: set[int] = set()
+    for entry in session.scalars(
+        select(AuditEntry).where(AuditEntry.target == target, AuditEntry.action.like("alias.%"))
+    ):
+        for side in (entry.before, entry.after):
+            if isinstance(side, dict) and isinstance(side.get("version"), int):
+                held.add(side["version"])
+    return held
+
+
+def _refuse_dirty(version: ArtifactVersion, alias: str) -> None:
+    if version.dirty:
+        raise Conflict(
+            f"{version.kind}:{version.name}@{version.version} is a dirty version (registered from uncommitted"
+            f" changes, attributed to {version.git_author or 'nobody'}): it can never be promoted to the"
+            f" protected alias {alias!r}; commit the files, `opsgate sync`, and promote the new version",
+            code="dirty_version",
+        )
 
 
 def _already_pending(kind: str, name: str, alias: str, other: Promotion | None) -> Conflict:

@@ -12,9 +12,29 @@ from gateway.errors import InvalidRequest
 # What a reference without `@` means wherever a version is served or pinned: the request path, eval
 # targets, index embedders, `opsgate index query`. Commands that inspect (show, diff, render) use `latest`.
 DEFAULT_ALIAS = "production"
+# Governance rules (gateway/registry/rules.py): single-file kinds, versioned and promoted like the rest.
+RULE_KINDS = ("policy", "governance")
 _REF = re.compile(
     r"^(?:(?P<kind>[a-z]+):)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@(?P<sel>[A-Za-z0-9._-]+))?$"
 )
+
+
+ALIAS_RULE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+MAX_VERSION = 2**31 - 1  # versions are 32-bit integers in every database
+
+
+def validate_alias(alias: str, *, param: str = "alias") -> str:
+    """The one rule for alias names: lowercase ASCII letter first, then letters, digits, `_` or `-`, at most
+    64 characters. `Production`, `production ` or `production` plus an invisible character are other
+    names that would look like a protected alias and move without its rule, so they are refused."""
+    if not isinstance(alias, str) or not ALIAS_RULE.fullmatch(alias):
+        raise InvalidRequest(
+            f"{alias!r} is not a valid alias name: an alias is a lowercase letter followed by up to 63"
+            " lowercase letters, digits, '_' or '-' (e.g. production, staging, canary)",
+            param=param,
+            code="invalid_alias",
+        )
+    return alias
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +81,17 @@ def _parse_ref(text: str, default_kind: str | None, param: str | None) -> Ref:
             code="invalid_reference",
         )
     kind = match.group("kind") or default_kind
-    if kind is not None and kind not in kinds.registry():
+    if kind is not None and kind not in kinds.registry() and kind not in RULE_KINDS:
         raise InvalidRequest(
-            f"unknown artifact kind {kind!r}; kinds are: {', '.join(kinds.names())}",
+            f"unknown artifact kind {kind!r}; kinds are: {', '.join([*kinds.names(), *RULE_KINDS])}",
             param=param,
             code="invalid_reference",
         )
-    return Ref(kind, match.group("name"), match.group("sel"))
+    selector = match.group("sel")
+    if selector is not None and selector.isdigit() and int(selector) > MAX_VERSION:
+        raise InvalidRequest(
+            f"version {selector} in {text!r} is out of range (versions go up to {MAX_VERSION})",
+            param=param,
+            code="invalid_reference",
+        )
+    return Ref(kind, match.group("name"), selector)

@@ -40,6 +40,7 @@ class VersionRecord:
     created_at: datetime
     created_by: str
     files: dict[str, Any] | None = None
+    authors: tuple[str, ...] = ()  # everyone who committed to a file of it since the previous version
 
     @functools.cached_property
     def ref(self) -> ArtifactRef:
@@ -53,6 +54,12 @@ class SourceInfo:
     author: str | None = None
     message: str | None = None
     dirty: bool = False
+    # everyone who committed to any file of the version (spec and referenced files) since the previous
+    # version of the artifact; empty means just `author`
+    authors: tuple[str, ...] = ()
+
+    def all_authors(self) -> list[str]:
+        return list(dict.fromkeys([*self.authors, *([self.author] if self.author else [])]))
 
 
 def to_record(row: ArtifactVersion) -> VersionRecord:
@@ -70,7 +77,23 @@ def to_record(row: ArtifactVersion) -> VersionRecord:
         as_utc(row.created_at),
         row.created_by,
         dict(row.files) if row.files else None,
+        tuple(row.authors) if row.authors else ((row.git_author,) if row.git_author else ()),
     )
+
+
+def previous_commit(engine: Engine, kind: str, name: str) -> str | None:
+    """The commit of the newest version of an artifact that has one (where its authorship starts)."""
+    with Session(engine) as s:
+        return s.scalar(
+            select(ArtifactVersion.git_commit)
+            .where(
+                ArtifactVersion.kind == kind,
+                ArtifactVersion.name == name,
+                ArtifactVersion.git_commit.is_not(None),
+            )
+            .order_by(ArtifactVersion.version.desc())
+            .limit(1)
+        )
 
 
 def register_version(
@@ -113,6 +136,7 @@ def register_version(
         created_at=utcnow(),
         created_by=actor,
         files=files,
+        authors=source.all_authors(),
     )
     session.add(row)
     session.flush()

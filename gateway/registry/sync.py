@@ -35,7 +35,14 @@ from gateway.registry.bootstrap import (
 )
 from gateway.registry.files import ArtifactFile, load_artifacts, spec_files
 from gateway.registry.git import GitRepo
-from gateway.registry.store import SourceInfo, VersionRecord, register_version, set_alias
+from gateway.registry.rules import RuleFile, read_rules, register_rules
+from gateway.registry.store import (
+    SourceInfo,
+    VersionRecord,
+    previous_commit,
+    register_version,
+    set_alias,
+)
 from gateway.registry.tree import GitTree, Tree, WorkingTree
 
 
@@ -52,19 +59,43 @@ class SyncReport:
     errors: list[ConfigError] = field(default_factory=list)
     dirty_files: list[str] = field(default_factory=list)
     bootstrapped: bool = False  # this sync was the first registration: production -> version 1
+    rules: list[VersionRecord] = field(default_factory=list)  # new policy / governance versions
 
 
-def _source(repo: GitRepo | None, art: ArtifactFile, dirty_files: set[str], head: str | None) -> SourceInfo:
+def _source(
+    repo: GitRepo | None,
+    art: ArtifactFile,
+    dirty_files: set[str],
+    head: str | None,
+    engine: Engine | None = None,
+) -> SourceInfo:
     if repo is None:
         return SourceInfo(path=art.path, dirty=True)
     touched = {art.path} | art.referenced_paths()
     dirty = bool(touched & dirty_files)
     commit = repo.last_commit(art.path)
+    authors = version_authors(repo, engine, art, head)
     if dirty or commit is None:
         return SourceInfo(
-            path=art.path, commit=head, author=repo.user(), message="uncommitted changes", dirty=True
+            path=art.path,
+            commit=head,
+            author=repo.user(),
+            message="uncommitted changes",
+            dirty=True,
+            authors=tuple(authors),
         )
-    return SourceInfo(path=art.path, commit=commit.sha, author=commit.author, message=commit.message)
+    return SourceInfo(
+        path=art.path, commit=commit.sha, author=commit.author, message=commit.message, authors=tuple(authors)
+    )
+
+
+def version_authors(repo: GitRepo, engine: Engine | None, art: ArtifactFile, head: str | None) -> list[str]:
+    """Everyone who committed to the spec file or any file it references since the artifact's previous
+    version (its whole history for a first version): four-eyes keeps all of them from approving it."""
+    if head is None:
+        return []
+    since = previous_commit(engine, art.kind, art.name) if engine is not None else None
+    return repo.authors(sorted({art.path} | art.referenced_paths()), since=since, until=head)
 
 
 def _bare_name_clash(session: Session, art: ArtifactFile) -> str | None:
@@ -171,9 +202,13 @@ def sync(
     artifacts, dangling = refuse_dangling(engine, artifacts, {a.name for a in indexes} | _index_files(tree))
     report.errors.extend(errors + index_errors + dangling)
     dirty_set = set(dirty)
-    sourced = [(art, _source(repo, art, dirty_set, head)) for art in artifacts]
+    sourced = [(art, _source(repo, art, dirty_set, head, engine)) for art in artifacts]
+    rule_files, rule_errors = read_rules(tree)
+    report.errors.extend(rule_errors)
     if registry_open_now(engine) and _sync_as_bootstrap(engine, report, sourced, actor=actor, blobs=blobs):
+        _sync_rules(engine, repo, head, rule_files, report, actor=actor, dirty=dirty_set)
         return report
+    _sync_rules(engine, repo, head, rule_files, report, actor=actor, dirty=dirty_set)
     for art, source in sourced:
         try:
             record, created = register_artifact(engine, art, source, actor=actor, blobs=blobs)
@@ -182,6 +217,22 @@ def sync(
             continue
         (report.registered if created else report.unchanged).append(record)
     return report
+
+
+def _sync_rules(
+    engine: Engine,
+    repo: GitRepo,
+    head: str,
+    files: list[RuleFile],
+    report: SyncReport,
+    *,
+    actor: str,
+    dirty: set[str],
+) -> None:
+    """Policy and governance rules are registered like the other kinds (gateway/registry/rules.py)."""
+    for record, created in register_rules(engine, repo, head, files, actor=actor, dirty_files=dirty):
+        if created:
+            report.rules.append(record)
 
 
 def _index_files(tree: Tree) -> set[str]:
@@ -302,7 +353,7 @@ def bootstrap(
         artifacts, errors = load_artifacts(project_dir, kinds.synced(), git_tree(repo, head))
         skipped = [_skipped_line(p) for p in repo.dirty_paths(folders)] if folders else []
         skipped += [_ignored_line(p) for p in repo.ignored_paths(folders) if p.endswith((".yaml", ".yml"))]
-        sourced = [(art, _committed_source(repo, art)) for art in artifacts]
+        sourced = [(art, _committed_source(repo, art, head)) for art in artifacts]
     elif working_tree:
         head = None
         artifacts, errors = load_artifacts(project_dir, kinds.synced())
@@ -347,11 +398,14 @@ def uncommitted(project_dir: Path, folder: str, *, working_tree: bool) -> set[st
     return set() if working_tree else None
 
 
-def _committed_source(repo: GitRepo, art: ArtifactFile) -> SourceInfo:
+def _committed_source(repo: GitRepo, art: ArtifactFile, head: str) -> SourceInfo:
     commit = repo.last_commit(art.path)
     if commit is None:  # listed by git at HEAD, so it has a commit; kept total for the type checker
         return SourceInfo(path=art.path, dirty=True)
-    return SourceInfo(path=art.path, commit=commit.sha, author=commit.author, message=commit.message)
+    authors = tuple(version_authors(repo, None, art, head))
+    return SourceInfo(
+        path=art.path, commit=commit.sha, author=commit.author, message=commit.message, authors=authors
+    )
 
 
 def drifted(engine: Engine, project_dir: Path, *, alias: str = "production") -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from gateway.registry.store import (
     SourceInfo,
     VersionRecord,
     VersionStore,
+    previous_commit,
     register_version,
     set_alias,
     to_record,
@@ -376,7 +378,7 @@ class IndexBuilder:
     def _register(
         self, plan: BuildPlan, actor: str, stats: dict[str, Any], version: int
     ) -> tuple[VersionRecord, bool]:
-        source = source_info(self.project_dir, plan.artifact, plan.manifest)
+        source = source_info(self.project_dir, plan.artifact, plan.manifest, self.engine)
 
         def work(session: Session) -> tuple[VersionRecord, bool]:
             record, created = register_version(
@@ -437,7 +439,9 @@ def _chunk_metadata(chunk: Chunk) -> dict[str, Any]:
     }
 
 
-def source_info(project_dir: Path, art: ArtifactFile, files: list[SourceFile]) -> SourceInfo:
+def source_info(
+    project_dir: Path, art: ArtifactFile, files: list[SourceFile], engine: Engine | None = None
+) -> SourceInfo:
     """The commit that last changed the index file; dirty when it, or a corpus file git tracks or
     could track, has uncommitted changes (git-ignored corpus files are outside git's say)."""
     repo = GitRepo(project_dir)
@@ -449,7 +453,14 @@ def source_info(project_dir: Path, art: ArtifactFile, files: list[SourceFile]) -
         return SourceInfo(
             path=art.path, commit=None, author=repo.user(), message="uncommitted changes", dirty=True
         )
-    return SourceInfo(path=art.path, commit=commit.sha, author=commit.author, message=commit.message)
+    # everyone who committed to the index file or its sources' folders since the previous version
+    folders = sorted({art.path} | {posixpath.dirname(f.path) or "." for f in files})
+    head = repo.head()
+    since = previous_commit(engine, "index", art.name) if engine is not None else None
+    authors = tuple(repo.authors(folders, since=since, until=head))
+    return SourceInfo(
+        path=art.path, commit=commit.sha, author=commit.author, message=commit.message, authors=authors
+    )
 
 
 def bootstrap_indexes(builder: IndexBuilder, *, actor: str, working_tree: bool = False) -> list[BuildResult]:

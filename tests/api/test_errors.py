@@ -226,7 +226,7 @@ def test_a_body_just_under_the_limit_is_served(gw: GatewayProcess) -> None:
 def test_unknown_url_and_method_are_openai_errors(gw: GatewayProcess) -> None:
     with gw.http() as http:
         missing = http.get("/v1/nothing-here", headers=gw.auth())
-        wrong_method = http.get("/v1/chat/completions", headers=gw.auth())
+        wrong_method = http.put("/v1/chat/completions", headers=gw.auth())  # GET lists stored completions
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "unknown_url"
     assert wrong_method.status_code == 405

@@ -177,7 +177,11 @@ def test_a_promotion_reaches_every_replica_within_a_second(topology: Topology) -
     synced = topology.admin("POST", "/sync", json={})
     assert [r for r in synced["registered"] if r.startswith("prompt:greet@2#")], synced
     approver = topology.create_key("approver-1", "approver")
-    promotion = topology.admin("POST", "/promotions", json={"ref": "prompt:greet@2", "to": "production"})
+    # the requester is not the admin who created the approver's key (four-eyes, issue 11.8d)
+    engineer = topology.create_key("engineer-1", "prompt-engineer")
+    promotion = topology.admin(
+        "POST", "/promotions", key=engineer, json={"ref": "prompt:greet@2", "to": "production"}
+    )
     approved = topology.admin("POST", f"/promotions/{promotion['id']}/approve", key=approver, json={})
     assert approved["state"] == "applied", approved
 

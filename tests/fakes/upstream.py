@@ -16,6 +16,10 @@ independent broken upstreams (counters and records are kept per full mode string
     errevent-<n>  streams n content chunks, then `data: {"error": ...}` (non-streaming: 500)
     flaky-<k>     the first k requests to this exact mode fail with 500, then it answers
     drip-<ms>     streams like ok, sleeping ms before each word chunk (a slow generator)
+    tools         with `tools` in the request and no tool result yet: calls the first function with
+                  arguments {"query": <last user message>} (finish_reason tool_calls; streamed as an id
+                  chunk then the arguments in three pieces); after a `tool` message: answers
+                  "tool said: <its content>"; otherwise like ok
 
 Add a mode with `upstream.add_mode(name, handler)`: the handler gets a `Hit` and returns a response,
 or None to answer normally (`await hit.reply(content=...)` builds the normal answer with any text).
@@ -308,7 +312,69 @@ async def mode_drip(hit: Hit) -> web.StreamResponse | None:
     return await hit.stream_reply(echo_text(hit.body), delay_s=hit.int_arg(100) / 1000)
 
 
+TOOL_CALL_ID = "call_fake_1"
+
+
+def tool_call_arguments(body: Json) -> str:
+    return orjson.dumps({"query": echo_text(body).removeprefix("echo: ")}).decode()
+
+
+async def mode_tools(hit: Hit) -> web.StreamResponse | None:
+    messages = [m for m in hit.body.get("messages") or () if isinstance(m, dict)]
+    tools = hit.body.get("tools") or []
+    if hit.endpoint != "chat/completions" or not tools:
+        return None
+    if messages and messages[-1].get("role") == "tool":
+        return await hit.reply(content=f"tool said: {message_text(messages[-1])}")
+    name = tools[0]["function"]["name"]
+    arguments = tool_call_arguments(hit.body)
+    if not hit.stream:
+        data = chat_answer(hit.body, "")
+        data["choices"][0] = {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": TOOL_CALL_ID,
+                        "type": "function",
+                        "function": {"name": name, "arguments": arguments},
+                    }
+                ],
+            },
+            "finish_reason": "tool_calls",
+        }
+        data["usage"] = usage_of(hit.body, arguments)
+        return json_response(data)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(hit.request)
+    meta = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": UPSTREAM_MODEL}
+    third = max(1, len(arguments) // 3)
+    pieces = [arguments[:third], arguments[third : 2 * third], arguments[2 * third :]]
+    first_call = {
+        "index": 0,
+        "id": TOOL_CALL_ID,
+        "type": "function",
+        "function": {"name": name, "arguments": ""},
+    }
+    chunks: list[Json] = [{"role": "assistant", "content": None, "tool_calls": [first_call]}]
+    chunks += [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
+    for delta in chunks:
+        data = {**meta, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        await resp.write(b"data: " + orjson.dumps(data) + b"\n\n")
+    end = {**meta, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+    await resp.write(b"data: " + orjson.dumps(end) + b"\n\n")
+    if (hit.body.get("stream_options") or {}).get("include_usage"):
+        usage = {**meta, "choices": [], "usage": usage_of(hit.body, arguments)}
+        await resp.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
 DEFAULT_MODES: dict[str, ModeHandler] = {
+    "tools": mode_tools,
     "ok": mode_ok,
     "nousage": mode_nousage,
     "slow": mode_slow,

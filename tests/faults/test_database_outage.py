@@ -116,6 +116,7 @@ def test_postgres_outage_is_survived_and_every_row_written_once(
     assert out.count("request-log: database unavailable") == 1, out[-3000:]
     assert "request-log: database back after" in out
     assert out.count("catalog refresh: database unavailable") <= 1
+    assert out.count("admin API: database unavailable") == 1 and "admin API: database back after" in out
 
 
 def test_sigterm_with_the_database_down_exits_and_the_next_start_replays(

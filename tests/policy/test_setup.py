@@ -1,5 +1,5 @@
 """Where the counters live: in Redis shared by two gateway processes (the combined rate holds), or
-in-process with spend read back from the request log after a restart; and the policy file reloads."""
+in-process with spend read back from the request log after a restart; and a promoted policy applies live."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 
 from gateway.policy.spec import parse_policy, registered_checks
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import GatewayProcess
+from tests.fakes.gateway import GatewayProcess, commit_project
 from tests.fakes.upstream import FakeUpstream
 from tests.policy.conftest import make_key, routers
 
@@ -98,15 +98,25 @@ def test_in_process_spend_survives_a_restart(
     assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
 
 
-def test_the_policy_file_reloads_and_a_broken_edit_keeps_the_old_policy(
+def test_a_promoted_policy_applies_without_a_restart_and_a_broken_file_is_refused_at_sync(
     upstream: FakeUpstream, make_project: ProjectFactory, start_gateway: GatewayFactory
 ) -> None:
+    """The policy in force is policy:policies@production (issue 11.10): an edit does nothing until it is
+    committed, synced and promoted; then the running gateway applies it. A broken file never registers."""
     project = make_project(routers(upstream), files={"config/policies.yaml": "rules: []\n"})
     gw = start_gateway(project)
     key = make_key(gw, "team")
+    approver = make_key(gw, "reviewer", "approver")
     before = gw.log_row(post(gw, key).headers["x-opsgate-request-id"])["extra"]["policy"]
     (project / "config/policies.yaml").write_text(limits(1), encoding="utf-8")
     new_hash = parse_policy(limits(1), registered_checks()).short_hash
+    time.sleep(1)
+    assert gw.log_row(post(gw, key).headers["x-opsgate-request-id"])["extra"]["policy"] == before
+    commit_project(project, "rpm 1")
+    gw.cli("sync", key=gw.admin_key)
+    engineer = make_key(gw, "engineer", "prompt-engineer")  # not the admin who created the approver's key
+    pid = gw.cli("promote", "policy:policies@2", "--to", "production", key=engineer).stdout.split()[-1]
+    gw.cli("approve", pid, key=approver)  # tightening: the standard rule
     deadline = time.monotonic() + 10
     while True:
         r = post(gw, key)
@@ -119,11 +129,10 @@ def test_the_policy_file_reloads_and_a_broken_edit_keeps_the_old_policy(
     (project / "config/policies.yaml").write_text(
         "rules: [{name: x, checks: [{type: nope}]}]\n", encoding="utf-8"
     )
-    time.sleep(2)
+    commit_project(project, "broken")
+    synced = gw.cli("sync", key=gw.admin_key, check=False)
+    assert synced.returncode == 1 and "config/policies.yaml" in synced.stderr
     r = post(gw, key)
     assert r.status_code == 429  # still the rpm 1 policy
     assert gw.log_row(r.headers["x-opsgate-request-id"])["extra"]["policy"] == new_hash
-    assert (
-        "policy file not reloaded, the previous policy stays in force: config/policies.yaml:1:" in gw.output()
-    )
-    assert "opsgate_policy_reload_failed 1.0" in gw.metrics()
+    assert "opsgate_policy_reload_failed 0.0" in gw.metrics()

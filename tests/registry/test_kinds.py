@@ -107,12 +107,13 @@ def test_without_the_plugin_the_kind_is_unknown(git_project: Callable[..., GitPr
 
 def test_built_in_kinds_are_records(tmp_path: Path) -> None:
     """Everything that spelled out the kind list reads the registry: folders, sources, spec classes."""
-    assert kinds.names() == ("prompt", "router", "index", "model")
-    assert kinds.synced() == ("prompt", "router", "model") and kinds.built() == ("index",)
+    assert kinds.names() == ("prompt", "router", "index", "model", "pipeline")
+    assert kinds.synced() == ("prompt", "router", "model", "pipeline") and kinds.built() == ("index",)
     assert {k.name: k.folder for k in kinds.registry().values()} == {
         "prompt": "prompts",
         "router": "config/routers",
         "index": "config/indexes",
         "model": "config/models",
+        "pipeline": "config/pipelines",
     }
     assert kinds.get("router").spec_class().__name__ == "RouterSpec"

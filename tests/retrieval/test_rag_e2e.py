@@ -142,7 +142,13 @@ def test_rebuild_promote_and_roll_back_the_index(gw: GatewayProcess, project: Pa
         .stdout.strip()
         .splitlines()[-1]
     )
-    promotion = gw.cli("promote", "index:docs@2", "--to", "production", key=gw.admin_key).stdout.strip()
+    engineer = (  # the requester is not the admin who created the approver's key (issue 11.8d)
+        gw.cli("keys", "create", "--name", "engineer", "--role", "prompt-engineer", key=gw.admin_key)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    gw.wait_for_key(engineer)
+    promotion = gw.cli("promote", "index:docs@2", "--to", "production", key=engineer).stdout.strip()
     gw.cli("approve", promotion, key=approver)
     _wait_for(lambda: "9090" in ask(gw)[0]["choices"][0]["message"]["content"])
     body, headers = ask(gw)

@@ -1,0 +1,41 @@
+"""`POST /v1/completions` (legacy completions), bridged to the chat flow (gateway/surfaces/completions.py):
+same routers, prompts, policies, lineage and one log row as chat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.api.deps import gateway_of, opened_call, read_json
+from gateway.api.openai import _json, _sse
+from gateway.flow.sse import ChatStream
+from gateway.flow.traffic import Surface, surface_id
+from gateway.surfaces import completions as bridge
+
+router = APIRouter(prefix="/v1", tags=["completions"])
+
+
+@router.post(
+    "/completions",
+    summary="Create a (legacy) completion, plain or streamed",
+    response_model=dict[str, Any],
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": bridge.CompletionRequest.model_json_schema()}}
+        }
+    },
+)
+async def create_completion(request: Request) -> Response:
+    async with opened_call(request, "/v1/completions") as call:
+        legacy, chat = bridge.to_chat(await read_json(request))
+        surface = Surface(
+            "text_completion", "cmpl-", lambda data: bridge.from_chat(legacy, data, surface_id(surface, call))
+        )
+        answer = await gateway_of(request).chat(call, chat, surface)
+        if isinstance(answer, ChatStream):
+            answer.encoder = bridge.CompletionEncoder(legacy, surface_id(surface, call))
+    if isinstance(answer, ChatStream):
+        return _sse(answer)
+    return _json(bridge.from_chat(legacy, answer, surface_id(surface, call)))

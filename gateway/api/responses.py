@@ -1,0 +1,122 @@
+"""The Responses API: create (plain or streamed), retrieve, delete, input items; bridged to the chat flow
+(gateway/surfaces/responses.py) so routers, prompts, retrieval, policies, lineage and the log apply.
+
+Responses are stored by default (`store: true`, as OpenAI), in the traffic store, owner-scoped: another
+principal's response id is a 404, for reading and for `previous_response_id` alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.api.deps import gateway_of, opened_call, read_json
+from gateway.api.openai import _json, _sse
+from gateway.api.stored import ListQuery, traffic_of
+from gateway.errors import NotFound
+from gateway.flow.call import Call
+from gateway.flow.sse import ChatStream
+from gateway.flow.traffic import Surface, surface_id
+from gateway.surfaces import responses as bridge
+from gateway.traffic.store import StoredCall
+
+router = APIRouter(prefix="/v1", tags=["responses"])
+KIND = "response"
+
+
+@router.post(
+    "/responses",
+    summary="Create a model response (streamed as Responses events)",
+    response_model=dict[str, Any],
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": bridge.ResponsesRequest.model_json_schema()}}
+        }
+    },
+)
+async def create_response(request: Request) -> Response:
+    async with opened_call(request, "/v1/responses") as call:
+        body = await read_json(request)
+        parsed = bridge.parse_request(body)
+        surface = Surface(KIND, "resp_")
+        turn = bridge.Turn(parsed, surface_id(surface, call), int(call.ts.timestamp()))
+        if parsed.previous_response_id is not None:
+            previous = await _stored(request, call, parsed.previous_response_id, "previous_response_id")
+            turn.history = list(previous.payload.get("conversation") or []) + bridge.output_messages(
+                previous.payload.get("response") or {}
+            )
+        chat = bridge.to_chat(turn)
+        surface = Surface(
+            KIND,
+            "resp_",
+            render=lambda data: bridge.response_object(turn, data),
+            extra=lambda: {"conversation": turn.conversation, "input": parsed.input},
+        )
+        answer = await gateway_of(request).chat(call, chat, surface)
+        if isinstance(answer, ChatStream):
+            answer.encoder = bridge.ResponsesEncoder(turn)
+    if isinstance(answer, ChatStream):
+        return _sse(answer)
+    return _json(bridge.response_object(turn, answer))
+
+
+@router.get("/responses/{response_id}", summary="Get a stored response", response_model=dict[str, Any])
+async def get_response(request: Request, response_id: str) -> Response:
+    async with opened_call(request, "/v1/responses/{id}") as call:
+        stored = await _stored(request, call, response_id)
+    return _json(stored.payload.get("response") or {})
+
+
+@router.delete("/responses/{response_id}", summary="Delete a stored response", response_model=dict[str, Any])
+async def delete_response(request: Request, response_id: str) -> Response:
+    async with opened_call(request, "/v1/responses/{id}:delete") as call:
+        assert call.principal is not None
+        deleted = await asyncio.to_thread(traffic_of(request).delete, call.principal, response_id, KIND)
+        if not deleted:
+            raise _not_found(response_id, "response_id")
+    return _json({"id": response_id, "object": "response", "deleted": True})
+
+
+@router.get(
+    "/responses/{response_id}/input_items",
+    summary="The input items of a stored response",
+    response_model=dict[str, Any],
+)
+async def list_input_items(request: Request, response_id: str) -> Response:
+    async with opened_call(request, "/v1/responses/{id}/input_items") as call:
+        query = ListQuery.of(request, filters=False, default_order="desc")
+        stored = await _stored(request, call, response_id)
+        items = bridge.input_items({"input": stored.payload.get("input")}, response_id)
+        if query.order == "desc":
+            items.reverse()
+        if query.after is not None:
+            ids = [item["id"] for item in items]
+            items = items[ids.index(query.after) + 1 :] if query.after in ids else []
+        chosen = items[: query.limit]
+        data = {
+            "object": "list",
+            "data": chosen,
+            "first_id": chosen[0]["id"] if chosen else None,
+            "last_id": chosen[-1]["id"] if chosen else None,
+            "has_more": len(items) > query.limit,
+        }
+    return _json(data)
+
+
+async def _stored(request: Request, call: Call, response_id: str, param: str = "response_id") -> StoredCall:
+    assert call.principal is not None
+    stored = await asyncio.to_thread(traffic_of(request).get, call.principal, response_id, KIND)
+    if stored is None:
+        raise _not_found(response_id, param)
+    return stored
+
+
+def _not_found(response_id: str, param: str) -> NotFound:
+    return NotFound(
+        f"no stored response {response_id!r} for this key (responses created with store: false are not kept)",
+        param=param,
+        code="not_found",
+    )

@@ -1,0 +1,36 @@
+"""What the bridged APIs share: strict parsing (an unknown or unsupported parameter is a 400 naming it,
+never silently dropped) and the gateway's own fields, which pass through to the chat flow."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from gateway.api_requests import GATEWAY_FIELDS, validate
+from gateway.errors import InvalidFields, InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse(model: type[M], data: Any) -> M:
+    """A body into its model; a bad or unknown field is a 400 `invalid_request_error` naming it."""
+    try:
+        return validate(model, data)
+    except InvalidFields as exc:
+        code = "unknown_parameter" if "Extra inputs" in exc.message else "invalid_parameter"
+        message = exc.message.replace("Extra inputs are not permitted", "unknown parameter for this API")
+        raise InvalidRequest(message, param=exc.param, code=code) from exc
+
+
+def unsupported(param: str, why: str) -> InvalidRequest:
+    return InvalidRequest(f"{param}: {why}", param=param, code="unsupported_parameter")
+
+
+def gateway_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's own fields (prompt_variables, opsgate, ...) as sent: they address the chat flow."""
+    return {k: v for k, v in data.items() if k in GATEWAY_FIELDS}
