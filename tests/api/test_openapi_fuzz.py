@@ -191,7 +191,11 @@ def test_the_document_names_every_route_with_its_bodies_and_errors(fuzz_gateway:
     for path, item in paths.items():
         for method, operation in item.items():
             for status, answer in operation["responses"].items():
-                if status.startswith(("4", "5")) and path != "/readyz":
+                if (
+                    status.startswith(("4", "5"))
+                    and path != "/readyz"
+                    and not path.startswith("/v1/messages")
+                ):
                     ref = answer["content"]["application/json"]["schema"]["$ref"]
                     assert ref.endswith("/ErrorBody"), (method, path, status)
     assert "HTTPValidationError" not in schemas
@@ -203,7 +207,7 @@ def test_the_document_names_every_route_with_its_bodies_and_errors(fuzz_gateway:
 def test_a_wrong_method_says_which_are_allowed(fuzz_gateway: GatewayProcess) -> None:
     with fuzz_gateway.http() as http:
         put = http.put("/admin/ml/x/monitor", headers=fuzz_gateway.auth())
-        get = http.get("/v1/chat/completions", headers=fuzz_gateway.auth())
+        get = http.get("/v1/embeddings", headers=fuzz_gateway.auth())
     assert put.status_code == 405 and put.headers["allow"] == "GET, POST"
     assert put.json()["error"]["code"] == "method_not_allowed"
     assert get.status_code == 405 and get.headers["allow"] == "POST"
