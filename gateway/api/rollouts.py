@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Request
+from pydantic import ConfigDict, Field
 
-from gateway.api.admin import Caller, Reader
+from gateway.api.admin import Caller, Reader, clean_inputs
+from gateway.api.openapi_spec import ADMIN_ERRORS, error_responses
+from gateway.api_requests import StrictBody
 from gateway.registry.promotion import PromotionService
 from gateway.rollouts.service import RolloutService, RolloutSpec
 
-router = APIRouter(prefix="/admin/rollouts", tags=["admin"])
+router = APIRouter(
+    prefix="/admin/rollouts",
+    tags=["admin"],
+    responses=error_responses(*ADMIN_ERRORS),
+    dependencies=[Depends(clean_inputs)],
+)
 
 
 def _service(request: Request) -> RolloutService:
@@ -19,13 +26,19 @@ def _service(request: Request) -> RolloutService:
     return RolloutService(parts.engine, PromotionService(parts.engine, parts.config.governance))
 
 
-class StopRequest(BaseModel):
-    model_config = {"extra": "forbid"}
+class StopRequest(StrictBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class RolloutBody(StrictBody, RolloutSpec):
+    """A rollout as the admin API takes it: strictly typed (no coercion of "0.5" to 0.5)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
 @router.post("", status_code=201, summary="Start a rollout (a promotion request on a protected alias)")
-def start(request: Request, caller: Caller, body: RolloutSpec) -> dict[str, Any]:
+def start(request: Request, caller: Caller, body: RolloutBody) -> dict[str, Any]:
     return _service(request).start(caller, body)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -77,10 +77,10 @@ class RolloutSpec(StrictModel):
     name: str
     alias: str = "production"
     candidate: int = Field(ge=1)
-    mode: Literal["canary", "shadow"] = "canary"
+    mode: Literal["canary"] = Field("canary", description="canary (shadow mode is not implemented yet).")
     share: float = Field(0.1, gt=0, le=1)
     schedule: list[Step] = Field(default_factory=list)
-    metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(metric="error_rate")])
+    metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(metric="error_rate")], min_length=1)
     min_sample: int = Field(100, ge=2, description="Per arm, before any verdict.")
     max_sample: int | None = Field(
         None, ge=2, description="Candidate requests after which a candidate not found worse succeeds."
@@ -90,16 +90,6 @@ class RolloutSpec(StrictModel):
     on_fail: Literal["rollback"] = "rollback"
     on_success: Literal["promote", "hold"] = "hold"
     reason: str | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> RolloutSpec:
-        if self.mode == "shadow":
-            raise ValueError("mode shadow is not implemented yet; use canary")
-        if self.alias == LATEST:
-            raise ValueError("the alias 'latest' moves by itself; roll out to another alias")
-        if not self.metrics:
-            raise ValueError("metrics: name at least one metric that judges the rollout")
-        return self
 
 
 @dataclass(frozen=True)
@@ -215,6 +205,10 @@ class RolloutService:
         if not principal.has_role(*self.promotions.governance.requester_roles):
             raise PermissionDenied(
                 f"starting a rollout needs the role {' or '.join(self.promotions.governance.requester_roles)}"
+            )
+        if spec.alias == LATEST:
+            raise InvalidRequest(
+                "the alias 'latest' moves by itself; roll out to another alias", param="alias"
             )
         rule = self.promotions.rule_for(spec.alias)
         rollout_id = "rol_" + secrets.token_hex(6)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from gateway.db.generation import utcnow
 from gateway.db.models import AuditEntry, OnlineEvalScore, RequestLog
-from gateway.errors import Conflict
+from gateway.errors import Conflict, InvalidRequest
 from gateway.registry.promotion import PromotionService
 from gateway.registry.store import VersionStore, set_alias
 from gateway.registry.sync import sync
@@ -191,13 +191,15 @@ def test_rejected_promotion_rejects_the_rollout(
     assert alias_version(engine, "production") == 1
 
 
-def test_bad_specs_are_refused() -> None:
-    with pytest.raises(ValueError, match="latest"):
-        spec(alias="latest")
+def test_bad_specs_are_refused(people: People, rollouts: RolloutService) -> None:
+    with pytest.raises(InvalidRequest, match="latest"):
+        rollouts.start(people.alice, spec(alias="latest"))
     with pytest.raises(ValueError):
         spec(share=1.5)
-    with pytest.raises(ValueError, match="shadow"):
+    with pytest.raises(ValueError, match="canary"):
         spec(mode="shadow")
+    with pytest.raises(ValueError):
+        spec(metrics=[])
 
 
 def score_rows(engine: Engine, rollout_id: str, arm: str, scores: list[float]) -> None:
