@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 ON = False
@@ -67,13 +67,11 @@ def span(name: str, attributes: Mapping[str, Any] | None = None, *, client: bool
     return _span(name, attributes, client)
 
 
-@contextmanager
-def _span(name: str, attributes: Mapping[str, Any] | None, client: bool) -> Iterator[Any]:
+def _span(name: str, attributes: Mapping[str, Any] | None, client: bool) -> Any:
     from opentelemetry.trace import SpanKind
 
     kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
-    with _tracer.start_as_current_span(name, kind=kind, attributes=attributes) as current:
-        yield current
+    return _tracer.start_as_current_span(name, kind=kind, attributes=attributes)
 
 
 def start_request(call: Any, headers: Mapping[str, str]) -> Any:
