@@ -19,12 +19,16 @@ import atexit
 import os
 from collections.abc import Mapping, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 ON = False
 _tracer: Any = None
 _provider: Any = None
 _NOOP: AbstractContextManager[None] = nullcontext()
+# whether the request being served is sampled: its inner spans are skipped at once when it is not (a
+# sampler such as parentbased_traceidratio then costs one span per request, not ten)
+_RECORDING: ContextVar[bool] = ContextVar("opsgate_trace_recording", default=False)
 
 SYSTEMS = {"openai": "openai", "azure": "az.ai.openai", "anthropic": "anthropic", "local": "opsgate.local"}
 
@@ -61,8 +65,9 @@ def shutdown() -> None:
 
 
 def span(name: str, attributes: Mapping[str, Any] | None = None, *, client: bool = False) -> Any:
-    """A span as a child of the current one, for a `with` block; a shared no-op when tracing is off."""
-    if not ON:
+    """A span as a child of the current one, for a `with` block; a shared no-op when tracing is off or
+    the request is not sampled."""
+    if not ON or not _RECORDING.get():
         return _NOOP
     return _span(name, attributes, client)
 
@@ -90,15 +95,19 @@ def start_request(call: Any, headers: Mapping[str, str]) -> Any:
         kind=SpanKind.SERVER,
         attributes={"http.route": call.route, "opsgate.request_id": call.request_id},
     )
+    if not current.is_recording():
+        current.end()
+        return None
     call.trace = current
-    return context.attach(trace.set_span_in_context(current))
+    return context.attach(trace.set_span_in_context(current)), _RECORDING.set(True)
 
 
 def detach(token: Any) -> None:
     if token is not None:
         from opentelemetry import context
 
-        context.detach(token)
+        context.detach(token[0])
+        _RECORDING.reset(token[1])
 
 
 def child(call: Any, name: str) -> Any:
@@ -156,7 +165,7 @@ def end_request(call: Any, row: Any) -> None:
 
 def inject(headers: MutableMapping[str, str]) -> None:
     """Add the current span's `traceparent` to an upstream request's headers."""
-    if ON:
+    if ON and _RECORDING.get():
         from opentelemetry.propagate import inject as _inject
 
         _inject(headers)
@@ -164,7 +173,7 @@ def inject(headers: MutableMapping[str, str]) -> None:
 
 def attempt(deployment: Any, operation: str) -> Any:
     """An upstream attempt's client span, with the GenAI request attributes."""
-    if not ON:
+    if not ON or not _RECORDING.get():
         return _NOOP
     attributes = {
         "gen_ai.operation.name": operation,
