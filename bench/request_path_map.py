@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import collections
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +38,11 @@ def project_copy(root: Path) -> Path:
     project = root / "project"
     for part in ("config", "prompts", "docs"):
         shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("models"))
+    # the first start registers committed files only: make the copy a repository of its own
+    git = ["git", "-C", str(project), "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "bench project"], check=True)
     return project
 
 

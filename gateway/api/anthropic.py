@@ -13,6 +13,7 @@ from fastapi.responses import Response
 
 from gateway.api.deps import gateway_of, opened_call, read_json
 from gateway.api.openai import _json, _sse
+from gateway.api.openapi_spec import CALL_ERRORS, AnthropicErrorBody, error_responses
 from gateway.errors import OpsgateError
 from gateway.flow.call import Call
 from gateway.flow.sse import ChatStream
@@ -21,7 +22,9 @@ from gateway.surfaces import anthropic as bridge
 from gateway.surfaces.common import parse
 from gateway.tokens_cost import count_message_tokens, count_text_tokens
 
-router = APIRouter(prefix="/v1", tags=["anthropic"])
+router = APIRouter(
+    prefix="/v1", tags=["anthropic"], responses=error_responses(*CALL_ERRORS, shape=AnthropicErrorBody)
+)
 
 
 def _schema(model: Any) -> dict[str, Any]:

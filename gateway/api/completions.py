@@ -10,11 +10,12 @@ from fastapi.responses import Response
 
 from gateway.api.deps import gateway_of, opened_call, read_json
 from gateway.api.openai import _json, _sse
+from gateway.api.openapi_spec import CALL_ERRORS, error_responses
 from gateway.flow.sse import ChatStream
 from gateway.flow.traffic import Surface, surface_id
 from gateway.surfaces import completions as bridge
 
-router = APIRouter(prefix="/v1", tags=["completions"])
+router = APIRouter(prefix="/v1", tags=["completions"], responses=error_responses(*CALL_ERRORS))
 
 
 @router.post(

@@ -49,6 +49,18 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(BaseModel):
+    """Anthropic's error JSON, which the Messages surface (/v1/messages) answers."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Bad request: invalid JSON, a parameter that may not be sent, or a request the gateway refuses.",
     401: "No API key, or a key the gateway does not know (send `Authorization: Bearer <key>`).",
@@ -73,11 +85,12 @@ _RETRY_AFTER = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The `responses=` entries for the error statuses a route can answer, each with the error shape."""
+def error_responses(*statuses: int, shape: type[BaseModel] = ErrorBody) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entries for the error statuses a route can answer, each with the error shape
+    (`shape=AnthropicErrorBody` for the Anthropic surface)."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
+        entry: dict[str, Any] = {"model": shape, "description": ERROR_DESCRIPTIONS[status]}
         if status in (429, 503):
             entry["headers"] = _RETRY_AFTER
         if status == 405:
@@ -351,7 +364,7 @@ def install(app: FastAPI, *, extra_params: Iterable[str] = ()) -> None:
 
 def _is_error_body(answer: dict[str, Any]) -> bool:
     schemas = [media.get("schema", {}) for media in answer.get("content", {}).values()]
-    return any(schema.get("$ref", "").endswith("/ErrorBody") for schema in schemas)
+    return any(schema.get("$ref", "").endswith("ErrorBody") for schema in schemas)
 
 
 def finish(doc: dict[str, Any], extra_params: list[str]) -> None:
@@ -372,7 +385,7 @@ def finish(doc: dict[str, Any], extra_params: list[str]) -> None:
                 # an error is JSON whatever the route answers on success (FastAPI documents a declared
                 # model under the route's media type: text/plain for /metrics)
                 if status[0] in "45" and _is_error_body(answer):
-                    answer["content"] = dict(error_content)
+                    answer["content"] = {"application/json": answer["content"].popitem()[1]}
             if "401" in answers:
                 operation["security"] = [{BEARER: []}]
                 secured = True

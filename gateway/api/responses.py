@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from gateway.api.deps import gateway_of, opened_call, read_json
 from gateway.api.openai import _json, _sse
+from gateway.api.openapi_spec import CALL_ERRORS, error_responses
 from gateway.api.stored import ListQuery, traffic_of
 from gateway.errors import NotFound
 from gateway.flow.call import Call
@@ -23,7 +24,7 @@ from gateway.flow.traffic import Surface, surface_id
 from gateway.surfaces import responses as bridge
 from gateway.traffic.store import StoredCall
 
-router = APIRouter(prefix="/v1", tags=["responses"])
+router = APIRouter(prefix="/v1", tags=["responses"], responses=error_responses(*CALL_ERRORS))
 KIND = "response"
 
 

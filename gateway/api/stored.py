@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from gateway.api.deps import gateway_of, opened_call, read_json
+from gateway.api.openapi_spec import CALL_ERRORS, error_responses
 from gateway.api_requests import validate
 from gateway.egress.params import ParamRules
 from gateway.errors import InvalidRequest, NotFound
@@ -23,7 +24,7 @@ from gateway.flow.call import Call
 from gateway.keys import Principal
 from gateway.traffic.store import Page, StoredCall, TrafficStore
 
-router = APIRouter(prefix="/v1", tags=["stored completions"])
+router = APIRouter(prefix="/v1", tags=["stored completions"], responses=error_responses(*CALL_ERRORS))
 KIND = "chat.completion"
 
 

@@ -5,7 +5,8 @@ It lives with the adapters that call it; the router spec that lists deployments 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,7 +25,12 @@ class Deployment(StrictModel):
     timeout_s: float = Field(30.0, gt=0, le=3600)
     retries: int | None = Field(None, ge=0, le=10, description="Overrides the router's retries.")
     weight: float = Field(1.0, gt=0, description="Share of traffic under the weighted strategy.")
-    adapter: Literal["auto", "openai", "litellm", "local"] = "auto"
+    adapter: str = Field(
+        "auto",
+        pattern=NAME_PATTERN,
+        description="auto (by provider), a built-in adapter (openai, litellm, local) or an installed plugin"
+        " adapter (entry point group opsgate.adapters).",
+    )
     headers: dict[str, str] = Field(
         default_factory=dict, description="Header names the operator allows (egress.deployment_headers)."
     )
@@ -46,6 +52,14 @@ class Deployment(StrictModel):
             )
         return data
 
+    @field_validator("adapter")
+    @classmethod
+    def _known_adapter(cls, value: str) -> str:
+        known = adapter_names()
+        if value != "auto" and value not in known:
+            raise ValueError(f"no adapter named {value!r}; adapters: auto, {', '.join(sorted(known))}")
+        return value
+
     @field_validator("model")
     @classmethod
     def _provider_prefix(cls, value: str) -> str:
@@ -66,4 +80,17 @@ class Deployment(StrictModel):
         """Served by a built-in adapter that calls out (not the embedded local provider, not a plugin)."""
         if self.adapter == "local" or (self.adapter == "auto" and self.provider == "local"):
             return False
+        if self.adapter in plugin_providers:  # a plugin named in the file: it decides where to go
+            return False
         return not (self.adapter == "auto" and self.provider in plugin_providers)
+
+
+@functools.cache
+def adapter_names() -> frozenset[str]:
+    """Built-in adapters and installed plugin adapters, by name, without importing any of them."""
+    from importlib.metadata import entry_points
+
+    from gateway import extensions
+
+    builtins = extensions.BUILTINS.get(extensions.ADAPTERS, {})
+    return frozenset(builtins) | frozenset(ep.name for ep in entry_points(group=extensions.ADAPTERS))

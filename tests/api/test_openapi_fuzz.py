@@ -118,7 +118,8 @@ def _fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> None
     @hypothesis.seed(SEED)
     @hypothesis.given(strategy)
     def run(case: schemathesis.Case) -> None:
-        case.call_and_validate(headers=headers, timeout=30, excluded_checks=excluded)
+        # a first global-importance computation (SHAP, cold) takes long on a loaded machine
+        case.call_and_validate(headers=headers, timeout=120, excluded_checks=excluded)
 
     run()
 
@@ -163,7 +164,8 @@ def test_every_operation_answers_as_published(fuzz_gateway: GatewayProcess) -> N
                 Exception,
                 BaseExceptionGroup,
             ) as exc:  # a check failed: keep it, go on with the other operations
-                failures.append(f"{operation.label} [{mode.value}]: {exc}")
+                inner = "; ".join(repr(e)[:2000] for e in getattr(exc, "exceptions", ()))
+                failures.append(f"{operation.label} [{mode.value}]: {exc} {inner}")
             reached.add(operation.label)
     print(f"fuzzed {len(operations)} operations in {time.monotonic() - started:.0f} s")
     assert not failures, "\n\n".join(failures)
@@ -189,7 +191,11 @@ def test_the_document_names_every_route_with_its_bodies_and_errors(fuzz_gateway:
     for path, item in paths.items():
         for method, operation in item.items():
             for status, answer in operation["responses"].items():
-                if status.startswith(("4", "5")) and path != "/readyz":
+                if (
+                    status.startswith(("4", "5"))
+                    and path != "/readyz"
+                    and not path.startswith("/v1/messages")
+                ):
                     ref = answer["content"]["application/json"]["schema"]["$ref"]
                     assert ref.endswith("/ErrorBody"), (method, path, status)
     assert "HTTPValidationError" not in schemas
@@ -201,7 +207,7 @@ def test_the_document_names_every_route_with_its_bodies_and_errors(fuzz_gateway:
 def test_a_wrong_method_says_which_are_allowed(fuzz_gateway: GatewayProcess) -> None:
     with fuzz_gateway.http() as http:
         put = http.put("/admin/ml/x/monitor", headers=fuzz_gateway.auth())
-        get = http.get("/v1/chat/completions", headers=fuzz_gateway.auth())
+        get = http.get("/v1/embeddings", headers=fuzz_gateway.auth())
     assert put.status_code == 405 and put.headers["allow"] == "GET, POST"
     assert put.json()["error"]["code"] == "method_not_allowed"
     assert get.status_code == 405 and get.headers["allow"] == "POST"
