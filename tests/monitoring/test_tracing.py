@@ -181,3 +181,16 @@ def test_stream_span_and_new_trace_without_traceparent(
     assert stream.parent_span_id == request.span_id
     assert attrs(stream)["gen_ai.usage.output_tokens"] > 0
     assert spans["chat fake"]  # `bad` may be cooling down after the first test: one attempt or two
+
+
+def test_off_without_endpoint_costs_no_span_objects() -> None:
+    from gateway.monitoring import tracing
+
+    assert tracing.setup({}) is False and not tracing.ON
+    call = type("C", (), {"trace": None, "route": "/v1/chat/completions", "request_id": "r"})()
+    assert tracing.start_request(call, {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}) is None
+    assert tracing.span("x") is tracing.span("y")  # one shared no-op, nothing created per call
+    assert tracing.child(call, "opsgate.stream") is None and call.trace is None
+    headers: dict[str, str] = {}
+    tracing.inject(headers)
+    assert headers == {}
