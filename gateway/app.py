@@ -44,6 +44,7 @@ from gateway.flow.gateway import Gateway
 from gateway.flow.traffic import TrafficRecorder
 from gateway.keys import KeyService, Principal
 from gateway.ml.service import MLService
+from gateway.monitoring import tracing
 from gateway.monitoring.alerts import Alerts
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import RequestLogWriter
@@ -282,6 +283,7 @@ def _limit_store_metrics(metrics: Metrics, policy: Pipeline) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     apply_offline_env()
+    tracing.setup()  # OpenTelemetry traces, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     # OpenMP threads that sleep instead of spin: on a busy host one query embedding took 1.9 s, 22 ms so.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = settings or Settings()

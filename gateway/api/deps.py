@@ -15,6 +15,7 @@ from gateway.errors import InvalidJSON, OpsgateError
 from gateway.evaluation.target import EVAL_HEADER
 from gateway.flow.call import Call
 from gateway.flow.gateway import Gateway
+from gateway.monitoring import tracing
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -39,6 +40,7 @@ async def opened_call(
     run = request.headers.get(EVAL_HEADER)
     if run:  # evaluator traffic: the log row says which run, and online evaluation leaves it alone
         call.extra["eval_run"] = run[:64]
+    token = tracing.start_request(call, request.headers)
     try:
         gateway.authenticate(call, authorization or request.headers.get("authorization"))
         yield call
@@ -60,6 +62,7 @@ async def opened_call(
         if not call.streaming:
             gateway.finish(call, 200)
     finally:
+        tracing.detach(token)
         request.state.versions = call.versions_header
 
 

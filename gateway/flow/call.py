@@ -45,6 +45,7 @@ class Call:
     policy: Any = None  # gateway.policy's state between its hooks (never logged)
     streaming: bool = False  # an SSE writer owns the call's end (and its log row)
     finished: bool = False
+    trace: Any = None  # the request's OpenTelemetry span, when tracing is on (gateway.monitoring.tracing)
 
     def add(self, ref: ArtifactRef) -> None:
         """Record a version in the lineage (once, in the order the flow met them)."""

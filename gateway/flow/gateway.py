@@ -31,6 +31,7 @@ from gateway.flow.sse import ChatStream
 from gateway.flow.traffic import CHAT, Recording, Surface, TrafficRecorder
 from gateway.keys import Principal
 from gateway.limits import LimitsConfig, check_embedding_input
+from gateway.monitoring import tracing
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import LogRow, RequestLogWriter
 from gateway.policy.base import Subject
@@ -124,8 +125,10 @@ class Gateway:
         returned stream does, once it is over). `surface`: the API it was asked through (a bridged API's
         call is stored in that API's shape)."""
         call.stream, call.include_context = request.stream, request.include_context
-        plan = self.resolver.chat(call, request)
-        await self.authorise(call, plan)
+        with tracing.span("opsgate.resolve"):
+            plan = self.resolver.chat(call, request)
+        with tracing.span("opsgate.authorise"):
+            await self.authorise(call, plan)
         upstream = await self.prepare(call, plan)
         recording = self.recording(call, plan, upstream, surface)
         if request.stream:
@@ -153,7 +156,10 @@ class Gateway:
         self.access.authorise(call.principal, plan.asked)
         subject = Subject.of(call.principal, plan.targets, "chat")
         query = (plan.request.caller_messages(), plan.variables) if plan.index is not None else None
-        plan.query_source = await self.policy.authorise(call, subject, query=query, early=query is not None)
+        with tracing.span("opsgate.policy.authorise"):
+            plan.query_source = await self.policy.authorise(
+                call, subject, query=query, early=query is not None
+            )
 
     async def prepare(self, call: Call, plan: ChatPlan) -> Upstream:
         """Retrieve and screen the context, render the prompt, then admit the request as it will go
@@ -163,12 +169,15 @@ class Gateway:
         if plan.spec is None:
             upstream = Upstream(plan.router, request.forward())
         else:
-            context = await self._retrieve(call, plan) if plan.index is not None else []
-            upstream = Upstream(plan.router, await self._prompt_body(plan, context))
+            with tracing.span("opsgate.retrieve"):
+                context = await self._retrieve(call, plan) if plan.index is not None else []
+            with tracing.span("opsgate.render"):
+                upstream = Upstream(plan.router, await self._prompt_body(plan, context))
             if call.question is None:
                 call.question = last_user_message(request.caller_messages())
         payload = chat_payload(plan.router, upstream.body, request.body, self.policy.tokens)
-        await self.policy.admit(call, payload)
+        with tracing.span("opsgate.policy.admit"):
+            await self.policy.admit(call, payload)
         return upstream
 
     async def _retrieve(self, call: Call, plan: ChatPlan) -> list[Json]:
@@ -181,7 +190,8 @@ class Gateway:
         call.question = query
         retrieval = await self.retriever.retrieve(plan.index, plan.spec.retrieval, query)
         call.retrieval = retrieval
-        context = self.policy.screen_context(call, retrieval.context())  # PII and injection in chunks
+        with tracing.span("opsgate.policy.screen_context"):
+            context = self.policy.screen_context(call, retrieval.context())  # PII and injection in chunks
         retrieval.keep(context)
         return context
 
@@ -213,7 +223,8 @@ class Gateway:
             message_text(c.get("message")) for c in data.get("choices") or () if isinstance(c, dict)
         )
         self._account(call, result.deployment, usage, upstream.messages, text)
-        self.policy.check_chat_output(call, data)
+        with tracing.span("opsgate.policy.output"):
+            self.policy.check_chat_output(call, data)
         call.answer = _answer_text(data)
         return data
 
@@ -229,6 +240,7 @@ class Gateway:
         finally:
             call.upstream_ms = (time.perf_counter() - started) * 1000
         call.ttft_ms = call.upstream_ms
+        streaming = tracing.child(call, "opsgate.stream")
         first, rest = await self.policy.wrap_stream(call, first, rest)
         if recording is not None:
             first, rest = recording.wrap_stream(upstream.body, first, rest)
@@ -247,6 +259,7 @@ class Gateway:
                 call.extra["usage_error"] = exc.message
                 self._account(call, call.route_result.deployment, None, messages, text)
             call.answer = text
+            tracing.end(streaming, {"gen_ai.usage.output_tokens": call.tokens_out or 0})
             self.finish(call, status, error)
 
         stream = ChatStream(
@@ -369,10 +382,12 @@ class Gateway:
             decisions=call.decisions,
             extra=call.log_extra(),
         )
-        self.writer.submit(row)
+        with tracing.in_request(call, "opsgate.log_write"):
+            self.writer.submit(row)
         self.metrics.observe(row)
         for hook in self.finish_hooks:
             hook(call, row)
+        tracing.end_request(call, row)
 
 
 def prompt_params(spec: PromptSpec) -> Json:

@@ -22,6 +22,9 @@ MAX_LABEL_CHARS = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 POLICY_VERDICTS_COUNTED = frozenset({"blocked", "redacted", "flagged", "error"})
+MAX_ERROR_TYPES = (
+    50  # error codes are the gateway's, but an upstream's may pass through: a cap keeps it bounded
+)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -64,6 +67,26 @@ class Metrics:
             "opsgate_tokens", "Tokens, by direction.", ["artifact", "direction"], registry=r
         )
         self.cost = Counter("opsgate_cost_usd", "Cost in USD (litellm cost map).", ["artifact"], registry=r)
+        self.artifact_upstream_latency = Histogram(
+            "opsgate_artifact_upstream_latency_seconds",
+            "Time spent in the upstream call (all attempts), by artifact version.",
+            ["artifact"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "opsgate_errors",
+            f"Failed requests by artifact version and error type (at most {MAX_ERROR_TYPES} types, then other).",
+            ["route", "artifact", "type"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "opsgate_fallbacks",
+            "Requests answered (or failed) after trying more than one deployment.",
+            ["artifact"],
+            registry=r,
+        )
+        self._error_types: set[str] = set()
         self.attempts = Counter(
             "opsgate_upstream_attempts",
             "Upstream attempts by deployment and outcome.",
@@ -158,6 +181,11 @@ class Metrics:
         labels(self.latency, row.route, artifact).observe(row.latency_ms / 1000)
         if row.upstream_ms is not None and row.deployment:
             labels(self.upstream_latency, row.deployment).observe(row.upstream_ms / 1000)
+            labels(self.artifact_upstream_latency, artifact).observe(row.upstream_ms / 1000)
+        if row.error_type:
+            labels(self.errors, row.route, artifact, self._error_type(row.error_type)).inc()
+        if len({a["deployment"] for a in row.attempts}) > 1:
+            labels(self.fallbacks, artifact).inc()
         if row.ttft_ms is not None:
             labels(self.ttft, artifact).observe(row.ttft_ms / 1000)
         if row.tokens_in:
@@ -172,6 +200,13 @@ class Metrics:
             verdict = decision.get("verdict")
             if verdict in POLICY_VERDICTS_COUNTED:
                 labels(self.policy_decisions, str(decision.get("check", "-")), verdict).inc()
+
+    def _error_type(self, error_type: str) -> str:
+        if error_type not in self._error_types:
+            if len(self._error_types) >= MAX_ERROR_TYPES:
+                return "other"
+            self._error_types.add(error_type)
+        return error_type
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,6 +23,7 @@ import httpx
 from gateway.egress import Egress
 from gateway.egress.params import Kind
 from gateway.errors import EgressDenied, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.monitoring import tracing
 from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment
 from gateway.providers.deployment import Deployment
 from gateway.providers.openai_compat import status_error
@@ -102,6 +103,8 @@ class LiteLLMAdapter:
             kwargs["api_key"] = "none"  # litellm's openai client insists on a key; the upstream may not
         if deployment.headers:
             kwargs["extra_headers"] = dict(deployment.headers)
+        if tracing.ON:  # the current attempt's traceparent
+            tracing.inject(kwargs.setdefault("extra_headers", {}))
         return kwargs
 
     def _refuse_litellm_arguments(self, deployment: Deployment, kwargs: dict[str, Any]) -> None:

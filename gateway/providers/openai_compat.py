@@ -26,6 +26,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.monitoring import tracing
 from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment, upstream_message
 from gateway.providers.deployment import Deployment
 
@@ -126,6 +127,7 @@ class OpenAICompatAdapter:
         key = api_key_for(deployment, self._egress)
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        tracing.inject(headers)  # the current attempt's traceparent, when tracing is on
         return base.rstrip("/") + path, headers
 
     def _payload(self, deployment: Deployment, body: Json, kind: Kind) -> Json:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import UpstreamError
+from gateway.monitoring import tracing
 from gateway.providers import Adapters
 from gateway.providers.base import Adapter
 from gateway.providers.deployment import Deployment
@@ -106,7 +107,12 @@ class Router:
         if health.fails >= self.spec.allowed_fails and self.spec.cooldown_s > 0:
             health.cooldown_until = self._clock() + self.spec.cooldown_s
 
-    async def _walk(self, result: RouteResult, call: Callable[[Adapter, Deployment], Awaitable[Any]]) -> Any:
+    async def _walk(
+        self,
+        result: RouteResult,
+        call: Callable[[Adapter, Deployment], Awaitable[Any]],
+        operation: str = "chat",
+    ) -> Any:
         last: UpstreamError | None = None
         for deployment in self.order():
             adapter = self.adapters.for_deployment(deployment)
@@ -114,7 +120,9 @@ class Router:
             for _ in range(self._tries(deployment)):
                 started = time.perf_counter()
                 try:
-                    value = await call(adapter, deployment)
+                    with tracing.attempt(deployment, operation) as span:
+                        value = await call(adapter, deployment)
+                        tracing.answered(span, value)
                 except UpstreamError as exc:
                     ms = (time.perf_counter() - started) * 1000
                     result.attempts.append(Attempt(deployment.id, False, ms, exc.code, exc.upstream_status))
@@ -139,7 +147,7 @@ class Router:
 
     async def embed(self, body: Json, result: RouteResult | None = None) -> tuple[Json, RouteResult]:
         result = result or RouteResult(self.spec.deployments[0])
-        value = await self._walk(result, lambda adapter, dep: adapter.embed(dep, body))
+        value = await self._walk(result, lambda adapter, dep: adapter.embed(dep, body), "embeddings")
         return value, result
 
     async def open_stream(
