@@ -208,7 +208,9 @@ def test_a_wrong_method_says_which_are_allowed(fuzz_gateway: GatewayProcess) -> 
     with fuzz_gateway.http() as http:
         put = http.put("/admin/ml/x/monitor", headers=fuzz_gateway.auth())
         get = http.get("/v1/embeddings", headers=fuzz_gateway.auth())
+        patch = http.patch("/v1/chat/completions", headers=fuzz_gateway.auth())
     assert put.status_code == 405 and put.headers["allow"] == "GET, POST"
+    assert patch.status_code == 405 and patch.headers["allow"] == "GET, POST"
     assert put.json()["error"]["code"] == "method_not_allowed"
     assert get.status_code == 405 and get.headers["allow"] == "POST"
 

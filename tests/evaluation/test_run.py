@@ -22,7 +22,7 @@ from gateway.registry.files import load_artifact
 from gateway.registry.store import SourceInfo
 from gateway.registry.sync import register_artifact
 from tests.evaluation.conftest import JUDGE_ENV
-from tests.fakes.gateway import OPSGATE, GatewayProcess, subprocess_env
+from tests.fakes.gateway import OPSGATE, GatewayProcess, commit_project, subprocess_env
 
 SLICE = "8"
 GATE_SUITE = """\
@@ -216,6 +216,14 @@ def test_promotion_needs_a_passing_run_of_the_suite_for_that_version(
         "protected_aliases": {"staging": {"approvals": 0, "require_eval": {"suite": "squad_promo"}}}
     }
     config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    # approval rules are a governed artifact (docs/security.md): the edit applies once committed, synced
+    # and promoted; dropping staging's approvals loosens them, so a second admin approves
+    commit_project(gw.project_dir, "staging: require a passing squad_promo run, no approvals")
+    synced = gw.cli("sync", key=gw.admin_key)
+    assert "governance:governance@2" in synced.stdout + synced.stderr, synced.stdout + synced.stderr
+    second = _key(gw, "second-admin@example.com", "admin")  # requests; the first admin approves
+    request = gw.cli("promote", "governance:governance@2", "--to", "production", key=second)
+    gw.cli("approve", request.stdout.strip().splitlines()[-1].split()[0], key=gw.admin_key)
     write_suite("squad_promo", GATE_SUITE.replace("name: squad_gate", "name: squad_promo").replace(
         "  - {metric: hit_at_4, min_delta_vs: production, delta: -0.02}\n", ""))  # fmt: skip
     refused = gw.cli("promote", "prompt:squad_qa@1", "--to", "staging", key=gw.admin_key, check=False)
@@ -330,3 +338,16 @@ def test_online_faithfulness_of_a_rag_prompt_is_judged_on_its_retrieved_chunks(
     assert row is not None and row.metric == "faithfulness" and row.error is None
     assert row.score == 1.0  # the judge said yes to statements checked against the retrieved chunks
     assert any(v.startswith("index:squad@1#") for v in row.versions)
+
+
+def _key(gw: GatewayProcess, principal: str, role: str) -> str:
+    with gw.http() as http:
+        made = http.post(
+            "/admin/keys",
+            json={"name": principal, "principal": principal, "roles": [role]},
+            headers=gw.auth(gw.admin_key),
+        )
+    assert made.status_code == 201, made.text
+    key: str = made.json()["key"]
+    gw.wait_for_key(key)
+    return key

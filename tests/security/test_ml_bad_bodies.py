@@ -116,7 +116,7 @@ def test_bad_bodies_are_4xx_naming_the_field_with_one_log_row(
     ("path", "status", "code"),
     [
         ("/v1/ml/a%00b/predict", 400, "invalid_reference"),
-        ("/v1/ml/scored@99999999999999999999/predict", 404, "model_not_found"),
+        ("/v1/ml/scored@99999999999999999999/predict", 400, "invalid_reference"),  # beyond any version column
         ("/v1/ml/scored@%E2%80%8Bproduction/predict", 400, "invalid_reference"),
     ],
 )
