@@ -8,7 +8,7 @@ a protected alias around a promotion).
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ConfigDict, Field
@@ -32,7 +32,7 @@ from gateway.keys import KeyService, Principal
 from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.promotion import PromotionService
-from gateway.registry.refs import parse_ref, validate_alias
+from gateway.registry.refs import RULE_KINDS, parse_ref, validate_alias
 from gateway.registry.store import VersionStore
 from gateway.registry.sync import sync
 from gateway.registry.views import artifact_detail, artifact_list, diff, resolve_record, version_dict
@@ -165,6 +165,9 @@ class KeyRequest(_Body):
 def list_artifacts(
     request: Request, _: Reader, kind: Annotated[str | None, Query()] = None
 ) -> list[dict[str, Any]]:
+    known = (*kinds.names(), *RULE_KINDS)
+    if kind is not None and kind not in known:  # a typo lists nothing silently otherwise
+        raise InvalidRequest(f"unknown artifact kind {kind!r}; kinds are: {', '.join(known)}", param="kind")
     return artifact_list(_engine(request), kind)
 
 
@@ -217,7 +220,9 @@ def sync_repo(request: Request, caller: Caller, body: SyncRequest) -> dict[str, 
 
 
 @router.get("/promotions", summary="List promotions")
-def list_promotions(request: Request, _: Reader, state: str | None = None) -> list[dict[str, Any]]:
+def list_promotions(
+    request: Request, _: Reader, state: Literal["pending", "applied", "rejected"] | None = None
+) -> list[dict[str, Any]]:
     return [p.as_dict() for p in _promotions(request).list_promotions(state=state)]
 
 
