@@ -23,7 +23,7 @@ import hypothesis
 import pytest
 import schemathesis
 from schemathesis import GenerationMode
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
 from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import GatewayProcess, commit_project, deployment
@@ -106,6 +106,11 @@ MODEL_SPECIFIC = {"/v1/ml/{name}/predict", "/v1/ml/{name}/invocations", "/v1/ml/
 def _fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> None:
     strategy = operation.as_strategy(generation_mode=mode).map(_steer_model)
     excluded = [positive_data_acceptance] if operation.path in MODEL_SPECIFIC else []
+    if mode == GenerationMode.NEGATIVE and not operation.body:
+        # "invalid" values of free-form string query parameters (an array, an object) are plain strings
+        # once serialized into a URL, so the server cannot tell them apart from valid ones; refusal of
+        # invalid data is checked on bodies and path parameters. No 5xx and conforming answers still apply.
+        excluded.append(negative_data_rejection)
 
     @hypothesis.settings(
         max_examples=MAX_EXAMPLES,
