@@ -19,7 +19,8 @@ import asyncio
 import gc
 import logging
 import secrets
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
+from types import CoroutineType
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -32,11 +33,15 @@ log = logging.getLogger("opsgate.http")
 T = TypeVar("T")
 
 
-async def within(coro: Coroutine[Any, Any, T], deadline: float) -> T:
+async def within(awaitable: Awaitable[T], deadline: float) -> T:
     """`await coro`, raising TimeoutError at `deadline` (loop time), with the timer paid for only when the
     coroutine suspends. A send to a reading client, or a receive of a body that has already arrived,
     completes at its first step; `asyncio.timeout` around every one of them cost each request a timer
     (schedule and cancel) per message."""
+    if not isinstance(awaitable, CoroutineType):  # e.g. a future: no first step to take here
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+    coro: Coroutine[Any, Any, T] = awaitable
     try:
         pending = coro.send(None)
     except StopIteration as done:
@@ -156,7 +161,7 @@ class GatewayMiddleware:
             if body_done:  # e.g. a streaming response listening for the client to leave: no deadline
                 return await receive()
             try:
-                message = await within(receive(), body_deadline)
+                message: Message = await within(receive(), body_deadline)
             except TimeoutError:
                 state["close_connection"] = True
                 raise RequestTimeout(
