@@ -83,8 +83,12 @@ class ParamRules:
     def problems(self, params: Mapping[str, Any], kind: Kind) -> list[ParamProblem]:
         """Every key that may not be sent, and every nested place that would smuggle one."""
         keys = params.keys()
-        if keys <= self._plain[kind] and keys.isdisjoint(_NESTED):  # the common case: nothing to look into
-            return []
+        if keys <= self._plain[kind]:  # the common case: known keys; only the nested places to look into
+            if keys.isdisjoint(_NESTED):
+                return []
+            return [
+                p for name, value in params.items() if name in _NESTED for p in _nested_problems(name, value)
+            ]
         found: list[ParamProblem] = []
         for name, value in params.items():
             if not isinstance(name, str) or not self.allowed(name, kind):
