@@ -333,6 +333,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="A ModelOps gateway: OpenAI-compatible serving of governed artifacts.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry instrumentation is off: opsgate opens the request's span itself (with
+        # the GenAI attributes, monitoring/tracing.py), so FastAPI's would be a second server span per
+        # request, and while tracing is off it still asked the OpenTelemetry providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.ready = False
     app.state.database_outage = Outage("admin API: database", log, every_s=30)
