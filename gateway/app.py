@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -14,10 +15,11 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match, Route
 
 from gateway import __version__
 from gateway.api import (
@@ -361,7 +363,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rollouts_api.router)
     _install_error_handlers(app)
     openapi_spec.install(app, extra_params=config.egress.request_params)
+    _serve_lean(app, HOT_ROUTES)
     return app
+
+
+# The calls applications make most: served by a plain Starlette route ahead of FastAPI's.
+HOT_ROUTES = (
+    ("/v1/chat/completions", "POST"),
+    ("/v1/embeddings", "POST"),
+    ("/v1/responses", "POST"),
+    ("/v1/messages", "POST"),
+    ("/v1/completions", "POST"),
+)
+
+
+def _serve_lean(app: FastAPI, hot: tuple[tuple[str, str], ...]) -> None:
+    """Serve the hot endpoints through a plain Starlette route placed first, with the same handler.
+
+    These handlers take the request alone and read their body themselves, so FastAPI's per-request work
+    around them (dependency solving, its scope bookkeeping, an exit stack) does nothing for them, yet cost
+    each call about 60 Python function calls. FastAPI's route stays in place for the OpenAPI document;
+    the error handlers are the app's, so answers are the same."""
+    lean: list[BaseRoute] = []
+    for route in app.router.routes:
+        if not isinstance(route, APIRoute) or not route.methods:
+            continue
+        for path, method in hot:
+            if route.path == path and method in route.methods:
+                params = list(inspect.signature(route.endpoint).parameters)
+                if params != ["request"]:  # a handler FastAPI must feed stays with FastAPI
+                    continue
+                lean.append(Route(path, route.endpoint, methods=[method], include_in_schema=False))
+    app.router.routes[:0] = lean
 
 
 def _error_response(exc: OpsgateError) -> Response:
