@@ -102,10 +102,15 @@ def _principal(request: Request) -> Principal:
     return gateway_of(request).authenticate(call_for(request, "/admin"), request.headers.get("authorization"))
 
 
-def reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+def require_reader(principal: Principal, what: str = "the admin API") -> Principal:
+    """The role check of every admin read (and of the dashboard's pages)."""
     if not principal.has_role(*READ_ROLES):
-        raise PermissionDenied(f"the admin API needs one of the roles {', '.join(READ_ROLES)}")
+        raise PermissionDenied(f"{what} needs one of the roles {', '.join(READ_ROLES)}")
     return principal
+
+
+def reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    return require_reader(principal)
 
 
 Reader = Annotated[Principal, Depends(reader)]
@@ -116,7 +121,7 @@ def _engine(request: Request) -> Engine:
     return cast(Engine, request.app.state.parts.engine)
 
 
-def _promotions(request: Request) -> PromotionService:
+def promotions_of(request: Request) -> PromotionService:
     parts = request.app.state.parts
     return PromotionService(parts.engine, parts.config.governance)
 
@@ -223,12 +228,12 @@ def sync_repo(request: Request, caller: Caller, body: SyncRequest) -> dict[str, 
 def list_promotions(
     request: Request, _: Reader, state: Literal["pending", "applied", "rejected"] | None = None
 ) -> list[dict[str, Any]]:
-    return [p.as_dict() for p in _promotions(request).list_promotions(state=state)]
+    return [p.as_dict() for p in promotions_of(request).list_promotions(state=state)]
 
 
 @router.get("/promotions/{promotion_id}", summary="One promotion")
 def get_promotion(request: Request, _: Reader, promotion_id: str) -> dict[str, Any]:
-    return _promotions(request).get(promotion_id).as_dict()
+    return promotions_of(request).get(promotion_id).as_dict()
 
 
 @router.post(
@@ -243,7 +248,7 @@ def request_promotion(request: Request, caller: Caller, body: PromotionRequest) 
         raise_ref(body.ref)
     assert ref.kind is not None and ref.version is not None
     validate_alias(body.to, param="to")
-    record = _promotions(request).request(
+    record = promotions_of(request).request(
         caller, kind=ref.kind, name=ref.name, version=ref.version, alias=body.to, reason=body.reason
     )
     return record.as_dict()
@@ -256,13 +261,13 @@ def approve(
     request: Request, caller: Caller, promotion_id: str, body: Decision | None = None
 ) -> dict[str, Any]:
     return (
-        _promotions(request).approve(caller, promotion_id, comment=body.comment if body else None).as_dict()
+        promotions_of(request).approve(caller, promotion_id, comment=body.comment if body else None).as_dict()
     )
 
 
 @router.post("/promotions/{promotion_id}/reject", summary="Reject with a reason")
 def reject(request: Request, caller: Caller, promotion_id: str, body: Rejection) -> dict[str, Any]:
-    return _promotions(request).reject(caller, promotion_id, reason=body.reason).as_dict()
+    return promotions_of(request).reject(caller, promotion_id, reason=body.reason).as_dict()
 
 
 @router.post(
@@ -276,7 +281,7 @@ def rollback(request: Request, caller: Caller, body: RollbackRequest) -> dict[st
     if ref.kind is None:
         raise_ref(body.ref)
     assert ref.kind is not None
-    record = _promotions(request).rollback(
+    record = promotions_of(request).rollback(
         caller,
         kind=ref.kind,
         name=ref.name,
