@@ -117,11 +117,14 @@ def _latest_run(session: Session, kind: str, name: str, version: int, suite: str
 def eval_evidence(engine: Engine, candidate: VersionRecord, current: VersionRecord | None) -> EvalEvidence:
     """The candidate's latest eval run, the current version's latest run of the same suite, and their
     comparison (per metric deltas with intervals, the cases that changed most)."""
+    # one session at a time: a read transaction held open while another connection waits behind a
+    # writer deadlocks SQLite until its busy timeout
     with Session(engine) as s:
         cand_id = _latest_run(s, candidate.kind, candidate.name, candidate.version, None)
-        if cand_id is None:
-            return EvalEvidence(None, None, None)
-        cand = get_run(engine, cand_id)
+    if cand_id is None:
+        return EvalEvidence(None, None, None)
+    cand = get_run(engine, cand_id)
+    with Session(engine) as s:
         cur_id = _latest_run(s, current.kind, current.name, current.version, cand.suite) if current else None
     if cur_id is None:
         return EvalEvidence(cand, None, None)

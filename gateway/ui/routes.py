@@ -56,6 +56,7 @@ _env = Environment(
 _env.filters["diff_lines"] = data.diff_lines
 _env.filters["ms"] = lambda v: "-" if v is None else f"{v:,.1f}"
 _env.filters["num"] = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"
+_env.filters["prepend"] = lambda v, prefix: f"{prefix}{v}"
 _env.filters["when"] = lambda v: v.strftime("%Y-%m-%d %H:%M:%S") if v else "-"
 
 
