@@ -330,7 +330,10 @@ def chart_series(versions: list[VersionTraffic], what: str, top: int = 6) -> dic
     """uPlot's data for the busiest versions: x = minute timestamps, one series per version
     (requests per minute, or p95 latency in ms)."""
     shown = versions[:top]
-    xs = sorted({m for v in shown for m in v.buckets})
+    busy = {m for v in shown for m in v.buckets}
+    # every minute from one before the first to one after the last: quiet minutes are real zeros, and a
+    # single busy minute still gets a time axis of minutes (not a span of years)
+    xs = list(range(min(busy) - BUCKET_S, max(busy) + 2 * BUCKET_S, BUCKET_S)) if busy else []
     series = []
     for v in shown:
         points: list[float | None] = []

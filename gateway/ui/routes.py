@@ -267,7 +267,8 @@ def promotion(request: Request, promotion_id: str) -> Response:
             view=view,
             p=view.promotion,
             done=request.query_params.get("done") in ("approved", "rejected"),
-            title=f"Promotion of {view.candidate.ref} to {view.promotion.alias}",
+            title=f"Promotion of {view.promotion.kind}:{view.promotion.name}@{view.promotion.version}"
+            f" to {view.promotion.alias}",
         )
 
     return _page(request, render)

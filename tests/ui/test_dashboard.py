@@ -343,3 +343,18 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     page.close()
     assert problems == []
     assert outside == []
+
+
+def test_revoking_the_key_ends_its_sessions(gw: GatewayProcess, world: dict[str, Any]) -> None:
+    with gw.http() as admin:
+        made = admin.post(
+            "/admin/keys", json={"name": "carol", "roles": ["prompt-engineer"]}, headers=gw.auth()
+        ).json()
+        gw.wait_for_key(made["key"])
+        with gw.http() as http:
+            assert sign_in(http, made["key"]).status_code == 303
+            assert http.get("/ui/artifacts").status_code == 200
+            assert admin.delete(f"/admin/keys/{made['id']}", headers=gw.auth()).status_code == 200
+            gw.wait_for_key(made["key"], valid=False)
+            r = http.get("/ui/artifacts")
+            assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")

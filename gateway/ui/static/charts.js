@@ -35,7 +35,13 @@
     }));
     var width = Math.max(320, el.clientWidth || 720);
     var plot = new uPlot(
-      { width: width, height: 240, series: series, cursor: { drag: { x: true, y: false } }, legend: { live: true } },
+      {
+        width: width,
+        height: 240,
+        series: series,
+        cursor: { drag: { x: true, y: false } },
+        legend: { live: true },
+      },
       rows(payload),
       el
     );
