@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,40 @@ def world(gw: GatewayProcess) -> dict[str, Any]:
         "promotion": promotion,
         "bob": _key(gw, "bob", "approver"),
         "app": _key(gw, "appuser", "app"),
+        "reports_at": _monitor_reports(gw),
     }
+
+
+def _monitor_reports(gw: GatewayProcess) -> datetime:
+    """Reports as the ML monitor stores them (gateway/ml/monitor.py) for model:churn@3: two drift reports
+    five minutes apart, one fairness, one accuracy. Returns the time of the newest."""
+    from sqlalchemy.orm import Session
+
+    from gateway.db.generation import utcnow
+    from gateway.ml.tables import MLReport
+
+    now = utcnow().replace(microsecond=0)
+    fairness = {"attributes": {"sex": {"disparate_impact": 0.62, "breaches": ["disparate_impact"]}}}
+    reports = [
+        ("drift", 300, False, {"share": 0.25, "dataset_drift": False}),
+        ("drift", 0, True, {"share": 0.75, "dataset_drift": True}),
+        ("fairness", 0, True, fairness),
+        ("accuracy", 0, False, {"windows": {"last_200": {"n": 250, "accuracy": 0.91}}}),
+    ]
+    with Session(gw._db()) as s:
+        for kind, ago, breached, result in reports:
+            s.add(
+                MLReport(
+                    ts=now - timedelta(seconds=ago),
+                    name="churn",
+                    version=3,
+                    kind=kind,
+                    breached=breached,
+                    result=result,
+                )
+            )
+        s.commit()
+    return now
 
 
 # -- plain HTTP: sign-in, roles, CSRF, cookies --------------------------------------------------------
@@ -317,6 +351,7 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
 
     # the audit log shows it, and the chain verifies
     page.get_by_role("link", name="Risk & compliance").click()
+    page.locator("#chart-drift[data-ready='1'] .uplot").wait_for()
     assert page.locator("#audit-verify").inner_text().startswith("The hash chain verifies")
     audit = page.locator("#audit tbody tr").all_inner_texts()
     assert any("bob@example.com" in row and "prompt:kbqa" in row for row in audit), audit
@@ -358,3 +393,26 @@ def test_revoking_the_key_ends_its_sessions(gw: GatewayProcess, world: dict[str,
             gw.wait_for_key(made["key"], valid=False)
             r = http.get("/ui/artifacts")
             assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+
+
+def test_the_risk_page_charts_the_monitor_reports_of_each_model_version(
+    gw: GatewayProcess, world: dict[str, Any]
+) -> None:
+    """The newest figures per version in the table, every report as a point of the version's series."""
+    import orjson
+
+    now = world["reports_at"]
+    with gw.http() as http:
+        sign_in(http, world["bob"])
+        page = http.get("/ui/risk").text
+    row = re.search(r"model:churn@3</a></th>(.*?)</tr>", page, re.S)
+    assert row, page
+    cells = re.findall(r"<td>(.*?)</td>", row.group(1), re.S)
+    assert cells[:3] == ["0.750", "0.620", "0.910"]
+    assert "drift" in cells[3] and "fairness" in cells[3] and "accuracy" not in cells[3]
+    drift = orjson.loads(re.search(r'id="chart-drift-data">(.*?)</script>', page, re.S).group(1))
+    t0, t1 = (now - timedelta(seconds=300)).timestamp(), now.timestamp()
+    assert drift == {
+        "x": [t0, t1],
+        "series": [{"label": "model:churn@3", "points": [[t0, 0.25], [t1, 0.75]]}],
+    }
