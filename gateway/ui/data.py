@@ -21,6 +21,7 @@ from gateway.db.generation import as_utc, utcnow
 from gateway.db.models import AuditEntry, EvalRun, RequestLog
 from gateway.errors import NotFound
 from gateway.evaluation.compare import compare_tables
+from gateway.evaluation.reports import comparison_svg, histogram_svg
 from gateway.evaluation.store import StoredRun, get_run, load_table
 from gateway.ml.tables import MLReport
 from gateway.registry import audit
@@ -170,6 +171,40 @@ def eval_runs_of(engine: Engine, kind: str, name: str, limit: int = 50) -> list[
             .limit(limit)
         ).all()
     return [get_run(engine, i) for i in ids]
+
+
+@dataclass
+class RunView:
+    run: StoredRun
+    baseline: StoredRun | None
+    plots: list[str]  # SVG: one distribution per metric (the eval report's histograms)
+    comparison: str | None  # SVG: candidate vs baseline means
+    worst: list[tuple[str, str, float]]  # (metric, case id, score): the lowest scores
+
+
+def run_view(engine: Engine, run_id: str) -> RunView:
+    """One eval run with its plots: per-metric score distributions and, when it was compared with a
+    baseline, the means side by side. Case ids and scores only (no question or answer text)."""
+    run = get_run(engine, run_id)
+    table = load_table(engine, run_id)
+    keys = [*table.metric_keys(), "latency_ms"]
+    plots = [histogram_svg(key, table.values(key)) for key in keys if table.values(key)]
+    worst = []
+    for key in table.metric_keys():
+        for case, score in sorted(table.by_case(key).items(), key=lambda cs: cs[1])[:3]:
+            worst.append((key, case, score))
+    baseline = get_run(engine, run.baseline_run_id) if run.baseline_run_id else None
+    comparison = None
+    if baseline is not None:
+        base = load_table(engine, baseline.id)
+        comparison = comparison_svg(
+            [(k, _mean(table.values(k)), _mean(base.values(k))) for k in table.metric_keys()]
+        )
+    return RunView(run, baseline, plots, comparison, worst)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 # -- audit --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 from gateway import kinds
 from gateway.api.admin import promotions_of, require_reader
@@ -412,6 +413,22 @@ def artifact(request: Request, kind: str, name: str) -> Response:
             runs=data.eval_runs_of(engine, kind, name),
             promotions=promotions_of(request).list_promotions(kind=kind, name=name),
             title=f"{kind}:{name}",
+        )
+
+    return _page(request, render)
+
+
+@router.get("/eval-runs/{run_id}")
+def eval_run(request: Request, run_id: str) -> Response:
+    def render(viewer: Viewer) -> Response:
+        view = data.run_view(_engine(request), run_id)
+        return _html(
+            "run.html",
+            viewer=viewer,
+            view=view,
+            plots=[Markup(svg) for svg in view.plots],  # built by evaluation/reports.py, escaped there
+            comparison=Markup(view.comparison) if view.comparison else None,
+            title=f"Eval run {view.run.id}",
         )
 
     return _page(request, render)

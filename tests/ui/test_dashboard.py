@@ -5,14 +5,13 @@ labels on the approval flow, and a screenshot of each page (test-artifacts/ui/, 
 
 One gateway for the module: a RAG prompt `kbqa` (template in a referenced file) on a router whose first
 deployment fails once (a fallback), v1 served; v2 committed by Alice, evaluated against v1 and requested
-for production by the admin; Bob (an approver key the operator made) decides.
+for production by Carol (a prompt engineer); Bob (an approver) decides.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -65,15 +64,17 @@ async def mode_system(hit: Hit) -> web.StreamResponse | None:
 
 
 def _key(gw: GatewayProcess, name: str, role: str) -> str:
-    """A key made by the operator on the box (not by the requester's key: four-eyes counts those)."""
-    value = f"sk-test-{name}-{int(time.time() * 1000)}"
-    done = gw.cli(
-        "keys", "create", "--name", name, "--role", role, "--principal", f"{name}@example.com",
-        "--key", value, "--local-admin",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    gw.wait_for_key(value)
-    return value
+    """A key made by the admin through the admin API (the promotions are requested by another key,
+    Carol's: four-eyes also refuses keys the requester created)."""
+    with gw.http() as api:
+        made = api.post(
+            "/admin/keys",
+            json={"name": name, "roles": [role], "principal": f"{name}@example.com"},
+            headers=gw.auth(),
+        )
+    assert made.status_code == 201, made.text
+    gw.wait_for_key(made.json()["key"])
+    return str(made.json()["key"])
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def gw(
 @pytest.fixture(scope="module")
 def world(gw: GatewayProcess) -> dict[str, Any]:
     """Traffic on v1, v2 committed by Alice and synced, an eval of v2 against production, a pending
-    promotion requested by the admin, and keys for Bob (approver) and an app."""
+    promotion requested by Carol (prompt engineer), keys for Bob (approver) and an app, monitor reports."""
     with gw.http() as http:
         rids = []
         for text in ("How fast do orders ship?", "Who answers billing questions?"):
@@ -123,13 +124,15 @@ def world(gw: GatewayProcess) -> dict[str, Any]:
             "--url", gw.root_url, "--no-progress", key=gw.admin_key,
         )  # fmt: skip
         assert done.returncode in (0, 1), done.stderr
+        carol = _key(gw, "carol", "prompt-engineer")
         r = http.post(
-            "/admin/promotions", json={"ref": "prompt:kbqa@2", "to": "production"}, headers=gw.auth()
+            "/admin/promotions", json={"ref": "prompt:kbqa@2", "to": "production"}, headers=gw.auth(carol)
         )
         assert r.status_code == 201 and r.json()["state"] == "pending", r.text
         promotion = r.json()["id"]
     return {
         "requests": rids,
+        "carol": carol,
         "promotion": promotion,
         "bob": _key(gw, "bob", "approver"),
         "app": _key(gw, "appuser", "app"),
@@ -331,11 +334,17 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     assert "+description: Answers with the second reply tag." in body  # the spec's
     changed = page.get_by_role("heading", name="Changed cases").locator("xpath=following-sibling::table[1]")
     assert re.search(r"ship\s+string_presence\s+1\.000\s+0\.000\s+-1\.000", changed.inner_text())
+    shot("05-promotion")
+    page.get_by_role("link", name=re.compile(r"^run_")).first.click()  # the candidate's eval run
+    assert page.locator("h1").inner_text().startswith("Eval run run_")
+    assert page.locator("figure.svg svg").count() >= 3  # the comparison, string_presence, latency_ms
+    assert page.get_by_role("heading", name="Candidate against baseline").is_visible()
+    shot("06-eval-run")
+    page.go_back()
     approve = page.get_by_role("button", name="Approve promotion")
     reject = page.get_by_role("button", name="Reject promotion")
     assert approve.is_visible() and reject.is_visible()
     assert page.get_by_label("Reason for rejecting (required)").get_attribute("required") is not None
-    shot("05-promotion")
     page.get_by_label("Approval comment (optional)").focus()
     page.keyboard.type("diff and eval read")
     page.keyboard.press("Tab")
@@ -344,7 +353,7 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     page.wait_for_url("**?done=approved")
     assert page.locator("#promotion-state").inner_text() == "applied"
     assert page.get_by_role("status").inner_text().startswith("Your decision was recorded")
-    shot("06-approved")
+    shot("07-approved")
     with gw.http() as http:
         served = http.get("/admin/artifacts/prompt/kbqa", headers=gw.auth()).json()["aliases"]
     assert served["production"] == 2
@@ -355,14 +364,14 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     assert page.locator("#audit-verify").inner_text().startswith("The hash chain verifies")
     audit = page.locator("#audit tbody tr").all_inner_texts()
     assert any("bob@example.com" in row and "prompt:kbqa" in row for row in audit), audit
-    shot("07-risk")
+    shot("08-risk")
 
     # operations: charts drawn by uPlot, then one request's lineage
     page.get_by_role("link", name="Operations").click()
     page.locator("#chart-requests[data-ready='1'] .uplot").wait_for()
     assert "prompt:kbqa@1" in page.locator("#traffic").inner_text()
     page.locator("#chart-latency .u-legend").wait_for()
-    shot("08-operator")
+    shot("09-operator")
     page.get_by_label("Request id").fill(world["requests"][0])
     page.get_by_role("button", name="Search").click()
     page.get_by_role("link", name=world["requests"][0]).click()
@@ -373,7 +382,7 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     attempts = page.locator("#attempts tbody tr").all_inner_texts()
     assert len(attempts) == 2 and "first" in attempts[0] and "ok" in attempts[1], attempts
     assert "How fast do orders ship" not in page.content()  # the question is never on a page
-    shot("09-lineage")
+    shot("10-lineage")
 
     page.close()
     assert problems == []
@@ -383,7 +392,7 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
 def test_revoking_the_key_ends_its_sessions(gw: GatewayProcess, world: dict[str, Any]) -> None:
     with gw.http() as admin:
         made = admin.post(
-            "/admin/keys", json={"name": "carol", "roles": ["prompt-engineer"]}, headers=gw.auth()
+            "/admin/keys", json={"name": "dave", "roles": ["prompt-engineer"]}, headers=gw.auth()
         ).json()
         gw.wait_for_key(made["key"])
         with gw.http() as http:
@@ -416,3 +425,38 @@ def test_the_risk_page_charts_the_monitor_reports_of_each_model_version(
         "x": [t0, t1],
         "series": [{"label": "model:churn@3", "points": [[t0, 0.25], [t1, 0.75]]}],
     }
+
+
+def test_four_eyes_holds_on_the_dashboard_and_a_rejection_needs_a_reason(
+    gw: GatewayProcess, world: dict[str, Any]
+) -> None:
+    """Alice wrote v2: her approval is refused with the service's own message; Bob rejects with a reason,
+    and the promotion and the audit log say so."""
+    with gw.http() as api:
+        r = api.post(
+            "/admin/promotions",
+            json={"ref": "prompt:kbqa@2", "to": "staging"},
+            headers=gw.auth(world["carol"]),
+        )
+        assert r.status_code == 201 and r.json()["state"] == "pending", r.text
+        pid = r.json()["id"]
+    alice = _key(gw, "alice", "approver")
+    with gw.http() as http:
+        sign_in(http, alice)
+        page = http.get(f"/ui/promotions/{pid}")
+        r = http.post(f"/ui/promotions/{pid}/approve", data={"csrf": _csrf(page.text), "comment": "mine"})
+        assert r.status_code == 403 and "author" in r.text, r.text
+    with gw.http() as http:
+        sign_in(http, world["bob"])
+        csrf = _csrf(http.get(f"/ui/promotions/{pid}").text)
+        r = http.post(f"/ui/promotions/{pid}/reject", data={"csrf": csrf, "reason": "  "})
+        assert r.status_code == 400 and "a rejection needs a reason" in r.text
+        r = http.post(f"/ui/promotions/{pid}/reject", data={"csrf": csrf, "reason": "tag two is not ready"})
+        assert r.status_code == 303 and r.headers["location"] == f"/ui/promotions/{pid}?done=rejected"
+        page = http.get(r.headers["location"]).text
+        assert 'id="promotion-state">rejected<' in page and "tag two is not ready" in page
+        risk = http.get("/ui/risk").text
+    entry = re.search(r"<tr><td>\d+</td>(?:(?!</tr>).)*tag two is not ready</td></tr>", risk, re.S)
+    assert entry and "bob@example.com" in entry.group(0) and "prompt:kbqa" in entry.group(0), risk
+    with gw.http() as api:
+        assert api.get(f"/admin/promotions/{pid}", headers=gw.auth()).json()["state"] == "rejected"
