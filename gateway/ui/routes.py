@@ -307,7 +307,7 @@ def risk(request: Request) -> Response:
         models = data.model_health(engine)
         charts = {
             kind: {
-                "x": sorted({t for m in models for t, _ in m.series.get(kind, [])}),
+                "x": _padded(sorted({t for m in models for t, _ in m.series.get(kind, [])})),
                 "series": [
                     {"label": f"model:{m.name}@{m.version}", "points": m.series[kind]}
                     for m in models
@@ -330,6 +330,11 @@ def risk(request: Request) -> Response:
         )
 
     return _page(request, render)
+
+
+def _padded(xs: list[float]) -> list[float]:
+    """A lone report gets five empty minutes either side (a time axis of minutes, not of years)."""
+    return [xs[0] - 300, xs[0], xs[0] + 300] if len(xs) == 1 else xs
 
 
 # -- operator -----------------------------------------------------------------------------------------

@@ -38,8 +38,17 @@ messages:
 DESCRIPTION = "description: Answers with the second reply tag.\n"
 SYSTEM_V1 = "Reply tag: TAG-ONE. Answer from this context.\n{% for c in context %}[{{ c.id }}] {{ c.text }}\n{% endfor %}"
 SYSTEM_V2 = SYSTEM_V1.replace("TAG-ONE", "TAG-TWO")
+POLICY = """\
+rules:
+  - name: everyone
+    match: {roles: [app, admin]}
+    checks:
+      - {type: injection, mode: flag}
+      - {type: token_cap, max_input_tokens: 8000}
+"""
 FILES = {
     "config/gateway.yaml": FAST_GATEWAY_YAML,
+    "config/policies.yaml": POLICY,
     "prompts/kbqa.yaml": KBQA,
     "prompts/kbqa_system.j2": SYSTEM_V1,
     "config/indexes/kb.yaml": "name: kb\nsource: {type: files, paths: ['kb/*.md']}\n"
@@ -364,6 +373,8 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     assert page.locator("#audit-verify").inner_text().startswith("The hash chain verifies")
     audit = page.locator("#audit tbody tr").all_inner_texts()
     assert any("bob@example.com" in row and "prompt:kbqa" in row for row in audit), audit
+    decided = page.locator("#policy-decisions").inner_text()
+    assert re.search(r"prompt:kbqa@1\s+injection\s+input\s+allowed\s+\d+", decided), decided
     shot("08-risk")
 
     # operations: charts drawn by uPlot, then one request's lineage
@@ -379,6 +390,8 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     assert re.search(r"prompt:kbqa@1\s+[0-9a-f]{12}", versions_text), versions_text
     assert "index:kb@1" in versions_text and "router:tagged@1" in versions_text
     assert page.locator("#chunks tbody tr").count() == 2
+    decisions = page.locator("#decisions tbody tr").all_inner_texts()
+    assert any(re.match(r"injection\teveryone\tinput\tallowed\t\d", d) for d in decisions), decisions
     attempts = page.locator("#attempts tbody tr").all_inner_texts()
     assert len(attempts) == 2 and "first" in attempts[0] and "ok" in attempts[1], attempts
     assert "How fast do orders ship" not in page.content()  # the question is never on a page
