@@ -40,8 +40,8 @@ from gateway.registry.views import artifact_detail, artifact_list, diff, resolve
 MAX_INT = 2**31 - 1  # integer columns (versions, sequence numbers) are 32-bit in every database
 
 
-def _bad_value(value: Any, where: str) -> InvalidRequest | None:
-    """A NUL character (PostgreSQL refuses it in text) or an integer no column holds, anywhere in a value."""
+def bad_value(value: Any, where: str) -> InvalidRequest | None:
+    """(Also the dashboard's check of its query, path and form values.) A NUL character (PostgreSQL refuses it in text) or an integer no column holds, anywhere in a value."""
     if isinstance(value, str):
         if "\x00" in value:
             return InvalidRequest(f"{where}: NUL characters are not allowed", param=where)
@@ -54,14 +54,14 @@ def _bad_value(value: Any, where: str) -> InvalidRequest | None:
             return InvalidRequest(f"{where}: {value} is out of range (at most {MAX_INT})", param=where)
     elif isinstance(value, dict):
         for k, v in value.items():
-            problem = _bad_value(k, f"{where}.{k}" if where else str(k)) or _bad_value(
+            problem = bad_value(k, f"{where}.{k}" if where else str(k)) or bad_value(
                 v, f"{where}.{k}" if where else str(k)
             )
             if problem:
                 return problem
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            problem = _bad_value(v, f"{where}.{i}" if where else str(i))
+            problem = bad_value(v, f"{where}.{i}" if where else str(i))
             if problem:
                 return problem
     return None
@@ -71,10 +71,10 @@ async def clean_inputs(request: Request) -> None:
     """Before anything reaches the database: NUL characters and out-of-range integers in the path, the
     query or the JSON body get a 400 naming the field, never a 500."""
     for name, value in request.path_params.items():
-        if problem := _bad_value(str(value), name):
+        if problem := bad_value(str(value), name):
             raise problem
     for name, value in request.query_params.multi_items():
-        if problem := _bad_value(value, name):
+        if problem := bad_value(value, name):
             raise problem
     if request.method in ("POST", "PUT", "PATCH", "DELETE"):
         raw = await request.body()
@@ -83,7 +83,7 @@ async def clean_inputs(request: Request) -> None:
                 data = json.loads(raw)
             except ValueError:
                 return  # not JSON: reported by the body's own validation
-            if problem := _bad_value(data, ""):
+            if problem := bad_value(data, ""):
                 raise problem
 
 

@@ -24,7 +24,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from gateway import kinds
-from gateway.api.admin import promotions_of, require_reader
+from gateway.api.admin import bad_value, promotions_of, require_reader
 from gateway.api.deps import call_for, gateway_of
 from gateway.db.generation import utcnow
 from gateway.errors import InvalidRequest, NotFound, OpsgateError
@@ -119,6 +119,15 @@ def _sign_in_redirect(request: Request) -> RedirectResponse:
     return _redirect(f"{COOKIE_PATH}/login?next={quote(target, safe='')}")
 
 
+def _check_inputs(request: Request, form: dict[str, str] | None = None) -> None:
+    """What the admin API refuses before the database sees it (NUL characters, integers no column
+    holds) is a 400 page here too, never a database error."""
+    values = [*request.path_params.items(), *request.query_params.multi_items(), *(form or {}).items()]
+    for name, value in values:
+        if problem := bad_value(str(value), name):
+            raise problem
+
+
 def _page(request: Request, render: Callable[[Viewer], Response]) -> Response:
     """Signed in, with a governance role; errors become an HTML page with the error's status."""
     viewer = _viewer(request)
@@ -126,14 +135,21 @@ def _page(request: Request, render: Callable[[Viewer], Response]) -> Response:
         return _sign_in_redirect(request)
     try:
         require_reader(viewer.principal, "the dashboard")
+        _check_inputs(request)
         return render(viewer)
     except OpsgateError as exc:
         return _error_page(exc, viewer)
 
 
 async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form (first value of each field); more than 20 fields is no form of ours: empty,
+    so its CSRF check fails."""
     raw = (await request.body()).decode("utf-8", errors="replace")
-    return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True, max_num_fields=20).items()}
+    try:
+        fields = parse_qs(raw, keep_blank_values=True, max_num_fields=20)
+    except ValueError:
+        return {}
+    return {k: v[0] for k, v in fields.items()}
 
 
 async def _post(request: Request, act: Callable[[Viewer, dict[str, str]], Response]) -> Response:
@@ -147,6 +163,7 @@ async def _post(request: Request, act: Callable[[Viewer, dict[str, str]], Respon
         return _csrf_refused(viewer)
     try:
         require_reader(viewer.principal, "the dashboard")
+        _check_inputs(request, form)
         return await asyncio.to_thread(act, viewer, form)
     except OpsgateError as exc:
         return _error_page(exc, viewer)

@@ -473,3 +473,32 @@ def test_four_eyes_holds_on_the_dashboard_and_a_rejection_needs_a_reason(
     assert entry and "bob@example.com" in entry.group(0) and "prompt:kbqa" in entry.group(0), risk
     with gw.http() as api:
         assert api.get(f"/admin/promotions/{pid}", headers=gw.auth()).json()["state"] == "rejected"
+
+
+def test_bad_input_gets_an_html_error_page_with_its_status(gw: GatewayProcess, world: dict[str, Any]) -> None:
+    with gw.http() as http:
+        sign_in(http, world["bob"])
+        cases = {
+            "/ui/operator?request_id=req_%00": (400, "NUL characters are not allowed"),
+            "/ui/diff?a=prompt:kbqa@99999999999&b=prompt:kbqa@1": (400, "out of range"),
+            "/ui/diff?a=prompt:kbqa@1&b=prompt:kbqa@9": (404, "prompt:kbqa@9"),
+            "/ui/promotions/prm_nope": (404, "no promotion"),
+            "/ui/requests/req_nope": (404, "no request"),
+            "/ui/eval-runs/run_nope": (404, "no eval run"),
+            "/ui/artifacts/prompt/nope": (404, "prompt:nope does not exist"),
+        }
+        for path, (status, text) in cases.items():
+            r = http.get(path)
+            assert (r.status_code, r.headers["content-type"][:9]) == (status, "text/html"), (path, r.text)
+            assert text in r.text, (path, r.text)
+        page = http.get("/ui/approvals").text
+        fields = "&".join(f"f{i}=x" for i in range(30))
+        r = http.post(
+            "/ui/logout",
+            content=f"csrf={_csrf(page)}&{fields}",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert (
+            r.status_code == 403 and "csrf_failed" in r.text
+        )  # not a form of ours: refused, signed in still
+        assert http.get("/ui/approvals").status_code == 200
