@@ -79,8 +79,22 @@ def _signer(request: Request) -> SessionSigner:
 # -- rendering ----------------------------------------------------------------------------------------
 
 
+# the navigation entry each page belongs to (marked aria-current="page")
+_SECTIONS = {
+    "approvals.html": "approvals",
+    "promotion.html": "approvals",
+    "risk.html": "risk",
+    "operator.html": "operator",
+    "request.html": "operator",
+    "artifacts.html": "artifacts",
+    "artifact.html": "artifacts",
+    "diff.html": "artifacts",
+    "run.html": "artifacts",
+}
+
+
 def _html(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    body = _env.get_template(name).render(**context)
+    body = _env.get_template(name).render(section=_SECTIONS.get(name), **context)
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
 

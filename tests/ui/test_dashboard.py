@@ -315,6 +315,9 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/ui/approvals")
     assert page.get_by_role("heading", name="Pending promotions").is_visible()
+    page.keyboard.press("Tab")  # the first stop skips the navigation
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    assert page.get_by_role("link", name="Approvals").get_attribute("aria-current") == "page"
     shot("02-approvals")
 
     # find the version and open a diff between v1 and v2
