@@ -28,6 +28,7 @@ from gateway.api.admin import bad_value, promotions_of, require_reader
 from gateway.api.deps import call_for, gateway_of
 from gateway.db.generation import utcnow
 from gateway.errors import InvalidRequest, NotFound, OpsgateError
+from gateway.evaluation.online import rolling_means_from_db
 from gateway.keys import Principal
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionStore
@@ -347,8 +348,6 @@ def risk(request: Request) -> Response:
             }
             for kind in data.REPORT_KINDS
         }
-        from gateway.evaluation.online import rolling_means_from_db
-
         return _html(
             "risk.html",
             viewer=viewer,
