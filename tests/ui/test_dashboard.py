@@ -322,17 +322,18 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
 
     # find the version and open a diff between v1 and v2
     page.get_by_role("link", name="Artifacts").click()
+    shot("03-artifacts")
     page.get_by_role("link", name="prompt:kbqa").click()
     versions = page.locator("#versions")
     assert "alice@example.com" in versions.inner_text() and "kbqa: new reply tag" in versions.inner_text()
     page.get_by_label("From version").select_option("prompt:kbqa@1")
     page.get_by_label("To version").select_option("prompt:kbqa@2")
-    shot("03-artifact")
+    shot("04-artifact")
     page.get_by_role("button", name="Show diff").click()
     page.wait_for_url("**/ui/diff?**")
     diff = page.get_by_label("Diff of kbqa_system.j2")
     assert "-Reply tag: TAG-ONE" in diff.inner_text() and "+Reply tag: TAG-TWO" in diff.inner_text()
-    shot("04-diff")
+    shot("05-diff")
 
     # the promotion: its evidence, then approve with the keyboard
     page.get_by_role("link", name="Approvals").click()
@@ -346,12 +347,12 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     assert "+description: Answers with the second reply tag." in body  # the spec's
     changed = page.get_by_role("heading", name="Changed cases").locator("xpath=following-sibling::table[1]")
     assert re.search(r"ship\s+string_presence\s+1\.000\s+0\.000\s+-1\.000", changed.inner_text())
-    shot("05-promotion")
+    shot("06-promotion")
     page.get_by_role("link", name=re.compile(r"^run_")).first.click()  # the candidate's eval run
     assert page.locator("h1").inner_text().startswith("Eval run run_")
     assert page.locator("figure.svg svg").count() >= 3  # the comparison, string_presence, latency_ms
     assert page.get_by_role("heading", name="Candidate against baseline").is_visible()
-    shot("06-eval-run")
+    shot("07-eval-run")
     page.go_back()
     approve = page.get_by_role("button", name="Approve promotion")
     reject = page.get_by_role("button", name="Reject promotion")
@@ -365,7 +366,7 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     page.wait_for_url("**?done=approved")
     assert page.locator("#promotion-state").inner_text() == "applied"
     assert page.get_by_role("status").inner_text().startswith("Your decision was recorded")
-    shot("07-approved")
+    shot("08-approved")
     with gw.http() as http:
         served = http.get("/admin/artifacts/prompt/kbqa", headers=gw.auth()).json()["aliases"]
     assert served["production"] == 2
@@ -378,14 +379,14 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     assert any("bob@example.com" in row and "prompt:kbqa" in row for row in audit), audit
     decided = page.locator("#policy-decisions").inner_text()
     assert re.search(r"prompt:kbqa@1\s+injection\s+input\s+allowed\s+\d+", decided), decided
-    shot("08-risk")
+    shot("09-risk")
 
     # operations: charts drawn by uPlot, then one request's lineage
     page.get_by_role("link", name="Operations").click()
     page.locator("#chart-requests[data-ready='1'] .uplot").wait_for()
     assert "prompt:kbqa@1" in page.locator("#traffic").inner_text()
     page.locator("#chart-latency .u-legend").wait_for()
-    shot("09-operator")
+    shot("10-operator")
     page.get_by_label("Request id").fill(world["requests"][0])
     page.get_by_role("button", name="Search").click()
     page.get_by_role("link", name=world["requests"][0]).click()
@@ -398,7 +399,7 @@ def test_an_approver_signs_in_reads_the_diff_and_evidence_approves_and_follows_a
     attempts = page.locator("#attempts tbody tr").all_inner_texts()
     assert len(attempts) == 2 and "first" in attempts[0] and "ok" in attempts[1], attempts
     assert "How fast do orders ship" not in page.content()  # the question is never on a page
-    shot("10-lineage")
+    shot("11-lineage")
 
     page.close()
     assert problems == []
