@@ -70,6 +70,7 @@ from gateway.rollouts.service import RolloutService
 from gateway.settings import GatewayConfig, Settings
 from gateway.snapshot import Catalog
 from gateway.traffic.store import TrafficStore
+from gateway.ui import routes as ui
 
 log = logging.getLogger("opsgate")
 # Who the gateway's own calls run as (judge calls of online evaluation): no key, logged under this name.
@@ -361,6 +362,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ml_api.router)
     app.include_router(admin.router)
     app.include_router(rollouts_api.router)
+    ui.install(app, settings.resolved_data_dir())  # the dashboard at /ui
     _install_error_handlers(app)
     openapi_spec.install(app, extra_params=config.egress.request_params)
     _serve_lean(app, HOT_ROUTES)
