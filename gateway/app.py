@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -365,7 +365,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ui.install(app, settings.resolved_data_dir())  # the dashboard at /ui
     _install_error_handlers(app)
     openapi_spec.install(app, extra_params=config.egress.request_params)
-    _serve_lean(app, HOT_ROUTES)
+    _serve_lean(app, (openai.router, completions.router, responses.router, anthropic.router), HOT_ROUTES)
     return app
 
 
@@ -379,7 +379,7 @@ HOT_ROUTES = (
 )
 
 
-def _serve_lean(app: FastAPI, hot: tuple[tuple[str, str], ...]) -> None:
+def _serve_lean(app: FastAPI, routers: tuple[APIRouter, ...], hot: tuple[tuple[str, str], ...]) -> None:
     """Serve the hot endpoints through a plain Starlette route placed first, with the same handler.
 
     These handlers take the request alone and read their body themselves, so FastAPI's per-request work
@@ -387,7 +387,7 @@ def _serve_lean(app: FastAPI, hot: tuple[tuple[str, str], ...]) -> None:
     each call about 60 Python function calls. FastAPI's route stays in place for the OpenAPI document;
     the error handlers are the app's, so answers are the same."""
     lean: list[BaseRoute] = []
-    for route in app.router.routes:
+    for route in (r for router in routers for r in router.routes):
         if not isinstance(route, APIRoute) or not route.methods:
             continue
         for path, method in hot:
@@ -396,6 +396,8 @@ def _serve_lean(app: FastAPI, hot: tuple[tuple[str, str], ...]) -> None:
                 if params != ["request"]:  # a handler FastAPI must feed stays with FastAPI
                     continue
                 lean.append(Route(path, route.endpoint, methods=[method], include_in_schema=False))
+    if len(lean) != len(hot):
+        raise RuntimeError(f"hot routes not found: {sorted(hot)} (found {[r.path for r in lean]})")  # type: ignore[attr-defined]
     app.router.routes[:0] = lean
 
 
