@@ -45,6 +45,8 @@ class Reasoning(Strict):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
+    context: str | None = None  # known, refused: the chat bridge has no reasoning context to keep
+    mode: str | None = None
 
 
 class ResponsesRequest(Strict):
@@ -77,6 +79,11 @@ class ResponsesRequest(Strict):
     top_logprobs: int | None = None
     max_tool_calls: int | None = None
     conversation: str | dict[str, Any] | None = None
+    # in OpenAI's reference, refused when set (the chat bridge cannot honour them): named, never dropped
+    context_management: list[dict[str, Any]] | None = None
+    moderation: dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
     # the gateway's own fields
     prompt_variables: dict[str, Any] | None = None
     prompt_id: str | None = None
@@ -104,6 +111,14 @@ class Turn:
         return self.history + self.input_messages
 
 
+_UNSERVED = {
+    "context_management": "the chat bridge does not compact context; leave it out",
+    "moderation": "moderation is the gateway's policies here (docs/policies.md); leave it out",
+    "prompt": "OpenAI-hosted prompts are not served; name an opsgate prompt as the model (or prompt_id)",
+    "prompt_cache_options": "leave it out (prompt_cache_key and prompt_cache_retention are passed on)",
+}
+
+
 def parse_request(data: Any) -> ResponsesRequest:
     request = parse(ResponsesRequest, data)
     if request.background:
@@ -116,6 +131,14 @@ def parse_request(data: Any) -> ResponsesRequest:
         raise unsupported("conversation", "conversation objects are not served; use previous_response_id")
     if request.include:
         raise unsupported("include", "no extra output data is available through the chat bridge")
+    for name, why in _UNSERVED.items():
+        if getattr(request, name) is not None:
+            raise unsupported(name, why)
+    if request.reasoning is not None:
+        for name in ("context", "mode"):
+            if getattr(request.reasoning, name) is not None:
+                raise unsupported(f"reasoning.{name}", "only reasoning.effort reaches the upstream (as chat's"
+                                  " reasoning_effort); leave it out")  # fmt: skip
     if not request.input and request.previous_response_id is None and request.prompt_id is None:
         raise unsupported("input", "send the input (a string or a list of input items)")
     return request
