@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,9 @@ class Surface:
     id_prefix: str = "chatcmpl-"
     render: Callable[[Json], Json] | None = None
     extra: Callable[[], Json] | None = None  # more to keep (e.g. the conversation a response continues)
+    stored: Callable[[Json], Awaitable[None]] | None = (
+        None  # then, with the answer (e.g. add it to a conversation)
+    )
 
 
 CHAT = Surface()
@@ -97,6 +100,8 @@ class Recording:
         )  # fmt: skip
         saved = await asyncio.to_thread(self.store.save, stored)
         call.extra["traffic"] = {"id": self.id, "stored": saved} | ({} if saved else {"reason": "too_large"})
+        if surface.stored is not None:
+            await surface.stored(answer)
         return saved
 
     def wrap_stream(self, upstream: Json, first: Json, rest: ChunkStream) -> tuple[Json, ChunkStream]:

@@ -2,9 +2,10 @@
 
 Request: `input` (a string, or items: messages with text/image parts, `function_call` and
 `function_call_output`), `instructions` (a system message, not carried to the next turn, as OpenAI),
-`previous_response_id` (the stored conversation it continues), function `tools`, `tool_choice`,
-`text.format` (json_schema / json_object), sampling parameters. What the bridge cannot honour (hosted
-tools, background mode, logprobs, `conversation` objects) is a 400 naming the parameter.
+`previous_response_id` (the stored conversation it continues) or `conversation` (a conversation object's
+items; gateway/surfaces/conversations.py), function `tools`, `tool_choice`, `text.format` (json_schema /
+json_object), sampling parameters. What the bridge cannot honour (hosted tools, background mode,
+logprobs) is a 400 naming the parameter.
 
 Answer: a `response` object (message and function_call output items, usage in input/output tokens), or,
 streamed, the Responses event sequence: response.created, response.in_progress, for each item
@@ -99,6 +100,7 @@ class Turn:
     id: str
     created_at: int
     history: list[Json] = field(default_factory=list)  # messages before this turn's input
+    conversation_id: str | None = None  # the conversation object it continues (and is added to)
     input_messages: list[Json] = field(default_factory=list)
 
     @property
@@ -128,7 +130,10 @@ def parse_request(data: Any) -> ResponsesRequest:
     if request.max_tool_calls is not None:
         raise unsupported("max_tool_calls", "the chat bridge cannot cap tool calls; leave it out")
     if request.conversation is not None:
-        raise unsupported("conversation", "conversation objects are not served; use previous_response_id")
+        if request.previous_response_id is not None:
+            raise unsupported("conversation", "send conversation or previous_response_id, not both")
+        if not request.store:
+            raise unsupported("store", "a response in a conversation is stored (leave store out, or true)")
     if request.include:
         raise unsupported("include", "no extra output data is available through the chat bridge")
     for name, why in _UNSERVED.items():
@@ -139,9 +144,24 @@ def parse_request(data: Any) -> ResponsesRequest:
             if getattr(request.reasoning, name) is not None:
                 raise unsupported(f"reasoning.{name}", "only reasoning.effort reaches the upstream (as chat's"
                                   " reasoning_effort); leave it out")  # fmt: skip
-    if not request.input and request.previous_response_id is None and request.prompt_id is None:
+    if (
+        not request.input
+        and request.previous_response_id is None
+        and request.prompt_id is None
+        and (request.conversation is None)
+    ):
         raise unsupported("input", "send the input (a string or a list of input items)")
     return request
+
+
+def conversation_id(request: ResponsesRequest) -> str | None:
+    """The conversation a request continues: `conversation` as an id, or `{"id": ...}`."""
+    value = request.conversation
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value.get("id"), str):
+        raise unsupported("conversation.id", "a conversation is its id, or {id: <conversation id>}")
+    return str(value["id"])
 
 
 def to_chat(turn: Turn) -> ChatRequest:
@@ -365,7 +385,7 @@ def skeleton(turn: Turn, status: str) -> Json:
         "usage": None,
         "user": request.user,
         "metadata": request.metadata or {},
-    }
+    } | ({"conversation": {"id": turn.conversation_id}} if turn.conversation_id else {})
 
 
 def output_messages(response: Json) -> list[Json]:
