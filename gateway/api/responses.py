@@ -69,6 +69,7 @@ async def create_response(request: Request) -> Response:
             render=lambda data: bridge.response_object(turn, data),
             extra=lambda: {"conversation": turn.conversation, "input": parsed.input},
             stored=appended,
+            native=bridge.native_body(body) if bridge.may_be_native(parsed) else None,
         )
         answer = await gateway_of(request).chat(call, chat, surface)
         if isinstance(answer, ChatStream):

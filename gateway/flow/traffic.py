@@ -45,9 +45,10 @@ class Surface:
     id_prefix: str = "chatcmpl-"
     render: Callable[[Json], Json] | None = None
     extra: Callable[[], Json] | None = None  # more to keep (e.g. the conversation a response continues)
-    stored: Callable[[Json], Awaitable[None]] | None = (
-        None  # then, with the answer (e.g. add it to a conversation)
-    )
+    # then, with the answer (e.g. add it to a conversation)
+    stored: Callable[[Json], Awaitable[None]] | None = None
+    # the body for deployments that serve this API natively (`responses: native`)
+    native: Json | None = None
 
 
 CHAT = Surface()
@@ -93,7 +94,7 @@ class Recording:
         if call.retrieval is not None:  # the chunks as the prompt's template saw them (replay re-renders)
             kept["contexts"] = call.retrieval.context()
         if surface.render is not None:
-            kept["chat"] = response
+            kept["chat"] = {k: v for k, v in response.items() if k != "native_response"}  # as checked
         payload = redact_payload(kept)
         payload["upstream_sha256"] = body_digest(upstream)
         payload["rendered_sha256"] = rendered_digest(upstream.get("messages"))

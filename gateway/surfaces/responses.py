@@ -23,7 +23,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field
 
-from gateway.api_requests import ChatRequest
+from gateway.api_requests import GATEWAY_FIELDS, ChatRequest
 from gateway.errors import OpsgateError
 from gateway.shapes import Json
 from gateway.surfaces.common import Strict, gateway_fields, parse, unsupported
@@ -152,6 +152,19 @@ def parse_request(data: Any) -> ResponsesRequest:
     ):
         raise unsupported("input", "send the input (a string or a list of input items)")
     return request
+
+
+def native_body(body: Json) -> Json:
+    """The caller's body as a deployment serving the Responses API natively gets it: without the gateway's
+    own fields and `store` (the gateway keeps the response; the provider is not asked to)."""
+    dropped = ("store", "stream_options", "previous_response_id", "conversation")
+    return {k: v for k, v in body.items() if k not in GATEWAY_FIELDS and k not in dropped}
+
+
+def may_be_native(request: ResponsesRequest) -> bool:
+    """Whether a deployment serving /responses natively may get this call as it came: not streamed, and
+    no state of the gateway's own to rebuild (previous_response_id, conversation: those are bridged)."""
+    return not request.stream and request.previous_response_id is None and request.conversation is None
 
 
 def conversation_id(request: ResponsesRequest) -> str | None:
@@ -335,8 +348,52 @@ def usage_of(usage: Json | None) -> Json | None:
     }
 
 
+def native_chat(response: Json) -> Json:
+    """A Responses API answer (from a deployment that serves it natively) as the chat completion the
+    flow reads (text, tool calls, finish reason, usage), the answer itself kept under `native_response`
+    (what the caller gets back, see `response_object`)."""
+    output = [item for item in response.get("output") or () if isinstance(item, dict)]
+    text = "".join(
+        part.get("text", "")
+        for item in output
+        if item.get("type") == "message"
+        for part in item.get("content") or ()
+        if isinstance(part, dict) and part.get("type") == "output_text"
+    )
+    calls = [
+        {"id": item.get("call_id"), "type": "function",
+         "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")}}
+        for item in output
+        if item.get("type") == "function_call"
+    ]  # fmt: skip
+    message: Json = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    finish = "length" if response.get("status") == "incomplete" else "tool_calls" if calls else "stop"
+    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    assert isinstance(usage, dict)
+    return {
+        "id": response.get("id"),
+        "object": "chat.completion",
+        "created": response.get("created_at"),
+        "model": response.get("model"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": usage.get("input_tokens", 0), "completion_tokens": usage.get("output_tokens", 0),
+                  "total_tokens": usage.get("total_tokens", 0)},
+        "native_response": response,
+    }  # fmt: skip
+
+
 def response_object(turn: Turn, chat: Json, *, status: str | None = None) -> Json:
-    """The `response` a chat completion makes (its first choice)."""
+    """The `response` a chat completion makes (its first choice); for a natively served call, the
+    upstream's own response, under the gateway's id, model name and store."""
+    native = chat.get("native_response")
+    # passed through only as the output checks left it: one that redacted or withheld the answer changed
+    # the chat message, and the answer is then rendered from it (the bridge's way), never the original
+    if isinstance(native, dict) and (chat.get("choices") or [None])[0] == native_chat(native)["choices"][0]:
+        request = turn.request
+        return native | {"id": turn.id, "created_at": turn.created_at, "model": request.model,
+                         "store": request.store, "metadata": request.metadata or {}}  # fmt: skip
     choice = (chat.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     output: list[Json] = []
