@@ -131,7 +131,7 @@ def _appender(
     assert conversation_id is not None
     raw = turn.request.input
     new_input = conv_shapes.stored_items(
-        [{"role": "user", "content": raw}] if isinstance(raw, str) else list(raw), turn.hex, "input"
+        [{"role": "user", "content": raw}] if isinstance(raw, str) else list(raw), turn.hex + "_in", "input"
     )
 
     async def append(answer: Json) -> None:

@@ -150,6 +150,7 @@ def test_responses_continue_and_extend_the_conversation(
         ("assistant", "echo: And again?"),
     ]
     assert items[2].id == first.output[0].id  # the response's own output item
+    assert len({i.id for i in items}) == len(items)  # every item its own id (retrieve and delete name one)
     assert alice.responses.retrieve(first.id).conversation.id == conv.id  # type: ignore[union-attr]
 
 
