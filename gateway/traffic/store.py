@@ -98,7 +98,9 @@ class TrafficStore:
     def by_request(self, request_id: str) -> StoredCall | None:
         """The stored call of a request-log row, for the operator's tools (replay, datasets): no owner check."""
         query = select(TrafficCall).where(
-            TrafficCall.request_id == request_id, TrafficCall.expires_at > utcnow()
+            TrafficCall.request_id == request_id,
+            TrafficCall.expires_at > utcnow(),
+            TrafficCall.kind != "conversation",  # a record the request made, not the call itself
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
