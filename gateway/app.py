@@ -26,6 +26,7 @@ from gateway.api import (
     admin,
     anthropic,
     completions,
+    conversations,
     health,
     metrics_api,
     openai,
@@ -356,6 +357,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stored.router)
     app.include_router(completions.router)
     app.include_router(responses.router)
+    app.include_router(conversations.router)
     app.include_router(anthropic.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
