@@ -388,11 +388,19 @@ class AlertEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def tick(self) -> None:
-        """Judge the rules when their interval has passed, then deliver what is due."""
+    def outbox_waiting(self) -> bool:
+        """Whether any notice waits to be sent (its retry may be due before the next judgement)."""
+        with Session(self.engine) as session:
+            waiting = session.scalars(
+                select(AlertNotification.id).where(AlertNotification.status == "pending").limit(1)
+            ).first()
+        return waiting is not None
+
+    async def tick(self) -> float:
+        """Judge the rules when their interval has passed, then deliver what is due. Returns how long to
+        sleep: the rules' interval, or half a second while notices wait in the outbox."""
         loop = asyncio.get_running_loop()
         spec, _ = await asyncio.to_thread(self.rules)
-        self._interval = spec.evaluate_every_s
         if loop.time() - self._last_eval >= spec.evaluate_every_s:
             self._last_eval = loop.time()
             for change in await asyncio.to_thread(self.evaluate):
@@ -400,14 +408,18 @@ class AlertEngine:
                     "alert %s (%s): %s -> %s", change["rule"], change["subject"], change["from"], change["to"]
                 )
         await self.deliver_due(spec)
+        if await asyncio.to_thread(self.outbox_waiting):
+            return min(spec.evaluate_every_s, 0.5)
+        return spec.evaluate_every_s
 
     async def _loop(self) -> None:
         while True:
+            pause = self._interval
             try:
-                await self.tick()
+                pause = await self.tick()
             except Exception as exc:  # noqa: BLE001 - one line per change of state; the next tick retries
                 self.outage.failed(exc, "alert rules are not being judged until the database answers")
                 await asyncio.sleep(1.0)
             else:
                 self.outage.recovered()
-            await asyncio.sleep(min(self._interval, 0.5))
+            await asyncio.sleep(pause)
