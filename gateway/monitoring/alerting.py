@@ -257,11 +257,14 @@ class AlertEngine:
                         AlertNotification.next_at == notice.next_at,
                     )
                     .values(next_at=now + lease, attempts=AlertNotification.attempts + 1)
+                    .execution_options(synchronize_session=False)
                 )
                 session.commit()
                 if claimed.rowcount == 1:  # type: ignore[attr-defined]
-                    notice.attempts += 1
                     won.append(notice)
+            session.expunge_all()  # detached copies: what this attempt is, whatever the table says next
+        for notice in won:
+            notice.attempts += 1
         return won
 
     def record(
