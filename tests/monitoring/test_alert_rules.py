@@ -251,3 +251,39 @@ def test_two_replicas_send_one_notice_per_episode(
     assert len([r for r in receiver.requests if r["path"] == "/flaky"]) == 3  # 2 failures, 1 success
     for gw in (first, second):
         assert _states(gw)["broken-errors"]["state"] == "firing"
+
+
+def test_alert_rules_change_by_promotion_and_removing_one_needs_a_second_admin(
+    start_gateway: Callable[..., GatewayProcess], project: Path
+) -> None:
+    from tests.fakes.gateway import commit_project
+    from tests.security.test_governance_rules_governed import admin, new_key
+
+    gw = start_gateway(project, env=ENV)
+    alice = new_key(gw, "alice@example.com", ["admin"])
+    bob = new_key(gw, "bob@example.com", ["approver"])
+    carol = new_key(gw, "carol@example.com", ["admin"])
+    assert admin(gw, "GET", "/admin/alerts", bob).json()["source"] == "alert:alerts@1"
+    with gw.http() as http:
+        assert http.get("/admin/alerts").status_code == 401
+
+    text = (project / "config" / "alerts.yaml").read_text(encoding="utf-8")
+    (project / "config" / "alerts.yaml").write_text(text.split("  - name: latency")[0], encoding="utf-8")
+    commit_project(project, "drop the latency rule", author=("Alice", "alice@example.com"))
+    synced = admin(gw, "POST", "/admin/sync", alice, {})
+    assert "alert:alerts@2" in str(synced.json()["rules"]), synced.text
+    assert "latency" in _states(gw)  # registered, not in force
+    request = admin(gw, "POST", "/admin/promotions", alice, {"ref": "alert:alerts@2", "to": "production"})
+    assert request.status_code == 201, request.text
+    assert request.json()["rule"]["loosens"] == ["rule 'latency' removed"]
+    pid = request.json()["id"]
+    assert admin(gw, "POST", f"/admin/promotions/{pid}/approve", bob, {}).status_code == 403
+    done = admin(gw, "POST", f"/admin/promotions/{pid}/approve", carol, {})
+    assert done.status_code == 200 and done.json()["state"] == "applied", done.text
+    listed = admin(gw, "GET", "/admin/alerts", bob).json()
+    assert listed["source"] == "alert:alerts@2" and [r["name"] for r in listed["rules"]] == [
+        "broken-errors",
+        "errors-overall",
+    ]
+    actions = [e["action"] for e in admin(gw, "GET", "/admin/audit?limit=1000", alice).json()]
+    assert actions.count("alias.promote") >= 1

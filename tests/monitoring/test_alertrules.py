@@ -254,3 +254,15 @@ def test_what_loosens_alert_rules() -> None:
     assert loosening("alert", old, {**old, "rules": []}) == ["rule 'r' removed"]
     moved = {**old, "receivers": {"a": {"url": "https://elsewhere.example/hook"}}}
     assert loosening("alert", old, moved) == ["receiver 'a' removed or its url changed"]
+
+
+def test_the_docs_example_is_a_valid_alerts_file() -> None:
+    from gateway.yamlspec import load_spec_text
+    from tests.fakes.gateway import REPO
+
+    text = (REPO / "docs" / "alerts.md").read_text(encoding="utf-8")
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = load_spec_text(example, AlertsSpec, "docs/alerts.md")
+    assert [r.name for r in spec.rules] == ["kbqa-errors", "default-p95", "kbqa-faithfulness"]
+    assert spec.rules[0].for_ == 120 and spec.rules[0].window == 300
+    assert spec.rules[0].describe() == "error_rate over 300s > 0.05"
