@@ -34,13 +34,25 @@ def _whole_numbers(value: Any) -> Any:
     count in floating point send it). Anything else is left for the strict integer check to refuse."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, list):
+    if isinstance(value, list) and any(isinstance(v, float | list) for v in value):
         return [_whole_numbers(v) for v in value]
     return value
 
 
 def _mentions_int(annotation: Any) -> bool:
     return annotation is int or any(_mentions_int(arg) for arg in get_args(annotation))
+
+
+_INT_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def _int_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of `model` whose type admits an integer (worked out once per class: it runs per request)."""
+    found = _INT_FIELDS.get(model)
+    if found is None:
+        fields = model.model_fields
+        found = _INT_FIELDS[model] = frozenset(k for k, f in fields.items() if _mentions_int(f.annotation))
+    return found
 
 
 class StrictBody(BaseModel):
@@ -55,11 +67,15 @@ class StrictBody(BaseModel):
     def _integer_fields(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        fields = cls.model_fields
-        return {
-            k: _whole_numbers(v) if k in fields and _mentions_int(fields[k].annotation) else v
-            for k, v in data.items()
-        }
+        whole: dict[str, Any] | None = None
+        for k in _int_fields(cls):
+            v = data.get(k)
+            if isinstance(v, float | list):
+                converted = _whole_numbers(v)
+                if converted is not v:
+                    whole = whole if whole is not None else dict(data)
+                    whole[k] = converted
+        return data if whole is None else whole
 
 
 class _Open(StrictBody):
@@ -83,11 +99,12 @@ class _Request(_Open):
 
     def forward(self) -> dict[str, Any]:
         """The body for the upstream: as sent, less the fields that address the gateway."""
-        return upstream_body(self._body)
+        return upstream_body(self.body)
 
     @property
     def body(self) -> dict[str, Any]:
-        return self._body
+        # read from the private store directly: `self._body` goes through BaseModel.__getattr__ (per request)
+        return self.__pydantic_private__["_body"]  # type: ignore[index,no-any-return]
 
 
 class OpsgateOptions(BaseModel):
@@ -258,12 +275,12 @@ class ChatRequest(_Request):
     def end_user(self) -> str | None:
         """OpenAI's `user` field (the application's end-user id), if a short string: a rollout's
         sticky assignment key."""
-        user = self._body.get("user")
+        user = self.body.get("user")
         return user if isinstance(user, str) and 0 < len(user) <= 200 else None
 
     def caller_messages(self) -> list[Any]:
         """The caller's messages as sent (dicts), for rendering after a prompt's own."""
-        messages = self._body.get("messages")
+        messages = self.body.get("messages")
         return list(messages) if isinstance(messages, list) else []
 
 

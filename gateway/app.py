@@ -352,8 +352,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_timeout_s=config.server.body_timeout_s,
         send_timeout_s=config.server.send_timeout_s,
     )
-    app.include_router(stored.router)  # before openai: GET /v1/chat/completions is the stored list
+    # The hot routes first: routes are matched in this order, so every router ahead of chat completions
+    # costs each chat request a match attempt per route (methods tell GET and POST /v1/chat/completions
+    # apart, whatever the order).
     app.include_router(openai.router)
+    app.include_router(stored.router)
     app.include_router(completions.router)
     app.include_router(responses.router)
     app.include_router(anthropic.router)
