@@ -159,16 +159,19 @@ class AlertEngine:
         return {"rule": rule.name, "subject": subject, "from": before, "to": row.state, "value": value}
 
     def _forget(self, spec: AlertsSpec, source: str, now: datetime) -> list[dict[str, Any]]:
-        """States of rules no longer in force: a firing one is resolved (reason: the rule was removed)."""
+        """States of rules no longer in force go back to ok; a firing one is resolved (reason: the rule was
+        removed). The rows stay: a rule added again under that name goes on counting its episodes (the
+        outbox's unique key includes them)."""
         names = {r.name for r in spec.rules}
         out = []
         with Session(self.engine) as session, session.begin():
-            for row in session.scalars(select(AlertState).where(AlertState.rule.not_in(names or {""}))):
+            gone = select(AlertState).where(AlertState.rule.not_in(names or {""}), AlertState.state != OK)
+            for row in session.scalars(gone):
                 if row.state == FIRING:
-                    gone = AlertRule(name=row.rule, metric="requests", threshold=0)
-                    self._notify(session, gone, source, row, "resolved", now, reason="rule removed")
+                    removed = AlertRule(name=row.rule, metric="requests", threshold=0)
+                    self._notify(session, removed, source, row, "resolved", now, reason="rule removed")
                 out.append({"rule": row.rule, "subject": row.subject, "from": row.state, "to": "removed"})
-                session.delete(row)
+                row.state, row.since, row.value, row.evaluated_at = OK, now, None, now
         return out
 
     def _notify(

@@ -266,3 +266,22 @@ def test_the_docs_example_is_a_valid_alerts_file() -> None:
     assert [r.name for r in spec.rules] == ["kbqa-errors", "default-p95", "kbqa-faithfulness"]
     assert spec.rules[0].for_ == 120 and spec.rules[0].window == 300
     assert spec.rules[0].describe() == "error_rate over 300s > 0.05"
+
+
+def test_a_rule_added_again_goes_on_counting_its_episodes(engine: Engine) -> None:
+    rule = {"name": "errs", "metric": "error_rate", "window": "1h", "threshold": 0.5, "receivers": ["a"]}
+    receivers = {"a": {"url": "http://127.0.0.1:9/hook"}}
+    with_rule = AlertsSpec.model_validate({"receivers": receivers, "rules": [rule]})
+    _rows(engine, [{"status": 500, "ts": NOW - timedelta(minutes=5)}])
+    alerting = AlertEngine(engine, with_rule)
+    assert alerting.evaluate(NOW)[0]["to"] == "firing"
+    alerting.file_rules = AlertsSpec.model_validate({"receivers": receivers})
+    assert alerting.evaluate(NOW + timedelta(seconds=1))[0]["to"] == "removed"
+    assert alerting.evaluate(NOW + timedelta(seconds=2)) == []  # nothing left to resolve
+    alerting.file_rules = with_rule
+    assert alerting.evaluate(NOW + timedelta(seconds=3))[0]["to"] == "firing"
+    with Session(engine) as s:
+        notices = [
+            (n.event, n.episode) for n in s.scalars(select(AlertNotification).order_by(AlertNotification.id))
+        ]
+    assert notices == [("firing", 1), ("resolved", 1), ("firing", 2)]
