@@ -141,8 +141,8 @@ def setup(environ: Mapping[str, str] | None = None) -> bool:
         return True
     detail = env.get("OPSGATE_TRACE_DETAIL", "stages").strip().lower()
     if detail not in DETAILS:
-        raise ValueError(f"OPSGATE_TRACE_DETAIL must be one of {', '.join(DETAILS)}, not {detail!r}")
-    DETAIL = DETAILS[detail]
+        log.warning("OPSGATE_TRACE_DETAIL=%s is not one of %s: using stages", detail, ", ".join(DETAILS))
+    DETAIL = DETAILS.get(detail, STAGES)
     _sampler = Sampler.from_env(env)
     _exporter = Exporter(endpoint, env)
     _WALL = time.time_ns() - time.perf_counter_ns()
