@@ -54,7 +54,6 @@ _NOOP: AbstractContextManager[None] = nullcontext()
 _CURRENT: contextvars.ContextVar[Span | None] = contextvars.ContextVar("opsgate_span", default=None)
 _exporter: Exporter | None = None
 _sampler: Sampler | None = None
-_WALL = 0  # time.time_ns() - time.perf_counter_ns(), to place spans timed with perf_counter
 
 SYSTEMS = {"openai": "openai", "azure": "az.ai.openai", "anthropic": "anthropic", "local": "opsgate.local"}
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP SpanKind values
@@ -130,7 +129,7 @@ class Span:
 
 def setup(environ: Mapping[str, str] | None = None) -> bool:
     """Turn tracing on when an OTLP endpoint is configured; return whether it is on."""
-    global ON, DETAIL, _exporter, _sampler, _WALL
+    global ON, DETAIL, _exporter, _sampler
     env = os.environ if environ is None else environ
     endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if not endpoint and env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
@@ -145,7 +144,6 @@ def setup(environ: Mapping[str, str] | None = None) -> bool:
     DETAIL = DETAILS.get(detail, STAGES)
     _sampler = Sampler.from_env(env)
     _exporter = Exporter(endpoint, env)
-    _WALL = time.time_ns() - time.perf_counter_ns()
     atexit.register(shutdown)
     ON = True
     return True
@@ -171,10 +169,10 @@ def span(name: str, attributes: dict[str, Any] | None = None, *, level: int = ST
     return Span(name, parent, INTERNAL, attributes)
 
 
-def check(policy_check: Any, started: float, us: float, finding: Any) -> None:
+def check(policy_check: Any, us: float, finding: Any) -> None:
     """A policy check's span (`opsgate.check <type>`), placed after the fact from the pipeline's own
-    timing (perf_counter seconds, microseconds): no clock read or context change of its own. Detail
-    `checks` only; under the stage span that ran it."""
+    timing (microseconds; the check has just ended): no context change. Detail `checks` only; under the
+    stage span that ran it."""
     if not ON or DETAIL < CHECKS:
         return
     parent = _CURRENT.get()
@@ -186,8 +184,8 @@ def check(policy_check: Any, started: float, us: float, finding: Any) -> None:
         "opsgate.policy.verdict": finding.verdict if finding is not None else "none",
     }
     done = Span("opsgate.check " + policy_check.type, parent, INTERNAL, attributes)
-    done.start = _WALL + int(started * 1e9)
-    done.end(done.start + int(us * 1000))
+    done.start -= int(us * 1000)  # it ended just now (the wall clock, not perf_counter: NTP slews one only)
+    done.end()
 
 
 def start_request(call: Any, headers: Mapping[str, str]) -> Any:
