@@ -151,7 +151,7 @@ def _body(request: dict[str, Any]) -> dict[str, Any]:
     return dict(orjson.loads(request["body"]))
 
 
-def test_fires_once_signed_retries_a_failing_receiver_and_resolves(
+def test_fires_once_signed_and_a_failing_receiver_gets_exactly_one_notice(
     start_gateway: Callable[..., GatewayProcess], project: Path, receiver: Receiver
 ) -> None:
     gw = start_gateway(project, env=ENV)
