@@ -34,6 +34,7 @@ from gateway.api import (
     responses,
     stored,
 )
+from gateway.api import alerts as alerts_api
 from gateway.api import ml as ml_api
 from gateway.api import rollouts as rollouts_api
 from gateway.api.middleware import GatewayMiddleware, error_body
@@ -48,6 +49,8 @@ from gateway.flow.traffic import TrafficRecorder
 from gateway.keys import KeyService, Principal
 from gateway.ml.service import MLService
 from gateway.monitoring import tracing
+from gateway.monitoring.alerting import AlertEngine, load_file_rules
+from gateway.monitoring.alertrules import ALERTS_FILE
 from gateway.monitoring.alerts import Alerts
 from gateway.monitoring.metrics import Metrics
 from gateway.monitoring.requestlog import RequestLogWriter
@@ -293,6 +296,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     config = settings.load_gateway_config()
     validate_policy_file(settings)  # a bad config/policies.yaml fails here, naming file, line and field
+    alerts_file = settings.config_dir / ALERTS_FILE  # likewise config/alerts.yaml (used until registered)
+    file_alerts = load_file_rules(settings.config_dir, settings.display_path(alerts_file))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -314,6 +319,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ml.start()
         rollouts = app.state.rollouts = _rollout_evaluator(parts)
         rollouts.start()
+        alerting = app.state.alerting = AlertEngine(
+            engine, file_alerts, parts.alerts.egress, audit_tip=parts.alerts.audit_tip
+        )
+        alerting.start()  # alert rules (config/alerts.yaml, governed as alert:alerts)
         purge = asyncio.create_task(_purge_traffic(parts.traffic, config.traffic.purge_interval_s))
         app.state.ready = True
         try:
@@ -321,6 +330,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.ready = False
             await rollouts.stop()
+            await alerting.stop()
             purge.cancel()
             await online.stop()
             await ml.stop()
@@ -364,6 +374,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ml_api.router)
     app.include_router(admin.router)
     app.include_router(rollouts_api.router)
+    app.include_router(alerts_api.router)
     ui.install(app, settings.resolved_data_dir())  # the dashboard at /ui
     _install_error_handlers(app)
     openapi_spec.install(app, extra_params=config.egress.request_params)
