@@ -21,7 +21,8 @@ router = APIRouter(
 )
 
 
-def _service(request: Request) -> RolloutService:
+def rollouts_of(request: Request) -> RolloutService:
+    """The rollout service over the app's database and promotion rules (the admin API and the dashboard)."""
     parts = request.app.state.parts
     return RolloutService(parts.engine, PromotionService(parts.engine, parts.config.governance))
 
@@ -39,26 +40,26 @@ class RolloutBody(StrictBody, RolloutSpec):
 
 @router.post("", status_code=201, summary="Start a rollout (a promotion request on a protected alias)")
 def start(request: Request, caller: Caller, body: RolloutBody) -> dict[str, Any]:
-    return _service(request).start(caller, body)
+    return rollouts_of(request).start(caller, body)
 
 
 @router.get("", summary="List rollouts, newest first")
 def list_rollouts(request: Request, _: Reader, live: bool = False) -> list[dict[str, Any]]:
-    return _service(request).list_rollouts(live_only=live)
+    return rollouts_of(request).list_rollouts(live_only=live)
 
 
 @router.get("/{rollout_id}", summary="One rollout with its last check (figures, sample sizes, test)")
 def status(request: Request, _: Reader, rollout_id: str) -> dict[str, Any]:
-    return _service(request).get(rollout_id)
+    return rollouts_of(request).get(rollout_id)
 
 
 @router.post("/{rollout_id}/check", summary="Evaluate now (the background evaluator does it every interval)")
 def check(request: Request, caller: Reader, rollout_id: str) -> dict[str, Any]:
-    service = _service(request)
+    service = rollouts_of(request)
     service.get(rollout_id)  # 404 first
     return service.check(rollout_id)
 
 
 @router.post("/{rollout_id}/stop", summary="Stop: the candidate serves no more traffic")
 def stop(request: Request, caller: Caller, rollout_id: str, body: StopRequest) -> dict[str, Any]:
-    return _service(request).stop(caller, rollout_id, reason=body.reason)
+    return rollouts_of(request).stop(caller, rollout_id, reason=body.reason)

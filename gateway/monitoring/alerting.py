@@ -342,12 +342,11 @@ class AlertEngine:
         spec, source = self.rules()
         with Session(self.engine) as session:
             rows = session.scalars(select(AlertState).order_by(AlertState.rule, AlertState.subject)).all()
-            pending = {
-                (n.rule, n.subject, n.episode, n.event): n.status
-                for n in session.scalars(
-                    select(AlertNotification).order_by(AlertNotification.id.desc()).limit(500)
-                )
-            }
+            notices = list(
+                session.scalars(select(AlertNotification).order_by(AlertNotification.id.desc()).limit(500))
+            )
+        pending = {(n.rule, n.subject, n.episode, n.event): n.status for n in notices}
+        deliveries = _deliveries(notices)
         by_rule: dict[str, list[AlertState]] = {}
         for row in rows:
             by_rule.setdefault(row.rule, []).append(row)
@@ -364,6 +363,7 @@ class AlertEngine:
                     "notice": pending.get((r.rule, r.subject, r.episode, "firing"))
                     if r.state == FIRING
                     else None,
+                    "deliveries": deliveries.get((r.rule, r.subject, r.episode), []),
                 }
                 for r in by_rule.get(rule.name, [])
             ]
@@ -376,6 +376,10 @@ class AlertEngine:
                     "metric": rule.metric,
                     "artifact": rule.artifact,
                     "condition": rule.describe(),
+                    "description": rule.description,
+                    "op": rule.op,
+                    "threshold": rule.threshold,
+                    "window_s": rule.window,
                     "for_s": rule.for_,
                     "receivers": rule.receivers,
                     "subjects": subjects,
@@ -429,3 +433,26 @@ class AlertEngine:
             else:
                 self.outage.recovered()
             await asyncio.sleep(pause)
+
+
+def _deliveries(notices: list[AlertNotification]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
+    """The newest notice per receiver of each (rule, subject, episode): event, status, attempts, when sent.
+    Receiver names only: never a url or a secret, and not the last error (it may quote a url)."""
+    out: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    seen: set[tuple[str, str, int, str]] = set()
+    for n in notices:  # newest first
+        if (n.rule, n.subject, n.episode, n.receiver) in seen:
+            continue
+        seen.add((n.rule, n.subject, n.episode, n.receiver))
+        out.setdefault((n.rule, n.subject, n.episode), []).append(
+            {
+                "receiver": n.receiver,
+                "event": n.event,
+                "status": n.status,
+                "attempts": n.attempts,
+                "sent_at": as_utc(n.sent_at).isoformat() if n.sent_at else None,
+            }
+        )
+    for found in out.values():
+        found.sort(key=lambda d: str(d["receiver"]))
+    return out

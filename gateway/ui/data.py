@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from sqlalchemy import Engine, select
@@ -24,9 +25,11 @@ from gateway.evaluation.compare import compare_tables
 from gateway.evaluation.reports import comparison_svg, histogram_svg
 from gateway.evaluation.store import StoredRun, get_run, load_table
 from gateway.ml.tables import MLReport
+from gateway.monitoring.alertrules import AlertsSpec
 from gateway.registry import audit
 from gateway.registry.promotion import PromotionRecord, PromotionService
 from gateway.registry.store import VersionRecord, VersionStore
+from gateway.rollouts.service import LIVE, LiveRollout, RolloutService
 
 OPERATOR_WINDOW = timedelta(hours=24)
 MAX_ROWS = 20000  # request-log rows one operator page aggregates (newest first)
@@ -444,3 +447,100 @@ def lineage_versions(artifacts: list[str]) -> list[tuple[str, str]]:
         version, _, digest = str(a).partition("#")
         out.append((version, digest))
     return out
+
+
+# -- alerts -------------------------------------------------------------------------------------------
+
+
+def receiver_hosts(spec: AlertsSpec) -> dict[str, str]:
+    """Each alert receiver as a page may name it: scheme and host only. A webhook's user info, path or
+    query may hold its token (Slack's path does), so none of them is shown; the HMAC secret is never read."""
+    out = {}
+    for name, receiver in spec.receivers.items():
+        url = urlsplit(receiver.url)
+        host = url.hostname or "?"
+        out[name] = f"{url.scheme}://{host}" + (f":{url.port}" if url.port else "")
+    return out
+
+
+RANK = {"firing": 0, "pending": 1, "ok": 2}
+
+
+def ranked(states: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rules firing first, then pending, then ok (file order within each); subjects likewise."""
+    rules = [
+        rule | {"subjects": sorted(rule["subjects"], key=lambda s: RANK.get(s["state"], 3))}
+        for rule in states["rules"]
+    ]
+    return sorted(rules, key=lambda rule: RANK.get(rule["state"], 3))
+
+
+def firing(states: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rules that fire, each with its firing subjects only (for the banner on the operator page)."""
+    out = []
+    for rule in states["rules"]:
+        subjects = [s for s in rule["subjects"] if s["state"] == "firing"]
+        if subjects:
+            out.append(rule | {"subjects": subjects})
+    return out
+
+
+# -- rollouts -----------------------------------------------------------------------------------------
+
+RECENT_ROLLOUTS = 20  # ended rollouts shown after the live ones
+
+
+@dataclass
+class RolloutView:
+    rollout: dict[str, Any]  # the rollout service's record (its last check included)
+    share_now: float  # the candidate's share of callers now (the schedule applied; 0 unless serving)
+    audit: list[AuditEntry]  # its rollout.* audit entries, oldest first: start, activate, the decision
+
+    @property
+    def check(self) -> dict[str, Any]:
+        return self.rollout.get("last_check") or {}
+
+
+def _share_now(record: dict[str, Any], now: datetime) -> float:
+    if record["state"] not in LIVE or record["activated_at"] is None:
+        return 0.0
+    steps = tuple(
+        sorted((float(s["after_s"]), float(s["share"])) for s in record["spec"].get("schedule", []))
+    )
+    live = LiveRollout(
+        record["id"],
+        record["kind"],
+        record["name"],
+        record["alias"],
+        record["control_version"],
+        record["candidate_version"],
+        record["share"],
+        steps,
+        datetime.fromisoformat(record["activated_at"]),
+        record["state"] != "awaiting_approval",
+    )
+    return live.share_at(now)
+
+
+def rollout_views(engine: Engine, service: RolloutService, audit_limit: int = 2000) -> list[RolloutView]:
+    """Live rollouts, then the newest ended ones, each with its current share and its audit evidence
+    (the rollback, promotion or hold carries each metric's arm means, sample sizes, test and p-value)."""
+    records = service.list_rollouts()
+    shown = [r for r in records if r["state"] in LIVE]
+    shown += [r for r in records if r["state"] not in LIVE][:RECENT_ROLLOUTS]
+    entries: dict[str, list[AuditEntry]] = defaultdict(list)
+    if shown:
+        with Session(engine) as s:
+            q = (
+                select(AuditEntry)
+                .where(AuditEntry.action.like("rollout.%"))
+                .order_by(AuditEntry.seq.desc())
+                .limit(audit_limit)
+            )
+            for entry in s.scalars(q):
+                rollout_id = (entry.after or {}).get("rollout")
+                if isinstance(rollout_id, str):
+                    entries[rollout_id].insert(0, entry)
+            s.expunge_all()
+    now = utcnow()
+    return [RolloutView(r, _share_now(r, now), entries.get(r["id"], [])) for r in shown]

@@ -2,8 +2,9 @@
 
 Pages, in the order of who they serve: approvals (a pending promotion's diffs, eval evidence and checks,
 approve or reject), risk (drift, fairness, accuracy, policy decisions, the audit chain), operator (per
-version traffic and latency, a request search, one request's lineage), artifacts (versions, aliases,
-diffs, eval runs, promotion history). Every page needs a signed-in key with a governance role (the admin
+version traffic and latency, the alerts firing, a request search, one request's lineage), alerts (each
+rule's state per subject, its figure against the threshold, its notices), rollouts (arms, tests,
+decisions and their audit evidence), artifacts (versions, aliases, diffs, eval runs, promotion history). Every page needs a signed-in key with a governance role (the admin
 API's check, `require_reader`); approve and reject go through the promotion service the CLI and the admin
 API use, so its roles and four-eyes rules apply unchanged. Charts are uPlot, served from
 /ui/static/vendor (no CDN); the only script of our own (static/charts.js) draws them.
@@ -26,10 +27,12 @@ from markupsafe import Markup
 from gateway import kinds
 from gateway.api.admin import bad_value, promotions_of, require_reader
 from gateway.api.deps import call_for, gateway_of
+from gateway.api.rollouts import rollouts_of
 from gateway.db.generation import utcnow
 from gateway.errors import InvalidRequest, NotFound, OpsgateError
 from gateway.evaluation.online import rolling_means_from_db
 from gateway.keys import Principal
+from gateway.monitoring.alerting import AlertEngine
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionStore
 from gateway.registry.views import artifact_detail, artifact_list, resolve_record
@@ -59,6 +62,8 @@ _env.filters["diff_lines"] = data.diff_lines
 _env.filters["ms"] = lambda v: "-" if v is None else f"{v:,.1f}"
 _env.filters["num"] = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"
 _env.filters["prepend"] = lambda v, prefix: f"{prefix}{v}"
+_env.filters["figure"] = lambda v: "-" if v is None else f"{v:.4g}"
+_env.filters["iso"] = lambda v: v[:19].replace("T", " ") if v else "-"
 _env.filters["when"] = lambda v: v.strftime("%Y-%m-%d %H:%M:%S") if v else "-"
 
 
@@ -87,6 +92,8 @@ _SECTIONS = {
     "risk.html": "risk",
     "operator.html": "operator",
     "request.html": "operator",
+    "alerts.html": "alerts",
+    "rollouts.html": "rollouts",
     "artifacts.html": "artifacts",
     "artifact.html": "artifacts",
     "diff.html": "artifacts",
@@ -391,9 +398,41 @@ def operator(request: Request, request_id: str = "", artifact: str = "", status:
             latency_chart=data.chart_series(versions, "p95"),
             found=found,
             searched=searched,
+            firing=data.firing(_alerting(request).states()),
             q={"request_id": request_id, "artifact": artifact, "status": status},
             title="Operations",
         )
+
+    return _page(request, render)
+
+
+@router.get("/alerts")
+def alerts(request: Request) -> Response:
+    def render(viewer: Viewer) -> Response:
+        alerting = _alerting(request)
+        states = alerting.states()
+        spec, _ = alerting.rules()
+        counts = {
+            state: sum(r["state"] == state for r in states["rules"]) for state in ("firing", "pending", "ok")
+        }
+        return _html(
+            "alerts.html",
+            viewer=viewer,
+            states=states,
+            ranked=data.ranked(states),
+            counts=counts,
+            receivers=data.receiver_hosts(spec),
+            title="Alerts",
+        )
+
+    return _page(request, render)
+
+
+@router.get("/rollouts")
+def rollouts(request: Request) -> Response:
+    def render(viewer: Viewer) -> Response:
+        views = data.rollout_views(_engine(request), rollouts_of(request))
+        return _html("rollouts.html", viewer=viewer, views=views, title="Rollouts")
 
     return _page(request, render)
 
@@ -486,3 +525,11 @@ def _engine(request: Request) -> Any:
     if parts is None:
         raise NotFound("the gateway is starting; try again in a moment")
     return parts.engine
+
+
+def _alerting(request: Request) -> AlertEngine:
+    alerting = getattr(request.app.state, "alerting", None)
+    if alerting is None:
+        raise NotFound("the gateway is starting; try again in a moment")
+    assert isinstance(alerting, AlertEngine)
+    return alerting

@@ -285,3 +285,31 @@ def test_a_rule_added_again_goes_on_counting_its_episodes(engine: Engine) -> Non
             (n.event, n.episode) for n in s.scalars(select(AlertNotification).order_by(AlertNotification.id))
         ]
     assert notices == [("firing", 1), ("resolved", 1), ("firing", 2)]
+
+
+def test_states_give_each_receivers_newest_notice_of_the_episode_and_the_threshold(engine: Engine) -> None:
+    """What /admin/alerts and the dashboard show: per receiver (by name only) the newest notice of the
+    subject's episode, after one delivery went through and one was given up."""
+    spec = AlertsSpec.model_validate(
+        {
+            "receivers": {
+                "a": {"url": "http://127.0.0.1:9/hook?token=t", "retries": 0},
+                "b": {"url": "http://127.0.0.1:9/other", "retries": 0},
+            },
+            "rules": [{"name": "errs", "metric": "error_rate", "threshold": 0.5, "receivers": ["b", "a"]}],
+        }
+    )
+    _rows(engine, [{"status": 500, "ts": NOW - timedelta(seconds=30)}])
+    alerting = AlertEngine(engine, spec)
+    assert alerting.evaluate(NOW)[0]["to"] == "firing"
+    first, second = alerting.claim_due(spec, NOW)
+    alerting.record(spec, first, None, NOW)  # b: sent
+    alerting.record(spec, second, "connection refused", NOW)  # a: no retries left
+    [rule] = alerting.states()["rules"]
+    assert (rule["op"], rule["threshold"], rule["window_s"]) == (">", 0.5, 300.0)
+    [subject] = rule["subjects"]
+    assert subject["deliveries"] == [
+        {"receiver": "a", "event": "firing", "status": "failed", "attempts": 1, "sent_at": None},
+        {"receiver": "b", "event": "firing", "status": "sent", "attempts": 1, "sent_at": NOW.isoformat()},
+    ]
+    assert "token" not in str(rule)

@@ -5,24 +5,28 @@ labels on the approval flow, and a screenshot of each page (test-artifacts/ui/, 
 
 One gateway for the module: a RAG prompt `kbqa` (template in a referenced file) on a router whose first
 deployment fails once (a fallback), v1 served; v2 committed by Alice, evaluated against v1 and requested
-for production by Carol (a prompt engineer); Bob (an approver) decides.
+for production by Carol (a prompt engineer); Bob (an approver) decides. Alert rules watch a `broken`
+router (its errors fire a rule) and `tagged`'s latency (stays ok); a canary rollout of kbqa v2 on an
+unprotected alias shows its arms, its check and its promotion's audit evidence.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from aiohttp import web
 
 from tests.conftest import GatewayFactory, ProjectFactory
-from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, commit_project, deployment
+from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, commit_project, deployment, free_port
 from tests.fakes.upstream import FakeUpstream, Hit
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
@@ -46,6 +50,32 @@ rules:
       - {type: injection, mode: flag}
       - {type: token_cap, max_input_tokens: 8000}
 """
+# alert rules: the `broken` router's errors fire at once; nothing listens at the receiver's port, so its
+# notice fails (no retry). Its url's query and its HMAC secret must never reach a page.
+RECEIVER_PORT = free_port()
+RECEIVER_TOKEN = "hook-token-never-shown"
+HMAC_SECRET = "hmac-secret-never-shown"
+ALERTS = f"""\
+evaluate_every_s: 0.3
+receivers:
+  oncall: {{url: "http://127.0.0.1:{RECEIVER_PORT}/hook?token={RECEIVER_TOKEN}", secret_env: UI_ALERT_SECRET, retries: 0}}
+rules:
+  - name: broken-errors
+    description: the broken router answers errors
+    metric: error_rate
+    artifact: router:broken
+    window: 5m
+    threshold: 0.5
+    min_samples: 2
+    severity: critical
+    receivers: [oncall]
+  - name: tagged-latency
+    metric: latency_ms
+    percentile: 99
+    artifact: router:tagged
+    window: 5m
+    threshold: 60000
+"""
 FILES = {
     "config/gateway.yaml": FAST_GATEWAY_YAML,
     "config/policies.yaml": POLICY,
@@ -57,6 +87,7 @@ FILES = {
     "kb/shipping.md": "# Shipping\nOrders ship within two days.\n",
     "evals/kbqa_tags.yaml": "name: kbqa_tags\ntarget: prompt:kbqa@production\ndataset: evals/kbqa.jsonl\n"
     "metrics: [string_presence]\n",
+    "config/alerts.yaml": ALERTS,
     "evals/kbqa.jsonl": '{"id": "ship", "question": "How fast do orders ship?", "reference": "TAG-ONE"}\n'
     '{"id": "bill", "question": "Who answers billing questions?", "reference": "TAG-ONE"}\n'
     '{"id": "other", "question": "Anything else?", "reference": "context"}\n',
@@ -99,9 +130,10 @@ def gw(
             ]
         },
         "vectors": {"kind": "embedding", "deployments": [deployment("up", fake_upstream.url("ok"))]},
+        "broken": {"deployments": [deployment("up", fake_upstream.url("500-ui"))]},
     }
     project = project_factory(routers, files=FILES)
-    with gateway_factory(project) as gateway:
+    with gateway_factory(project, env={"UI_ALERT_SECRET": HMAC_SECRET}) as gateway:
         yield gateway
 
 
@@ -506,3 +538,155 @@ def test_bad_input_gets_an_html_error_page_with_its_status(gw: GatewayProcess, w
             r.status_code == 403 and "csrf_failed" in r.text
         )  # not a form of ours: refused, signed in still
         assert http.get("/ui/approvals").status_code == 200
+
+
+# -- alerts and rollouts ------------------------------------------------------------------------------
+
+
+def _alert_subject(gw: GatewayProcess, rule: str, done: Any, timeout: float = 10) -> dict[str, Any]:
+    """Poll /admin/alerts until `done(subject)` holds for one of the rule's subjects."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with gw.http() as api:
+            rules = {r["name"]: r for r in api.get("/admin/alerts", headers=gw.auth()).json()["rules"]}
+        found = [s for s in rules[rule]["subjects"] if done(s)]
+        if found or time.monotonic() > deadline:
+            assert found, rules[rule]
+            return dict(found[0])
+        time.sleep(0.1)
+
+
+def test_a_rule_fired_by_failing_traffic_shows_as_firing_with_its_failed_notice_and_no_secret(
+    gw: GatewayProcess, world: dict[str, Any]
+) -> None:
+    with gw.http() as http:
+        assert http.get("/ui/alerts").headers["location"] == "/ui/login?next=%2Fui%2Falerts"
+    client = gw.client(max_retries=0)
+    for _ in range(3):
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}])
+        assert failed.value.status_code == 502
+    # the receiver refuses the connection and has no retries: the notice ends failed after one attempt
+    _alert_subject(gw, "broken-errors", lambda s: s["state"] == "firing" and s["deliveries"])
+    subject = _alert_subject(
+        gw, "broken-errors", lambda s: [d["status"] for d in s["deliveries"]] == ["failed"]
+    )
+    assert subject["subject"] == "router:broken@1" and subject["value"] == 1.0
+    with gw.http() as http:
+        sign_in(http, world["bob"])
+        page = http.get("/ui/alerts").text
+        operator = http.get("/ui/operator").text
+    assert (
+        '<p id="alert-summary" role="status">1 firing, 0 pending, 1 ok: 2 rules from <code>alert:alerts@1</code>'
+        in page
+    )
+    rows = re.findall(r'<tr class="(\w+)">(.*?)</tr>', page, re.S)
+    assert [cls for cls, _ in rows] == ["firing", "ok"]  # firing first, highlighted
+    cells = [
+        re.sub(r"<[^>]+>", " ", c).split() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", rows[0][1], re.S)
+    ]
+    assert cells[:5] == [
+        ["firing"],
+        ["broken-errors", "the", "broken", "router", "answers", "errors"],
+        ["critical"],
+        ["router:broken@1"],
+        ["1", "(breached", "when", "&gt;", "0.5)"],
+    ]
+    assert " ".join(cells[5]) == "error_rate over 300s &gt; 0.5"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", " ".join(cells[6]))  # since
+    assert cells[7] == ["1"]  # the episode
+    assert " ".join(cells[8]) == f"oncall (http://127.0.0.1:{RECEIVER_PORT}): firing failed, 1 attempt"
+    assert "tagged-latency" in rows[1][1] and "router:tagged@1" in rows[1][1]
+    for secret in (RECEIVER_TOKEN, HMAC_SECRET, "/hook"):
+        assert secret not in page and secret not in operator
+    banner = re.search(r'<section id="alerts-firing".*?</section>', operator, re.S)
+    assert (
+        banner
+        and "<strong>broken-errors</strong> (critical) on router:broken@1: 1, breached when &gt; 0.5"
+        in banner.group(0)
+    )
+    assert '<a href="/ui/alerts">' in banner.group(0)
+
+
+def test_a_started_rollout_shows_its_arms_then_its_check_and_promotion_evidence(
+    gw: GatewayProcess, world: dict[str, Any]
+) -> None:
+    """kbqa v1 on the unprotected alias `canary`; v2 rolled out to half the callers, judged by error rate,
+    promoted after 2 candidate requests (max_sample) with no regression."""
+    with gw.http() as api:
+        r = api.post("/admin/promotions", json={"ref": "prompt:kbqa@1", "to": "canary"}, headers=gw.auth())
+        assert r.status_code == 201 and r.json()["state"] == "applied", r.text
+        body = {"kind": "prompt", "name": "kbqa", "alias": "canary", "candidate": 2, "share": 0.5,
+                "metrics": [{"metric": "error_rate"}], "min_sample": 2, "max_sample": 2, "interval_s": 3600,
+                "on_success": "promote", "reason": "new reply tag"}  # fmt: skip
+        r = api.post("/admin/rollouts", json=body, headers=gw.auth())
+        assert r.status_code == 201 and r.json()["state"] == "active", r.text
+        rollout = r.json()["id"]
+    time.sleep(0.6)  # the catalog sees the rollout within its refresh interval (0.2 s)
+    client = gw.client(max_retries=0)
+    served = set()
+    for i in range(16):
+        raw = client.chat.completions.with_raw_response.create(
+            model="prompt:kbqa@canary", messages=[{"role": "user", "content": "ship?"}], user=f"u{i}"
+        )
+        served.add(raw.headers["x-opsgate-versions"].split("#")[0])
+    assert served == {"prompt:kbqa@1", "prompt:kbqa@2"}  # both arms served
+
+    with gw.http() as http:
+        sign_in(http, world["bob"])
+        page = http.get("/ui/rollouts").text
+        card = re.search(rf'<section class="card rollout" id="{rollout}".*?</section>', page, re.S)
+        assert card, page
+        text = " ".join(re.sub(r"<[^>]+>", " ", card.group(0)).split())
+        assert "prompt:kbqa@canary: version 1 → 2 active" in text
+        assert "Baseline (control) prompt:kbqa@1 Candidate prompt:kbqa@2" in text
+        assert "Mode and share canary, 50% of callers; now 50%" in text
+        assert "Not checked yet." in text and "rollout.start" in text and "reason: new reply tag" in text
+
+        with gw.http() as api:
+            r = api.post(f"/admin/rollouts/{rollout}/check", headers=gw.auth())
+            assert r.status_code == 200 and r.json()["state"] == "promoted", r.text
+            arms = r.json()["requests"]
+        assert arms["control"] + arms["candidate"] == 16 and min(arms.values()) >= 2
+        page = http.get("/ui/rollouts").text
+    card = re.search(rf'<section class="card rollout" id="{rollout}".*?</section>', page, re.S)
+    text = " ".join(re.sub(r"<[^>]+>", " ", card.group(0)).split())
+    assert "prompt:kbqa@canary: version 1 → 2 promoted" in text and "now 0%" in text
+    n_control, n_candidate = arms["control"], arms["candidate"]
+    assert f"control {n_control} requests, candidate {n_candidate}; decision promoted" in text, text
+    assert re.search(rf"error_rate {n_control} {n_candidate} 0 0 0 msprt_rates 1 inconclusive", text), text
+    promote = re.search(r"rollout\.promote opsgate \(rollout evaluator\) (.*?)$", text)
+    assert promote, text
+    assert promote.group(1) == (
+        f"state promoted, alias on version 2; requests control {n_control}, candidate {n_candidate}"
+        f" error_rate: 0 → 0 (n {n_control}/{n_candidate}), msprt_rates p=1, inconclusive"
+    ), promote.group(1)
+
+
+def test_in_the_browser_the_firing_alert_is_linked_from_operations_and_the_rollout_listed(
+    gw: GatewayProcess, world: dict[str, Any], browser: Any
+) -> None:
+    """After the two tests above: a firing rule and a promoted rollout, reached from the navigation."""
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(10_000)
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+    page.goto(gw.root_url + "/ui/operator")
+    page.get_by_label("API key").fill(world["bob"])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/ui/operator")
+    assert page.get_by_role("heading", name="Alerts firing").is_visible()
+    page.get_by_role("link", name="All alert rules and their notices").click()
+    page.wait_for_url("**/ui/alerts")
+    assert page.get_by_role("link", name="Alerts").get_attribute("aria-current") == "page"
+    firing = page.locator("#alerts tr.firing")
+    assert firing.count() == 1 and "broken-errors" in firing.inner_text()
+    assert firing.evaluate("e => getComputedStyle(e).fontWeight") == "600"  # highlighted
+    page.screenshot(path=str(ARTIFACTS / "12-alerts.png"), full_page=True)
+    page.get_by_role("link", name="Rollouts").click()
+    page.wait_for_url("**/ui/rollouts")
+    assert page.get_by_role("heading", name=re.compile(r"prompt:kbqa@canary: version 1 → 2")).is_visible()
+    page.screenshot(path=str(ARTIFACTS / "13-rollouts.png"), full_page=True)
+    page.close()
+    assert problems == []
