@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ConfigDict, Field
 
 from gateway.api.admin import Caller, Reader, clean_inputs
+from gateway.api.deps import gateway_of
 from gateway.api.openapi_spec import ADMIN_ERRORS, error_responses
 from gateway.api_requests import StrictBody
 from gateway.registry.promotion import PromotionService
@@ -49,7 +50,15 @@ def list_rollouts(request: Request, _: Reader, live: bool = False) -> list[dict[
 
 @router.get("/{rollout_id}", summary="One rollout with its last check (figures, sample sizes, test)")
 def status(request: Request, _: Reader, rollout_id: str) -> dict[str, Any]:
-    return _service(request).get(rollout_id)
+    return _with_shadow(request, _service(request).get(rollout_id))
+
+
+def _with_shadow(request: Request, record: dict[str, Any]) -> dict[str, Any]:
+    """A shadow rollout's calls as this replica counts them: sampled, started, dropped (the bound
+    `rollouts.shadow_max_in_flight` was reached), failed, in flight."""
+    if record["mode"] == "shadow":
+        record["shadow"] = gateway_of(request).shadows.stats_for(record["id"])
+    return record
 
 
 @router.post("/{rollout_id}/check", summary="Evaluate now (the background evaluator does it every interval)")

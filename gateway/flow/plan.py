@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.api_requests import ChatRequest
+from gateway.db.generation import utcnow
 from gateway.errors import InvalidFields, InvalidRequest, ModelNotFound
 from gateway.flow.call import Call
+from gateway.flow.shadow import Pin, ShadowOrder
 from gateway.prompts.render import check_variables
 from gateway.prompts.spec import PromptSpec
 from gateway.registry.refs import Ref, parse_ref
@@ -121,13 +123,25 @@ class Resolver:
         self, call: Call, request: ChatRequest | None, kind: str, name: str, selector: str | None
     ) -> VersionRecord:
         """A version by number or alias; an alias under a live rollout serves the caller's arm
-        (sticky per key principal and `user`), and the log row says which (`extra.rollout`)."""
+        (sticky per key principal and `user`), and the log row says which (`extra.rollout`). A request
+        sampled by a shadow rollout leaves its shadow order on the call; a shadow call is pinned to the
+        candidate (gateway/flow/shadow.py)."""
+        pin = call.pin
+        if pin is not None:
+            if (pin.kind, pin.name) != (kind, name):
+                return self.catalog.resolve(kind, name, selector)
+            call.extra["rollout"] = {"id": pin.rollout_id, "arm": "shadow", "target": f"{kind}:{name}"}
+            return self.catalog.resolve(kind, name, str(pin.version))
         principal = call.principal.principal if call.principal is not None else "anonymous"
         user = request.end_user if request is not None else None
         caller = f"{principal}:{user}" if user else principal
-        record, arm = self.catalog.resolve_for(kind, name, selector, caller)
-        if arm is not None:
-            call.extra["rollout"] = {"id": arm[0], "arm": arm[1], "target": f"{kind}:{name}"}
+        record, assigned = self.catalog.resolve_for(kind, name, selector, caller)
+        if assigned is not None:
+            call.extra["rollout"] = tag = assigned.tag(kind, name)
+            live = assigned.rollout
+            if request is not None and live.shadowed(call.request_id, utcnow()):
+                tag["shadowed"] = True
+                call.shadow = ShadowOrder(Pin(kind, name, live.candidate, live.id), request.body)
         return record
 
     def _router(self, call: Call, record: VersionRecord, kind: str) -> Router:

@@ -28,7 +28,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 from sqlalchemy import Engine, select, update
@@ -77,8 +77,12 @@ class RolloutSpec(StrictModel):
     name: str
     alias: str = "production"
     candidate: int = Field(ge=1)
-    mode: Literal["canary"] = Field("canary", description="canary (shadow mode is not implemented yet).")
-    share: float = Field(0.1, gt=0, le=1)
+    mode: Literal["canary", "shadow"] = Field(
+        "canary",
+        description="canary: `share` of callers are served the candidate; shadow: every caller is served the"
+        " control, and the candidate also answers a `share` of requests off the request path (never returned).",
+    )
+    share: float = Field(0.1, gt=0, le=1, description="canary: share of callers; shadow: share of requests.")
     schedule: list[Step] = Field(default_factory=list)
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(metric="error_rate")], min_length=1)
     min_sample: int = Field(100, ge=2, description="Per arm, before any verdict.")
@@ -106,6 +110,7 @@ class LiveRollout:
     schedule: tuple[tuple[float, float], ...]
     activated_at: datetime
     active: bool = True  # False while awaiting approval: everyone gets the control
+    mode: str = "canary"  # shadow: the live answer is always the control's
 
     def share_at(self, now: datetime) -> float:
         if not self.active:
@@ -118,11 +123,29 @@ class LiveRollout:
         return share
 
     def arm_for(self, caller: str, now: datetime) -> str:
+        if self.mode == "shadow":
+            return "control"
         return "candidate" if bucket(self.id, caller) < self.share_at(now) else "control"
+
+    def shadowed(self, request_id: str, now: datetime) -> bool:
+        """Whether the candidate also answers this request off the path (shadow mode): a deterministic
+        sample of requests, the share following the schedule like a canary's."""
+        return self.mode == "shadow" and bucket(self.id, request_id) < self.share_at(now)
 
     def version_for(self, caller: str, now: datetime) -> tuple[int, str]:
         arm = self.arm_for(caller, now)
         return (self.candidate if arm == "candidate" else self.control), arm
+
+
+class Assignment(NamedTuple):
+    """Which arm of a live rollout serves a request."""
+
+    rollout: LiveRollout
+    arm: str
+
+    def tag(self, kind: str, name: str) -> dict[str, Any]:
+        """What the log row says (`extra.rollout`): the evaluator reads the arms from it."""
+        return {"id": self.rollout.id, "arm": self.arm, "target": f"{kind}:{name}"}
 
 
 def bucket(rollout_id: str, caller: str) -> float:
@@ -150,6 +173,7 @@ def load_live(session: Session) -> dict[tuple[str, str, str], LiveRollout]:
             steps,
             as_utc(row.activated_at or row.started_at),
             row.state != AWAITING,
+            row.mode,
         )
     return out
 
@@ -510,6 +534,8 @@ def _read_arms(session: Session, row: Rollout, spec: RolloutSpec) -> dict[str, l
         if not isinstance(tag, dict) or tag.get("id") != row.id or 400 <= status < 500:
             continue
         arm = tag.get("arm")
+        if arm == "shadow":  # a shadow rollout's candidate answers: judged like a canary's
+            arm = "candidate"
         if arm in arms:
             arms[arm].append(_Row(rid, status, latency, cost))
     return arms

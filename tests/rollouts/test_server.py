@@ -264,7 +264,7 @@ def test_bad_rollout_requests_get_clear_errors(gw: tuple[GatewayProcess, dict[st
     base = {"kind": "router", "name": "worse", "candidate": 2}
     cases = [
         (base | {"share": 3}, keys["engineer"], 422, "share"),
-        (base | {"mode": "shadow"}, keys["engineer"], 422, "mode"),
+        (base | {"mode": "mirror"}, keys["engineer"], 422, "mode"),
         (base | {"alias": "latest"}, keys["engineer"], 400, "latest"),
         (base | {"candidate": 99}, keys["engineer"], 404, "worse@99"),
         (base | {"name": "nope"}, keys["engineer"], 409, "does not exist"),
