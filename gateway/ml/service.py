@@ -311,15 +311,20 @@ class MLService:
         except Exception as exc:
             raise ModelUnavailable(f"{record.ref} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
-    def resolve(self, call: Call, target: str) -> VersionRecord:
+    def resolve(self, call: Call, target: str, *, user: str | None = None) -> VersionRecord:
+        """The version a request is served: an alias under a live canary rollout serves the caller's arm
+        (sticky per key principal and the body's `user`), and the log row says which (`extra.rollout`)."""
         ref = parse_ref(target, default_kind="model", param="model")
         call.model = target  # a valid reference only: the log row and metrics never carry arbitrary text
         if ref.kind != "model":
             raise ModelNotFound(
                 f"{target!r} is not a model; use name, name@VERSION or name@ALIAS", param="model"
             )
-        record = self.catalog.resolve("model", ref.name, ref.selector)
         assert call.principal is not None
+        caller = f"{call.principal.principal}:{user}" if user else call.principal.principal
+        record, assigned = self.catalog.resolve_for("model", ref.name, ref.selector, caller)
+        if assigned is not None:
+            call.extra["rollout"] = assigned.tag("model", record.name)
         if not call.principal.may_call("model", record.name):
             raise PermissionDenied(
                 f"this key may not call model:{record.name} (its allow list does not include it)",

@@ -36,13 +36,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.db.generation import as_utc, bump_generation, utcnow
-from gateway.db.models import Alias, ArtifactVersion, OnlineEvalScore, Promotion, RequestLog, Rollout
+from gateway.db.models import Alias, ArtifactVersion, Promotion, Rollout
 from gateway.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from gateway.keys import Principal
 from gateway.registry import audit
 from gateway.registry.promotion import APPLIED, REJECTED, PromotionService
 from gateway.registry.store import LATEST, set_alias
-from gateway.rollouts.stats import Arm, Direction, TestResult, msprt_means, msprt_rates
+from gateway.rollouts.judge import BUILTIN_METRICS, judge, read_arms
+from gateway.rollouts.stats import Direction, TestResult
 from gateway.yamlspec import StrictModel
 
 AWAITING, ACTIVE = "awaiting_approval", "active"
@@ -55,7 +56,6 @@ ROLLED_BACK, PROMOTED, HELD, STOPPED, REJECTED_STATE = (
 )
 LIVE = (AWAITING, ACTIVE, HELD)
 SYSTEM_ACTOR = "opsgate (rollout evaluator)"
-BUILTIN_METRICS: dict[str, Direction] = {"error_rate": "higher", "latency_ms": "higher", "cost_usd": "higher"}
 
 
 class Step(StrictModel):
@@ -64,7 +64,10 @@ class Step(StrictModel):
 
 
 class MetricSpec(StrictModel):
-    metric: str = Field(description="error_rate, latency_ms, cost_usd, or an online eval metric name.")
+    metric: str = Field(
+        description="error_rate, latency_ms, latency_p50|p95|p99, cost_usd; for classic models accuracy,"
+        " abs_error, prediction_drift; or an online eval metric name (gateway/rollouts/judge.py)."
+    )
     direction: Direction | None = Field(None, description="Which way is worse (default: by metric).")
 
     @property
@@ -435,14 +438,16 @@ class RolloutService:
             row = s.get(Rollout, rollout_id)
             assert row is not None
             spec = RolloutSpec.model_validate(row.spec)
-            arms = _read_arms(s, row, spec)
-            results = [_judge(s, m, arms, spec) for m in spec.metrics]
+            arms = read_arms(s, row.id, row.activated_at or row.started_at)
+            judged = [
+                judge(s, m.metric, m.worse, arms, alpha=spec.alpha, min_sample=spec.min_sample)
+                for m in spec.metrics
+            ]
+        results = [j.result for j in judged]
         evidence = {
             "checked_at": (now or utcnow()).isoformat(),
             "requests": {"control": len(arms["control"]), "candidate": len(arms["candidate"])},
-            "tests": [
-                r.as_evidence() | {"metric": m.metric} for m, r in zip(spec.metrics, results, strict=True)
-            ],
+            "tests": [j.evidence(m.metric) for m, j in zip(spec.metrics, judged, strict=True)],
         }
         worse = [r for r in results if r.verdict == "worse"]
         decision = "continue"
@@ -512,74 +517,6 @@ def _require_version(session: Session, kind: str, name: str, version: int) -> No
     ).first()
     if found is None:
         raise NotFound(f"{kind}:{name}@{version} does not exist (see `opsgate show {kind}:{name}`)")
-
-
-@dataclass(frozen=True)
-class _Row:
-    id: str
-    status: int
-    latency_ms: float
-    cost_usd: float | None
-
-
-def _read_arms(session: Session, row: Rollout, spec: RolloutSpec) -> dict[str, list[_Row]]:
-    """The log rows of each arm since activation. Client errors (4xx) say nothing about the version."""
-    arms: dict[str, list[_Row]] = {"control": [], "candidate": []}
-    since = row.activated_at or row.started_at
-    q = select(
-        RequestLog.id, RequestLog.status, RequestLog.latency_ms, RequestLog.cost_usd, RequestLog.extra
-    ).where(RequestLog.ts >= since)
-    for rid, status, latency, cost, extra in session.execute(q):
-        tag = (extra or {}).get("rollout")
-        if not isinstance(tag, dict) or tag.get("id") != row.id or 400 <= status < 500:
-            continue
-        arm = tag.get("arm")
-        if arm == "shadow":  # a shadow rollout's candidate answers: judged like a canary's
-            arm = "candidate"
-        if arm in arms:
-            arms[arm].append(_Row(rid, status, latency, cost))
-    return arms
-
-
-def _scores(session: Session, ids: list[str], metric: str) -> list[float]:
-    out: list[float] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        q = select(OnlineEvalScore.score).where(
-            OnlineEvalScore.request_id.in_(chunk),
-            OnlineEvalScore.metric == metric,
-            OnlineEvalScore.score.is_not(None),
-        )
-        out.extend(float(v) for v in session.scalars(q) if v is not None)
-    return out
-
-
-def _judge(
-    session: Session, metric: MetricSpec, arms: dict[str, list[_Row]], spec: RolloutSpec
-) -> TestResult:
-    control, candidate = arms["control"], arms["candidate"]
-    opts: dict[str, Any] = {"alpha": spec.alpha, "direction": metric.worse, "min_sample": spec.min_sample}
-    if metric.metric == "error_rate":
-        return msprt_rates(
-            Arm.from_counts(len(control), sum(r.status >= 500 for r in control)),
-            Arm.from_counts(len(candidate), sum(r.status >= 500 for r in candidate)),
-            **opts,
-        )
-    if metric.metric in ("latency_ms", "cost_usd"):
-
-        def values(rows: list[_Row]) -> list[float]:
-            got = [
-                r.latency_ms if metric.metric == "latency_ms" else r.cost_usd for r in rows if r.status < 400
-            ]
-            return [float(v) for v in got if v is not None]
-
-        return msprt_means(Arm.from_values(values(control)), Arm.from_values(values(candidate)), **opts)
-    # an online eval metric: the scores of the sampled requests of each arm
-    return msprt_means(
-        Arm.from_values(_scores(session, [r.id for r in control], metric.metric)),
-        Arm.from_values(_scores(session, [r.id for r in candidate], metric.metric)),
-        **opts,
-    )
 
 
 def _succeeded(results: list[TestResult], spec: RolloutSpec, candidate_n: int) -> bool:
