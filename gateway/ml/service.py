@@ -147,6 +147,7 @@ class MLService:
         self._failed: dict[Key, tuple[float, OpsgateError]] = {}
         self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (name, version)
         self._monitor_task: asyncio.Task[None] | None = None
+        self.scheduler = self._scheduler()
         # Preloads started before the first request: /readyz waits for them, so a replica takes no traffic
         # while its models (and skops, ~10 s to import on a cold machine) are still loading. None once warm.
         self._warming: set[asyncio.Task[ServedModel]] | None = set()
@@ -177,12 +178,28 @@ class MLService:
 
     # -- life cycle ------------------------------------------------------------------------------------
 
+    def _scheduler(self) -> Any:
+        """Scheduled pipeline runs (gateway/ml/pipelines/schedule.py), started through the same runner as
+        drift-triggered ones; None when `ml.pipelines.schedule_tick_s` is 0."""
+        trigger = self.monitor.pipelines
+        if trigger is None or self.config.pipelines.schedule_tick_s <= 0:
+            return None
+        from gateway.ml.pipelines.schedule import PipelineScheduler
+
+        return PipelineScheduler(
+            self.engine, trigger.start_run, tick_s=self.config.pipelines.schedule_tick_s, busy=trigger.running
+        )
+
     def start(self) -> None:
         self.writer.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         if self.config.monitor_interval_s > 0:
             self._monitor_task = asyncio.create_task(self._monitor_loop(), name="opsgate-ml-monitor")
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self._monitor_task is not None:
             self._monitor_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
