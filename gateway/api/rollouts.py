@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ConfigDict, Field
 
 from gateway.api.admin import Caller, Reader, clean_inputs
@@ -46,6 +46,17 @@ def start(request: Request, caller: Caller, body: RolloutBody) -> dict[str, Any]
 @router.get("", summary="List rollouts, newest first")
 def list_rollouts(request: Request, _: Reader, live: bool = False) -> list[dict[str, Any]]:
     return _service(request).list_rollouts(live_only=live)
+
+
+@router.get(
+    "/panel", summary="Dashboard panel data: live and recent rollouts, share now, last check per metric"
+)
+def panel(request: Request, _: Reader, limit: Annotated[int, Query(ge=0, le=200)] = 20) -> dict[str, Any]:
+    out = _service(request).panel(limit=limit)
+    for item in out["rollouts"]:
+        if item["mode"] == "shadow":
+            item["shadow"] = gateway_of(request).shadows.stats_for(item["id"])
+    return out
 
 
 @router.get("/{rollout_id}", summary="One rollout with its last check (figures, sample sizes, test)")

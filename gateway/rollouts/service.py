@@ -226,6 +226,34 @@ class RolloutService:
                 q = q.where(Rollout.state.in_(LIVE))
             return [record(r) for r in s.scalars(q)]
 
+    def panel(self, *, limit: int = 20, now: datetime | None = None) -> dict[str, Any]:
+        """What a dashboard panel shows: the live rollouts and the most recent ended ones, each with
+        its share now, its arms' versions and request counts, and one line per judging metric from the
+        last check (the same figures as the status API, flattened)."""
+        now = now or utcnow()
+        with Session(self.engine) as s:
+            live_rows = list(
+                s.scalars(select(Rollout).where(Rollout.state.in_(LIVE)).order_by(Rollout.started_at.desc()))
+            )
+            ended = list(
+                s.scalars(
+                    select(Rollout)
+                    .where(Rollout.state.not_in(LIVE))
+                    .order_by(Rollout.started_at.desc())
+                    .limit(limit)
+                )
+            )
+            live = load_live(s)
+        items = []
+        for row in [*live_rows, *ended]:
+            current = live.get((row.kind, row.name, row.alias))
+            items.append(
+                _panel_item(
+                    record(row), current if current is not None and current.id == row.id else None, now
+                )
+            )
+        return {"generated_at": now.isoformat(), "live": len(live_rows), "rollouts": items}
+
     # -- commands ------------------------------------------------------------------------------------
 
     def start(self, principal: Principal, spec: RolloutSpec) -> dict[str, Any]:
@@ -488,6 +516,39 @@ class RolloutService:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+
+
+def _panel_item(rec: dict[str, Any], live: LiveRollout | None, now: datetime) -> dict[str, Any]:
+    check = rec.get("last_check") or {}
+    return {
+        "id": rec["id"],
+        "target": f"{rec['kind']}:{rec['name']}@{rec['alias']}",
+        "mode": rec["mode"],
+        "state": rec["state"],
+        "control_version": rec["control_version"],
+        "candidate_version": rec["candidate_version"],
+        "share": rec["share"],
+        "share_now": live.share_at(now) if live is not None else 0.0,
+        "started_by": rec["started_by"],
+        "started_at": rec["started_at"],
+        "activated_at": rec["activated_at"],
+        "ended_at": rec["ended_at"],
+        "promotion_id": rec["promotion_id"],
+        "checked_at": check.get("checked_at"),
+        "decision": check.get("decision"),
+        "requests": check.get("requests", {"control": 0, "candidate": 0}),
+        "metrics": [
+            {
+                k: t.get(k)
+                for k in (
+                    "metric", "verdict", "mean_control", "mean_candidate", "value_control", "value_candidate",
+                    "n_control", "n_candidate", "p_value", "test", "alpha",
+                )
+                if k in t
+            }
+            for t in check.get("tests", [])
+        ],
+    }  # fmt: skip
 
 
 def _target(row: Rollout) -> str:

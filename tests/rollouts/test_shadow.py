@@ -196,3 +196,50 @@ def test_a_slow_candidate_does_not_slow_live_answers_and_the_bound_drops(
     [test] = r.json()["tests"]
     assert r.json()["state"] == "rolled_back" and test["verdict"] == "worse", r.json()
     assert test["metric"] == "latency_ms" and test["mean_candidate"] >= 300 > test["mean_control"]
+
+
+def test_the_panel_lists_live_and_ended_rollouts_with_their_last_checks(
+    gw: tuple[GatewayProcess, dict[str, str]],
+) -> None:
+    gateway, keys = gw
+    steps = [{"after_s": 0, "share": 0.5}, {"after_s": 3600, "share": 1.0}]
+    with gateway.http() as http:
+        r = http.post(
+            "/admin/rollouts",
+            json={"kind": "router", "name": "mirror", "candidate": 2, "share": 0.25, "schedule": steps},
+            headers=gateway.auth(keys["engineer"]),
+        )
+        assert r.status_code == 201, r.text
+        live_id = r.json()["id"]
+        panel = http.get("/admin/rollouts/panel", headers=gateway.auth())
+        assert panel.status_code == 200, panel.text
+        short = http.get("/admin/rollouts/panel", params={"limit": 1}, headers=gateway.auth()).json()
+        bad = http.get("/admin/rollouts/panel", params={"limit": 500}, headers=gateway.auth())
+        anonymous = http.get("/admin/rollouts/panel")
+    data = panel.json()
+    items = {i["id"]: i for i in data["rollouts"]}
+    assert data["live"] == 1 and data["rollouts"][0]["id"] == live_id
+    live = items[live_id]
+    assert live["state"] == "awaiting_approval" and live["share_now"] == 0.0  # not approved yet: nobody
+    assert live["target"] == "router:mirror@production" and live["mode"] == "canary"
+    ended = [i for i in data["rollouts"] if i["id"] != live_id]
+    assert {i["state"] for i in ended} == {"stopped", "rolled_back"} and all(
+        i["mode"] == "shadow" for i in ended
+    )
+    [rolled] = [i for i in ended if i["state"] == "rolled_back"]
+    assert rolled["decision"] == "rolled_back" and rolled["metrics"][0]["metric"] == "latency_ms"
+    assert rolled["metrics"][0]["verdict"] == "worse" and rolled["requests"]["candidate"] >= 3
+    assert rolled["shadow"]["dropped"] >= 15  # this replica's shadow counts, as in the status API
+    assert len(short["rollouts"]) == 2  # the live one, and one ended
+    assert bad.status_code in (400, 422) and "limit" in bad.text
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"]
+    with gateway.http() as http:
+        promotion = _status(gateway, live_id)["promotion_id"]
+        ok = http.post(
+            f"/admin/promotions/{promotion}/approve", json={}, headers=gateway.auth(keys["approver"])
+        )
+        assert ok.status_code == 200, ok.text
+        _wait(gateway, live_id, {"active"})
+        item = http.get("/admin/rollouts/panel", headers=gateway.auth()).json()["rollouts"][0]
+        assert item["id"] == live_id and item["state"] == "active" and item["share_now"] == 0.5
+        http.post(f"/admin/rollouts/{live_id}/stop", json={"reason": "done"}, headers=gateway.auth())
