@@ -36,7 +36,7 @@ def _line(r: dict[str, Any]) -> str:
     )
     return (
         f"{r['id']}  {r['kind']}:{r['name']}@{r['alias']}  {r['control_version']} -> {r['candidate_version']}"
-        f"  share {r['share']:.0%}  {r['state']}"
+        f"  share {r['share']:.0%}{' shadow' if r.get('mode') == 'shadow' else ''}  {r['state']}"
         + (f"  n={check['requests']['control']}/{check['requests']['candidate']}" if check else "")
         + (f"  [{tests}]" if tests else "")
         + (

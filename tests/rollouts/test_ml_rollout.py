@@ -90,6 +90,10 @@ def test_a_worse_model_is_rolled_back_on_feedback_accuracy(
         "metrics": [{"metric": "accuracy"}, {"metric": "prediction_drift"}, {"metric": "latency_p95"}],
     }
     with gateway.http() as http:
+        shadow = http.post(
+            "/admin/rollouts", json=body | {"mode": "shadow"}, headers=gateway.auth(keys["engineer"])
+        )
+        assert shadow.status_code == 400 and "canary" in shadow.json()["error"]["message"], shadow.text
         r = http.post("/admin/rollouts", json=body, headers=gateway.auth(keys["engineer"]))
         assert r.status_code == 201, r.text
         started = r.json()

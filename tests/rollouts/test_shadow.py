@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from aiohttp import web
 
@@ -89,6 +90,19 @@ def _ask(http: httpx.Client, gw: GatewayProcess, key: str, model: str, i: int) -
     return http.post("/v1/chat/completions", json=body, headers=gw.auth(key))
 
 
+def _ask_streamed(http: httpx.Client, gw: GatewayProcess, key: str, model: str, i: int) -> tuple[str, str]:
+    """A streamed request: its request id and the text its chunks carried."""
+    body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}], "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body, headers=gw.auth(key)) as r:
+        assert r.status_code == 200
+        text = ""
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                for choice in orjson.loads(line[6:]).get("choices") or []:
+                    text += (choice.get("delta") or {}).get("content") or ""
+        return r.headers["x-opsgate-request-id"], text
+
+
 def _shadow_rows(gw: GatewayProcess, rollout_id: str, want: int, timeout: float = 10) -> list[dict[str, Any]]:
     """The shadow rows of a rollout, read from the database, once there are `want` of them."""
     from sqlalchemy import select
@@ -117,9 +131,15 @@ def test_shadow_answers_are_logged_never_returned_and_count_against_no_limit(
     gateway, keys = gw
     started = _start_shadow(gateway, keys, "mirror", min_sample=1000, interval_s=3600)
     before = fake_upstream.count("shadowcand-0")
-    live_ids = []
+    live_ids, streamed = [], []
     with gateway.http() as http:
         for i in range(30):  # the key's whole minute: rpm 30
+            if i % 10 == 9:  # a streamed live answer is shadowed too, once its stream has ended
+                rid, text = _ask_streamed(http, gateway, keys["app"], "mirror", i)
+                assert text == f"echo: question {i}"
+                live_ids.append(rid)
+                streamed.append(rid)
+                continue
             r = _ask(http, gateway, keys["app"], "mirror", i)
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["message"]["content"] == f"echo: question {i}"  # the control's echo
@@ -144,6 +164,8 @@ def test_shadow_answers_are_logged_never_returned_and_count_against_no_limit(
         }  # fmt: skip
         assert [a.split("#")[0] for a in source["artifacts"]] == ["router:mirror@1"]
         assert not any(d.get("verdict") == "blocked" for d in row["decisions"])
+        assert row["stream"] is False  # read whole, then dropped
+    assert {r["extra"]["shadow_of"] for r in rows} & set(streamed)
     # no shadow call is in the request metrics: only the caller's 31 requests are
     counted = [line for line in gateway.metrics().splitlines() if line.startswith("opsgate_requests_total{")]
     live_lines = [line for line in counted if 'artifact="router:mirror@1"' in line]
