@@ -96,7 +96,11 @@ class Resolver:
                     f"prompt {spec.name!r} needs retrieval, which this gateway was built without",
                     code="retrieval_unavailable",
                 )
-            index = self.retriever.resolve(spec.retrieval.index, spec.name)
+            index = self.retriever.resolve(
+                spec.retrieval.index,
+                spec.name,
+                lambda kind, name, selector: self._resolve(call, request, kind, name, selector),
+            )
             call.add(index.ref)
             selector = parse_ref(spec.retrieval.index, default_kind="index").selector
             asked.append(Asked(index, selector, False, True))

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.ml.pipelines import catalog
-from gateway.ml.pipelines.schedule import ScheduleSpec
+from gateway.ml.pipelines.cron import ScheduleSpec
 from gateway.ml.spec import (
     AccuracySpec,
     DataQualitySpec,

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from gateway.db.engine import make_engine, migrate
 from gateway.db.generation import utcnow
-from gateway.ml.pipelines.schedule import Cron, ScheduleSpec, claim_slot
+from gateway.ml.pipelines.cron import Cron, ScheduleSpec
+from gateway.ml.pipelines.schedule import claim_slot
 from gateway.ml.pipelines.spec import PipelineSpec
 from gateway.ml.tables import MLReport
 from gateway.registry.blobs import BlobStore, blob_root
