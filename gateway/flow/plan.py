@@ -131,16 +131,14 @@ class Resolver:
         sampled by a shadow rollout leaves its shadow order on the call; a shadow call is pinned to the
         candidate (gateway/flow/shadow.py)."""
         pin = call.pin
-        if pin is not None:
-            if (pin.kind, pin.name) != (kind, name):
-                return self.catalog.resolve(kind, name, selector)
+        if pin is not None and (pin.kind, pin.name) == (kind, name):
             call.extra["rollout"] = {"id": pin.rollout_id, "arm": "shadow", "target": f"{kind}:{name}"}
             return self.catalog.resolve(kind, name, str(pin.version))
         principal = call.principal.principal if call.principal is not None else "anonymous"
         user = request.end_user if request is not None else None
         caller = f"{principal}:{user}" if user else principal
         record, assigned = self.catalog.resolve_for(kind, name, selector, caller)
-        if assigned is not None:
+        if assigned is not None and pin is None:  # a shadow call's other versions: as the live call's
             call.extra["rollout"] = tag = assigned.tag(kind, name)
             live = assigned.rollout
             if request is not None and live.shadowed(call.request_id, utcnow()):

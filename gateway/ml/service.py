@@ -19,7 +19,7 @@ import re
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -53,6 +53,9 @@ from gateway.registry.blobs import blob_root
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionRecord
 from gateway.snapshot import Catalog, Snapshot
+
+if TYPE_CHECKING:
+    from gateway.ml.pipelines.schedule import PipelineScheduler
 
 log = logging.getLogger("opsgate.ml")
 Key = tuple[str, int, str]
@@ -178,7 +181,7 @@ class MLService:
 
     # -- life cycle ------------------------------------------------------------------------------------
 
-    def _scheduler(self) -> Any:
+    def _scheduler(self) -> PipelineScheduler | None:
         """Scheduled pipeline runs (gateway/ml/pipelines/schedule.py), started through the same runner as
         drift-triggered ones; None when `ml.pipelines.schedule_tick_s` is 0."""
         trigger = self.monitor.pipelines

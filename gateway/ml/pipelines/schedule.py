@@ -75,35 +75,41 @@ def claim_slot(
     engine: Engine, record: VersionRecord, schedule: ScheduleSpec, now: datetime
 ) -> datetime | None:
     """The slot this caller runs, or None: exactly one caller per slot, across processes sharing the
-    database."""
+    database. A plain read first: a tick with nothing due takes no lock."""
+    model = PipelineSpec.model_validate(record.spec).model
+    with Session(engine) as session:
+        if schedule.due(now, _last_slot(session, model, record.name)) is None:
+            return None
     try:
-        return _claim(engine, record, schedule, now)
+        return _claim(engine, record, model, schedule, now)
     except IntegrityError:  # two replicas created the lock row at once: it exists now
-        return _claim(engine, record, schedule, now)
+        return _claim(engine, record, model, schedule, now)
 
 
-def _claim(engine: Engine, record: VersionRecord, schedule: ScheduleSpec, now: datetime) -> datetime | None:
+def _last_slot(session: Session, model: str, pipeline: str) -> datetime | None:
     from gateway.ml.tables import MLReport
 
-    model = PipelineSpec.model_validate(record.spec).model
+    q = (
+        select(MLReport)
+        .where(MLReport.name == model, MLReport.kind == SCHEDULE_KIND)
+        .order_by(MLReport.id.desc())
+        .limit(200)
+    )
+    for r in session.scalars(q):
+        if r.result.get("pipeline") == pipeline:
+            return as_utc(datetime.fromisoformat(r.result["slot"]))
+    return None
+
+
+def _claim(
+    engine: Engine, record: VersionRecord, model: str, schedule: ScheduleSpec, now: datetime
+) -> datetime | None:
+    from gateway.ml.tables import MLReport
+
     lock = "ml-pipeline-schedule:" + hashlib.sha1(record.name.encode()).hexdigest()
     with engine.begin() as conn, Session(bind=conn) as session:
         lock_key(conn, lock)
-        q = (
-            select(MLReport)
-            .where(MLReport.name == model, MLReport.kind == SCHEDULE_KIND)
-            .order_by(MLReport.id.desc())
-            .limit(200)
-        )
-        last = next(
-            (
-                as_utc(datetime.fromisoformat(r.result["slot"]))
-                for r in session.scalars(q)
-                if r.result.get("pipeline") == record.name
-            ),
-            None,
-        )
-        slot = schedule.due(now, last)
+        slot = schedule.due(now, _last_slot(session, model, record.name))
         if slot is None:
             return None
         session.add(
