@@ -11,6 +11,7 @@ from gateway.api.admin import Caller, Reader, clean_inputs
 from gateway.api.deps import gateway_of
 from gateway.api.openapi_spec import ADMIN_ERRORS, error_responses
 from gateway.api_requests import StrictBody
+from gateway.flow.shadow import ShadowRunner
 from gateway.registry.promotion import PromotionService
 from gateway.rollouts.service import RolloutService, RolloutSpec
 
@@ -55,7 +56,7 @@ def panel(request: Request, _: Reader, limit: Annotated[int, Query(ge=0, le=200)
     out = _service(request).panel(limit=limit)
     for item in out["rollouts"]:
         if item["mode"] == "shadow":
-            item["shadow"] = gateway_of(request).shadows.stats_for(item["id"])
+            item["shadow"] = _shadows(request, item["target"].split(":", 1)[0]).stats_for(item["id"])
     return out
 
 
@@ -68,8 +69,16 @@ def _with_shadow(request: Request, record: dict[str, Any]) -> dict[str, Any]:
     """A shadow rollout's calls as this replica counts them: sampled, started, dropped (the bound
     `rollouts.shadow_max_in_flight` was reached), failed, in flight."""
     if record["mode"] == "shadow":
-        record["shadow"] = gateway_of(request).shadows.stats_for(record["id"])
+        record["shadow"] = _shadows(request, record["kind"]).stats_for(record["id"])
     return record
+
+
+def _shadows(request: Request, kind: str) -> ShadowRunner:
+    """Where this replica runs a kind's shadow calls: classic models score in the ML service."""
+    if kind == "model":
+        runner: ShadowRunner = request.app.state.ml.shadows
+        return runner
+    return gateway_of(request).shadows
 
 
 @router.post("/{rollout_id}/check", summary="Evaluate now (the background evaluator does it every interval)")

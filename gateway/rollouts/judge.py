@@ -65,6 +65,11 @@ class LogRow:
     status: int
     latency_ms: float
     cost_usd: float | None
+    source: str | None = None  # a shadow row: the live request it copied (whose feedback applies to it)
+
+    @property
+    def labelled_as(self) -> str:
+        return self.source or self.id
 
 
 Arms = dict[str, list[LogRow]]
@@ -95,7 +100,8 @@ def read_arms(session: Session, rollout_id: str, since: datetime) -> Arms:
         if arm == "shadow":  # a shadow rollout's candidate answers: judged like a canary's
             arm = "candidate"
         if arm in arms:
-            arms[arm].append(LogRow(rid, status, latency, cost))
+            source = (extra or {}).get("shadow_of")
+            arms[arm].append(LogRow(rid, status, latency, cost, source if isinstance(source, str) else None))
     return arms
 
 
@@ -178,15 +184,23 @@ def _scores(session: Session, ids: list[str], metric: str) -> list[float]:
     return out
 
 
-def _predictions_of(session: Session, request_ids: list[str]) -> list[tuple[str, Any, float | None]]:
-    """(prediction id, label, score or value) of the rows these requests scored."""
+def _predictions_of(session: Session, rows: list[LogRow]) -> list[tuple[str, Any, float | None]]:
+    """(the prediction id feedback refers to, label, score or value) of the rows these requests scored.
+    A shadow scoring's row i answers feedback given to the live request's row i."""
+    labelled = {r.id: r.labelled_as for r in rows}
+    ids = list(labelled)
     out: list[tuple[str, Any, float | None]] = []
-    for start in range(0, len(request_ids), CHUNK):
-        q = select(_predictions.c.id, _predictions.c.label, _predictions.c.score, _predictions.c.value).where(
-            _predictions.c.request_id.in_(request_ids[start : start + CHUNK])
-        )
-        for pid, label, score, value in session.execute(q):
-            out.append((pid, label, score if score is not None else value))
+    for start in range(0, len(ids), CHUNK):
+        q = select(
+            _predictions.c.request_id,
+            _predictions.c.id,
+            _predictions.c.label,
+            _predictions.c.score,
+            _predictions.c.value,
+        ).where(_predictions.c.request_id.in_(ids[start : start + CHUNK]))
+        for request_id, pid, label, score, value in session.execute(q):
+            row = pid.rpartition(":")[2]
+            out.append((f"{labelled[request_id]}:{row}", label, score if score is not None else value))
     return out
 
 
@@ -207,7 +221,7 @@ def _model_metric(
 ) -> Judged:
     arms = []
     for rows in (control, candidate):
-        predictions = _predictions_of(session, [r.id for r in rows if r.status < 400])
+        predictions = _predictions_of(session, [r for r in rows if r.status < 400])
         if metric == "prediction_drift":
             arms.append(Arm.from_values([float(s) for _, _, s in predictions if s is not None]))
             continue

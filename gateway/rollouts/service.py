@@ -265,11 +265,6 @@ class RolloutService:
             raise InvalidRequest(
                 "the alias 'latest' moves by itself; roll out to another alias", param="alias"
             )
-        if spec.mode == "shadow" and spec.kind == "model":
-            raise InvalidRequest(
-                "shadow mode copies chat traffic; roll a classic model out as a canary (mode: canary)",
-                param="mode",
-            )
         rule = self.promotions.rule_for(spec.alias)
         rollout_id = "rol_" + secrets.token_hex(6)
         target = f"{spec.kind}:{spec.name}@{spec.alias}"

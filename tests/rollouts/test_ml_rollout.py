@@ -15,7 +15,8 @@ import pytest
 from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import GatewayProcess
 from tests.ml.conftest import CANCER_FEATURES, Data, col, git_commit, records, start_ml_gateway
-from tests.rollouts.test_server import _new_key, _wait
+from tests.rollouts.test_server import _new_key, _status, _wait
+from tests.rollouts.test_shadow import _shadow_rows
 
 USERS = [f"patient-{i}" for i in range(60)]
 ROWS_PER_REQUEST = 5
@@ -90,10 +91,6 @@ def test_a_worse_model_is_rolled_back_on_feedback_accuracy(
         "metrics": [{"metric": "accuracy"}, {"metric": "prediction_drift"}, {"metric": "latency_p95"}],
     }
     with gateway.http() as http:
-        shadow = http.post(
-            "/admin/rollouts", json=body | {"mode": "shadow"}, headers=gateway.auth(keys["engineer"])
-        )
-        assert shadow.status_code == 400 and "canary" in shadow.json()["error"]["message"], shadow.text
         r = http.post("/admin/rollouts", json=body, headers=gateway.auth(keys["engineer"]))
         assert r.status_code == 201, r.text
         started = r.json()
@@ -148,3 +145,61 @@ def test_a_worse_model_is_rolled_back_on_feedback_accuracy(
     # everyone is served version 1 again once the catalog refreshes
     time.sleep(0.6)
     assert {v for v, _ in _predict_all(gateway, data).values()} == {"model:cancer@1"}
+
+
+def test_a_shadow_model_scores_live_rows_off_the_path_and_is_judged_on_their_feedback(
+    gw: tuple[GatewayProcess, dict[str, str]], data: Data
+) -> None:
+    gateway, keys = gw
+    body = {
+        "kind": "model",
+        "name": "cancer",
+        "candidate": 2,
+        "mode": "shadow",
+        "share": 1.0,
+        "min_sample": 30,
+        "interval_s": 3600,
+        "metrics": [{"metric": "accuracy"}, {"metric": "prediction_drift"}],
+    }
+    with gateway.http() as http:
+        r = http.post("/admin/rollouts", json=body, headers=gateway.auth(keys["engineer"]))
+        assert r.status_code == 201, r.text
+        started = r.json()
+        ok = http.post(
+            f"/admin/promotions/{started['promotion_id']}/approve",
+            json={},
+            headers=gateway.auth(keys["approver"]),
+        )
+        assert ok.status_code == 200, ok.text
+        assert http.post(f"/admin/rollouts/{started['id']}/check", headers=gateway.auth()).status_code == 200
+    _wait(gateway, started["id"], {"active"}, timeout=2)
+    time.sleep(0.6)
+    answered = _predict_all(gateway, data)
+    assert {v for v, _ in answered.values()} == {"model:cancer@1"}  # every live answer is the control's
+    stats = _status(gateway, started["id"])["shadow"]
+    assert stats["sampled"] == len(USERS) and stats["started"] >= 10 and stats["failed"] == 0, stats
+    rows = _shadow_rows(gateway, started["id"], stats["started"])
+    assert len(rows) == stats["started"]
+    live_ids = {ids[0].rsplit(":", 1)[0] for _, ids in answered.values()}
+    for row in rows:
+        assert [a.split("#")[0] for a in row["artifacts"]] == ["model:cancer@2"]
+        assert row["status"] == 200 and row["extra"]["shadow_of"] in live_ids
+        assert row["extra"]["ml"]["rows"] == ROWS_PER_REQUEST
+    truth = data.cancer["target"].tolist()
+    feedback = [
+        {"prediction_id": pid, "label": int(truth[i * ROWS_PER_REQUEST + j])}
+        for i, user in enumerate(USERS)
+        for j, pid in enumerate(answered[user][1])
+    ]
+    with gateway.http() as http:
+        r = http.post("/v1/ml/cancer/feedback", json={"feedback": feedback}, headers=gateway.auth())
+        assert r.status_code in (200, 202), r.text
+        time.sleep(0.5)
+        checked = http.post(f"/admin/rollouts/{started['id']}/check", headers=gateway.auth()).json()
+    tests = {t["metric"]: t for t in checked["tests"]}
+    assert checked["state"] == "rolled_back", checked
+    accuracy = tests["accuracy"]
+    # the candidate's shadow predictions are judged by the feedback given to the live ones they copied
+    assert accuracy["verdict"] == "worse" and accuracy["n_control"] == len(feedback)
+    assert accuracy["n_candidate"] == stats["started"] * ROWS_PER_REQUEST
+    assert accuracy["mean_control"] > 0.85 > accuracy["mean_candidate"]
