@@ -199,13 +199,16 @@ def test_a_slow_candidate_does_not_slow_live_answers_and_the_bound_drops(
         gateway, keys, "slowmirror", min_sample=3, interval_s=3600, metrics=[{"metric": "latency_ms"}]
     )
     before = fake_upstream.count("shadowcand-300")
+    began = time.monotonic()
     with_shadow = _p50(gateway, admin, "slowmirror")
+    elapsed = time.monotonic() - began
     print(f"live p50 without shadow {without:.1f} ms, with a 300 ms shadow candidate {with_shadow:.1f} ms")
-    assert with_shadow < without + 25 and with_shadow < 150, (without, with_shadow)
+    # a live answer that waited for its 300 ms shadow would add 300 ms; noise on a busy machine does not
+    assert with_shadow < max(2 * without, without + 50), (without, with_shadow)
     stats = _status(gateway, started["id"])["shadow"]
-    # 30 requests of ~10 ms against shadow calls of 300 ms, at most 3 in flight: most are dropped
+    # 30 quick requests against shadow calls of 300 ms, at most 3 in flight: at most 3 start per 300 ms
     assert stats["sampled"] == 30 and stats["started"] + stats["dropped"] == 30, stats
-    assert stats["dropped"] >= 15 and 3 <= stats["started"] <= 15, stats
+    assert 3 <= stats["started"] <= 3 * (elapsed / 0.3 + 1) and stats["dropped"] >= 1, (stats, elapsed)
     rows = _shadow_rows(gateway, started["id"], stats["started"])
     assert len(rows) == stats["started"] == fake_upstream.count("shadowcand-300") - before
     assert all(r["latency_ms"] >= 300 for r in rows)
@@ -251,7 +254,7 @@ def test_the_panel_lists_live_and_ended_rollouts_with_their_last_checks(
     [rolled] = [i for i in ended if i["state"] == "rolled_back"]
     assert rolled["decision"] == "rolled_back" and rolled["metrics"][0]["metric"] == "latency_ms"
     assert rolled["metrics"][0]["verdict"] == "worse" and rolled["requests"]["candidate"] >= 3
-    assert rolled["shadow"]["dropped"] >= 15  # this replica's shadow counts, as in the status API
+    assert rolled["shadow"]["dropped"] >= 1  # this replica's shadow counts, as in the status API
     assert len(short["rollouts"]) == 2  # the live one, and one ended
     assert bad.status_code in (400, 422) and "limit" in bad.text
     assert anonymous.status_code == 401 and anonymous.json()["error"]["type"]
