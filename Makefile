@@ -52,7 +52,7 @@ compose:
 	  else echo "$(COMPOSE_HINT)"; fi; }
 
 pytest: $(STAMP) browser compose
-	$(BIN)/pytest -q -x --durations=15 -n 2
+	$(BIN)/pytest -q -x --durations=15 -n 2 --dist loadscope
 
 test: lint typecheck pytest
 

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.errors import InvalidFields
+from gateway.errors import InvalidParameter
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound="_Request")
@@ -34,13 +34,25 @@ def _whole_numbers(value: Any) -> Any:
     count in floating point send it). Anything else is left for the strict integer check to refuse."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, list):
+    if isinstance(value, list) and any(isinstance(v, float | list) for v in value):
         return [_whole_numbers(v) for v in value]
     return value
 
 
-def _mentions_int(annotation: Any) -> bool:
-    return annotation is int or any(_mentions_int(arg) for arg in get_args(annotation))
+def _mentions(annotation: Any, kind: type) -> bool:
+    return annotation is kind or any(_mentions(arg, kind) for arg in get_args(annotation))
+
+
+_INT_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def _int_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of `model` whose type admits an integer (worked out once per class: it runs per request)."""
+    found = _INT_FIELDS.get(model)
+    if found is None:
+        fields = model.model_fields
+        found = _INT_FIELDS[model] = frozenset(k for k, f in fields.items() if _mentions(f.annotation, int))
+    return found
 
 
 class StrictBody(BaseModel):
@@ -55,11 +67,15 @@ class StrictBody(BaseModel):
     def _integer_fields(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        fields = cls.model_fields
-        return {
-            k: _whole_numbers(v) if k in fields and _mentions_int(fields[k].annotation) else v
-            for k, v in data.items()
-        }
+        whole: dict[str, Any] | None = None
+        for k in _int_fields(cls):
+            v = data.get(k)
+            if isinstance(v, float | list):
+                converted = _whole_numbers(v)
+                if converted is not v:
+                    whole = whole if whole is not None else dict(data)
+                    whole[k] = converted
+        return data if whole is None else whole
 
 
 class _Open(StrictBody):
@@ -83,11 +99,12 @@ class _Request(_Open):
 
     def forward(self) -> dict[str, Any]:
         """The body for the upstream: as sent, less the fields that address the gateway."""
-        return upstream_body(self._body)
+        return upstream_body(self.body)
 
     @property
     def body(self) -> dict[str, Any]:
-        return self._body
+        # read from the private store directly: `self._body` goes through BaseModel.__getattr__ (per request)
+        return self.__pydantic_private__["_body"]  # type: ignore[index,no-any-return]
 
 
 class OpsgateOptions(BaseModel):
@@ -258,12 +275,12 @@ class ChatRequest(_Request):
     def end_user(self) -> str | None:
         """OpenAI's `user` field (the application's end-user id), if a short string: a rollout's
         sticky assignment key."""
-        user = self._body.get("user")
+        user = self.body.get("user")
         return user if isinstance(user, str) and 0 < len(user) <= 200 else None
 
     def caller_messages(self) -> list[Any]:
         """The caller's messages as sent (dicts), for rendering after a prompt's own."""
-        messages = self._body.get("messages")
+        messages = self.body.get("messages")
         return list(messages) if isinstance(messages, list) else []
 
 
@@ -281,9 +298,10 @@ class EmbeddingRequest(_Request):
 
 
 def validate(model: type[M], data: Any) -> M:
-    """Validate a parsed body; the first problem becomes a 422 naming the field."""
+    """Validate a parsed model-API body; the first problem is a 400 `invalid_request_error` naming the field
+    in `param`, with OpenAI's code for what is wrong (`invalid_type`, `integer_below_min_value`, ...)."""
     if not isinstance(data, dict):
-        raise InvalidFields("the request body must be a JSON object", code="invalid_body")
+        raise InvalidParameter("the request body must be a JSON object", code="invalid_body")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -294,7 +312,50 @@ def validate(model: type[M], data: Any) -> M:
         msg = first["msg"]
         if first["type"] == "missing":
             msg = "this field is required"
-        raise InvalidFields(f"{param}: {msg}" if param else msg, param=param) from exc
+        elif first["type"] == "extra_forbidden":
+            msg = "unknown parameter for this API"
+        raise InvalidParameter(
+            f"{param}: {msg}" if param else msg,
+            param=param,
+            code=error_code(first["type"], first.get("input"), decimal=_is_decimal(model, loc)),
+        ) from exc
+
+
+# pydantic's error types as OpenAI's error codes (what its API answers for the same mistake)
+_BELOW = ("greater_than", "greater_than_equal")
+_ABOVE = ("less_than", "less_than_equal")
+
+
+def _is_decimal(model: type[BaseModel], loc: list[str]) -> bool:
+    """Whether the field at `loc` (through nested models) is a number that may have a fraction."""
+    annotation: Any = model
+    for part in loc:
+        fields = getattr(annotation, "model_fields", None)
+        if fields is None:
+            models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+            fields = models[0].model_fields if models else None
+        if fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+    return _mentions(annotation, float)
+
+
+def error_code(kind: str, value: Any = None, *, decimal: bool | None = None) -> str:
+    """OpenAI's `code` for a pydantic error type (`decimal`: the field is a number, not an integer)."""
+    if kind == "missing":
+        return "missing_required_parameter"
+    if kind == "extra_forbidden":
+        return "unknown_parameter"
+    if kind in _BELOW or kind in _ABOVE:
+        number = "decimal" if (isinstance(value, float) if decimal is None else decimal) else "integer"
+        return f"{number}_{'below_min' if kind in _BELOW else 'above_max'}_value"
+    if kind == "too_short" and value == []:
+        return "empty_array"
+    if kind == "string_too_short" and value == "":
+        return "empty_string"
+    if kind.endswith(("_type", "_parsing")) or kind in ("model_attributes_type", "union_tag_invalid"):
+        return "invalid_type"
+    return "invalid_value"
 
 
 def _is_union_branch(part: str) -> bool:

@@ -24,6 +24,7 @@ from gateway.errors import OpsgateError
 from gateway.evaluation.cli import eval_app
 from gateway.ml.cli import ml_app
 from gateway.ml.pipelines.cli import pipeline_app
+from gateway.monitoring.cli import alerts_app
 from gateway.offline import apply_offline_env
 from gateway.retrieval.cli import index_app
 from gateway.rollouts.cli import rollout_app
@@ -39,6 +40,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(alerts_app, name="alerts")
 eval_app.add_typer(dataset_app, name="dataset")
 logs_app.command("replay")(replay_command)
 
@@ -71,6 +73,10 @@ def serve(
                 typer.echo(f"opsgate: {err.message}", err=True)
             raise typer.Exit(2)
         validate_policy_file(settings)
+        from gateway.monitoring.alerting import load_file_rules
+        from gateway.monitoring.alertrules import ALERTS_FILE
+
+        load_file_rules(settings.config_dir, settings.display_path(settings.config_dir / ALERTS_FILE))
     except OpsgateError as exc:
         fail(exc.message, 2)
     from gateway import server

@@ -4,8 +4,10 @@
     ├── ConfigError                   a config or artifact file is invalid (file, line, field)
     ├── ClientError                   the caller must change the request
     │   ├── InvalidRequest            400 invalid_request_error
-    │   │   └── InvalidJSON           400 the body is not JSON (or not UTF-8)
-    │   ├── InvalidFields             422 a field has the wrong type or value (names the field)
+    │   │   ├── InvalidJSON           400 the body is not JSON (or not UTF-8)
+    │   │   └── InvalidParameter      400 a parameter of an OpenAI or Anthropic API body is missing, of the
+    │   │                                 wrong type or out of range (names it in `param`, as OpenAI does)
+    │   ├── InvalidFields             422 a field of an admin or ML body has the wrong type or value
     │   ├── BodyTooLarge              413
     │   ├── AuthenticationFailed      401 no key, or a key we do not know
     │   ├── PermissionDenied          403 the key may not do this (names what is missing)
@@ -81,6 +83,14 @@ class InvalidRequest(ClientError):
 
 class InvalidJSON(InvalidRequest):
     code = "invalid_json"
+
+
+class InvalidParameter(InvalidRequest):
+    """An invalid parameter of a model API body (chat, completions, responses, embeddings, messages): OpenAI
+    answers these 400 `invalid_request_error` with the parameter in `param` and a code saying what is wrong
+    (`invalid_type`, `integer_below_min_value`, `missing_required_parameter`, ...)."""
+
+    code = "invalid_value"
 
 
 class InvalidFields(ClientError):

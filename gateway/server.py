@@ -78,7 +78,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._head_bytes = 0  # bytes received since the request began, while its head is incomplete
-        self._head_fields = 0  # size of the URL and headers parsed so far
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered 408/431: what still arrives is dropped until the close
 
@@ -172,23 +171,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._head_fields = 0
         self._arm_head_timer()
 
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _count_head(self, n: int) -> None:
-        self._head_fields += n
-        if self._head_fields > self.max_header_bytes:
-            raise _HeadTooLarge
-
     def on_headers_complete(self) -> None:
+        # The head's size, counted once it is parsed (one sum, not a call per header on the hot path). A
+        # head that never completes is bounded by the byte count in data_received instead.
+        size = len(self.url)
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+        if size > self.max_header_bytes:
+            raise _HeadTooLarge
         self._in_head = False
         self._head_bytes = 0
         self._disarm_head_timer()

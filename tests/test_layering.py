@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "gateway.snapshot", "gateway.traffic"]),
     ("features", ["gateway.retrieval", "gateway.evaluation", "gateway.ml"]),
     ("flow", ["gateway.flow", "gateway.ml.service"]),
-    ("surfaces", ["gateway.api", "gateway.cli", "gateway.app", "gateway.server"]),
+    ("surfaces", ["gateway.api", "gateway.ui", "gateway.cli", "gateway.app", "gateway.server"]),
 ]  # fmt: skip
 RANK = {prefix: rank for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes}
 

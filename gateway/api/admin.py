@@ -40,8 +40,8 @@ from gateway.registry.views import artifact_detail, artifact_list, diff, resolve
 MAX_INT = 2**31 - 1  # integer columns (versions, sequence numbers) are 32-bit in every database
 
 
-def _bad_value(value: Any, where: str) -> InvalidRequest | None:
-    """A NUL character (PostgreSQL refuses it in text) or an integer no column holds, anywhere in a value."""
+def bad_value(value: Any, where: str) -> InvalidRequest | None:
+    """(Also the dashboard's check of its query, path and form values.) A NUL character (PostgreSQL refuses it in text) or an integer no column holds, anywhere in a value."""
     if isinstance(value, str):
         if "\x00" in value:
             return InvalidRequest(f"{where}: NUL characters are not allowed", param=where)
@@ -54,14 +54,14 @@ def _bad_value(value: Any, where: str) -> InvalidRequest | None:
             return InvalidRequest(f"{where}: {value} is out of range (at most {MAX_INT})", param=where)
     elif isinstance(value, dict):
         for k, v in value.items():
-            problem = _bad_value(k, f"{where}.{k}" if where else str(k)) or _bad_value(
+            problem = bad_value(k, f"{where}.{k}" if where else str(k)) or bad_value(
                 v, f"{where}.{k}" if where else str(k)
             )
             if problem:
                 return problem
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            problem = _bad_value(v, f"{where}.{i}" if where else str(i))
+            problem = bad_value(v, f"{where}.{i}" if where else str(i))
             if problem:
                 return problem
     return None
@@ -71,10 +71,10 @@ async def clean_inputs(request: Request) -> None:
     """Before anything reaches the database: NUL characters and out-of-range integers in the path, the
     query or the JSON body get a 400 naming the field, never a 500."""
     for name, value in request.path_params.items():
-        if problem := _bad_value(str(value), name):
+        if problem := bad_value(str(value), name):
             raise problem
     for name, value in request.query_params.multi_items():
-        if problem := _bad_value(value, name):
+        if problem := bad_value(value, name):
             raise problem
     if request.method in ("POST", "PUT", "PATCH", "DELETE"):
         raw = await request.body()
@@ -83,7 +83,7 @@ async def clean_inputs(request: Request) -> None:
                 data = json.loads(raw)
             except ValueError:
                 return  # not JSON: reported by the body's own validation
-            if problem := _bad_value(data, ""):
+            if problem := bad_value(data, ""):
                 raise problem
 
 
@@ -102,10 +102,15 @@ def _principal(request: Request) -> Principal:
     return gateway_of(request).authenticate(call_for(request, "/admin"), request.headers.get("authorization"))
 
 
-def reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+def require_reader(principal: Principal, what: str = "the admin API") -> Principal:
+    """The role check of every admin read (and of the dashboard's pages)."""
     if not principal.has_role(*READ_ROLES):
-        raise PermissionDenied(f"the admin API needs one of the roles {', '.join(READ_ROLES)}")
+        raise PermissionDenied(f"{what} needs one of the roles {', '.join(READ_ROLES)}")
     return principal
+
+
+def reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    return require_reader(principal)
 
 
 Reader = Annotated[Principal, Depends(reader)]
@@ -116,7 +121,7 @@ def _engine(request: Request) -> Engine:
     return cast(Engine, request.app.state.parts.engine)
 
 
-def _promotions(request: Request) -> PromotionService:
+def promotions_of(request: Request) -> PromotionService:
     parts = request.app.state.parts
     return PromotionService(parts.engine, parts.config.governance)
 
@@ -223,12 +228,12 @@ def sync_repo(request: Request, caller: Caller, body: SyncRequest) -> dict[str, 
 def list_promotions(
     request: Request, _: Reader, state: Literal["pending", "applied", "rejected"] | None = None
 ) -> list[dict[str, Any]]:
-    return [p.as_dict() for p in _promotions(request).list_promotions(state=state)]
+    return [p.as_dict() for p in promotions_of(request).list_promotions(state=state)]
 
 
 @router.get("/promotions/{promotion_id}", summary="One promotion")
 def get_promotion(request: Request, _: Reader, promotion_id: str) -> dict[str, Any]:
-    return _promotions(request).get(promotion_id).as_dict()
+    return promotions_of(request).get(promotion_id).as_dict()
 
 
 @router.post(
@@ -243,7 +248,7 @@ def request_promotion(request: Request, caller: Caller, body: PromotionRequest) 
         raise_ref(body.ref)
     assert ref.kind is not None and ref.version is not None
     validate_alias(body.to, param="to")
-    record = _promotions(request).request(
+    record = promotions_of(request).request(
         caller, kind=ref.kind, name=ref.name, version=ref.version, alias=body.to, reason=body.reason
     )
     return record.as_dict()
@@ -256,13 +261,13 @@ def approve(
     request: Request, caller: Caller, promotion_id: str, body: Decision | None = None
 ) -> dict[str, Any]:
     return (
-        _promotions(request).approve(caller, promotion_id, comment=body.comment if body else None).as_dict()
+        promotions_of(request).approve(caller, promotion_id, comment=body.comment if body else None).as_dict()
     )
 
 
 @router.post("/promotions/{promotion_id}/reject", summary="Reject with a reason")
 def reject(request: Request, caller: Caller, promotion_id: str, body: Rejection) -> dict[str, Any]:
-    return _promotions(request).reject(caller, promotion_id, reason=body.reason).as_dict()
+    return promotions_of(request).reject(caller, promotion_id, reason=body.reason).as_dict()
 
 
 @router.post(
@@ -276,7 +281,7 @@ def rollback(request: Request, caller: Caller, body: RollbackRequest) -> dict[st
     if ref.kind is None:
         raise_ref(body.ref)
     assert ref.kind is not None
-    record = _promotions(request).rollback(
+    record = promotions_of(request).rollback(
         caller,
         kind=ref.kind,
         name=ref.name,

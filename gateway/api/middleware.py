@@ -19,7 +19,9 @@ import asyncio
 import gc
 import logging
 import secrets
-from typing import Any
+from collections.abc import Awaitable, Coroutine, Generator
+from types import CoroutineType
+from typing import Any, Generic, TypeVar
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +29,58 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import BodyTooLarge, ClientTooSlow, OpsgateError, RequestTimeout
 
 log = logging.getLogger("opsgate.http")
+
+T = TypeVar("T")
+
+
+async def within(awaitable: Awaitable[T], deadline: float) -> T:
+    """`await coro`, raising TimeoutError at `deadline` (loop time), with the timer paid for only when the
+    coroutine suspends. A send to a reading client, or a receive of a body that has already arrived,
+    completes at its first step; `asyncio.timeout` around every one of them cost each request a timer
+    (schedule and cancel) per message."""
+    if not isinstance(awaitable, CoroutineType):  # e.g. a future: no first step to take here
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+    coro: Coroutine[Any, Any, T] = awaitable
+    try:
+        pending = coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    except BaseException:
+        coro.close()
+        raise
+    async with asyncio.timeout_at(deadline):
+        return await _Resumed(coro, pending)
+
+
+class _Resumed(Generic[T]):
+    """The rest of a coroutine that has already run to its first suspension (what `await` would do with
+    it from there: what it waits on is handed to the task, and what the task sends or throws is passed
+    back in, cancellation included)."""
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], pending: Any) -> None:
+        self.coro, self.pending = coro, pending
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - everything goes back into the coroutine, as await does
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
 
 
 def error_body(exc: OpsgateError) -> bytes:
@@ -73,8 +127,7 @@ class GatewayMiddleware:
                 await send(message)
                 return
             try:
-                async with asyncio.timeout(send_timeout):
-                    await send(message)
+                await within(send(message), asyncio.get_running_loop().time() + send_timeout)
             except TimeoutError:
                 state["client_too_slow"] = True
                 log.warning(
@@ -108,8 +161,7 @@ class GatewayMiddleware:
             if body_done:  # e.g. a streaming response listening for the client to leave: no deadline
                 return await receive()
             try:
-                async with asyncio.timeout_at(body_deadline):
-                    message = await receive()
+                message: Message = await within(receive(), body_deadline)
             except TimeoutError:
                 state["close_connection"] = True
                 raise RequestTimeout(

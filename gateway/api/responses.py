@@ -8,21 +8,26 @@ principal's response id is a 404, for reading and for `previous_response_id` ali
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.api import conversations
 from gateway.api.deps import gateway_of, opened_call, read_json
 from gateway.api.openai import _json, _sse
 from gateway.api.openapi_spec import CALL_ERRORS, error_responses
 from gateway.api.stored import ListQuery, traffic_of
-from gateway.errors import NotFound
+from gateway.errors import NotFound, OpsgateError
 from gateway.flow.call import Call
 from gateway.flow.sse import ChatStream
 from gateway.flow.traffic import Surface, surface_id
+from gateway.keys import Principal
+from gateway.shapes import Json
+from gateway.surfaces import conversations as conv_shapes
 from gateway.surfaces import responses as bridge
-from gateway.traffic.store import StoredCall
+from gateway.traffic.store import StoredCall, TrafficStore
 
 router = APIRouter(prefix="/v1", tags=["responses"], responses=error_responses(*CALL_ERRORS))
 KIND = "response"
@@ -49,12 +54,22 @@ async def create_response(request: Request) -> Response:
             turn.history = list(previous.payload.get("conversation") or []) + bridge.output_messages(
                 previous.payload.get("response") or {}
             )
+        turn.conversation_id = bridge.conversation_id(parsed)
+        appended = None
+        if turn.conversation_id is not None:
+            assert call.principal is not None
+            store, who = traffic_of(request), call.principal
+            held = await conversations.load(store, who, turn.conversation_id, "conversation")
+            turn.history = conv_shapes.chat_messages(list(held.payload.get("items") or []))
+            appended = _appender(call, store, who, turn)
         chat = bridge.to_chat(turn)
         surface = Surface(
             KIND,
             "resp_",
             render=lambda data: bridge.response_object(turn, data),
             extra=lambda: {"conversation": turn.conversation, "input": parsed.input},
+            stored=appended,
+            native=bridge.native_body(body) if bridge.may_be_native(parsed) else None,
         )
         answer = await gateway_of(request).chat(call, chat, surface)
         if isinstance(answer, ChatStream):
@@ -105,6 +120,30 @@ async def list_input_items(request: Request, response_id: str) -> Response:
             "has_more": len(items) > query.limit,
         }
     return _json(data)
+
+
+def _appender(
+    call: Call, store: TrafficStore, who: Principal, turn: bridge.Turn
+) -> Callable[[Json], Awaitable[None]]:
+    """Once the response is stored: its input items and output items join the conversation. A conversation
+    deleted (or grown too large) meanwhile does not undo the answer; the log row's extra says so."""
+    conversation_id = turn.conversation_id
+    assert conversation_id is not None
+    raw = turn.request.input
+    new_input = conv_shapes.stored_items(
+        [{"role": "user", "content": raw}] if isinstance(raw, str) else list(raw), turn.hex + "_in", "input"
+    )
+
+    async def append(answer: Json) -> None:
+        added = new_input + list(answer.get("output") or [])
+        try:
+            await conversations.change_items(store, who, conversation_id, lambda items: items + added)
+        except OpsgateError as exc:
+            call.extra["conversation"] = {"id": conversation_id, "appended": False, "reason": exc.message}
+            return
+        call.extra["conversation"] = {"id": conversation_id, "appended": len(added)}
+
+    return append
 
 
 async def _stored(request: Request, call: Call, response_id: str, param: str = "response_id") -> StoredCall:

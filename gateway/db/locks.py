@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 
 PG_BOOTSTRAP_LOCK = 7_461_003  # advisory lock id (gateway/db/engine.py's migration lock is 7_461_002)
 PG_ROLLOUT_LOCK = 7_461_004  # the rollout evaluator's turn (gateway/rollouts/evaluator.py)
+PG_ALERTS_LOCK = 7_461_005  # the alert rules' judge (gateway/monitoring/alerting.py)
 
 
 @contextmanager

@@ -281,3 +281,42 @@ class TrafficPayload(Base):
 
     call_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AlertState(Base):
+    """Where one alert rule stands for one subject (a version, or all traffic): gateway/monitoring/alerting.py."""
+
+    __tablename__ = "alert_states"
+
+    rule: Mapped[str] = mapped_column(String(128), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(300), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # ok | pending | firing
+    since: Mapped[datetime]  # when the current state began
+    value: Mapped[float | None] = mapped_column(Float)
+    evaluated_at: Mapped[datetime]
+    episode: Mapped[int] = mapped_column(Integer, default=0)  # counts firings: one notification each
+
+
+class AlertNotification(Base):
+    """The outbox: one row per notice to send (firing or resolved, per episode and receiver). The unique
+    key is the de-duplication: an episode is announced once whichever replica judges it."""
+
+    __tablename__ = "alert_notifications"
+    __table_args__ = (
+        UniqueConstraint("rule", "subject", "episode", "event", "receiver", name="uq_alert_notice"),
+        Index("ix_alert_notifications_due", "status", "next_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(String(128))
+    subject: Mapped[str] = mapped_column(String(300))
+    episode: Mapped[int]
+    event: Mapped[str] = mapped_column(String(16))  # firing | resolved
+    receiver: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime]  # due time; a claim pushes it by the lease
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -304,6 +304,10 @@ class Egress:
         self._webhook_hosts = tuple(HostPattern.parse(h) for h in self.config.webhook_hosts)
         self._headers = frozenset(h.lower() for h in self.config.deployment_headers)
         self._verdicts: dict[str, str | object | None] = {}  # url -> problem (None: allowed)
+        self._env_verdicts: dict[str, str | None] = {}  # variable name -> problem (None: allowed)
+        # deployment (by identity; the object is kept so the id stays its own) -> its problems. Router
+        # versions are immutable and few, so each deployment is judged once, not on every request.
+        self._deployment_verdicts: dict[tuple[int, str], tuple[Deployment, list[Problem]]] = {}
 
     @cached_property
     def params(self) -> ParamRules:
@@ -357,6 +361,16 @@ class Egress:
         )
 
     def env_problem(self, name: str) -> str | None:
+        try:
+            return self._env_verdicts[name]
+        except KeyError:
+            pass
+        problem = self._env_problem(name)
+        if len(self._env_verdicts) < _VERDICTS_KEPT:
+            self._env_verdicts[name] = problem
+        return problem
+
+    def _env_problem(self, name: str) -> str | None:
         listed = any(fnmatch.fnmatchcase(name, p) for p in self.config.api_key_envs)
         if listed and _ENV_NAME.match(name) and not name.upper().startswith(RESERVED_ENV_PREFIX):
             return None
@@ -392,6 +406,17 @@ class Egress:
 
     def deployment_problems(self, deployment: Deployment, kind: str) -> list[Problem]:
         """Everything a network deployment names that the operator has not allowed, with its location."""
+        key = (id(deployment), kind)
+        known = self._deployment_verdicts.get(key)
+        if known is not None and known[0] is deployment:
+            return known[1]
+        problems = self._deployment_problems(deployment, kind)
+        if len(self._deployment_verdicts) >= _VERDICTS_KEPT:
+            self._deployment_verdicts.clear()
+        self._deployment_verdicts[key] = (deployment, problems)
+        return problems
+
+    def _deployment_problems(self, deployment: Deployment, kind: str) -> list[Problem]:
         problems: list[Problem] = []
         if deployment.api_base is not None:
             problem = self.url_problem(deployment.api_base)

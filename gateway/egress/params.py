@@ -52,6 +52,7 @@ _FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
 _CUSTOM_TOOL_KEYS = frozenset({"name", "description", "format"})
 _LEGACY_FUNCTION_KEYS = frozenset({"name", "description", "parameters"})
 _STREAM_OPTION_KEYS = frozenset({"include_usage", "include_obfuscation"})
+_NESTED = frozenset({"metadata", "tools", "functions", "stream_options"})  # checked inside (_nested_problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +75,20 @@ class ParamRules:
 
     def __init__(self, extra: Iterable[str] = ()) -> None:
         self.extra = frozenset(extra)
+        self._plain = {"chat": CHAT_PARAMS | self.extra, "embedding": EMBEDDING_PARAMS | self.extra}
 
     def allowed(self, name: str, kind: Kind) -> bool:
         return name in (CHAT_PARAMS if kind == "chat" else EMBEDDING_PARAMS) or name in self.extra
 
     def problems(self, params: Mapping[str, Any], kind: Kind) -> list[ParamProblem]:
         """Every key that may not be sent, and every nested place that would smuggle one."""
+        keys = params.keys()
+        if keys <= self._plain[kind]:  # the common case: known keys; only the nested places to look into
+            if keys.isdisjoint(_NESTED):
+                return []
+            return [
+                p for name, value in params.items() if name in _NESTED for p in _nested_problems(name, value)
+            ]
         found: list[ParamProblem] = []
         for name, value in params.items():
             if not isinstance(name, str) or not self.allowed(name, kind):

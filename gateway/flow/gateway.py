@@ -15,6 +15,7 @@ which guarantees it (a stream hands that duty to its SSE writer).
 from __future__ import annotations
 
 import asyncio
+import copy
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -65,6 +66,10 @@ class Upstream:
 
     router: Router
     body: Json
+    # a bridged Responses call that may go to deployments serving /responses natively: its own body, and the
+    # messages the chat body had before the policies (native only while they left them as they were)
+    native: Json | None = None
+    native_messages: Any = None
 
     @property
     def messages(self) -> list[Any]:
@@ -132,14 +137,15 @@ class Gateway:
             plan = self.resolver.chat(call, request)
         with tracing.span("opsgate.authorise"):
             await self.authorise(call, plan)
-        upstream = await self.prepare(call, plan)
+        upstream = await self.prepare(call, plan, surface)
         recording = self.recording(call, plan, upstream, surface)
         if request.stream:
             return await self.open_stream(call, upstream, request, recording)
         data = await self.complete(call, upstream)
         if recording is not None:
             data["id"] = recording.id
-            await recording.save(upstream.body, data)
+            sent = upstream.native if call.route_result is not None and call.route_result.native else None
+            await recording.save(sent or upstream.body, data)
         return data
 
     def recording(self, call: Call, plan: ChatPlan, upstream: Upstream, surface: Surface) -> Recording | None:
@@ -164,13 +170,16 @@ class Gateway:
                 call, subject, query=query, early=query is not None
             )
 
-    async def prepare(self, call: Call, plan: ChatPlan) -> Upstream:
+    async def prepare(self, call: Call, plan: ChatPlan, surface: Surface = CHAT) -> Upstream:
         """Retrieve and screen the context, render the prompt, then admit the request as it will go
         upstream (content checks, token counts, every counted limit in one store round trip)."""
         request = plan.request
         self.catalog.adapters.params.check_request(request.body, "chat")  # before any work is done for it
         if plan.spec is None:
             upstream = Upstream(plan.router, request.forward())
+            if surface.native is not None:
+                upstream.native = dict(surface.native)
+                upstream.native_messages = copy.deepcopy(upstream.body.get("messages"))
         else:
             with tracing.span("opsgate.retrieve"):
                 context = await self._retrieve(call, plan) if plan.index is not None else []
@@ -210,12 +219,30 @@ class Gateway:
             body["response_format"] = spec.response_format
         return body
 
+    @staticmethod
+    def _native(call: Call, upstream: Upstream) -> Json | None:
+        """The Responses body for native deployments, unless a policy changed the messages (a redaction
+        must reach the upstream: the bridge carries it) or the call streams. A cap the policies set on
+        the chat body (max_tokens) is carried over."""
+        if (
+            upstream.native is None
+            or call.stream
+            or upstream.body.get("messages") != upstream.native_messages
+        ):
+            return None
+        native = upstream.native
+        if "max_tokens" in upstream.body and native.get("max_output_tokens") is None:
+            native["max_output_tokens"] = upstream.body["max_tokens"]
+        return native
+
     async def complete(self, call: Call, upstream: Upstream) -> Json:
         """Call the upstream (routing, fallbacks), account for it and check the answer."""
         started = time.perf_counter()
         call.route_result = RouteResult(upstream.router.spec.deployments[0])  # the log sees failed tries
         try:
-            data, result = await upstream.router.chat(upstream.body, call.route_result)
+            data, result = await upstream.router.chat(
+                upstream.body, call.route_result, native=self._native(call, upstream)
+            )
         finally:
             call.upstream_ms = (time.perf_counter() - started) * 1000
         citations = call.citations()

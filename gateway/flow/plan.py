@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.api_requests import ChatRequest
 from gateway.db.generation import utcnow
-from gateway.errors import InvalidFields, InvalidRequest, ModelNotFound
+from gateway.errors import InvalidParameter, InvalidRequest, ModelNotFound
 from gateway.flow.call import Call
 from gateway.flow.shadow import Pin, ShadowOrder
 from gateway.prompts.render import check_variables
@@ -75,8 +75,10 @@ class Resolver:
         prompt_ref = self._prompt_ref(request)
         if prompt_ref is None:
             if not request.messages:
-                raise InvalidFields(
-                    "messages: this field is required (at least one message)", param="messages"
+                raise InvalidParameter(
+                    "messages: this field is required (at least one message)",
+                    param="messages",
+                    code="missing_required_parameter" if "messages" not in request.body else "empty_array",
                 )
             router, named = self.router(call, request.model, "chat", request)
             return ChatPlan(request, router, [named])

@@ -120,6 +120,7 @@ class ChatStream:
         if citations is not None:
             first = {**first, "citations": citations}
         out: list[bytes] = []
+        task = asyncio.current_task()  # the writer's: `cut` cancels it while it waits for the upstream
         try:
             chunk: Json | None = first
             while chunk is not None:
@@ -136,7 +137,13 @@ class ChatStream:
                 if out and not rest.ready():
                     yield b"".join(out)
                     out.clear()
-                chunk = await self._next()
+                if self._cut:
+                    raise _cut_error()
+                self._task = task  # (inline: this runs once per chunk)
+                try:
+                    chunk = await anext(rest, None)
+                finally:
+                    self._task = None
             counted = encoder.wants_usage and usage is None
             if counted:
                 usage = self._count_usage("".join(pieces))
@@ -162,15 +169,6 @@ class ChatStream:
         finally:
             await rest.aclose()
             self._end(call, status, error, usage, "".join(pieces))
-
-    async def _next(self) -> Json | None:
-        if self._cut:
-            raise _cut_error()
-        self._task = asyncio.current_task()
-        try:
-            return await anext(self.rest, None)
-        finally:
-            self._task = None
 
     async def abandon(self) -> None:
         """The client left before the first byte was sent: close the upstream, log the request."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,12 @@ def body_digest(body: Json) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def rendered_digest(messages: Any) -> str:
+    """sha256 of the messages sent upstream (the rendered prompt and the caller's messages), before
+    redaction: replay checks that it re-renders them byte for byte."""
+    return hashlib.sha256(orjson.dumps(messages)).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Surface:
     """The API a chat call was made through, as the store keeps it: its kind, its ids, and its answer's
@@ -39,6 +45,10 @@ class Surface:
     id_prefix: str = "chatcmpl-"
     render: Callable[[Json], Json] | None = None
     extra: Callable[[], Json] | None = None  # more to keep (e.g. the conversation a response continues)
+    # then, with the answer (e.g. add it to a conversation)
+    stored: Callable[[Json], Awaitable[None]] | None = None
+    # the body for deployments that serve this API natively (`responses: native`)
+    native: Json | None = None
 
 
 CHAT = Surface()
@@ -81,14 +91,13 @@ class Recording:
         extra = surface.extra() if surface.extra is not None else {}
         kept = {"request": self.request, "upstream": upstream, "response": answer, **extra}
         kept["question"] = call.question
-        if call.retrieval is not None:  # the chunks the answer was given, as the prompt got them
-            kept["contexts"] = [
-                {"id": h.id, "document_id": h.document_id, "text": h.text} for h in call.retrieval.hits
-            ]
+        if call.retrieval is not None:  # the chunks as the prompt's template saw them (replay re-renders)
+            kept["contexts"] = call.retrieval.context()
         if surface.render is not None:
-            kept["chat"] = response
+            kept["chat"] = {k: v for k, v in response.items() if k != "native_response"}  # as checked
         payload = redact_payload(kept)
         payload["upstream_sha256"] = body_digest(upstream)
+        payload["rendered_sha256"] = rendered_digest(upstream.get("messages"))
         payload["versions"] = [str(ref) for ref in call.artifacts]
         assert call.principal is not None
         stored = StoredCall(
@@ -97,6 +106,8 @@ class Recording:
         )  # fmt: skip
         saved = await asyncio.to_thread(self.store.save, stored)
         call.extra["traffic"] = {"id": self.id, "stored": saved} | ({} if saved else {"reason": "too_large"})
+        if surface.stored is not None:
+            await surface.stored(answer)
         return saved
 
     def wrap_stream(self, upstream: Json, first: Json, rest: ChunkStream) -> tuple[Json, ChunkStream]:

@@ -45,6 +45,45 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, max_age_
     return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
+async def post_signed(
+    url: str,
+    kind: str,
+    body: bytes,
+    secret: str,
+    *,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+    session: aiohttp.ClientSession | None = None,
+) -> str | None:
+    """One signed POST of an event; None when the receiver took it (2xx), else what went wrong. The
+    caller has checked the URL against the operator's egress rules."""
+    timestamp = str(int(time.time()))
+    sent = {
+        "Content-Type": "application/json",
+        "X-Opsgate-Event": kind,
+        "X-Opsgate-Timestamp": timestamp,
+        **(headers or {}),
+    }
+    if secret:
+        sent["X-Opsgate-Signature"] = sign(secret, timestamp, body)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if session is None:
+                session = await stack.enter_async_context(aiohttp.ClientSession())
+            resp = await stack.enter_async_context(
+                session.post(
+                    url,
+                    data=body,
+                    headers=sent,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s),
+                    allow_redirects=False,
+                )
+            )
+            return None if resp.status < 300 else f"HTTP {resp.status}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class AlertStats:
     sent: int = 0
@@ -107,32 +146,12 @@ class Alerts:
             return
         body = orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
         secret = os.environ.get(hook.secret_env, "") if hook.secret_env else ""
+        error: str | None = None
         for attempt in range(hook.retries + 1):
-            timestamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                "X-Opsgate-Event": kind,
-                "X-Opsgate-Timestamp": timestamp,
-            }
-            if secret:
-                headers["X-Opsgate-Signature"] = sign(secret, timestamp, body)
-            try:
-                async with (
-                    aiohttp.ClientSession() as session,
-                    session.post(
-                        hook.url,
-                        data=body,
-                        headers=headers,
-                        timeout=aiohttp.ClientTimeout(total=hook.timeout_s),
-                        allow_redirects=False,
-                    ) as resp,
-                ):
-                    if resp.status < 300:
-                        self.stats.sent += 1
-                        return
-                    error = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
+            error = await post_signed(hook.url, kind, body, secret, timeout_s=hook.timeout_s)
+            if error is None:
+                self.stats.sent += 1
+                return
             if attempt < hook.retries:
                 await asyncio.sleep(0.2 * 2**attempt)
         self.stats.failed += 1

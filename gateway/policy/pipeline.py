@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError, OpsgateError, ServiceUnavailable
+from gateway.monitoring import tracing
 from gateway.policy.base import (
     Charge,
     Finding,
@@ -303,6 +304,7 @@ class Pipeline:
         started = time.perf_counter()
         finding = check.check_input(subject, payload)
         us = (time.perf_counter() - started) * 1e6
+        tracing.check(check, us, finding)
         if finding is not None:
             call.decisions.append(decision(policy, check, stage, finding, us))
             if finding.verdict == "blocked" and finding.error is not None:
@@ -326,6 +328,7 @@ class Pipeline:
             finding = check.check_input(subject, payload)
             made = check.charges(subject, payload)
             us = (time.perf_counter() - started) * 1e6
+            tracing.check(check, us, finding)
             if made:
                 charges.extend((charge, check) for charge in made)
                 timings[id(check)] = us
@@ -394,6 +397,7 @@ class Pipeline:
             started = time.perf_counter()
             finding = check.check_input(state.subject, payload)
             us = (time.perf_counter() - started) * 1e6
+            tracing.check(check, us, finding)
             if finding is not None and finding.verdict != "allowed":
                 call.decisions.append(decision(state.policy, check, "query", finding, us))
                 if finding.verdict == "blocked" and finding.error is not None:
@@ -421,7 +425,9 @@ class Pipeline:
             for check in checks:
                 started = time.perf_counter()
                 finding = check.check_context(subject, slot)
-                spent[id(check)] = spent.get(id(check), 0.0) + (time.perf_counter() - started) * 1e6
+                us = (time.perf_counter() - started) * 1e6
+                spent[id(check)] = spent.get(id(check), 0.0) + us
+                tracing.check(check, us, finding)
                 if finding is not None:
                     findings.setdefault(id(check), []).append(finding)
                     drop = drop or finding.verdict == "blocked"
@@ -457,6 +463,7 @@ class Pipeline:
             started = time.perf_counter()
             finding = check.check_output(state.subject, payload, state.request)
             us = (time.perf_counter() - started) * 1e6
+            tracing.check(check, us, finding)
             if finding is None:
                 continue
             call.decisions.append(decision(state.policy, check, "output", finding, us))

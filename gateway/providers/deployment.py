@@ -6,7 +6,7 @@ It lives with the adapters that call it; the router spec that lists deployments 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -38,6 +38,12 @@ class Deployment(StrictModel):
         default_factory=dict,
         description="Request parameters added to every call (OpenAI's, or ones the operator allows in"
         " egress.request_params, e.g. top_k); never hosts, credentials, headers, providers or regions.",
+    )
+    responses: Literal["bridge", "native"] = Field(
+        "bridge",
+        description="How /v1/responses reaches it: bridge (as a chat completion, any upstream) or native (its"
+        " own /responses endpoint, the answer passed through; openai adapter, non-streamed, no"
+        " previous_response_id or conversation: those are bridged). params are then Responses parameters.",
     )
     input_cost_per_token: float | None = Field(None, ge=0)
     output_cost_per_token: float | None = Field(None, ge=0)

@@ -29,6 +29,7 @@ from gateway.errors import (
 from gateway.monitoring import tracing
 from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment, upstream_message
 from gateway.providers.deployment import Deployment
+from gateway.surfaces.responses import native_chat
 
 DEFAULT_BASES = {"openai": "https://api.openai.com/v1"}
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -166,6 +167,21 @@ class OpenAICompatAdapter:
         payload = {**self._payload(deployment, body, "chat"), "stream": False}
         payload.pop("stream_options", None)
         return await self._post_json(deployment, "/chat/completions", payload, "chat")
+
+    async def responses(self, deployment: Deployment, body: Json) -> Json:
+        """A Responses API call passed to the deployment's own `/responses` (`responses: native`): the
+        caller's body (checked by the Responses bridge and, as chat, by the allow-list), the deployment's
+        params and model, never stored upstream (the gateway is the store). Answered chat-shaped for the
+        flow (usage, output checks), the upstream's response object under `native_response`."""
+        payload = {
+            **body,
+            **deployment.params,
+            "model": deployment.model_name,
+            "store": False,
+            "stream": False,
+        }
+        data = await self._post_json(deployment, "/responses", payload, "chat")
+        return native_chat(data)
 
     async def embed(self, deployment: Deployment, body: Json) -> Json:
         payload = self._payload(deployment, body, "embedding")

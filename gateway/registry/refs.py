@@ -13,7 +13,7 @@ from gateway.errors import InvalidRequest
 # targets, index embedders, `opsgate index query`. Commands that inspect (show, diff, render) use `latest`.
 DEFAULT_ALIAS = "production"
 # Governance rules (gateway/registry/rules.py): single-file kinds, versioned and promoted like the rest.
-RULE_KINDS = ("policy", "governance")
+RULE_KINDS = ("policy", "governance", "alert")
 _REF = re.compile(
     r"^(?:(?P<kind>[a-z]+):)?(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@(?P<sel>[A-Za-z0-9._-]+))?$"
 )

@@ -4,6 +4,7 @@
     kind         name        file
     policy       policies    config/policies.yaml
     governance   governance  config/gateway.yaml (its `governance:` section)
+    alert        alerts      config/alerts.yaml (alert rules: gateway/monitoring/alerting.py)
 
 `opsgate sync` registers a new version when the committed file changes; the gateway serves the version at
 `production` (the alias moves only through a promotion, and a running gateway picks the move up with the
@@ -56,6 +57,9 @@ RULE_KINDS: dict[str, RuleKind] = {
     ),
     "governance": RuleKind(
         "governance", "governance", "config/gateway.yaml", "governance", "gateway.settings:governance_model"
+    ),
+    "alert": RuleKind(
+        "alert", "alerts", "config/alerts.yaml", None, "gateway.monitoring.alertrules:alerts_model"
     ),
 }
 
@@ -253,7 +257,43 @@ def loosening(kind: str, old: dict[str, Any] | None, new: dict[str, Any]) -> lis
         return _governance_loosening(old, new)
     if kind == "policy":
         return _policy_loosening(old, new)
+    if kind == "alert":
+        return _alert_loosening(old, new)
     return []
+
+
+def _alert_loosening(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Alert rules loosen when they would tell fewer people, later, or about less: a rule or receiver
+    removed, a receiver's address changed, a threshold moved away from the breach, a longer `for`."""
+    out: list[str] = []
+    for name, receiver in (old.get("receivers") or {}).items():
+        if (new.get("receivers") or {}).get(name, {}).get("url") != receiver.get("url"):
+            out.append(f"receiver {name!r} removed or its url changed")
+    new_rules = {r["name"]: r for r in new.get("rules") or []}
+    for rule in old.get("rules") or []:
+        other = new_rules.get(rule["name"])
+        if other is None:
+            out.append(f"rule {rule['name']!r} removed")
+            continue
+        for key in sorted(set(rule) | set(other)):
+            before, after = rule.get(key), other.get(key)
+            if before == after or _stricter_alert(key, rule, before, after):
+                continue
+            out.append(f"rule {rule['name']!r}: {key} {before!r} -> {after!r}")
+    return out
+
+
+def _stricter_alert(key: str, rule: dict[str, Any], before: Any, after: Any) -> bool:
+    if key == "threshold" and isinstance(before, int | float) and isinstance(after, int | float):
+        return bool(after < before) if str(rule.get("op", ">")).startswith(">") else bool(after > before)
+    if key in ("for_", "for", "min_samples"):
+        return isinstance(after, int | float) and isinstance(before, int | float) and after < before
+    if key == "receivers":
+        return set(before or []) <= set(after or [])
+    if key == "severity":
+        order = ["info", "warning", "critical"]
+        return before in order and after in order and order.index(after) > order.index(before)
+    return key == "description"
 
 
 def _governance_loosening(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from gateway.errors import UpstreamError
 from gateway.monitoring import tracing
@@ -54,6 +54,7 @@ class _Health:
 class RouteResult:
     deployment: Deployment
     attempts: list[Attempt] = field(default_factory=list)
+    native: bool = False  # the answer came from the deployment's own /responses (Router.chat `native`)
 
 
 class Router:
@@ -139,10 +140,23 @@ class Router:
         assert last is not None
         raise _final_error(last, result.attempts)
 
-    async def chat(self, body: Json, result: RouteResult | None = None) -> tuple[Json, RouteResult]:
-        """`result`, when given, collects the attempts even if every deployment fails (for the log)."""
+    async def chat(
+        self, body: Json, result: RouteResult | None = None, *, native: Json | None = None
+    ) -> tuple[Json, RouteResult]:
+        """`result`, when given, collects the attempts even if every deployment fails (for the log).
+        `native`: the Responses API body, for deployments that serve it natively (`responses: native` and an
+        adapter with `responses`); the others get the chat `body`. Either way the answer is chat-shaped."""
         result = result or RouteResult(self.spec.deployments[0])
-        value = await self._walk(result, lambda adapter, dep: adapter.chat(dep, body))
+
+        def one(adapter: Adapter, dep: Deployment) -> Awaitable[Json]:
+            native_call = getattr(adapter, "responses", None)
+            if native is not None and dep.responses == "native" and native_call is not None:
+                result.native = True
+                return cast(Awaitable[Json], native_call(dep, native))
+            result.native = False
+            return adapter.chat(dep, body)
+
+        value = await self._walk(result, one)
         return value, result
 
     async def embed(self, body: Json, result: RouteResult | None = None) -> tuple[Json, RouteResult]:

@@ -70,6 +70,9 @@ class CountRequest(Strict):
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
+    # accepted as in create (found by the SDK's own tests): neither changes what the input counts
+    cache_control: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
 
 
 def parse_request(data: Any) -> MessagesRequest:

@@ -7,24 +7,22 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.api_requests import GATEWAY_FIELDS, validate
-from gateway.errors import InvalidFields, InvalidRequest
+from gateway.api_requests import GATEWAY_FIELDS, StrictBody, validate
+from gateway.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class Strict(BaseModel):
+class Strict(StrictBody):
+    """A bridged API's body: unknown fields refused, values of the wrong type refused, never coerced
+    (`"temperature": "0.5"` is not 0.5), as OpenAI and Anthropic answer."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 def parse(model: type[M], data: Any) -> M:
-    """A body into its model; a bad or unknown field is a 400 `invalid_request_error` naming it."""
-    try:
-        return validate(model, data)
-    except InvalidFields as exc:
-        code = "unknown_parameter" if "Extra inputs" in exc.message else "invalid_parameter"
-        message = exc.message.replace("Extra inputs are not permitted", "unknown parameter for this API")
-        raise InvalidRequest(message, param=exc.param, code=code) from exc
+    """A body into its model; a bad or unknown field is a 400 `invalid_request_error` naming it in `param`."""
+    return validate(model, data)
 
 
 def unsupported(param: str, why: str) -> InvalidRequest:

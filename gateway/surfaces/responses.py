@@ -2,9 +2,10 @@
 
 Request: `input` (a string, or items: messages with text/image parts, `function_call` and
 `function_call_output`), `instructions` (a system message, not carried to the next turn, as OpenAI),
-`previous_response_id` (the stored conversation it continues), function `tools`, `tool_choice`,
-`text.format` (json_schema / json_object), sampling parameters. What the bridge cannot honour (hosted
-tools, background mode, logprobs, `conversation` objects) is a 400 naming the parameter.
+`previous_response_id` (the stored conversation it continues) or `conversation` (a conversation object's
+items; gateway/surfaces/conversations.py), function `tools`, `tool_choice`, `text.format` (json_schema /
+json_object), sampling parameters. What the bridge cannot honour (hosted tools, background mode,
+logprobs) is a 400 naming the parameter.
 
 Answer: a `response` object (message and function_call output items, usage in input/output tokens), or,
 streamed, the Responses event sequence: response.created, response.in_progress, for each item
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field
 
-from gateway.api_requests import ChatRequest
+from gateway.api_requests import GATEWAY_FIELDS, ChatRequest
 from gateway.errors import OpsgateError
 from gateway.shapes import Json
 from gateway.surfaces.common import Strict, gateway_fields, parse, unsupported
@@ -45,6 +46,8 @@ class Reasoning(Strict):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
+    context: str | None = None  # known, refused: the chat bridge has no reasoning context to keep
+    mode: str | None = None
 
 
 class ResponsesRequest(Strict):
@@ -77,6 +80,11 @@ class ResponsesRequest(Strict):
     top_logprobs: int | None = None
     max_tool_calls: int | None = None
     conversation: str | dict[str, Any] | None = None
+    # in OpenAI's reference, refused when set (the chat bridge cannot honour them): named, never dropped
+    context_management: list[dict[str, Any]] | None = None
+    moderation: dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
     # the gateway's own fields
     prompt_variables: dict[str, Any] | None = None
     prompt_id: str | None = None
@@ -92,6 +100,7 @@ class Turn:
     id: str
     created_at: int
     history: list[Json] = field(default_factory=list)  # messages before this turn's input
+    conversation_id: str | None = None  # the conversation object it continues (and is added to)
     input_messages: list[Json] = field(default_factory=list)
 
     @property
@@ -104,6 +113,14 @@ class Turn:
         return self.history + self.input_messages
 
 
+_UNSERVED = {
+    "context_management": "the chat bridge does not compact context; leave it out",
+    "moderation": "moderation is the gateway's policies here (docs/policies.md); leave it out",
+    "prompt": "OpenAI-hosted prompts are not served; name an opsgate prompt as the model (or prompt_id)",
+    "prompt_cache_options": "leave it out (prompt_cache_key and prompt_cache_retention are passed on)",
+}
+
+
 def parse_request(data: Any) -> ResponsesRequest:
     request = parse(ResponsesRequest, data)
     if request.background:
@@ -113,12 +130,51 @@ def parse_request(data: Any) -> ResponsesRequest:
     if request.max_tool_calls is not None:
         raise unsupported("max_tool_calls", "the chat bridge cannot cap tool calls; leave it out")
     if request.conversation is not None:
-        raise unsupported("conversation", "conversation objects are not served; use previous_response_id")
+        if request.previous_response_id is not None:
+            raise unsupported("conversation", "send conversation or previous_response_id, not both")
+        if not request.store:
+            raise unsupported("store", "a response in a conversation is stored (leave store out, or true)")
     if request.include:
         raise unsupported("include", "no extra output data is available through the chat bridge")
-    if not request.input and request.previous_response_id is None and request.prompt_id is None:
+    for name, why in _UNSERVED.items():
+        if getattr(request, name) is not None:
+            raise unsupported(name, why)
+    if request.reasoning is not None:
+        for name in ("context", "mode"):
+            if getattr(request.reasoning, name) is not None:
+                raise unsupported(f"reasoning.{name}", "only reasoning.effort reaches the upstream (as chat's"
+                                  " reasoning_effort); leave it out")  # fmt: skip
+    if (
+        not request.input
+        and request.previous_response_id is None
+        and request.prompt_id is None
+        and (request.conversation is None)
+    ):
         raise unsupported("input", "send the input (a string or a list of input items)")
     return request
+
+
+def native_body(body: Json) -> Json:
+    """The caller's body as a deployment serving the Responses API natively gets it: without the gateway's
+    own fields and `store` (the gateway keeps the response; the provider is not asked to)."""
+    dropped = ("store", "stream_options", "previous_response_id", "conversation")
+    return {k: v for k, v in body.items() if k not in GATEWAY_FIELDS and k not in dropped}
+
+
+def may_be_native(request: ResponsesRequest) -> bool:
+    """Whether a deployment serving /responses natively may get this call as it came: not streamed, and
+    no state of the gateway's own to rebuild (previous_response_id, conversation: those are bridged)."""
+    return not request.stream and request.previous_response_id is None and request.conversation is None
+
+
+def conversation_id(request: ResponsesRequest) -> str | None:
+    """The conversation a request continues: `conversation` as an id, or `{"id": ...}`."""
+    value = request.conversation
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value.get("id"), str):
+        raise unsupported("conversation.id", "a conversation is its id, or {id: <conversation id>}")
+    return str(value["id"])
 
 
 def to_chat(turn: Turn) -> ChatRequest:
@@ -292,8 +348,52 @@ def usage_of(usage: Json | None) -> Json | None:
     }
 
 
+def native_chat(response: Json) -> Json:
+    """A Responses API answer (from a deployment that serves it natively) as the chat completion the
+    flow reads (text, tool calls, finish reason, usage), the answer itself kept under `native_response`
+    (what the caller gets back, see `response_object`)."""
+    output = [item for item in response.get("output") or () if isinstance(item, dict)]
+    text = "".join(
+        part.get("text", "")
+        for item in output
+        if item.get("type") == "message"
+        for part in item.get("content") or ()
+        if isinstance(part, dict) and part.get("type") == "output_text"
+    )
+    calls = [
+        {"id": item.get("call_id"), "type": "function",
+         "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")}}
+        for item in output
+        if item.get("type") == "function_call"
+    ]  # fmt: skip
+    message: Json = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    finish = "length" if response.get("status") == "incomplete" else "tool_calls" if calls else "stop"
+    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    assert isinstance(usage, dict)
+    return {
+        "id": response.get("id"),
+        "object": "chat.completion",
+        "created": response.get("created_at"),
+        "model": response.get("model"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": usage.get("input_tokens", 0), "completion_tokens": usage.get("output_tokens", 0),
+                  "total_tokens": usage.get("total_tokens", 0)},
+        "native_response": response,
+    }  # fmt: skip
+
+
 def response_object(turn: Turn, chat: Json, *, status: str | None = None) -> Json:
-    """The `response` a chat completion makes (its first choice)."""
+    """The `response` a chat completion makes (its first choice); for a natively served call, the
+    upstream's own response, under the gateway's id, model name and store."""
+    native = chat.get("native_response")
+    # passed through only as the output checks left it: one that redacted or withheld the answer changed
+    # the chat message, and the answer is then rendered from it (the bridge's way), never the original
+    if isinstance(native, dict) and (chat.get("choices") or [None])[0] == native_chat(native)["choices"][0]:
+        request = turn.request
+        return native | {"id": turn.id, "created_at": turn.created_at, "model": request.model,
+                         "store": request.store, "metadata": request.metadata or {}}  # fmt: skip
     choice = (chat.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     output: list[Json] = []
@@ -342,7 +442,7 @@ def skeleton(turn: Turn, status: str) -> Json:
         "usage": None,
         "user": request.user,
         "metadata": request.metadata or {},
-    }
+    } | ({"conversation": {"id": turn.conversation_id}} if turn.conversation_id else {})
 
 
 def output_messages(response: Json) -> list[Json]:

@@ -35,7 +35,7 @@ def replay_command(
 ) -> None:
     """Show a stored call's upstream request and versions, what has moved on since, and (--send) its
     answer again from the same versions (or --to another) with a diff."""
-    from gateway.traffic.replay import load_case, moved_on
+    from gateway.traffic.replay import load_case, moved_on, rerender
 
     settings = _settings()
     engine = _engine(settings)
@@ -57,6 +57,10 @@ def replay_command(
         "moved_on": moved_on(engine, case.versions),
         "target": to or case.target,
     }
+    try:
+        report["rendered"] = rerender(engine, case, to)
+    except OpsgateError as exc:
+        report["rendered"] = {"error": exc.message}
     if send:
         report["replay"] = _send(settings, url, key, case.route, case.request_body(to))
         report["answer"] = case.answer
@@ -80,9 +84,36 @@ def replay_command(
         typer.echo(f"  {note}")
     typer.echo("upstream request (redacted):")
     typer.echo(orjson.dumps(report["upstream_request"], option=orjson.OPT_INDENT_2).decode())
+    _echo_rendered(report["rendered"])
     if send:
         typer.echo(f"replayed to {report['target']}: {report['replay']['versions']}")
         typer.echo("\n".join(report["diff"]) or "answers are identical")
+
+
+def _echo_rendered(rendered: dict[str, Any] | None) -> None:
+    if rendered is None:
+        typer.echo("rendered prompt: none (no prompt served it; the caller's messages went as sent)")
+        return
+    if "error" in rendered:
+        typer.echo(f"rendered prompt: could not be rebuilt: {rendered['error']}")
+        return
+    if rendered["byte_equal"]:
+        typer.echo(
+            f"rendered prompt: {rendered['prompt']} re-renders byte-equal (sha256 {rendered['sha256']})"
+        )
+    elif rendered["equal_after_redaction"]:
+        typer.echo(f"rendered prompt: {rendered['prompt']} re-renders equal to the stored (redacted) messages;"
+                   " byte equality cannot be checked (redacted variables, or a call stored before it was)")  # fmt: skip
+    else:
+        typer.echo(f"rendered prompt: {rendered['prompt']} does NOT re-render what was sent:")
+        typer.echo("\n".join(rendered["diff"]))
+    moved = rendered.get("moved")
+    if moved is not None:
+        if "error" in moved:
+            typer.echo(f"{moved['prompt']} cannot render this call: {moved['error']}")
+        else:
+            typer.echo(f"rendered with {moved['prompt']}:")
+            typer.echo("\n".join(moved["diff"]) or "  the same messages")
 
 
 def _send(

@@ -6,18 +6,24 @@ Blocking (SQLAlchemy); used by the CLI.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import random
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, select
 
 from gateway.db.generation import as_utc
 from gateway.db.models import Alias, ArtifactVersion, RequestLog
-from gateway.errors import NotFound
+from gateway.errors import NotFound, OpsgateError
+from gateway.prompts.render import render_messages
+from gateway.prompts.spec import PromptSpec
 from gateway.shapes import ArtifactRef
 from gateway.traffic.config import TrafficConfig
+from gateway.traffic.redact import redact_payload
 from gateway.traffic.store import StoredCall, TrafficStore
 
 ROUTES = {"chat.completion": "/v1/chat/completions", "text_completion": "/v1/completions",
@@ -56,6 +62,103 @@ class ReplayCase:
     @property
     def answer(self) -> str:
         return answer_text(self.stored.payload.get("chat") or self.stored.payload.get("response") or {})
+
+
+def rerender(engine: Engine, case: ReplayCase, to: str | None = None) -> dict[str, Any] | None:
+    """The upstream messages rebuilt from the stored call and its lineage: the prompt version that served
+    it, rendered with the stored variables and the retrieved chunks as its template saw them, then the
+    caller's messages. `byte_equal` compares the rebuild with the sha256 of the messages as sent (recorded
+    before redaction); `diff` shows how they differ if not. `moved` renders the same call with another
+    version of the prompt (`to`, e.g. `prompt:docs_qa@7`, else the newest version when there is a newer
+    one) and diffs it against the rebuild. None when no prompt served the call (its messages were the
+    caller's, as stored)."""
+    prompt = next((ref for ref in case.versions if ref.kind == "prompt"), None)
+    if prompt is None:
+        return None
+    payload = case.stored.payload
+    request = payload.get("request") or {}
+    sent = (payload.get("upstream") or {}).get("messages") or []
+    rebuilt = _render(engine, prompt.name, prompt.version, case)
+    digest = hashlib.sha256(orjson.dumps(rebuilt)).hexdigest()
+    recorded = payload.get("rendered_sha256")
+    redacted = redact_payload(rebuilt)
+    report: dict[str, Any] = {
+        "prompt": prompt.pinned,
+        "variables": request.get("prompt_variables") or {},
+        "chunk_ids": [c.get("id") for c in payload.get("contexts") or ()],
+        "sha256": digest,
+        "recorded_sha256": recorded,
+        "byte_equal": digest == recorded,
+        "equal_after_redaction": redacted == sent,
+        "messages": redacted,
+        "diff": [] if redacted == sent else _diff(sent, redacted, "sent", "rebuilt"),
+        "moved": None,
+    }
+    other = _other_version(engine, prompt, to)
+    if other is not None:
+        try:
+            moved = redact_payload(_render(engine, prompt.name, other, case))
+            report["moved"] = {"prompt": f"prompt:{prompt.name}@{other}", "diff": _diff(redacted, moved,
+                               prompt.pinned, f"prompt:{prompt.name}@{other}")}  # fmt: skip
+        except OpsgateError as exc:
+            report["moved"] = {"prompt": f"prompt:{prompt.name}@{other}", "error": exc.message}
+    return report
+
+
+def _render(engine: Engine, name: str, version: int, case: ReplayCase) -> list[Any]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(ArtifactVersion.spec, ArtifactVersion.files).where(
+                ArtifactVersion.kind == "prompt",
+                ArtifactVersion.name == name,
+                ArtifactVersion.version == version,
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"prompt:{name}@{version} is not in the registry")
+    payload = case.stored.payload
+    request = payload.get("request") or {}
+    rendered = render_messages(
+        PromptSpec.model_validate(row.spec),
+        dict(request.get("prompt_variables") or {}),
+        templates={str(k): str(v) for k, v in (row.files or {}).items()},
+        context=list(payload.get("contexts") or []),
+    )
+    caller = request.get("messages")
+    return rendered + (list(caller) if isinstance(caller, list) else [])
+
+
+def _other_version(engine: Engine, prompt: ArtifactRef, to: str | None) -> int | None:
+    if to is not None:
+        target = to.removeprefix("prompt:")
+        name, _, selector = target.partition("@")
+        if name != prompt.name or not selector.isdigit():
+            return None  # another artifact, or an alias: the replay names what it resolves to
+        return int(selector) if int(selector) != prompt.version else None
+    with engine.connect() as conn:
+        latest = conn.execute(
+            select(ArtifactVersion.version)
+            .where(ArtifactVersion.kind == "prompt", ArtifactVersion.name == prompt.name)
+            .order_by(ArtifactVersion.version.desc())
+            .limit(1)
+        ).scalar()
+    return latest if latest is not None and latest != prompt.version else None
+
+
+def _diff(a: Any, b: Any, a_name: str, b_name: str) -> list[str]:
+    """A unified diff of two message lists, line by line of their text (other content as JSON)."""
+
+    def lines(messages: Any) -> list[str]:
+        out: list[str] = []
+        for i, message in enumerate(messages if isinstance(messages, list) else [messages]):
+            role = message.get("role") if isinstance(message, dict) else None
+            content = message.get("content") if isinstance(message, dict) else message
+            out.append(f"[{i}] {role}:")
+            text = content if isinstance(content, str) else orjson.dumps(content).decode()
+            out += ["    " + line for line in text.split("\n")]
+        return out
+
+    return list(difflib.unified_diff(lines(a), lines(b), a_name, b_name, lineterm=""))
 
 
 def answer_text(data: dict[str, Any]) -> str:

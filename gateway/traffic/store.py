@@ -9,7 +9,7 @@ loop use threads.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -37,6 +37,13 @@ class StoredCall:
     model: str | None
     metadata: dict[str, str]
     payload: dict[str, Any]  # {"request": caller body, "upstream": body sent, "response": answer, ...}
+
+
+class PayloadTooLarge(Exception):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes is over traffic.max_payload_bytes ({limit})")
+        self.size = size
+        self.limit = limit
 
 
 @dataclass(slots=True)
@@ -91,7 +98,9 @@ class TrafficStore:
     def by_request(self, request_id: str) -> StoredCall | None:
         """The stored call of a request-log row, for the operator's tools (replay, datasets): no owner check."""
         query = select(TrafficCall).where(
-            TrafficCall.request_id == request_id, TrafficCall.expires_at > utcnow()
+            TrafficCall.request_id == request_id,
+            TrafficCall.expires_at > utcnow(),
+            TrafficCall.kind != "conversation",  # a record the request made, not the call itself
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
@@ -161,6 +170,35 @@ class TrafficStore:
         with self.engine.begin() as conn:
             conn.execute(update(TrafficCall).where(TrafficCall.id == call_id).values({"metadata": metadata}))
         return self.get(who, call_id, kind)
+
+    def change_payload(
+        self, who: Principal, call_id: str, kind: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> StoredCall | None:
+        """Replace a record's payload with `change(payload)` in one transaction (the row is locked where the
+        database can: two changes of one record do not lose each other's); its retention starts again.
+        None when `who` cannot see such a record; `PayloadTooLarge` when the new payload is over
+        `max_payload_bytes` (nothing changes)."""
+        query = self._visible(who, kind).where(TrafficCall.id == call_id).with_for_update()
+        with self.engine.begin() as conn:
+            row = conn.execute(query).mappings().first()
+            if row is None:
+                return None
+            stored = self._load(conn, row)
+            stored.payload = change(stored.payload)
+            raw = orjson.dumps(stored.payload)
+            if len(raw) > self.config.max_payload_bytes:
+                raise PayloadTooLarge(len(raw), self.config.max_payload_bytes)
+            inline = len(raw) <= self.config.inline_max_bytes
+            values = {
+                "payload": stored.payload if inline else None,
+                "size_bytes": len(raw),
+                "expires_at": utcnow() + timedelta(days=self.config.retention_days),
+            }
+            conn.execute(update(TrafficCall).where(TrafficCall.id == call_id).values(values))
+            conn.execute(delete(TrafficPayload).where(TrafficPayload.call_id == call_id))
+            if not inline:
+                conn.execute(insert(TrafficPayload), [{"call_id": call_id, "data": zlib.compress(raw, 6)}])
+        return stored
 
     def delete(self, who: Principal, call_id: str, kind: str) -> bool:
         """Delete the call and its payload for good; False when `who` cannot see such a call."""

@@ -156,6 +156,13 @@ def test_count_tokens(gw: GatewayProcess) -> None:
     assert counted.input_tokens == prompt_tokens(
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "how many tokens is this"}]
     )
+    hinted = claude(gw).messages.count_tokens(
+        model="echo",
+        messages=messages,
+        system="Be brief.",
+        extra_body={"cache_control": {"type": "ephemeral"}},
+    )
+    assert hinted.input_tokens == counted.input_tokens
 
 
 def test_errors_in_anthropic_shape(gw: GatewayProcess) -> None:

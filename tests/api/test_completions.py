@@ -99,8 +99,8 @@ async def test_async_stream(gw: GatewayProcess) -> None:
         ({"prompt": "x", "best_of": 3}, "best_of", "unsupported_parameter"),
         ({"prompt": ["a", "b"]}, "prompt", "unsupported_parameter"),
         ({"prompt": "x", "api_base": "http://evil"}, "api_base", "unknown_parameter"),
-        ({"prompt": "x", "max_tokens": 0}, "max_tokens", "invalid_parameter"),
-        ({}, "prompt", "invalid_parameter"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens", "integer_below_min_value"),
+        ({}, "prompt", "missing_required_parameter"),
     ],
 )
 def test_what_the_bridge_cannot_honour_is_a_400(

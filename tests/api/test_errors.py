@@ -68,18 +68,26 @@ def test_invalid_utf8_is_400(gw: GatewayProcess) -> None:
     assert "UTF-8" in r.json()["error"]["message"]
 
 
-def test_a_json_array_is_422(gw: GatewayProcess) -> None:
-    assert_error(gw, post(gw, b"[1, 2]"), 422, type_="invalid_request_error", code="invalid_body")
+def test_a_json_array_is_400(gw: GatewayProcess) -> None:
+    assert_error(gw, post(gw, b"[1, 2]"), 400, type_="invalid_request_error", code="invalid_body")
 
 
 @pytest.mark.parametrize(
-    ("body", "param"),
+    ("body", "param", "code"),
     [
-        ({"model": "default", "messages": "hello"}, "messages"),
-        ({"model": "default", "messages": MESSAGES, "max_tokens": "many"}, "max_tokens"),
-        ({"model": "default", "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
-        ({"model": "default", "messages": MESSAGES, "temperature": 7}, "temperature"),
-        ({"model": "default", "messages": MESSAGES, "stream": "yes please"}, "stream"),
+        ({"model": "default", "messages": "hello"}, "messages", "invalid_type"),
+        ({"model": "default", "messages": MESSAGES, "max_tokens": "many"}, "max_tokens", "invalid_type"),
+        (
+            {"model": "default", "messages": MESSAGES, "max_tokens": 0},
+            "max_tokens",
+            "integer_below_min_value",
+        ),
+        (
+            {"model": "default", "messages": MESSAGES, "temperature": 7},
+            "temperature",
+            "decimal_above_max_value",
+        ),
+        ({"model": "default", "messages": MESSAGES, "stream": "yes please"}, "stream", "invalid_type"),
         (
             {
                 "model": "default",
@@ -88,11 +96,20 @@ def test_a_json_array_is_422(gw: GatewayProcess) -> None:
                 "stream_options": {"include_usage": []},
             },
             "stream_options.include_usage",
+            "invalid_type",
         ),
-        ({"model": "default", "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
-        ({"model": "default", "messages": [{"role": "user", "content": 42}]}, "messages.0.content"),
-        ({"model": 12, "messages": MESSAGES}, "model"),
-        ({"model": "default", "messages": []}, "messages"),
+        (
+            {"model": "default", "messages": [{"role": "robot", "content": "hi"}]},
+            "messages.0.role",
+            "invalid_value",
+        ),
+        (
+            {"model": "default", "messages": [{"role": "user", "content": 42}]},
+            "messages.0.content",
+            "invalid_type",
+        ),
+        ({"model": 12, "messages": MESSAGES}, "model", "invalid_type"),
+        ({"model": "default", "messages": []}, "messages", "empty_array"),
     ],
     ids=[
         "messages-str",
@@ -107,24 +124,26 @@ def test_a_json_array_is_422(gw: GatewayProcess) -> None:
         "messages-empty",
     ],
 )
-def test_wrong_types_are_422_naming_the_field(gw: GatewayProcess, body: dict[str, Any], param: str) -> None:
+def test_wrong_types_are_400_naming_the_field(
+    gw: GatewayProcess, body: dict[str, Any], param: str, code: str
+) -> None:
     r = post(gw, body)
-    assert_error(gw, r, 422, type_="invalid_request_error", code="invalid_fields", param=param)
+    assert_error(gw, r, 400, type_="invalid_request_error", code=code, param=param)
     assert r.json()["error"]["message"].startswith(f"{param}: ")
 
 
 @pytest.mark.parametrize("field", ["messages", "model"])
-def test_missing_fields_are_422(gw: GatewayProcess, field: str) -> None:
+def test_missing_fields_are_400(gw: GatewayProcess, field: str) -> None:
     body = {"model": "default", "messages": MESSAGES}
     del body[field]
     r = post(gw, body)
-    assert_error(gw, r, 422, type_="invalid_request_error", code="invalid_fields", param=field)
+    assert_error(gw, r, 400, type_="invalid_request_error", code="missing_required_parameter", param=field)
     assert r.json()["error"]["message"].startswith(f"{field}: this field is required")
 
 
-def test_embeddings_wrong_input_is_422(gw: GatewayProcess) -> None:
+def test_embeddings_wrong_input_is_400(gw: GatewayProcess) -> None:
     r = post(gw, {"model": "minilm", "input": 42}, path="/v1/embeddings")
-    assert_error(gw, r, 422, type_="invalid_request_error", code="invalid_fields", param="input")
+    assert_error(gw, r, 400, type_="invalid_request_error", code="invalid_type", param="input")
 
 
 @pytest.mark.parametrize("model", ["gpt-17", "openai/gpt-4o", "prompt:nothing@production", "a b"])
@@ -143,7 +162,7 @@ def test_the_openai_client_sees_the_same_errors(gw: GatewayProcess) -> None:
     assert not_found.value.code == "model_not_found"
     with pytest.raises(openai.AuthenticationError):
         gw.client(api_key="sk-wrong-wrong-wrong").chat.completions.create(model="default", messages=MESSAGES)  # type: ignore[arg-type]
-    with pytest.raises(openai.UnprocessableEntityError) as invalid:
+    with pytest.raises(openai.BadRequestError) as invalid:
         gw.client().chat.completions.create(model="default", messages=MESSAGES, max_tokens=-1)  # type: ignore[arg-type]
     assert invalid.value.body["param"] == "max_tokens"  # type: ignore[index]
 

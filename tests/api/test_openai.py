@@ -293,8 +293,8 @@ def test_health_and_readiness(gw: GatewayProcess) -> None:
         ("POST", "/v1/chat/completions", {"model": "default", "messages": MESSAGES}, True, 200),
         ("POST", "/v1/chat/completions", {"model": "default", "messages": MESSAGES}, False, 401),
         ("POST", "/v1/chat/completions", {"model": "nope", "messages": MESSAGES}, True, 404),
-        ("POST", "/v1/chat/completions", {"model": "default"}, True, 422),
-        ("POST", "/v1/embeddings", {"model": "minilm"}, True, 422),
+        ("POST", "/v1/chat/completions", {"model": "default"}, True, 400),
+        ("POST", "/v1/embeddings", {"model": "minilm"}, True, 400),
         ("GET", "/v1/models", None, True, 200),
         ("GET", "/v1/models", None, False, 401),
         ("GET", "/v1/models/default", None, True, 200),
@@ -313,8 +313,8 @@ def test_every_answer_carries_the_opsgate_headers(
     assert r.status_code == status
     assert re.fullmatch(r"req_[0-9a-f]{24}", r.headers["x-opsgate-request-id"])
     assert "x-opsgate-versions" in r.headers
-    if path == "/v1/chat/completions" and status in (200, 422):
-        assert VERSIONS.match(r.headers["x-opsgate-versions"]) or status == 422
+    if path == "/v1/chat/completions" and status in (200, 400):
+        assert VERSIONS.match(r.headers["x-opsgate-versions"]) or status == 400
     if status >= 400:
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}

@@ -229,8 +229,9 @@ def test_a_number_sent_as_a_string_is_refused_not_forwarded(fuzz_gateway: Gatewa
             json={"model": "local", "messages": [{"role": "user", "content": "hi"}], "temperature": "0.5"},
             headers=fuzz_gateway.auth(),
         )
-    assert answer.status_code == 422
+    assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "temperature"
+    assert answer.json()["error"]["code"] == "invalid_type"
 
 
 def test_a_whole_float_is_an_integer(fuzz_gateway: GatewayProcess) -> None:

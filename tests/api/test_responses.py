@@ -193,9 +193,13 @@ def test_store_false_and_other_principal_get_404(gw: GatewayProcess) -> None:
     [
         ({"tools": [{"type": "web_search"}]}, "tools.0"),
         ({"background": True}, "background"),
-        ({"conversation": "conv_1"}, "conversation"),
+        ({"conversation": "conv_1", "previous_response_id": "resp_1"}, "conversation"),
         ({"bogus": 1}, "bogus"),
         ({"input": [{"type": "computer_call_output"}]}, "input.0.type"),
+        ({"reasoning": {"effort": "low", "context": "auto"}}, "reasoning.context"),
+        ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"moderation": {"model": "m"}}, "moderation"),
+        ({"context_management": [{"type": "compaction"}]}, "context_management"),
     ],
 )
 def test_unservable_parameters_are_400(gw: GatewayProcess, extra: dict[str, Any], param: str) -> None:

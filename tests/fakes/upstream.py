@@ -6,7 +6,8 @@ independent broken upstreams (counters and records are kept per full mode string
 
     ok            answers: chat echoes "echo: <last user message>" with correct usage (tiktoken
                   cl100k_base, OpenAI's message framing), streams one chunk per word; embeddings
-                  (float or base64, 8 dims, unit length); models
+                  (float or base64, 8 dims, unit length); models; responses (OpenAI's Responses API:
+                  "echo: <last user input>" with a reasoning item, as a provider serving it natively)
     nousage       answers without any usage (the gateway must count tokens itself)
     <status>      e.g. 500, 503, 400, 401, 429 (with `Retry-After: 7`; `429-bare` without it): that
                   status, OpenAI error JSON
@@ -119,6 +120,8 @@ class Hit:
             return json_response({"object": "list", "data": [model_card()]})
         if self.endpoint == "embeddings":
             return json_response(embeddings_answer(self.body, usage=usage))
+        if self.endpoint == "responses":  # OpenAI's Responses API, for deployments that serve it natively
+            return json_response(responses_answer(self.body))
         if self.endpoint != "chat/completions":
             return error_response(404, f"no endpoint {self.endpoint}")
         text = echo_text(self.body) if content is None else content
@@ -206,6 +209,52 @@ def chat_answer(body: Json, text: str, *, usage: bool = True) -> Json:
     if usage:
         data["usage"] = usage_of(body, text)
     return data
+
+
+def responses_answer(body: Json) -> Json:
+    """A Responses API answer echoing the last user input, with a reasoning item and fields of the
+    Responses API that a bridge through chat completions would not have (service_tier, reasoning tokens)."""
+    raw = body.get("input")
+    if isinstance(raw, str):
+        said = raw
+    else:
+        users = [i for i in raw or () if isinstance(i, dict) and i.get("role") == "user"]
+        said = message_text(users[-1]) if users else ""
+    text = "echo: " + said
+    tokens_in, tokens_out = count_tokens(said) + 3, count_tokens(text)
+    return {
+        "id": "resp_upstream_" + hashlib.sha256(text.encode()).hexdigest()[:16],
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": UPSTREAM_MODEL,
+        "output": [
+            {"id": "rs_fake_1", "type": "reasoning", "summary": [{"type": "summary_text", "text": "thought"}]},
+            {"id": "msg_fake_1", "type": "message", "status": "completed", "role": "assistant",
+             "content": [{"type": "output_text", "text": text, "annotations": []}]},
+        ],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": (body.get("reasoning") or {}).get("effort"), "summary": None},
+        "service_tier": "default",
+        "store": bool(body.get("store", True)),
+        "temperature": body.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": body.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": {"input_tokens": tokens_in, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                  "output_tokens": tokens_out, "output_tokens_details": {"reasoning_tokens": 5},
+                  "total_tokens": tokens_in + tokens_out},
+        "user": None,
+        "metadata": {},
+    }  # fmt: skip
 
 
 def embeddings_answer(body: Json, *, usage: bool = True) -> Json:

@@ -103,7 +103,9 @@ def test_redis_down_follows_on_store_error_and_recovers(
     # wait on it in between, so it serves again within one interval of Redis being back.
     deadline = time.monotonic() + 5
     while statuses(closed_gw, closed_key, 1) != [200]:
-        assert time.monotonic() < deadline, "the fail-closed gateway does not serve again after Redis came back"
+        assert time.monotonic() < deadline, (
+            "the fail-closed gateway does not serve again after Redis came back"
+        )
         time.sleep(0.1)
     for gw in (open_gw, closed_gw):
         with gw.http() as http:

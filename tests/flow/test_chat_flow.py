@@ -189,14 +189,17 @@ def test_usage_that_is_not_a_token_count_is_the_upstreams_fault(gw: GatewayProce
 
 
 @pytest.mark.parametrize(
-    ("options", "param"),
-    [({"include_context": "yes"}, "opsgate.include_context"), ({"nope": 1}, "opsgate.nope")],
+    ("options", "param", "code"),
+    [
+        ({"include_context": "yes"}, "opsgate.include_context", "invalid_type"),
+        ({"nope": 1}, "opsgate.nope", "unknown_parameter"),
+    ],
 )
 def test_bad_gateway_options_are_refused_with_one_log_row(
-    gw: GatewayProcess, options: dict[str, Any], param: str
+    gw: GatewayProcess, options: dict[str, Any], param: str, code: str
 ) -> None:
     body = {"model": "echo", "messages": [{"role": "user", "content": "x"}], "opsgate": options}
-    status, code = 422, "invalid_fields"
+    status = 400
     with gw.http() as http:
         r = http.post("/v1/chat/completions", json=body, headers=gw.auth())
     row = assert_error(gw, r, status, type_="invalid_request_error", code=code, param=param)

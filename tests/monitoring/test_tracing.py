@@ -194,3 +194,113 @@ def test_off_without_endpoint_costs_no_span_objects() -> None:
     headers: dict[str, str] = {}
     tracing.inject(headers)
     assert headers == {}
+
+
+@pytest.fixture(scope="module")
+def detailed(
+    project_factory: Any, gateway_factory: Any, fake_upstream: FakeUpstream
+) -> Iterator[tuple[GatewayProcess, Receiver, str]]:
+    """Every policy check traced (`OPSGATE_TRACE_DETAIL=checks`), and a sampler that samples nothing of
+    its own (ratio 0) but follows a caller's sampled `traceparent`."""
+    receiver = Receiver()
+    routers = {"plain": {"deployments": [deployment("up", fake_upstream.url("ok-detail"))]}}
+    project = project_factory(routers=routers)
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OPSGATE_TRACE_DETAIL": "checks",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0",
+    }
+    with gateway_factory(project, env=env) as gw:
+        app_key = gw.cli("keys", "create", "--name", "app", "--role", "app", key=gw.admin_key).stdout.split()[
+            -1
+        ]
+        gw.wait_for_key(app_key)
+        yield gw, receiver, app_key
+    receiver.server.shutdown()
+
+
+def test_each_policy_check_is_a_span_under_its_stage(detailed: tuple[GatewayProcess, Receiver, str]) -> None:
+    gw, receiver, app_key = detailed
+    trace = "5bf92f3577b34da6a3ce929d0e0e4736"
+    body = {"model": "plain", "messages": [{"role": "user", "content": "mail me at ada@example.com"}]}
+    with gw.http() as http:
+        resp = http.post(
+            "/v1/chat/completions",
+            json=body,
+            headers={**gw.auth(app_key), "traceparent": f"00-{trace}-{CALLER_SPAN}-01"},
+        )
+    assert resp.status_code == 200, resp.text
+    receiver.wait(1, "opsgate.log_write")
+    spans = tree(receiver, bytes.fromhex(trace))
+    (admit,) = spans["opsgate.policy.admit"]
+    (output,) = spans["opsgate.policy.output"]
+    # the repo's policy gives app keys `pii` (redact) and `injection` (flag): each check on the way in
+    # is a span under admit, each on the way out one under output
+    checks = {s.name: s for s in spans["opsgate.check pii"] + spans["opsgate.check injection"]}
+    assert len(spans["opsgate.check pii"]) == 2 and len(spans["opsgate.check injection"]) == 2
+    inbound = [s for s in spans["opsgate.check pii"] if s.parent_span_id == admit.span_id]
+    assert len(inbound) == 1 and attrs(inbound[0])["opsgate.policy.verdict"] == "redacted"
+    assert attrs(inbound[0])["opsgate.policy.rule"] == "apps"
+    assert admit.start_time_unix_nano <= inbound[0].start_time_unix_nano
+    assert inbound[0].end_time_unix_nano <= admit.end_time_unix_nano
+    assert any(s.parent_span_id == output.span_id for s in checks.values())
+
+
+def test_sampler_ratio_zero_traces_only_sampled_callers(
+    detailed: tuple[GatewayProcess, Receiver, str],
+) -> None:
+    gw, receiver, app_key = detailed
+    before = len(receiver.spans)
+    writes = len(receiver.wait(0, "opsgate.log_write"))
+    unsampled = "6bf92f3577b34da6a3ce929d0e0e4736"
+    body = {"model": "plain", "messages": [{"role": "user", "content": "hi"}]}
+    with gw.http() as http:
+        for headers in ({}, {"traceparent": f"00-{unsampled}-{CALLER_SPAN}-00"}):
+            assert http.post(
+                "/v1/chat/completions", json=body, headers={**gw.auth(app_key), **headers}
+            ).is_success
+        sampled = "7bf92f3577b34da6a3ce929d0e0e4736"
+        traced = http.post(
+            "/v1/chat/completions",
+            json=body,
+            headers={**gw.auth(app_key), "traceparent": f"00-{sampled}-{CALLER_SPAN}-01"},
+        )
+    assert traced.is_success
+    receiver.wait(writes + 1, "opsgate.log_write")  # the sampled request's spans arrived
+    time.sleep(0.3)
+    new = receiver.spans[before:]
+    assert {s.trace_id.hex() for s in new} == {sampled}, names(new)
+
+
+def test_traceparent_parsing_and_ratio_sampler() -> None:
+    from gateway.monitoring.tracing import Sampler, _parse_traceparent
+
+    good = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    assert _parse_traceparent(good) == (int(CALLER_TRACE, 16), int(CALLER_SPAN, 16), True)
+    for bad in (None, "", "00-xyz", f"00-{'0' * 32}-{CALLER_SPAN}-01", f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",
+                f"00-{CALLER_TRACE}-{'0' * 16}-01", f"00-{CALLER_TRACE[:-1]}g-{CALLER_SPAN}-01"):  # fmt: skip
+        assert _parse_traceparent(bad) is None, bad
+    half = Sampler.from_env({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"})
+    assert half.sampled(0x0, None) and not half.sampled(0xFFFFFFFFFFFFFFFF, None)
+    share = sum(half.sampled(i * 0x0123456789ABCDEF % (1 << 64), None) for i in range(1, 2001)) / 2000
+    assert 0.4 < share < 0.6
+    assert half.sampled(0x0, (1, 2, False))  # not parent-based: the ratio decides, whatever the caller says
+    parent_based = Sampler.from_env({"OTEL_TRACES_SAMPLER": "parentbased_always_off"})
+    assert parent_based.sampled(5, (5, 6, True)) and not parent_based.sampled(5, None)
+
+
+def test_a_collector_that_is_down_drops_spans_quietly() -> None:
+    from gateway.monitoring.tracing import Exporter, Span
+    from tests.fakes.gateway import free_port
+
+    exporter = Exporter(f"http://127.0.0.1:{free_port()}/v1/traces", {"OTEL_BSP_SCHEDULE_DELAY": "60000"})
+    try:
+        done = Span("x", None)
+        done.trace_id = 1
+        exporter.queue(done)
+        exporter.flush()  # refused: logged, dropped, no exception
+        assert not exporter.spans and exporter.exported == 1
+    finally:
+        exporter.shutdown()

@@ -439,7 +439,7 @@ def test_token_caps(gw: GatewayProcess, keys: dict[str, str], upstream: FakeUpst
         " shorten the messages"
     )
     r = post(gw, keys, "capped", chat("echo", "hi", max_tokens=100))
-    assert_error(gw, r, 422, type_="invalid_request_error", code="max_tokens_exceeded", param="max_tokens")
+    assert_error(gw, r, 400, type_="invalid_request_error", code="max_tokens_exceeded", param="max_tokens")
     assert r.json()["error"]["message"].startswith("max_tokens: 100 is over the cap of 16")
     assert len(upstream.requests) == mark
     ok = post(gw, keys, "capped", chat("echo", "hi"))

@@ -13,7 +13,7 @@ from gateway.db.models import TrafficCall, TrafficPayload
 from gateway.keys import Principal
 from gateway.traffic.config import TrafficConfig
 from gateway.traffic.redact import redact_payload
-from gateway.traffic.store import StoredCall, TrafficStore
+from gateway.traffic.store import PayloadTooLarge, StoredCall, TrafficStore
 
 ALICE = Principal("k1", "alice", "app:alice", frozenset({"app"}), ("*",))
 BOB = Principal("k2", "bob", "app:bob", frozenset({"app"}), ("*",))
@@ -74,6 +74,31 @@ def test_large_payload_round_trips_through_payload_row(store: TrafficStore) -> N
     assert got is not None and got.payload == {"response": {"text": "x" * 3000}}
     with store.engine.connect() as conn:
         assert conn.execute(select(TrafficCall.payload).where(TrafficCall.id == "big")).scalar_one() is None
+
+
+def test_change_payload_moves_between_inline_and_payload_row(store: TrafficStore) -> None:
+    """Conversations grow and shrink in place: each change is whole, in the index row or the payload row."""
+    store.save(call("conv", size=10))
+    grown = store.change_payload(
+        ALICE, "conv", "chat.completion", lambda p: {"response": {"text": "y" * 3000}}
+    )
+    assert grown is not None and grown.payload == {"response": {"text": "y" * 3000}}
+    assert count(store, TrafficPayload) == 1
+    shrunk = store.change_payload(ALICE, "conv", "chat.completion", lambda p: {"response": {"text": "z"}})
+    assert shrunk is not None and count(store, TrafficPayload) == 0
+    with pytest.raises(PayloadTooLarge):
+        store.change_payload(ALICE, "conv", "chat.completion", lambda p: {"response": {"text": "w" * 6000}})
+    got = store.get(ALICE, "conv", "chat.completion")
+    assert got is not None and got.payload == {"response": {"text": "z"}}  # the refused change left nothing
+    assert store.change_payload(BOB, "conv", "chat.completion", lambda p: {}) is None  # not bob's
+    assert store.by_request("req_conv") is not None
+
+
+def test_a_conversation_is_not_the_call_of_its_request(store: TrafficStore) -> None:
+    conversation = call("conv_1")
+    conversation.kind = "conversation"
+    store.save(conversation)
+    assert store.by_request("req_conv_1") is None  # replay and datasets read calls only
 
 
 def test_redaction_walks_every_string() -> None:

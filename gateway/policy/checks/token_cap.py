@@ -3,8 +3,9 @@
     - {type: token_cap, max_input_tokens: 8000, max_output_tokens: 1024}
 
 Over the input cap: 400 `context_length_exceeded` (OpenAI's code for the same problem). A request that
-asks for more output than the cap: 422 on `max_tokens`; one that asks for nothing gets
-`max_tokens: <cap>` added, so the cap holds and budgets can reserve the exact worst case.
+asks for more output than the cap: 400 on `max_tokens` (as OpenAI answers one over a model's limit); one
+that asks for nothing gets `max_tokens: <cap>` added, so the cap holds and budgets can reserve the exact
+worst case.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gateway.errors import InvalidFields, InvalidRequest
+from gateway.errors import InvalidParameter, InvalidRequest
 from gateway.policy.base import CheckConfig, Finding, Payload, PolicyCheck, Subject, Verdict
 
 
@@ -59,7 +60,7 @@ class TokenCap(PolicyCheck[TokenCapConfig]):
             return Finding("allowed")
         if asked > cfg.max_output_tokens:
             param = "max_completion_tokens" if "max_completion_tokens" in payload.body else "max_tokens"
-            too_many = InvalidFields(
+            too_many = InvalidParameter(
                 f"{param}: {asked} is over the cap of {cfg.max_output_tokens} ({where}); ask for at most"
                 f" {cfg.max_output_tokens}",
                 param=param,

@@ -1,0 +1,1 @@
+"""The web dashboard (/ui): server-rendered pages over the registry, evals, monitoring and the request log."""
