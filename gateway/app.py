@@ -166,6 +166,14 @@ def build_parts(settings: Settings, config: GatewayConfig, engine: Engine) -> Pa
         protected_aliases=protected,
         limits=config.limits,
         traffic=recorder,
+        shadow_in_flight=config.rollouts.shadow_max_in_flight,
+    )
+    shadows = gateway.shadows
+    metrics.gauge("opsgate_shadow_in_flight", "Rollout shadow calls running now.", lambda: shadows.in_flight)
+    metrics.gauge(
+        "opsgate_shadow_dropped",
+        "Sampled shadow calls dropped (shadow_max_in_flight reached).",
+        lambda: shadows.dropped,
     )
     alerts = Alerts(config.alerts, egress, audit_tip=lambda: audit.anchored_tip(engine))
     return Parts(
@@ -331,6 +339,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ready = False
             await rollouts.stop()
             await alerting.stop()
+            await parts.gateway.shadows.stop()
             purge.cancel()
             await online.stop()
             await ml.stop()

@@ -146,6 +146,11 @@ class RolloutsConfig(StrictModel):
         gt=0,
         description="How often the rollout evaluator wakes (each rollout keeps its own interval_s).",
     )
+    shadow_max_in_flight: int = Field(
+        8,
+        ge=1,
+        description="Shadow calls running at once per replica; a sampled request beyond it is dropped and counted.",
+    )
 
 
 class GatewayConfig(StrictModel):

@@ -27,7 +27,7 @@ from gateway.prompts.spec import PromptSpec
 from gateway.providers import Adapters
 from gateway.registry.refs import DEFAULT_ALIAS
 from gateway.registry.store import VersionRecord, to_record
-from gateway.rollouts.service import LiveRollout, load_live
+from gateway.rollouts.service import Assignment, LiveRollout, load_live
 from gateway.routing.router import Router
 from gateway.routing.spec import RouterSpec
 
@@ -94,16 +94,16 @@ class Catalog:
 
     def resolve_for(
         self, kind: str, name: str, selector: str | None, caller: str
-    ) -> tuple[VersionRecord, tuple[str, str] | None]:
-        """`resolve`, where an alias under a live canary rollout serves the caller's arm: returns the
-        record and (rollout id, arm), or None when no rollout applies (a version number never does)."""
+    ) -> tuple[VersionRecord, Assignment | None]:
+        """`resolve`, where an alias under a live rollout serves the caller's arm: returns the record
+        and the assignment (rollout, arm), or None when no rollout applies (a version number never does)."""
         if selector is not None and selector.isdigit():
             return self.resolve(kind, name, selector), None
         live = self.snapshot.rollouts.get((kind, name, selector or DEFAULT_ALIAS))
         if live is None:
             return self.resolve(kind, name, selector), None
         version, arm = live.version_for(caller, utcnow())
-        return self.resolve(kind, name, str(version)), (live.id, arm)
+        return self.resolve(kind, name, str(version)), Assignment(live, arm)
 
     def find(self, kind: str, name: str, selector: str | None = None) -> VersionRecord | None:
         """`resolve`, or None when there is no such version."""

@@ -147,9 +147,11 @@ async def predict(request: Request, name: str) -> Response:
     ml = ml_of(request)
 
     async def handle(call: Call) -> Response:
-        record = ml.resolve(call, name)
+        raw = await _body(request)
+        data = protocol.loads_or_none(raw)
+        record = ml.resolve(call, name, user=protocol.end_user(data))
         request.state.versions = call.versions_header
-        rows, explain = protocol.predict_rows(protocol.loads(await _body(request)))
+        rows, explain = protocol.predict_rows(data if data is not None else protocol.loads(raw))
         result = await ml.predict(call, record, rows, explain=explain)
         return _json(_predict_body(result))
 

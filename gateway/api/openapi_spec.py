@@ -334,6 +334,12 @@ class PredictRequest(BaseModel):
         min_length=1, description="Rows: objects of column -> value (the model card lists the columns)."
     )
     explain: bool = Field(False, description="Add each row's SHAP explanation.")
+    user: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The application's end-user id: under a rollout, each user stays in one arm.",
+    )
 
 
 # -- the builder ------------------------------------------------------------------------------------------

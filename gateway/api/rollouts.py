@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ConfigDict, Field
 
 from gateway.api.admin import Caller, Reader, clean_inputs
+from gateway.api.deps import gateway_of
 from gateway.api.openapi_spec import ADMIN_ERRORS, error_responses
 from gateway.api_requests import StrictBody
+from gateway.flow.shadow import ShadowRunner
 from gateway.registry.promotion import PromotionService
 from gateway.rollouts.service import RolloutService, RolloutSpec
 
@@ -48,9 +50,36 @@ def list_rollouts(request: Request, _: Reader, live: bool = False) -> list[dict[
     return rollouts_of(request).list_rollouts(live_only=live)
 
 
+@router.get(
+    "/panel", summary="Dashboard panel data: live and recent rollouts, share now, last check per metric"
+)
+def panel(request: Request, _: Reader, limit: Annotated[int, Query(ge=0, le=200)] = 20) -> dict[str, Any]:
+    out = rollouts_of(request).panel(limit=limit)
+    for item in out["rollouts"]:
+        if item["mode"] == "shadow":
+            item["shadow"] = _shadows(request, item["target"].split(":", 1)[0]).stats_for(item["id"])
+    return out
+
+
 @router.get("/{rollout_id}", summary="One rollout with its last check (figures, sample sizes, test)")
 def status(request: Request, _: Reader, rollout_id: str) -> dict[str, Any]:
-    return rollouts_of(request).get(rollout_id)
+    return _with_shadow(request, rollouts_of(request).get(rollout_id))
+
+
+def _with_shadow(request: Request, record: dict[str, Any]) -> dict[str, Any]:
+    """A shadow rollout's calls as this replica counts them: sampled, started, dropped (the bound
+    `rollouts.shadow_max_in_flight` was reached), failed, in flight."""
+    if record["mode"] == "shadow":
+        record["shadow"] = _shadows(request, record["kind"]).stats_for(record["id"])
+    return record
+
+
+def _shadows(request: Request, kind: str) -> ShadowRunner:
+    """Where this replica runs a kind's shadow calls: classic models score in the ML service."""
+    if kind == "model":
+        runner: ShadowRunner = request.app.state.ml.shadows
+        return runner
+    return gateway_of(request).shadows
 
 
 @router.post("/{rollout_id}/check", summary="Evaluate now (the background evaluator does it every interval)")

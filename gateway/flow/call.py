@@ -16,6 +16,7 @@ from gateway.keys import Principal
 from gateway.shapes import ArtifactRef
 
 if TYPE_CHECKING:
+    from gateway.flow.shadow import Pin, ShadowOrder
     from gateway.retrieval.retriever import Retrieval
     from gateway.routing.router import RouteResult
 
@@ -46,6 +47,8 @@ class Call:
     streaming: bool = False  # an SSE writer owns the call's end (and its log row)
     finished: bool = False
     trace: Any = None  # the request's OpenTelemetry span, when tracing is on (gateway.monitoring.tracing)
+    shadow: ShadowOrder | None = None  # a live request sampled for a shadow rollout: run after it finishes
+    pin: Pin | None = None  # this is a shadow call: the candidate version it must use
 
     def add(self, ref: ArtifactRef) -> None:
         """Record a version in the lineage (once, in the order the flow met them)."""

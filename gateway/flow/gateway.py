@@ -28,6 +28,7 @@ from gateway.flow.access import VersionAccess
 from gateway.flow.call import Call
 from gateway.flow.model_cards import model_card, prompt_card
 from gateway.flow.plan import ChatPlan, Resolver
+from gateway.flow.shadow import ShadowOrder, ShadowRunner
 from gateway.flow.sse import ChatStream
 from gateway.flow.traffic import CHAT, Recording, Surface, TrafficRecorder
 from gateway.keys import Principal
@@ -88,6 +89,7 @@ class Gateway:
         protected_aliases: frozenset[str] = frozenset({"staging", "production"}),
         limits: LimitsConfig | None = None,
         traffic: TrafficRecorder | None = None,
+        shadow_in_flight: int = 8,
     ) -> None:
         self.catalog = catalog
         self.limits = limits or LimitsConfig()
@@ -102,6 +104,7 @@ class Gateway:
         # Hooks must be quick and must not raise: they run on the request path.
         self.finish_hooks: list[FinishHook] = []
         self.streams: set[ChatStream] = set()  # open streams, cut at shutdown after the grace period
+        self.shadows = ShadowRunner(self.shadow_chat, max_in_flight=shadow_in_flight)
 
     # -- who calls ---------------------------------------------------------------------------------------
 
@@ -149,7 +152,7 @@ class Gateway:
         """The call's recording in the traffic store, when it is to be stored. The gateway is the store:
         `store` is never sent upstream (a provider would keep a second copy, out of the operator's reach)."""
         prompt = plan.prompt.name if plan.prompt is not None else None
-        if self.traffic is None:
+        if self.traffic is None or call.pin is not None:  # a shadow call's answer is never kept
             return None
         upstream.body.pop("store", None)
         if not self.traffic.wanted(plan.request.store, plan.router.name, prompt):
@@ -315,6 +318,29 @@ class Gateway:
         assert isinstance(answer, dict)
         return answer
 
+    async def shadow_chat(self, live: Call, order: ShadowOrder, request_id: str) -> int:
+        """A shadow call (gateway/flow/shadow.py): the live request's body through the same flow with
+        the rollout's candidate pinned, uncounted, as the live caller; logged, its answer dropped."""
+        call = Call(request_id=request_id, route=live.route, principal=live.principal)
+        call.pin = order.pin
+        call.extra["shadow_of"] = live.request_id
+        self.policy.uncounted(call)
+        status, error = 200, None
+        try:
+            await self.chat(call, ChatRequest.parse(order.shadow_body()))
+        except OpsgateError as exc:
+            status, error = exc.status, exc
+        except asyncio.CancelledError:
+            self.finish(
+                call, 499, OpsgateError("the gateway stopped during the shadow call", code="shadow_cut")
+            )
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: the row says so, as opened_call does for live calls
+            status = 500
+            error = OpsgateError(f"internal error ({type(exc).__name__}) in a shadow call")
+        self.finish(call, status, error)
+        return status
+
     # -- embeddings ----------------------------------------------------------------------------------
 
     async def embeddings(self, call: Call, request: EmbeddingRequest) -> Json:
@@ -411,10 +437,13 @@ class Gateway:
         )
         with tracing.in_request(call, "opsgate.log_write"):
             self.writer.submit(row)
-        self.metrics.observe(row)
+        if call.pin is None:  # shadow calls stay out of the request metrics (no caller made them)
+            self.metrics.observe(row)
         for hook in self.finish_hooks:
             hook(call, row)
         tracing.end_request(call, row)
+        if call.shadow is not None and not 400 <= status < 500:  # refused: nothing to compare
+            self.shadows.submit(call, call.shadow)
 
 
 def prompt_params(spec: PromptSpec) -> Json:

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.api_requests import ChatRequest
+from gateway.db.generation import utcnow
 from gateway.errors import InvalidParameter, InvalidRequest, ModelNotFound
 from gateway.flow.call import Call
+from gateway.flow.shadow import Pin, ShadowOrder
 from gateway.prompts.render import check_variables
 from gateway.prompts.spec import PromptSpec
 from gateway.registry.refs import Ref, parse_ref
@@ -96,7 +98,11 @@ class Resolver:
                     f"prompt {spec.name!r} needs retrieval, which this gateway was built without",
                     code="retrieval_unavailable",
                 )
-            index = self.retriever.resolve(spec.retrieval.index, spec.name)
+            index = self.retriever.resolve(
+                spec.retrieval.index,
+                spec.name,
+                lambda kind, name, selector: self._resolve(call, request, kind, name, selector),
+            )
             call.add(index.ref)
             selector = parse_ref(spec.retrieval.index, default_kind="index").selector
             asked.append(Asked(index, selector, False, True))
@@ -123,13 +129,23 @@ class Resolver:
         self, call: Call, request: ChatRequest | None, kind: str, name: str, selector: str | None
     ) -> VersionRecord:
         """A version by number or alias; an alias under a live rollout serves the caller's arm
-        (sticky per key principal and `user`), and the log row says which (`extra.rollout`)."""
+        (sticky per key principal and `user`), and the log row says which (`extra.rollout`). A request
+        sampled by a shadow rollout leaves its shadow order on the call; a shadow call is pinned to the
+        candidate (gateway/flow/shadow.py)."""
+        pin = call.pin
+        if pin is not None and (pin.kind, pin.name) == (kind, name):
+            call.extra["rollout"] = {"id": pin.rollout_id, "arm": "shadow", "target": f"{kind}:{name}"}
+            return self.catalog.resolve(kind, name, str(pin.version))
         principal = call.principal.principal if call.principal is not None else "anonymous"
         user = request.end_user if request is not None else None
         caller = f"{principal}:{user}" if user else principal
-        record, arm = self.catalog.resolve_for(kind, name, selector, caller)
-        if arm is not None:
-            call.extra["rollout"] = {"id": arm[0], "arm": arm[1], "target": f"{kind}:{name}"}
+        record, assigned = self.catalog.resolve_for(kind, name, selector, caller)
+        if assigned is not None and pin is None:  # a shadow call's other versions: as the live call's
+            call.extra["rollout"] = tag = assigned.tag(kind, name)
+            live = assigned.rollout
+            if request is not None and live.shadowed(call.request_id, utcnow()):
+                tag["shadowed"] = True
+                call.shadow = ShadowOrder(Pin(kind, name, live.candidate, live.id), request.body)
         return record
 
     def _router(self, call: Call, record: VersionRecord, kind: str) -> Router:

@@ -36,7 +36,14 @@ class PipelinesConfig(StrictModel):
         " its host must be on egress.hosts. Unset: a local cluster of `dask_workers` processes.",
     )
     dask_workers: int = Field(2, ge=1, le=256, description="Worker processes of the local cluster.")
-    timeout_s: float = Field(3600, gt=0, description="A triggered run's lease: another may start after this.")
+    timeout_s: float = Field(
+        3600,
+        gt=0,
+        description="A run's time limit: a run still training after it is stopped and registers nothing.",
+    )
+    schedule_tick_s: float = Field(
+        30, ge=0, description="How often the gateway looks for due scheduled pipeline runs (0: never)."
+    )
 
     @field_validator("databases")
     @classmethod

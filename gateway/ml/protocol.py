@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import InvalidFields, InvalidJSON
+from gateway.errors import InvalidFields, InvalidJSON, OpsgateError
 from gateway.ml.schema import coerce_csv_value
 from gateway.ml.spec import ModelSpec
 
@@ -132,17 +132,34 @@ def positional(rows: list[Any], spec: ModelSpec, param: str) -> Rows:
     return out
 
 
+def loads_or_none(raw: bytes) -> Any:
+    """`loads`, or None when the body is not JSON (the caller parses again to raise the error in turn)."""
+    try:
+        return loads(raw)
+    except OpsgateError:
+        return None
+
+
+def end_user(data: Any) -> str | None:
+    """The predict body's `user` (the application's end-user id, as in OpenAI's API): with the key's
+    principal, a rollout's sticky assignment key. None when absent or not a short string."""
+    user = data.get("user") if isinstance(data, dict) else None
+    return user if isinstance(user, str) and 0 < len(user) <= 200 else None
+
+
 def predict_rows(data: Any) -> tuple[Rows, bool]:
-    """opsgate's own body: {"records": [...], "explain": false}."""
+    """opsgate's own body: {"records": [...], "explain": false, "user": "..."}."""
     if not isinstance(data, dict):
         raise InvalidFields("the request body must be a JSON object with records", code="invalid_body")
-    unknown = set(data) - {"records", "explain"}
+    unknown = set(data) - {"records", "explain", "user"}
     if unknown:
         raise InvalidFields(
             f"{field_name(sorted(unknown)[0])}: unknown field; send records (a list of rows) and optionally"
-            " explain",
+            " explain and user",
             param=field_name(sorted(unknown)[0]),
         )
+    if "user" in data and end_user(data) is None:
+        raise InvalidFields("user: must be a string of 1 to 200 characters", param="user")
     if "records" not in data:
         raise InvalidFields("records: this field is required (a list of rows)", param="records")
     explain = data.get("explain", False)

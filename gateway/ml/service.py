@@ -18,8 +18,9 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -28,6 +29,7 @@ from gateway.db.generation import utcnow
 from gateway.errors import InvalidFields, ModelNotFound, NotFound, OpsgateError, PermissionDenied
 from gateway.flow.access import VersionAccess
 from gateway.flow.call import Call
+from gateway.flow.shadow import Pin, ShadowOrder, ShadowRunner
 from gateway.ml.artifacts import ArtifactStore, load_model, verified_files
 from gateway.ml.batching import MicroBatcher
 from gateway.ml.config import MLConfig
@@ -53,6 +55,9 @@ from gateway.registry.blobs import blob_root
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionRecord
 from gateway.snapshot import Catalog, Snapshot
+
+if TYPE_CHECKING:
+    from gateway.ml.pipelines.schedule import PipelineScheduler
 
 log = logging.getLogger("opsgate.ml")
 Key = tuple[str, int, str]
@@ -111,8 +116,13 @@ class MLService:
         data_dir: Path,
         policy: Any = None,
         access: VersionAccess | None = None,
+        finish: Callable[[Call, int, OpsgateError | None], None] | None = None,
+        shadow_in_flight: int = 8,
     ) -> None:
         self.policy = policy  # gateway.policy.pipeline.Pipeline: the same checks as chat requests
+        # Gateway.finish: writes a shadow scoring's log row (live calls are finished by the API layer)
+        self.finish = finish
+        self.shadows = ShadowRunner(self._shadow_predict, max_in_flight=shadow_in_flight)
         self.engine = engine
         self.catalog = catalog
         self.metrics = metrics
@@ -147,6 +157,7 @@ class MLService:
         self._failed: dict[Key, tuple[float, OpsgateError]] = {}
         self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (name, version)
         self._monitor_task: asyncio.Task[None] | None = None
+        self.scheduler = self._scheduler()
         # Preloads started before the first request: /readyz waits for them, so a replica takes no traffic
         # while its models (and skops, ~10 s to import on a cold machine) are still loading. None once warm.
         self._warming: set[asyncio.Task[ServedModel]] | None = set()
@@ -165,6 +176,8 @@ class MLService:
             project_dir=parts.settings.project_dir,
             data_dir=parts.settings.resolved_data_dir(),
             access=parts.gateway.access,
+            finish=parts.gateway.finish,
+            shadow_in_flight=parts.config.rollouts.shadow_max_in_flight,
         )
         writer = service.writer
         parts.metrics.gauge(
@@ -177,12 +190,29 @@ class MLService:
 
     # -- life cycle ------------------------------------------------------------------------------------
 
+    def _scheduler(self) -> PipelineScheduler | None:
+        """Scheduled pipeline runs (gateway/ml/pipelines/schedule.py), started through the same runner as
+        drift-triggered ones; None when `ml.pipelines.schedule_tick_s` is 0."""
+        trigger = self.monitor.pipelines
+        if trigger is None or self.config.pipelines.schedule_tick_s <= 0:
+            return None
+        from gateway.ml.pipelines.schedule import PipelineScheduler
+
+        return PipelineScheduler(
+            self.engine, trigger.start_run, tick_s=self.config.pipelines.schedule_tick_s, busy=trigger.running
+        )
+
     def start(self) -> None:
         self.writer.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         if self.config.monitor_interval_s > 0:
             self._monitor_task = asyncio.create_task(self._monitor_loop(), name="opsgate-ml-monitor")
 
     async def stop(self) -> None:
+        await self.shadows.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self._monitor_task is not None:
             self._monitor_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -311,15 +341,22 @@ class MLService:
         except Exception as exc:
             raise ModelUnavailable(f"{record.ref} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
-    def resolve(self, call: Call, target: str) -> VersionRecord:
+    def resolve(self, call: Call, target: str, *, user: str | None = None) -> VersionRecord:
+        """The version a request is served: an alias under a live canary rollout serves the caller's arm
+        (sticky per key principal and the body's `user`), and the log row says which (`extra.rollout`)."""
         ref = parse_ref(target, default_kind="model", param="model")
         call.model = target  # a valid reference only: the log row and metrics never carry arbitrary text
         if ref.kind != "model":
             raise ModelNotFound(
                 f"{target!r} is not a model; use name, name@VERSION or name@ALIAS", param="model"
             )
-        record = self.catalog.resolve("model", ref.name, ref.selector)
         assert call.principal is not None
+        caller = f"{call.principal.principal}:{user}" if user else call.principal.principal
+        record, assigned = self.catalog.resolve_for("model", ref.name, ref.selector, caller)
+        if assigned is not None:
+            call.extra["rollout"] = tag = assigned.tag("model", record.name)
+            if assigned.rollout.shadowed(call.request_id, utcnow()):
+                tag["shadowed"] = True  # predict scores the rows with the candidate too, off the path
         if not call.principal.may_call("model", record.name):
             raise PermissionDenied(
                 f"this key may not call model:{record.name} (its allow list does not include it)",
@@ -365,7 +402,61 @@ class MLService:
         if explain:
             result.explanations = await self._explain(served, rows)
         self._record_answer(call, result, rows)
+        order = self._shadow_order(call, rows)
+        if order is not None:
+            self.shadows.submit(call, order)
         return result
+
+    # -- shadow scoring --------------------------------------------------------------------------------
+
+    def _shadow_order(self, call: Call, rows: list[Any]) -> ShadowOrder | None:
+        """For a request a shadow rollout sampled: its rows, for the candidate to score after the answer."""
+        tag = call.extra.get("rollout")
+        if not isinstance(tag, dict) or not tag.get("shadowed"):
+            return None
+        for live in self.catalog.snapshot.rollouts.values():
+            if live.id == tag["id"]:
+                return ShadowOrder(Pin("model", live.name, live.candidate, live.id), {"records": rows})
+        return None
+
+    async def _shadow_predict(self, live: Call, order: ShadowOrder, request_id: str) -> int:
+        """The candidate scores a live request's rows (gateway/flow/shadow.py): no policy checks or limits,
+        no metrics; its predictions are logged under its own request id (`extra.shadow_of` names the live
+        one, whose feedback judges them), its answer dropped."""
+        pin = order.pin
+        call = Call(request_id=request_id, route=live.route, principal=live.principal, model=live.model)
+        call.pin = pin
+        call.extra["rollout"] = {"id": pin.rollout_id, "arm": "shadow", "target": f"model:{pin.name}"}
+        call.extra["shadow_of"] = live.request_id
+        rows: list[Any] = order.body["records"]
+        status, error = 200, None
+        try:
+            record = self.catalog.resolve("model", pin.name, str(pin.version))
+            call.artifacts.append(record.ref)
+            served = await self.served(record)
+            assert served.validator is not None
+            violations = served.validator.validate(rows)
+            if split(violations)[0]:  # rows the candidate's schema refuses: it cannot answer them
+                raise DataQualityError(violations)
+            outputs = await self._score(served, rows)
+            ids = [f"{request_id}:{i}" for i in range(len(rows))]
+            self._log_predictions(call, served, rows, outputs, ids, [])
+            call.extra["ml"] = {"rows": len(rows), "flagged": 0}
+        except OpsgateError as exc:
+            status, error = exc.status, exc
+        except asyncio.CancelledError:
+            self._finish(
+                call, 499, OpsgateError("the gateway stopped during the shadow scoring", code="shadow_cut")
+            )
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: the row says so, as for live calls
+            status, error = 500, OpsgateError(f"internal error ({type(exc).__name__}) in a shadow scoring")
+        self._finish(call, status, error)
+        return status
+
+    def _finish(self, call: Call, status: int, error: OpsgateError | None) -> None:
+        if self.finish is not None:
+            self.finish(call, status, error)
 
     def _check_rows(self, call: Call, served: ServedModel, rows: list[Any]) -> list[Violation]:
         """The data-quality checks: raises DataQualityError (and logs the rejection) when rows are refused."""

@@ -99,6 +99,7 @@ class CallState:
     admission: list[tuple[Charge, PolicyCheck[Any]]] = field(default_factory=list)  # not yet taken
     guard: StreamGuard | None = None
     settled: bool = False
+    uncounted: bool = False  # a shadow call: content checks run, no limit or budget is touched
 
 
 def subject_of(call: PolicyCall, route: str) -> Subject:
@@ -239,6 +240,11 @@ class Pipeline:
 
     # -- before the call ------------------------------------------------------------------------------
 
+    def uncounted(self, call: PolicyCall) -> None:
+        """Make `call` one that counts against no limit or budget (a rollout's shadow call): its content
+        checks still run and decide, but nothing is taken from or settled in the quota store."""
+        call.policy = CallState(self.compiled, uncounted=True)
+
     def _state(self, call: PolicyCall) -> CallState:
         state = call.policy
         if state is None:
@@ -340,6 +346,8 @@ class Pipeline:
         charges: list[tuple[Charge, PolicyCheck[Any]]],
         timings: dict[int, float],
     ) -> None:
+        if state.uncounted:
+            return
         charges = _dedupe(charges)
         started = time.perf_counter()
         grant = await self.store.acquire([c for c, _ in charges])
@@ -508,6 +516,8 @@ class Pipeline:
         call.extra["policy"] = state.policy.hash12
         if state.guard is not None:
             state.guard.done()
+        if state.uncounted:
+            return
         usage = Usage(call.tokens_in or 0, call.tokens_out or 0, call.cost or 0.0)
         settlements: list[Settlement] = []
         for charge, check in state.charges:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 
 from gateway.db.models import RequestLog
 from gateway.policy.base import PolicyCheck
@@ -60,15 +60,17 @@ def registered_policy(
 
 
 def seed_spend(engine: Engine, store: MemoryStore, now: float | None = None) -> int:
-    """Fill the day and month ledgers from the request log. Returns how many ledgers were seeded."""
+    """Fill the day and month ledgers from the request log. Returns how many ledgers were seeded.
+    A rollout's shadow calls (`extra.rollout.arm == "shadow"`) were never charged: they stay out."""
     now = time.time() if now is None else now
     seeded = 0
+    arm = RequestLog.extra[("rollout", "arm")].as_string()
     for period_id, end in (month_period(now), day_period(now)):
         start = end - 86_400 if period_id.startswith("d") else _month_start(now)
         since = datetime.fromtimestamp(start, UTC)
         query = (
             select(RequestLog.key_id, RequestLog.principal, func.sum(RequestLog.cost_usd))
-            .where(RequestLog.ts >= since, RequestLog.cost_usd > 0)
+            .where(RequestLog.ts >= since, RequestLog.cost_usd > 0, or_(arm.is_(None), arm != "shadow"))
             .group_by(RequestLog.key_id, RequestLog.principal)
         )
         with engine.connect() as conn:

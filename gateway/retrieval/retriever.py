@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -166,10 +167,16 @@ class IndexRetriever:
         self._warming: set[tuple[str, int, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def resolve(self, index: str, prompt: str) -> VersionRecord:
-        """The index version a prompt names (`name`, `name@alias`, `name@7`): memory only."""
+    def resolve(
+        self, index: str, prompt: str, resolve: Callable[[str, str, str | None], VersionRecord] | None = None
+    ) -> VersionRecord:
+        """The index version a prompt names (`name`, `name@alias`, `name@7`): memory only. `resolve`
+        (kind, name, selector) looks it up instead of the catalog (the request flow's, which serves an
+        alias under a rollout by the caller's arm)."""
         ref = parse_ref(index, default_kind="index", param="retrieval.index")
         try:
+            if resolve is not None:
+                return resolve("index", ref.name, ref.selector)
             return self.catalog.resolve("index", ref.name, ref.selector)
         except NotFound as exc:
             raise NotFound(

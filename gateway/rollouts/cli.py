@@ -36,7 +36,7 @@ def _line(r: dict[str, Any]) -> str:
     )
     return (
         f"{r['id']}  {r['kind']}:{r['name']}@{r['alias']}  {r['control_version']} -> {r['candidate_version']}"
-        f"  share {r['share']:.0%}  {r['state']}"
+        f"  share {r['share']:.0%}{' shadow' if r.get('mode') == 'shadow' else ''}  {r['state']}"
         + (f"  n={check['requests']['control']}/{check['requests']['candidate']}" if check else "")
         + (f"  [{tests}]" if tests else "")
         + (
@@ -51,7 +51,12 @@ def _line(r: dict[str, Any]) -> str:
 def start_cmd(
     ref: Annotated[str, typer.Argument(help="KIND:NAME@CANDIDATE_VERSION")],
     alias: Annotated[str, typer.Option("--alias", help="The alias whose traffic it meets.")] = "production",
-    share: Annotated[float, typer.Option(help="Share of callers in the candidate arm (0-1].")] = 0.1,
+    mode: Annotated[
+        str, typer.Option(help="canary, or shadow (the candidate answers a copy of live requests).")
+    ] = "canary",
+    share: Annotated[
+        float, typer.Option(help="Canary: share of callers in the candidate arm; shadow: of requests (0-1].")
+    ] = 0.1,
     step: Annotated[
         list[str] | None, typer.Option("--step", help="AFTER_S:SHARE, e.g. 3600:0.5 (repeatable).")
     ] = None,
@@ -71,7 +76,7 @@ def start_cmd(
     reason: Annotated[str | None, typer.Option(help="Why.")] = None,
     key: KeyOption = None,
 ) -> None:
-    """Start a canary rollout; prints its id on the last line. On a protected alias it files a
+    """Start a canary or shadow rollout; prints its id on the last line. On a protected alias it files a
     promotion request and waits for its approvals."""
     from pydantic import ValidationError
 
@@ -89,6 +94,7 @@ def start_cmd(
                 "name": parsed.name,
                 "alias": alias,
                 "candidate": parsed.version,
+                "mode": mode,
                 "share": share,
                 "schedule": steps,
                 "metrics": [{"metric": m} for m in metric or ["error_rate"]],

@@ -28,7 +28,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 from sqlalchemy import Engine, select, update
@@ -36,13 +36,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.db.generation import as_utc, bump_generation, utcnow
-from gateway.db.models import Alias, ArtifactVersion, OnlineEvalScore, Promotion, RequestLog, Rollout
+from gateway.db.models import Alias, ArtifactVersion, Promotion, Rollout
 from gateway.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from gateway.keys import Principal
 from gateway.registry import audit
 from gateway.registry.promotion import APPLIED, REJECTED, PromotionService
 from gateway.registry.store import LATEST, set_alias
-from gateway.rollouts.stats import Arm, Direction, TestResult, msprt_means, msprt_rates
+from gateway.rollouts.judge import BUILTIN_METRICS, judge, read_arms
+from gateway.rollouts.stats import Direction, TestResult
 from gateway.yamlspec import StrictModel
 
 AWAITING, ACTIVE = "awaiting_approval", "active"
@@ -55,7 +56,6 @@ ROLLED_BACK, PROMOTED, HELD, STOPPED, REJECTED_STATE = (
 )
 LIVE = (AWAITING, ACTIVE, HELD)
 SYSTEM_ACTOR = "opsgate (rollout evaluator)"
-BUILTIN_METRICS: dict[str, Direction] = {"error_rate": "higher", "latency_ms": "higher", "cost_usd": "higher"}
 
 
 class Step(StrictModel):
@@ -64,7 +64,10 @@ class Step(StrictModel):
 
 
 class MetricSpec(StrictModel):
-    metric: str = Field(description="error_rate, latency_ms, cost_usd, or an online eval metric name.")
+    metric: str = Field(
+        description="error_rate, latency_ms, latency_p50|p95|p99, cost_usd; for classic models accuracy,"
+        " abs_error, prediction_drift; or an online eval metric name (gateway/rollouts/judge.py)."
+    )
     direction: Direction | None = Field(None, description="Which way is worse (default: by metric).")
 
     @property
@@ -77,8 +80,12 @@ class RolloutSpec(StrictModel):
     name: str
     alias: str = "production"
     candidate: int = Field(ge=1)
-    mode: Literal["canary"] = Field("canary", description="canary (shadow mode is not implemented yet).")
-    share: float = Field(0.1, gt=0, le=1)
+    mode: Literal["canary", "shadow"] = Field(
+        "canary",
+        description="canary: `share` of callers are served the candidate; shadow: every caller is served the"
+        " control, and the candidate also answers a `share` of requests off the request path (never returned).",
+    )
+    share: float = Field(0.1, gt=0, le=1, description="canary: share of callers; shadow: share of requests.")
     schedule: list[Step] = Field(default_factory=list)
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(metric="error_rate")], min_length=1)
     min_sample: int = Field(100, ge=2, description="Per arm, before any verdict.")
@@ -106,6 +113,7 @@ class LiveRollout:
     schedule: tuple[tuple[float, float], ...]
     activated_at: datetime
     active: bool = True  # False while awaiting approval: everyone gets the control
+    mode: str = "canary"  # shadow: the live answer is always the control's
 
     def share_at(self, now: datetime) -> float:
         if not self.active:
@@ -118,11 +126,29 @@ class LiveRollout:
         return share
 
     def arm_for(self, caller: str, now: datetime) -> str:
+        if self.mode == "shadow":
+            return "control"
         return "candidate" if bucket(self.id, caller) < self.share_at(now) else "control"
+
+    def shadowed(self, request_id: str, now: datetime) -> bool:
+        """Whether the candidate also answers this request off the path (shadow mode): a deterministic
+        sample of requests, the share following the schedule like a canary's."""
+        return self.mode == "shadow" and bucket(self.id, request_id) < self.share_at(now)
 
     def version_for(self, caller: str, now: datetime) -> tuple[int, str]:
         arm = self.arm_for(caller, now)
         return (self.candidate if arm == "candidate" else self.control), arm
+
+
+class Assignment(NamedTuple):
+    """Which arm of a live rollout serves a request."""
+
+    rollout: LiveRollout
+    arm: str
+
+    def tag(self, kind: str, name: str) -> dict[str, Any]:
+        """What the log row says (`extra.rollout`): the evaluator reads the arms from it."""
+        return {"id": self.rollout.id, "arm": self.arm, "target": f"{kind}:{name}"}
 
 
 def bucket(rollout_id: str, caller: str) -> float:
@@ -150,6 +176,7 @@ def load_live(session: Session) -> dict[tuple[str, str, str], LiveRollout]:
             steps,
             as_utc(row.activated_at or row.started_at),
             row.state != AWAITING,
+            row.mode,
         )
     return out
 
@@ -198,6 +225,34 @@ class RolloutService:
             if live_only:
                 q = q.where(Rollout.state.in_(LIVE))
             return [record(r) for r in s.scalars(q)]
+
+    def panel(self, *, limit: int = 20, now: datetime | None = None) -> dict[str, Any]:
+        """What a dashboard panel shows: the live rollouts and the most recent ended ones, each with
+        its share now, its arms' versions and request counts, and one line per judging metric from the
+        last check (the same figures as the status API, flattened)."""
+        now = now or utcnow()
+        with Session(self.engine) as s:
+            live_rows = list(
+                s.scalars(select(Rollout).where(Rollout.state.in_(LIVE)).order_by(Rollout.started_at.desc()))
+            )
+            ended = list(
+                s.scalars(
+                    select(Rollout)
+                    .where(Rollout.state.not_in(LIVE))
+                    .order_by(Rollout.started_at.desc())
+                    .limit(limit)
+                )
+            )
+            live = load_live(s)
+        items = []
+        for row in [*live_rows, *ended]:
+            current = live.get((row.kind, row.name, row.alias))
+            items.append(
+                _panel_item(
+                    record(row), current if current is not None and current.id == row.id else None, now
+                )
+            )
+        return {"generated_at": now.isoformat(), "live": len(live_rows), "rollouts": items}
 
     # -- commands ------------------------------------------------------------------------------------
 
@@ -411,14 +466,16 @@ class RolloutService:
             row = s.get(Rollout, rollout_id)
             assert row is not None
             spec = RolloutSpec.model_validate(row.spec)
-            arms = _read_arms(s, row, spec)
-            results = [_judge(s, m, arms, spec) for m in spec.metrics]
+            arms = read_arms(s, row.id, row.activated_at or row.started_at)
+            judged = [
+                judge(s, m.metric, m.worse, arms, alpha=spec.alpha, min_sample=spec.min_sample)
+                for m in spec.metrics
+            ]
+        results = [j.result for j in judged]
         evidence = {
             "checked_at": (now or utcnow()).isoformat(),
             "requests": {"control": len(arms["control"]), "candidate": len(arms["candidate"])},
-            "tests": [
-                r.as_evidence() | {"metric": m.metric} for m, r in zip(spec.metrics, results, strict=True)
-            ],
+            "tests": [j.evidence(m.metric) for m, j in zip(spec.metrics, judged, strict=True)],
         }
         worse = [r for r in results if r.verdict == "worse"]
         decision = "continue"
@@ -461,6 +518,39 @@ class RolloutService:
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
+def _panel_item(rec: dict[str, Any], live: LiveRollout | None, now: datetime) -> dict[str, Any]:
+    check = rec.get("last_check") or {}
+    return {
+        "id": rec["id"],
+        "target": f"{rec['kind']}:{rec['name']}@{rec['alias']}",
+        "mode": rec["mode"],
+        "state": rec["state"],
+        "control_version": rec["control_version"],
+        "candidate_version": rec["candidate_version"],
+        "share": rec["share"],
+        "share_now": live.share_at(now) if live is not None else 0.0,
+        "started_by": rec["started_by"],
+        "started_at": rec["started_at"],
+        "activated_at": rec["activated_at"],
+        "ended_at": rec["ended_at"],
+        "promotion_id": rec["promotion_id"],
+        "checked_at": check.get("checked_at"),
+        "decision": check.get("decision"),
+        "requests": check.get("requests", {"control": 0, "candidate": 0}),
+        "metrics": [
+            {
+                k: t.get(k)
+                for k in (
+                    "metric", "verdict", "mean_control", "mean_candidate", "value_control", "value_candidate",
+                    "n_control", "n_candidate", "p_value", "test", "alpha",
+                )
+                if k in t
+            }
+            for t in check.get("tests", [])
+        ],
+    }  # fmt: skip
+
+
 def _target(row: Rollout) -> str:
     return f"{row.kind}:{row.name}@{row.alias}"
 
@@ -488,72 +578,6 @@ def _require_version(session: Session, kind: str, name: str, version: int) -> No
     ).first()
     if found is None:
         raise NotFound(f"{kind}:{name}@{version} does not exist (see `opsgate show {kind}:{name}`)")
-
-
-@dataclass(frozen=True)
-class _Row:
-    id: str
-    status: int
-    latency_ms: float
-    cost_usd: float | None
-
-
-def _read_arms(session: Session, row: Rollout, spec: RolloutSpec) -> dict[str, list[_Row]]:
-    """The log rows of each arm since activation. Client errors (4xx) say nothing about the version."""
-    arms: dict[str, list[_Row]] = {"control": [], "candidate": []}
-    since = row.activated_at or row.started_at
-    q = select(
-        RequestLog.id, RequestLog.status, RequestLog.latency_ms, RequestLog.cost_usd, RequestLog.extra
-    ).where(RequestLog.ts >= since)
-    for rid, status, latency, cost, extra in session.execute(q):
-        tag = (extra or {}).get("rollout")
-        if not isinstance(tag, dict) or tag.get("id") != row.id or 400 <= status < 500:
-            continue
-        arm = tag.get("arm")
-        if arm in arms:
-            arms[arm].append(_Row(rid, status, latency, cost))
-    return arms
-
-
-def _scores(session: Session, ids: list[str], metric: str) -> list[float]:
-    out: list[float] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        q = select(OnlineEvalScore.score).where(
-            OnlineEvalScore.request_id.in_(chunk),
-            OnlineEvalScore.metric == metric,
-            OnlineEvalScore.score.is_not(None),
-        )
-        out.extend(float(v) for v in session.scalars(q) if v is not None)
-    return out
-
-
-def _judge(
-    session: Session, metric: MetricSpec, arms: dict[str, list[_Row]], spec: RolloutSpec
-) -> TestResult:
-    control, candidate = arms["control"], arms["candidate"]
-    opts: dict[str, Any] = {"alpha": spec.alpha, "direction": metric.worse, "min_sample": spec.min_sample}
-    if metric.metric == "error_rate":
-        return msprt_rates(
-            Arm.from_counts(len(control), sum(r.status >= 500 for r in control)),
-            Arm.from_counts(len(candidate), sum(r.status >= 500 for r in candidate)),
-            **opts,
-        )
-    if metric.metric in ("latency_ms", "cost_usd"):
-
-        def values(rows: list[_Row]) -> list[float]:
-            got = [
-                r.latency_ms if metric.metric == "latency_ms" else r.cost_usd for r in rows if r.status < 400
-            ]
-            return [float(v) for v in got if v is not None]
-
-        return msprt_means(Arm.from_values(values(control)), Arm.from_values(values(candidate)), **opts)
-    # an online eval metric: the scores of the sampled requests of each arm
-    return msprt_means(
-        Arm.from_values(_scores(session, [r.id for r in control], metric.metric)),
-        Arm.from_values(_scores(session, [r.id for r in candidate], metric.metric)),
-        **opts,
-    )
 
 
 def _succeeded(results: list[TestResult], spec: RolloutSpec, candidate_n: int) -> bool:

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-Direction = Literal["lower", "higher"]
+Direction = Literal["lower", "higher", "either"]  # either: any significant difference is worse
 Verdict = Literal["worse", "better", "inconclusive", "insufficient"]
 
 
@@ -95,6 +95,8 @@ class TestResult:
 def _verdict(significant: bool, difference: float, direction: Direction) -> Verdict:
     if not significant or difference == 0:
         return "inconclusive"
+    if direction == "either":
+        return "worse"
     worse = difference < 0 if direction == "lower" else difference > 0
     return "worse" if worse else "better"
 

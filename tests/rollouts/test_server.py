@@ -256,6 +256,15 @@ def test_cli_start_status_stop(gw: tuple[GatewayProcess, dict[str, str]]) -> Non
         entries = http.get("/admin/audit", params={"limit": 1000}, headers=gateway.auth()).json()
     stops = [e for e in entries if e["action"] == "rollout.stop" and e["after"]["rollout"] == rollout_id]
     assert stops[0]["reason"] == "demo over" and stops[0]["after"]["alias_version"] == 1
+    shadow = (
+        gateway.cli(
+            "rollout", "start", "router:same@2", "--mode", "shadow", "--share", "0.5", key=keys["engineer"]
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    assert "share 50% shadow  awaiting_approval" in gateway.cli("rollout", "status", shadow).stdout
+    gateway.cli("rollout", "stop", shadow, "--reason", "demo over", key=gateway.admin_key)
 
 
 def test_bad_rollout_requests_get_clear_errors(gw: tuple[GatewayProcess, dict[str, str]]) -> None:
@@ -264,7 +273,7 @@ def test_bad_rollout_requests_get_clear_errors(gw: tuple[GatewayProcess, dict[st
     base = {"kind": "router", "name": "worse", "candidate": 2}
     cases = [
         (base | {"share": 3}, keys["engineer"], 422, "share"),
-        (base | {"mode": "shadow"}, keys["engineer"], 422, "mode"),
+        (base | {"mode": "mirror"}, keys["engineer"], 422, "mode"),
         (base | {"alias": "latest"}, keys["engineer"], 400, "latest"),
         (base | {"candidate": 99}, keys["engineer"], 404, "worse@99"),
         (base | {"name": "nope"}, keys["engineer"], 409, "does not exist"),

@@ -197,7 +197,7 @@ def test_bad_specs_are_refused(people: People, rollouts: RolloutService) -> None
     with pytest.raises(ValueError):
         spec(share=1.5)
     with pytest.raises(ValueError, match="canary"):
-        spec(mode="shadow")
+        spec(mode="mirror")
     with pytest.raises(ValueError):
         spec(metrics=[])
 

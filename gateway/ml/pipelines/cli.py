@@ -82,5 +82,7 @@ def run_cmd(
             )
     if result.status == "failed":
         fail(f"{result.pipeline}: gate failed, nothing registered: {'; '.join(result.failed_gates)}", 1)
+    if result.status == "timeout":
+        fail(f"{result.pipeline}: {result.error}", 1)
     if result.status == "error":
         fail(f"{result.pipeline}: {result.error}; nothing registered", 1)

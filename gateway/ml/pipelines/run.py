@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from gateway.db.generation import utcnow
 from gateway.errors import ConfigError, OpsgateError
 from gateway.ml.config import PipelinesConfig
-from gateway.ml.pipelines import catalog, data, train
+from gateway.ml.pipelines import bounded, catalog, data, train
 from gateway.ml.pipelines.spec import PipelineSpec
 from gateway.registry.store import VersionRecord, VersionStore
 
@@ -43,7 +43,7 @@ Progress = Callable[[str], None]
 class RunResult:
     run_id: str
     pipeline: str  # pipeline:NAME@V
-    status: str  # passed | failed | error
+    status: str  # passed | failed | error | timeout
     failed_gates: list[str] = field(default_factory=list)
     candidate: str | None = None  # model:NAME@V#hash
     report: dict[str, Any] = field(default_factory=dict)
@@ -153,9 +153,33 @@ def run_pipeline(
         "started_at": utcnow().isoformat(),
         "engine": spec.engine.backend,
     }
+    deadline = bounded.Deadline(pconf.timeout_s)
     try:
-        with _stages(show_progress) as stage:
-            _run(engine, project_dir, spec, record, result, report, stage, pconf, config, actor, data_dir)
+        with _stages(show_progress) as show:
+
+            def stage(name: str) -> None:
+                deadline.left(name)  # each stage boundary: stopped once the time is up
+                report["stage"] = name
+                show(name)
+
+            _run(
+                engine,
+                project_dir,
+                spec,
+                record,
+                result,
+                report,
+                stage,
+                pconf,
+                config,
+                actor,
+                data_dir,
+                deadline,
+            )
+    except bounded.RunTimedOut as exc:
+        result.status = "timeout"
+        result.error = exc.message
+        log.warning("pipeline run %s of %s: %s", run_id, record.ref, exc.message)
     except (OpsgateError, ValueError) as exc:
         result.status = "error"
         result.error = exc.message if isinstance(exc, OpsgateError) else str(exc)
@@ -186,6 +210,7 @@ def _run(
     config: Any,
     actor: str,
     data_dir: Path,
+    deadline: bounded.Deadline,
 ) -> None:
     stage("load")
     loaded = data.load(spec, project_dir, engine=engine, databases=pconf.databases)
@@ -200,11 +225,14 @@ def _run(
     positive = train.positive_class(spec, classes) if classes else None
     stage("train")
     egress = _egress(config)
+    # training runs in a child process, killed at the deadline (bounded.py)
     if spec.engine.backend == "dask":
         with dask_cluster(pconf, egress) as address:
-            trained = train.fit(spec, parts, positive, classes, dask=address)
+            trained = bounded.call_within(
+                deadline, "train", train.fit, spec, parts, positive, classes, dask=address
+            )
     else:
-        trained = train.fit(spec, parts, positive, classes)
+        trained = bounded.call_within(deadline, "train", train.fit, spec, parts, positive, classes)
     report["training"] = {
         "estimator": spec.estimator.name,
         "best_params": trained.best_params,

@@ -24,6 +24,7 @@
       output: {positive: malignant}
       fairness: {protected: [sex], favourable: benign}
     trigger: {on: [drift], min_interval_s: 86400}
+    schedule: {cron: "0 3 * * 1"}             # or {every_s: 86400}: run by the gateway, once across replicas
 
 Nothing here can run code or reach a host: classes come from allow-lists (catalog.py), parameters are
 plain data, the data file is read from the project without following links, a SQL query runs only on a
@@ -38,6 +39,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.ml.pipelines import catalog
+from gateway.ml.pipelines.cron import ScheduleSpec
 from gateway.ml.spec import (
     AccuracySpec,
     DataQualitySpec,
@@ -314,6 +316,9 @@ class PipelineSpec(StrictModel):
     validation: ValidationSpec = ValidationSpec()
     produces: ProducesSpec
     trigger: TriggerSpec | None = None
+    schedule: ScheduleSpec | None = Field(
+        None, description="Run by the gateway on a schedule (every_s or cron, UTC), once across replicas."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:

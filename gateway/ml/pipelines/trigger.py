@@ -132,16 +132,22 @@ class PipelineTrigger:
         due = await asyncio.to_thread(self._due, served, found)
         started = []
         for record, _spec, reasons in due:
-            reason = f"{', '.join(reasons)} breach of {served.ref}"
-            task = asyncio.create_task(
-                asyncio.to_thread(self._run, record, reason), name=f"opsgate-pipeline-{record.name}"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.start_run(record, f"{', '.join(reasons)} breach of {served.ref}", "opsgate-monitor")
             started.append({"pipeline": str(record.ref), "reasons": reasons, "status": "running"})
         return started
 
-    def _run(self, record: VersionRecord, reason: str) -> Any:
+    def start_run(self, record: VersionRecord, reason: str, actor: str) -> None:
+        """Run a claimed pipeline version in a background thread (drift triggers, the scheduler)."""
+        task = asyncio.create_task(
+            asyncio.to_thread(self._run, record, reason, actor), name=f"opsgate-pipeline-{record.name}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def running(self, name: str) -> bool:
+        return any(t.get_name() == f"opsgate-pipeline-{name}" and not t.done() for t in self._tasks)
+
+    def _run(self, record: VersionRecord, reason: str, actor: str = "opsgate-monitor") -> Any:
         from gateway.ml.pipelines.run import run_pipeline
 
         try:
@@ -150,17 +156,17 @@ class PipelineTrigger:
                 self.engine,
                 self.project_dir,
                 f"{record.name}@{record.version}",
-                actor="opsgate-monitor",
+                actor=actor,
                 data_dir=self.data_dir,
                 config=config,
                 reason=reason,
             )
         except Exception:  # a background thread: say it here
-            log.exception("triggered run of %s failed", record.ref)
+            log.exception("%s run of %s failed", actor, record.ref)
             return None
         log.info(
-            "triggered run %s of %s: %s%s",
-            result.run_id, result.pipeline, result.status,
+            "%s: run %s of %s: %s%s",
+            actor, result.run_id, result.pipeline, result.status,
             f", candidate {result.candidate}" if result.candidate else f" ({'; '.join(result.failed_gates) or result.error})",
         )  # fmt: skip
         return result
