@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -320,3 +321,13 @@ class AlertNotification(Base):
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class UiSignOut(Base):
+    """A dashboard session that was signed out (the sha256 of its nonce), kept until the session would
+    have expired, so every replica refuses it, not only the one that answered the sign-out."""
+
+    __tablename__ = "ui_sign_outs"
+
+    nonce_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires: Mapped[int] = mapped_column(BigInteger, index=True)  # epoch seconds

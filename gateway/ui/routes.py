@@ -77,7 +77,11 @@ def install(app: FastAPI, data_dir: Path) -> None:
 def _signer(request: Request) -> SessionSigner:
     signer = getattr(request.app.state, "ui_signer", None)
     if signer is None:  # first use: the audit key exists by then (prepare_database made it)
-        signer = request.app.state.ui_signer = SessionSigner.for_data_dir(request.app.state.ui_sessions_dir)
+        parts = getattr(request.app.state, "parts", None)
+        engine = parts.engine if parts is not None else None
+        signer = SessionSigner.for_data_dir(request.app.state.ui_sessions_dir, engine)
+        if engine is not None:  # kept once the database is there (sign-outs are shared through it)
+            request.app.state.ui_signer = signer
     assert isinstance(signer, SessionSigner)
     return signer
 

@@ -22,6 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import Engine, delete
+from sqlalchemy.orm import Session as DbSession
+
+from gateway.db.models import UiSignOut
 from gateway.keys import Principal
 from gateway.registry import audit
 
@@ -45,14 +49,16 @@ class Session:
 
 @dataclass
 class SessionSigner:
-    """Issues and checks session tokens and CSRF tokens; remembers sign-outs until their expiry."""
+    """Issues and checks session tokens and CSRF tokens; remembers sign-outs until their expiry, in the
+    database when it has one (so every replica refuses a signed-out session) and in memory."""
 
     secret: bytes
+    engine: Engine | None = None
     signed_out: dict[str, int] = field(default_factory=dict)  # nonce -> expiry (this replica)
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path) -> SessionSigner:
-        return cls(hmac.new(audit.load_key(data_dir), _LABEL, hashlib.sha256).digest())
+    def for_data_dir(cls, data_dir: Path, engine: Engine | None = None) -> SessionSigner:
+        return cls(hmac.new(audit.load_key(data_dir), _LABEL, hashlib.sha256).digest(), engine)
 
     def _mac(self, text: str) -> str:
         return _b64(hmac.new(self.secret, text.encode("utf-8"), hashlib.sha256).digest())
@@ -72,18 +78,32 @@ class SessionSigner:
         key_id, expires, nonce = body.split(".", 2)
         if not expires.isdigit() or int(expires) < (now or time.time()) or nonce in self.signed_out:
             return None
+        if self.engine is not None:  # signed out on another replica?
+            with DbSession(self.engine) as db:
+                if db.get(UiSignOut, _nonce_hash(nonce)) is not None:
+                    self.signed_out[nonce] = int(expires)
+                    return None
         return Session(key_id, int(expires), nonce)
 
     def sign_out(self, session: Session) -> None:
         now = time.time()
         self.signed_out = {n: e for n, e in self.signed_out.items() if e >= now}
         self.signed_out[session.nonce] = session.expires
+        if self.engine is not None:
+            with DbSession(self.engine) as db, db.begin():
+                db.execute(delete(UiSignOut).where(UiSignOut.expires < int(now)))
+                if db.get(UiSignOut, _nonce_hash(session.nonce)) is None:
+                    db.add(UiSignOut(nonce_hash=_nonce_hash(session.nonce), expires=session.expires))
 
     def csrf(self, nonce: str) -> str:
         return self._mac("csrf:" + nonce)
 
     def csrf_ok(self, nonce: str | None, token: str | None) -> bool:
         return bool(nonce and token) and hmac.compare_digest(self.csrf(nonce or ""), token or "")
+
+
+def _nonce_hash(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode("utf-8")).hexdigest()
 
 
 def new_nonce() -> str:
