@@ -143,17 +143,22 @@ def test_claims_race_and_one_wins(db_url: str) -> None:
     from gateway.registry.store import VersionRecord
 
     migrate(make_engine(db_url))
-    spec = PipelineSpec.model_validate(
-        credit_pipeline(name="race", trigger={"on": ["drift"], "min_interval_s": 0.5})
-    )
-    record = VersionRecord("pipeline", "race", 1, "h", {}, None, None, None, None, False, utcnow(), "t")
     replicas = 6
     for round_ in range(3):
+        # a pipeline of its own per round, with an interval no loaded machine outlasts: a loser that came
+        # more than min_interval_s after the winner's claim would rightly win the next interval
+        name = f"race{round_}"
+        spec = PipelineSpec.model_validate(
+            credit_pipeline(name=name, trigger={"on": ["drift"], "min_interval_s": 600})
+        )
+        record = VersionRecord("pipeline", name, 1, "h", {}, None, None, None, None, False, utcnow(), "t")
         engines = [make_engine(db_url) for _ in range(replicas)]
         barrier = threading.Barrier(replicas)
         wins: list[bool] = []
 
-        def replica(engine: Any, barrier: threading.Barrier, wins: list[bool]) -> None:
+        def replica(
+            engine: Any, barrier: threading.Barrier, wins: list[bool], record: Any = record, spec: Any = spec
+        ) -> None:
             with engine.connect():
                 pass
             barrier.wait()
@@ -167,4 +172,3 @@ def test_claims_race_and_one_wins(db_url: str) -> None:
         for e in engines:
             e.dispose()
         assert sorted(wins) == [False] * (replicas - 1) + [True], (round_, wins)
-        threading.Event().wait(0.6)  # past min_interval_s: the next breach may start a run again
