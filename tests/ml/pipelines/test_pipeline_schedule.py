@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,11 @@ def _reports(engine: Any, kind: str) -> list[dict[str, Any]]:
 
 
 def test_a_schedule_runs_once_across_two_gateways_on_postgres(
-    credit_project: Path, gateway_factory: GatewayFactory, pg_url: str
+    credit_project: Path, gateway_factory: GatewayFactory, new_pg_database: Callable[[], str]
 ) -> None:
+    # a database of its own: the session's shared one (pg_url) holds other modules' registries (an
+    # aliased index no replica here can open kept the first gateway from ever being ready)
+    pg_url = new_pg_database()
     write_pipeline(credit_project, credit_pipeline(schedule={"every_s": 600}))
     (credit_project / "config" / "gateway.yaml").write_text(
         FAST_GATEWAY_YAML + "ml:\n  pipelines:\n    schedule_tick_s: 0.2\n", encoding="utf-8"
