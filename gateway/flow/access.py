@@ -10,6 +10,11 @@ approver, admin) or an explicit grant on the key: an allow pattern with a select
 What an approved artifact names itself (a prompt's `router: default@3`, its `retrieval.index`) was
 reviewed with it: a version number there is pinned by that approval. A moving selector there (`latest`,
 an unprotected alias) could bring in a version nobody approved, so it is held to the caller's rule.
+
+Which aliases are protected is the governance rules version in force (`governance:governance@production`,
+gateway/registry/rules.py), the same rules the promotion service applies, followed live with the snapshot;
+`config/gateway.yaml`'s own `governance:` section counts only until such a version exists. An alias the
+file protects but the rules in force do not moves without approval, so it approves nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from gateway.errors import PermissionDenied
 from gateway.keys import Principal
+from gateway.registry.rules import RULE_KINDS, SERVED_ALIAS
 from gateway.registry.store import VersionRecord
 from gateway.snapshot import Catalog, Snapshot
 
@@ -31,32 +37,35 @@ CANDIDATE_ROLES = ("prompt-engineer", "approver", "admin")
 class VersionAccess:
     def __init__(self, catalog: Catalog, protected_aliases: frozenset[str]) -> None:
         self.catalog = catalog
-        self.protected = protected_aliases
+        self.configured = protected_aliases  # config/gateway.yaml's, until a rules version is served
         self._seen: Snapshot | None = None
+        self._protected = protected_aliases
         self._approved: frozenset[tuple[str, str, int]] = frozenset()
+
+    @property
+    def protected(self) -> frozenset[str]:
+        """The protected aliases of the governance rules in force now."""
+        self._refresh()
+        return self._protected
 
     def approved(self, record: VersionRecord) -> bool:
         """Whether a protected alias points at this version now (one set lookup per snapshot)."""
-        snapshot = self.catalog.snapshot
-        if snapshot is not self._seen:
-            self._approved = frozenset(
-                (kind, name, version)
-                for (kind, name), aliases in snapshot.aliases.items()
-                for alias, version in aliases.items()
-                if alias in self.protected
-            ) | self._rollout_arms(snapshot)
-            self._seen = snapshot
+        self._refresh()
         return (record.kind, record.name, record.version) in self._approved
 
-    def _rollout_arms(self, snapshot: Snapshot) -> frozenset[tuple[str, str, int]]:
-        """Both arms of a live rollout on a protected alias: the control was approved there before, the
-        candidate by the promotion that let the rollout start (gateway/rollouts/service.py)."""
-        return frozenset(
+    def _refresh(self) -> None:
+        snapshot = self.catalog.snapshot
+        if snapshot is self._seen:
+            return
+        protected = served_protected_aliases(snapshot)
+        self._protected = protected = self.configured if protected is None else protected
+        self._approved = frozenset(
             (kind, name, version)
-            for (kind, name, alias), live in snapshot.rollouts.items()
-            if alias in self.protected
-            for version in ((live.control, live.candidate) if live.active else (live.control,))
-        )
+            for (kind, name), aliases in snapshot.aliases.items()
+            for alias, version in aliases.items()
+            if alias in protected
+        ) | _rollout_arms(snapshot, protected)
+        self._seen = snapshot
 
     def authorise(self, principal: Principal | None, asked: list[Asked]) -> None:
         """403 unless the key may be served every version a request resolved: its allow list covers
@@ -94,6 +103,28 @@ class VersionAccess:
             param="model",
             code="version_not_approved",
         )
+
+
+def served_protected_aliases(snapshot: Snapshot) -> frozenset[str] | None:
+    """The protected aliases of the governance rules version at production in `snapshot` (None when
+    there is none yet: the configured ones apply)."""
+    rule = RULE_KINDS["governance"]
+    version = snapshot.aliases.get((rule.kind, rule.name), {}).get(SERVED_ALIAS)
+    record = snapshot.records.get((rule.kind, rule.name, version)) if version is not None else None
+    aliases = record.spec.get("protected_aliases") if record is not None else None
+    return frozenset(aliases) if isinstance(aliases, dict) else None
+
+
+def _rollout_arms(snapshot: Snapshot, protected: frozenset[str]) -> frozenset[tuple[str, str, int]]:
+    """Both arms of a live rollout on a protected alias: the control was approved there before, the
+    candidate only once the promotion that let the rollout start was applied (gateway/rollouts/service.py).
+    A rollout that started while its alias was unprotected (no promotion) approves only its control."""
+    return frozenset(
+        (kind, name, version)
+        for (kind, name, alias), live in snapshot.rollouts.items()
+        if alias in protected
+        for version in ((live.control, live.candidate) if live.active and live.approved else (live.control,))
+    )
 
 
 def granted(principal: Principal, kind: str, name: str, selector: str) -> bool:

@@ -131,7 +131,6 @@ class MLService:
         self.project_dir = project_dir
         # the request flow's version rule (gateway/flow/access.py): approved = a protected alias points at it
         self.access = access or VersionAccess(catalog, frozenset({"staging", "production"}))
-        self.protected_aliases = tuple(sorted(self.access.protected))
         self.trust = TrustList.from_config(config)
         self.store = ArtifactStore(blob_root(data_dir))
         self.writer = MLWriter(
@@ -223,15 +222,21 @@ class MLService:
         await self.monitor.stop()
         await self.writer.stop()
 
+    @property
+    def protected_aliases(self) -> tuple[str, ...]:
+        """The protected aliases of the governance rules in force (gateway/flow/access.py)."""
+        return tuple(sorted(self.access.protected))
+
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         self._evict_unapproved(snapshot)
         if not self.config.preload:
             return
+        protected = self.protected_aliases
         for (kind, name), aliases in snapshot.aliases.items():
             if kind != "model":
                 continue
             # only approved versions (a protected alias points at them): never `latest` or a fresh sync
-            for version in {v for a, v in aliases.items() if a in self.protected_aliases}:
+            for version in {v for a, v in aliases.items() if a in protected}:
                 record = snapshot.records.get((kind, name, version))
                 if record is not None and self._key(record) not in self._served:
                     task = self._load_task(record, warm=self.config.warm_explanations)
@@ -261,9 +266,10 @@ class MLService:
     def _evict_unapproved(self, snapshot: Snapshot) -> None:
         """A model whose loading ran code stays in memory only while a protected alias points at it (as
         after a restart, when it would not load)."""
+        protected = self.protected_aliases
         for key, served in list(self._served.items()):
             aliases = snapshot.aliases.get(("model", served.name), {})
-            if served.unsafe and not approved(aliases, served.version, self.protected_aliases):
+            if served.unsafe and not approved(aliases, served.version, protected):
                 log.info("%s is no longer behind a protected alias: unloaded", served.ref)
                 del self._served[key]
                 self._explainers.pop(key, None)

@@ -114,6 +114,7 @@ class LiveRollout:
     activated_at: datetime
     active: bool = True  # False while awaiting approval: everyone gets the control
     mode: str = "canary"  # shadow: the live answer is always the control's
+    approved: bool = False  # started through a promotion (a protected alias): the candidate was approved
 
     def share_at(self, now: datetime) -> float:
         if not self.active:
@@ -177,6 +178,7 @@ def load_live(session: Session) -> dict[tuple[str, str, str], LiveRollout]:
             as_utc(row.activated_at or row.started_at),
             row.state != AWAITING,
             row.mode,
+            row.promotion_id is not None,
         )
     return out
 
