@@ -10,7 +10,12 @@ credential, a header, a provider, a region or a callback (`api_base`, `base_url`
 litellm's own keyword arguments), since litellm takes those as keyword arguments beside the request.
 
 Nested places are checked too, where a key could otherwise ride along: `metadata` (OpenAI's flat map of
-strings), `tools` and `functions` (function definitions only), `stream_options`.
+strings), `tools` and `functions` (function definitions only), `stream_options`, `tool_choice`,
+`function_call`, `response_format`, `prediction`, `audio`, `web_search_options`, `thinking`: each holds
+its documented keys only (a JSON schema's own content is the caller's). A Responses API body passed to a
+deployment that serves it natively (`responses: native`) has its own list (`responses_problems`): its
+top-level parameters, and the keys of its input items, content parts, tools, tool choice, text and
+reasoning options.
 
 The request path calls `ParamRules.check_request` early (before retrieval and policies); the adapters call
 `ParamRules.check` on what they are about to send, as the last line.
@@ -26,6 +31,7 @@ from typing import Any, Literal
 from gateway.errors import InvalidRequest
 
 Kind = Literal["chat", "embedding"]
+Api = Literal["chat", "embedding", "responses"]
 Loc = tuple[str | int, ...]
 
 # OpenAI's chat completions request body (platform.openai.com/docs/api-reference/chat/create), and the
@@ -52,7 +58,52 @@ _FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
 _CUSTOM_TOOL_KEYS = frozenset({"name", "description", "format"})
 _LEGACY_FUNCTION_KEYS = frozenset({"name", "description", "parameters"})
 _STREAM_OPTION_KEYS = frozenset({"include_usage", "include_obfuscation"})
-_NESTED = frozenset({"metadata", "tools", "functions", "stream_options"})  # checked inside (_nested_problems)
+# chat's other objects, with OpenAI's keys (and Anthropic's extended thinking, as litellm takes it)
+_OBJECT_KEYS: dict[str, frozenset[str]] = {
+    "response_format": frozenset({"type", "json_schema"}),
+    "prediction": frozenset({"type", "content"}),
+    "audio": frozenset({"voice", "format"}),
+    "web_search_options": frozenset({"search_context_size", "user_location"}),
+    "thinking": frozenset({"type", "budget_tokens"}),
+}
+_JSON_SCHEMA_KEYS = frozenset({"name", "description", "schema", "strict"})
+_USER_LOCATION_KEYS = frozenset({"type", "approximate"})
+_APPROXIMATE_KEYS = frozenset({"city", "country", "region", "timezone"})
+_TOOL_CHOICE_KEYS = frozenset({"type", "function", "custom", "allowed_tools"})
+_NAMED_KEYS = frozenset({"name"})
+_ALLOWED_TOOLS_KEYS = frozenset({"mode", "tools"})
+_NESTED = frozenset(
+    {"metadata", "tools", "functions", "stream_options", "tool_choice", "function_call", *_OBJECT_KEYS}
+)  # checked inside (_nested_problems)
+
+# OpenAI's Responses create body (platform.openai.com/docs/api-reference/responses/create) as a deployment
+# serving it natively gets it (gateway/surfaces/responses.py `native_body`: the gateway keeps `store`,
+# `previous_response_id`, `conversation` and its own fields), and the keys of what it nests.
+RESPONSES_PARAMS = frozenset(
+    {
+        "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
+        "temperature", "top_p", "max_output_tokens", "metadata", "stream", "user", "safety_identifier",
+        "prompt_cache_key", "prompt_cache_retention", "service_tier", "reasoning", "truncation", "include",
+        "background", "top_logprobs", "max_tool_calls", "context_management", "moderation", "prompt",
+        "prompt_cache_options",
+    }
+)  # fmt: skip
+_RESPONSES_ITEM_KEYS: dict[str, frozenset[str]] = {
+    "message": frozenset({"type", "role", "content", "id", "status"}),
+    "function_call": frozenset({"type", "call_id", "name", "arguments", "id", "status"}),
+    "function_call_output": frozenset({"type", "call_id", "output", "id", "status"}),
+}
+_RESPONSES_PART_KEYS: dict[str, frozenset[str]] = {
+    "input_text": frozenset({"type", "text"}),
+    "text": frozenset({"type", "text"}),
+    "output_text": frozenset({"type", "text", "annotations", "logprobs"}),
+    "input_image": frozenset({"type", "image_url", "detail"}),
+}
+_RESPONSES_TOOL_KEYS = frozenset({"type", "name", "description", "parameters", "strict"})
+_RESPONSES_TOOL_CHOICE_KEYS = frozenset({"type", "name"})
+_RESPONSES_TEXT_KEYS = frozenset({"format", "verbosity"})
+_RESPONSES_FORMAT_KEYS = frozenset({"type", "name", "schema", "description", "strict"})
+_RESPONSES_REASONING_KEYS = frozenset({"effort", "summary", "generate_summary", "context", "mode"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +150,11 @@ class ParamRules:
 
     def check(self, params: Mapping[str, Any], kind: Kind) -> None:
         """400 naming the first field that may not be sent upstream."""
-        problems = self.problems(params, kind)
-        if problems:
-            first = problems[0]
-            raise InvalidRequest(first.message, param=first.path, code=first.code)
+        _raise_first(self.problems(params, kind))
+
+    def check_responses(self, body: Mapping[str, Any]) -> None:
+        """400 naming the first field of a Responses API body that may not be sent upstream as it is."""
+        check_responses_params(body)
 
     def check_request(self, body: Mapping[str, Any], kind: Kind) -> None:
         """A caller's body, before any work: the gateway's own fields (prompt_variables, ...) are allowed."""
@@ -126,7 +178,80 @@ def check_request_params(
         raise InvalidRequest(message, param=first.path, code=first.code)
 
 
-def _refusal(loc: Loc, kind: Kind) -> ParamProblem:
+def check_responses_params(body: Mapping[str, Any]) -> None:
+    """Refuse (400, naming the field) a Responses API body holding a key, top level or nested, that is
+    not OpenAI's: before the bridge drops it, and before a native deployment gets it."""
+    _raise_first(responses_problems(body))
+
+
+def responses_problems(body: Mapping[str, Any]) -> list[ParamProblem]:
+    """Every key of a Responses API body, top level or nested, that is not one of OpenAI's: what the
+    chat bridge would drop and a deployment serving the API natively would get as it is."""
+    found = [_refusal((str(k),), "responses") for k in body if k not in RESPONSES_PARAMS]
+    input_ = body.get("input")
+    if isinstance(input_, list):
+        found.extend(_list_problems("input", input_, _responses_item_problems))
+    elif input_ is not None and not isinstance(input_, str):
+        found.append(_invalid(("input",), "must be a string or a list of input items"))
+    found.extend(_list_problems("tools", body.get("tools"), _responses_tool_problems))
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, str):
+        found.extend(_keys_problems(("tool_choice",), choice, _RESPONSES_TOOL_CHOICE_KEYS, "responses"))
+    text = body.get("text")
+    if text is not None:
+        found.extend(_keys_problems(("text",), text, _RESPONSES_TEXT_KEYS, "responses"))
+        if isinstance(text, Mapping) and text.get("format") is not None:
+            found.extend(
+                _keys_problems(("text", "format"), text["format"], _RESPONSES_FORMAT_KEYS, "responses")
+            )
+    if body.get("reasoning") is not None:
+        found.extend(
+            _keys_problems(("reasoning",), body["reasoning"], _RESPONSES_REASONING_KEYS, "responses")
+        )
+    found.extend(_metadata_problems(body.get("metadata")))
+    if body.get("include"):
+        found.append(_invalid(("include",), "no extra output data is available through this gateway"))
+    return found
+
+
+def _responses_item_problems(loc: Loc, item: Any) -> list[ParamProblem]:
+    if not isinstance(item, Mapping):
+        return [_invalid(loc, "must be an object")]
+    kind = item.get("type", "message")
+    allowed = _RESPONSES_ITEM_KEYS.get(kind) if isinstance(kind, str) else None
+    if allowed is None:
+        return [_invalid((*loc, "type"), "only message, function_call and function_call_output items")]
+    found = _keys_problems(loc, item, allowed, "responses")
+    content = item.get("content")
+    if kind == "message" and isinstance(content, list):
+        for j, part in enumerate(content):
+            where = (*loc, "content", j)
+            part_kind = part.get("type") if isinstance(part, Mapping) else None
+            keys = _RESPONSES_PART_KEYS.get(part_kind) if isinstance(part_kind, str) else None
+            if keys is None:
+                found.append(_invalid(where, "only input_text, output_text and input_image (by URL) parts"))
+            else:
+                found.extend(_keys_problems(where, part, keys, "responses"))
+    return found
+
+
+def _responses_tool_problems(loc: Loc, tool: Any) -> list[ParamProblem]:
+    found = _keys_problems(loc, tool, _RESPONSES_TOOL_KEYS, "responses")
+    if not found and tool.get("type") != "function":
+        return [_invalid(loc, "only function tools ({type: function, name, parameters}) are served")]
+    return found
+
+
+def _raise_first(problems: list[ParamProblem]) -> None:
+    if problems:
+        first = problems[0]
+        raise InvalidRequest(first.message, param=first.path, code=first.code)
+
+
+_API_NAMES = {"chat": "chat completion", "embedding": "embeddings", "responses": "Responses"}
+
+
+def _refusal(loc: Loc, kind: Api) -> ParamProblem:
     if steers_the_call(str(loc[-1])):
         return ParamProblem(
             loc,
@@ -135,10 +260,9 @@ def _refusal(loc: Loc, kind: Kind) -> ParamProblem:
             " config/gateway.yaml). Remove the field.",
             "forbidden_parameter",
         )
-    what = "chat completion" if kind == "chat" else "embeddings"
     return ParamProblem(
         loc,
-        f"not a request parameter opsgate sends upstream; send OpenAI {what} parameters only (an operator"
+        f"not a request parameter opsgate sends upstream; send OpenAI {_API_NAMES[kind]} parameters only (an operator"
         " can allow a provider-specific sampling parameter in egress.request_params in config/gateway.yaml)",
         "unknown_parameter",
     )
@@ -155,9 +279,47 @@ def _nested_problems(name: str, value: Any) -> list[ParamProblem]:
         return _list_problems(name, value, _tool_problems)
     if name == "functions":
         return _list_problems(name, value, _legacy_function_problems)
-    if name == "stream_options" and value is not None:
+    if value is None or name not in _NESTED:
+        return []
+    if name == "stream_options":
         return _keys_problems((name,), value, _STREAM_OPTION_KEYS)
-    return []
+    if name == "tool_choice":
+        return [] if isinstance(value, str) else _tool_choice_problems((name,), value)
+    if name == "function_call":
+        return [] if isinstance(value, str) else _keys_problems((name,), value, _NAMED_KEYS)
+    found = _keys_problems((name,), value, _OBJECT_KEYS[name])
+    if found:
+        return found
+    if name == "response_format" and value.get("json_schema") is not None:
+        return _keys_problems((name, "json_schema"), value["json_schema"], _JSON_SCHEMA_KEYS)
+    if name == "web_search_options" and value.get("user_location") is not None:
+        location = value["user_location"]
+        found = _keys_problems((name, "user_location"), location, _USER_LOCATION_KEYS)
+        if not found and location.get("approximate") is not None:
+            where = (name, "user_location", "approximate")
+            return _keys_problems(where, location["approximate"], _APPROXIMATE_KEYS)
+    return found
+
+
+def _tool_choice_problems(loc: Loc, choice: Any) -> list[ParamProblem]:
+    """`{type: function, function: {name}}`, `{type: custom, custom: {name}}`, or `{type: allowed_tools,
+    allowed_tools: {mode, tools: [such choices]}}`."""
+    found = _keys_problems(loc, choice, _TOOL_CHOICE_KEYS)
+    if found:
+        return found
+    for key in ("function", "custom"):
+        if choice.get(key) is not None:
+            found.extend(_keys_problems((*loc, key), choice[key], _NAMED_KEYS))
+    allowed = choice.get("allowed_tools")
+    if allowed is not None:
+        found.extend(_keys_problems((*loc, "allowed_tools"), allowed, _ALLOWED_TOOLS_KEYS))
+        if not found and allowed.get("tools") is not None:
+            tools = allowed["tools"]
+            if not isinstance(tools, list):
+                return [_invalid((*loc, "allowed_tools", "tools"), "must be a list")]
+            for i, tool in enumerate(tools):
+                found.extend(_tool_choice_problems((*loc, "allowed_tools", "tools", i), tool))
+    return found
 
 
 def _metadata_problems(value: Any) -> list[ParamProblem]:
@@ -189,10 +351,10 @@ def _list_problems(name: str, value: Any, each: Any) -> list[ParamProblem]:
     return found
 
 
-def _keys_problems(loc: Loc, value: Any, allowed: frozenset[str]) -> list[ParamProblem]:
+def _keys_problems(loc: Loc, value: Any, allowed: frozenset[str], api: Api = "chat") -> list[ParamProblem]:
     if not isinstance(value, Mapping):
         return [_invalid(loc, "must be an object")]
-    return [_refusal((*loc, str(k)), "chat") for k in value if k not in allowed]
+    return [_refusal((*loc, str(k)), api) for k in value if k not in allowed]
 
 
 def _tool_problems(loc: Loc, tool: Any) -> list[ParamProblem]:

@@ -173,6 +173,7 @@ class OpenAICompatAdapter:
         caller's body (checked by the Responses bridge and, as chat, by the allow-list), the deployment's
         params and model, never stored upstream (the gateway is the store). Answered chat-shaped for the
         flow (usage, output checks), the upstream's response object under `native_response`."""
+        self._egress.params.check_responses(body)  # the last line, as `_payload` for chat
         payload = {
             **body,
             **deployment.params,

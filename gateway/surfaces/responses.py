@@ -24,6 +24,7 @@ import orjson
 from pydantic import Field
 
 from gateway.api_requests import GATEWAY_FIELDS, ChatRequest
+from gateway.egress.params import check_responses_params
 from gateway.errors import OpsgateError
 from gateway.shapes import Json
 from gateway.surfaces.common import Strict, gateway_fields, parse, unsupported
@@ -122,6 +123,8 @@ _UNSERVED = {
 
 
 def parse_request(data: Any) -> ResponsesRequest:
+    if isinstance(data, dict):  # nested keys too: the bridge would drop them, a native deployment gets them
+        check_responses_params(native_body(data))
     request = parse(ResponsesRequest, data)
     if request.background:
         raise unsupported("background", "background responses are not available through this gateway")
