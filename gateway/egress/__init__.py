@@ -91,6 +91,11 @@ PROVIDER_HOSTS: tuple[str, ...] = (
     "api.replicate.com", "api.jina.ai",
 )  # fmt: skip
 
+# Providers that authenticate with the gateway's cloud identity (AWS or Google credentials litellm finds in
+# the environment, a metadata service or a credentials file) rather than an API key: without api_key_env
+# their calls carry that identity (a bearer token, a session token), so they go only to the provider's own
+# hosts, never to an api_base.
+CLOUD_IDENTITY_PROVIDERS = frozenset({"bedrock", "sagemaker", "vertex_ai"})
 # The gateway's own settings (database URL, its API key, ...): never a router's to name.
 RESERVED_ENV_PREFIX = "OPSGATE_"
 # Headers that carry credentials or steer the connection: a deployment may never set them, whatever the
@@ -420,6 +425,8 @@ class Egress:
         problems: list[Problem] = []
         if deployment.api_base is not None:
             problem = self.url_problem(deployment.api_base)
+            if problem is None and deployment.api_key_env is None:
+                problem = _cloud_identity_problem(deployment.provider)
             if problem:
                 problems.append((("api_base",), problem))
         else:
@@ -437,6 +444,16 @@ class Egress:
         for found in self.params.problems(deployment.params, "chat" if kind == "chat" else "embedding"):
             problems.append((("params", *found.loc), found.reason))
         return problems
+
+
+def _cloud_identity_problem(provider: str) -> str | None:
+    if provider not in CLOUD_IDENTITY_PROVIDERS:
+        return None
+    return (
+        f"without api_key_env, provider {provider!r} signs its calls with the gateway's cloud identity (its"
+        " AWS or Google credentials), which goes only to the provider's own hosts: remove api_base, or name"
+        " the key in api_key_env"
+    )
 
 
 def _default_url(host: str) -> str:
