@@ -247,6 +247,10 @@ class EgressConfig(StrictModel):
     webhook_hosts: list[str] = Field(
         default_factory=list, description="Hosts alert webhooks may post to (same forms as hosts)."
     )
+    webhook_secret_envs: list[str] = Field(
+        default_factory=lambda: ["*_HMAC_SECRET", "*_WEBHOOK_SECRET", "*_ALERT_SECRET"],
+        description="Environment variables a receiver's secret_env in config/alerts.yaml may name.",
+    )
 
     @field_validator("hosts", "webhook_hosts")
     @classmethod
@@ -255,7 +259,7 @@ class EgressConfig(StrictModel):
             HostPattern.parse(entry)
         return value
 
-    @field_validator("api_key_envs")
+    @field_validator("api_key_envs", "webhook_secret_envs")
     @classmethod
     def _env_patterns(cls, value: list[str]) -> list[str]:
         for entry in value:
@@ -376,14 +380,13 @@ class Egress:
         return problem
 
     def _env_problem(self, name: str) -> str | None:
-        listed = any(fnmatch.fnmatchcase(name, p) for p in self.config.api_key_envs)
-        if listed and _ENV_NAME.match(name) and not name.upper().startswith(RESERVED_ENV_PREFIX):
-            return None
-        allowed = ", ".join(self.config.api_key_envs) or "none"
-        return (
-            f"the environment variable {name} is not one a router may name (egress.api_key_envs: {allowed};"
-            f" never {RESERVED_ENV_PREFIX}*); keep the key in a variable that matches, or an operator adds"
-            " the name to egress.api_key_envs in config/gateway.yaml"
+        return _listed_env_problem(name, self.config.api_key_envs, "a router", "api_key_envs", "key")
+
+    def webhook_secret_problem(self, name: str) -> str | None:
+        """A receiver's secret_env in config/alerts.yaml (an author's file): only variables the operator
+        allows are read (the operator's own webhooks in config/gateway.yaml are not limited)."""
+        return _listed_env_problem(
+            name, self.config.webhook_secret_envs, "an alert receiver", "webhook_secret_envs", "secret"
         )
 
     def header_problem(self, name: str) -> str | None:
@@ -444,6 +447,18 @@ class Egress:
         for found in self.params.problems(deployment.params, "chat" if kind == "chat" else "embedding"):
             problems.append((("params", *found.loc), found.reason))
         return problems
+
+
+def _listed_env_problem(name: str, patterns: Sequence[str], who: str, field: str, what: str) -> str | None:
+    listed = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    if listed and _ENV_NAME.match(name) and not name.upper().startswith(RESERVED_ENV_PREFIX):
+        return None
+    allowed = ", ".join(patterns) or "none"
+    return (
+        f"the environment variable {name} is not one {who} may name (egress.{field}: {allowed};"
+        f" never {RESERVED_ENV_PREFIX}*); keep the {what} in a variable that matches, or an operator adds"
+        f" the name to egress.{field} in config/gateway.yaml"
+    )
 
 
 def _cloud_identity_problem(provider: str) -> str | None:
