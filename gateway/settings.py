@@ -213,8 +213,9 @@ class Settings(BaseSettings):
         return load_spec(file, GatewayConfig, display=self.display_path(file))
 
     def display_path(self, file: Path) -> str:
+        """`file` as the project names it (a link is shown where it is, not where it points)."""
         try:
-            return str(file.resolve().relative_to(self.project_dir.resolve()))
+            return str(file.parent.resolve().joinpath(file.name).relative_to(self.project_dir.resolve()))
         except ValueError:
             return str(file)
 

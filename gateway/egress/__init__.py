@@ -91,6 +91,11 @@ PROVIDER_HOSTS: tuple[str, ...] = (
     "api.replicate.com", "api.jina.ai",
 )  # fmt: skip
 
+# Providers that authenticate with the gateway's cloud identity (AWS or Google credentials litellm finds in
+# the environment, a metadata service or a credentials file) rather than an API key: without api_key_env
+# their calls carry that identity (a bearer token, a session token), so they go only to the provider's own
+# hosts, never to an api_base.
+CLOUD_IDENTITY_PROVIDERS = frozenset({"bedrock", "sagemaker", "vertex_ai"})
 # The gateway's own settings (database URL, its API key, ...): never a router's to name.
 RESERVED_ENV_PREFIX = "OPSGATE_"
 # Headers that carry credentials or steer the connection: a deployment may never set them, whatever the
@@ -242,6 +247,10 @@ class EgressConfig(StrictModel):
     webhook_hosts: list[str] = Field(
         default_factory=list, description="Hosts alert webhooks may post to (same forms as hosts)."
     )
+    webhook_secret_envs: list[str] = Field(
+        default_factory=lambda: ["*_HMAC_SECRET", "*_WEBHOOK_SECRET", "*_ALERT_SECRET"],
+        description="Environment variables a receiver's secret_env in config/alerts.yaml may name.",
+    )
 
     @field_validator("hosts", "webhook_hosts")
     @classmethod
@@ -250,7 +259,7 @@ class EgressConfig(StrictModel):
             HostPattern.parse(entry)
         return value
 
-    @field_validator("api_key_envs")
+    @field_validator("api_key_envs", "webhook_secret_envs")
     @classmethod
     def _env_patterns(cls, value: list[str]) -> list[str]:
         for entry in value:
@@ -371,14 +380,13 @@ class Egress:
         return problem
 
     def _env_problem(self, name: str) -> str | None:
-        listed = any(fnmatch.fnmatchcase(name, p) for p in self.config.api_key_envs)
-        if listed and _ENV_NAME.match(name) and not name.upper().startswith(RESERVED_ENV_PREFIX):
-            return None
-        allowed = ", ".join(self.config.api_key_envs) or "none"
-        return (
-            f"the environment variable {name} is not one a router may name (egress.api_key_envs: {allowed};"
-            f" never {RESERVED_ENV_PREFIX}*); keep the key in a variable that matches, or an operator adds"
-            " the name to egress.api_key_envs in config/gateway.yaml"
+        return _listed_env_problem(name, self.config.api_key_envs, "a router", "api_key_envs", "key")
+
+    def webhook_secret_problem(self, name: str) -> str | None:
+        """A receiver's secret_env in config/alerts.yaml (an author's file): only variables the operator
+        allows are read (the operator's own webhooks in config/gateway.yaml are not limited)."""
+        return _listed_env_problem(
+            name, self.config.webhook_secret_envs, "an alert receiver", "webhook_secret_envs", "secret"
         )
 
     def header_problem(self, name: str) -> str | None:
@@ -420,6 +428,8 @@ class Egress:
         problems: list[Problem] = []
         if deployment.api_base is not None:
             problem = self.url_problem(deployment.api_base)
+            if problem is None and deployment.api_key_env is None:
+                problem = _cloud_identity_problem(deployment.provider)
             if problem:
                 problems.append((("api_base",), problem))
         else:
@@ -437,6 +447,28 @@ class Egress:
         for found in self.params.problems(deployment.params, "chat" if kind == "chat" else "embedding"):
             problems.append((("params", *found.loc), found.reason))
         return problems
+
+
+def _listed_env_problem(name: str, patterns: Sequence[str], who: str, field: str, what: str) -> str | None:
+    listed = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    if listed and _ENV_NAME.match(name) and not name.upper().startswith(RESERVED_ENV_PREFIX):
+        return None
+    allowed = ", ".join(patterns) or "none"
+    return (
+        f"the environment variable {name} is not one {who} may name (egress.{field}: {allowed};"
+        f" never {RESERVED_ENV_PREFIX}*); keep the {what} in a variable that matches, or an operator adds"
+        f" the name to egress.{field} in config/gateway.yaml"
+    )
+
+
+def _cloud_identity_problem(provider: str) -> str | None:
+    if provider not in CLOUD_IDENTITY_PROVIDERS:
+        return None
+    return (
+        f"without api_key_env, provider {provider!r} signs its calls with the gateway's cloud identity (its"
+        " AWS or Google credentials), which goes only to the provider's own hosts: remove api_base, or name"
+        " the key in api_key_env"
+    )
 
 
 def _default_url(host: str) -> str:

@@ -8,6 +8,7 @@ reference_answer, answers, reference_context, document_id); any other key of a l
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -17,6 +18,7 @@ import orjson
 from gateway.errors import ConfigError
 from gateway.evaluation.metrics.base import EvalCase
 from gateway.evaluation.spec import CaseField, DatasetSpec
+from gateway.registry.tree import UnsafePath, normalise, read_project_file
 
 OUR_FIELDS: tuple[str, ...] = get_args(CaseField)
 
@@ -28,14 +30,17 @@ class Dataset:
     cases: list[EvalCase]
 
 
-def resolve_path(spec: DatasetSpec, project_dir: Path, suite_dir: Path) -> Path:
-    path = Path(spec.path)
-    if path.is_absolute():
-        return path
+def resolve_path(spec: DatasetSpec, project_dir: Path, suite_dir: Path) -> tuple[Path, str]:
+    """Where the dataset is, as (directory, path below it): relative to the project directory, else to
+    the suite's own directory. Read by `load_dataset` from that directory without following links."""
+    try:
+        rel = normalise(spec.path)
+    except UnsafePath as exc:
+        raise ConfigError(f"dataset.path: {spec.path!r} {exc.reason}") from None
     for base in (project_dir, suite_dir):
-        if (base / path).exists():
-            return base / path
-    return project_dir / path
+        if os.path.lexists(base / rel):
+            return base, rel
+    return project_dir, rel
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -70,10 +75,17 @@ def to_case(line: dict[str, Any], fields: dict[str, str], number: int) -> EvalCa
     )
 
 
-def load_dataset(spec: DatasetSpec, path: Path, *, display: str | None = None) -> Dataset:
+def load_dataset(spec: DatasetSpec, root: Path, rel: str, *, display: str | None = None) -> Dataset:
+    """The cases of `rel` under `root`: a regular file reached through no link (a committed link to
+    /proc/self/environ or the data directory's admin.key is refused, like every file an author names)."""
+    path = root / rel
     shown = display or str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_project_file(root, rel)
+    except (
+        UnsafePath
+    ) as exc:  # the suite's fault: reported at its dataset line (gateway/evaluation/service.py)
+        raise ConfigError(f"dataset.path: {spec.path!r} {exc.reason}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the dataset: {exc.strerror}", path=shown) from exc
     cases: list[EvalCase] = []

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from gateway.errors import AuthenticationFailed, NotFound
+from gateway.errors import AuthenticationFailed, ConfigError, NotFound
 from gateway.evaluation.dataset import load_dataset, resolve_path
 from gateway.evaluation.gates import GateResult, evaluate_gates
 from gateway.evaluation.runner import Progress, RunResources, RunResult, ScoreTable, run_suite
@@ -102,8 +102,13 @@ async def execute(request: RunRequest, engine: Engine, progress: Progress | None
     data_spec = (
         spec.dataset if request.limit is None else spec.dataset.model_copy(update={"limit": request.limit})
     )
-    dataset_path = resolve_path(data_spec, request.project_dir, request.suite_file.parent)
-    dataset = load_dataset(data_spec, dataset_path, display=data_spec.path)
+    try:
+        root, rel = resolve_path(data_spec, request.project_dir, request.suite_file.parent)
+        dataset = load_dataset(data_spec, root, rel, display=data_spec.path)
+    except ConfigError as exc:
+        if exc.path is not None:  # a problem inside the dataset file, at its own line
+            raise
+        raise ConfigError(exc.detail, path=suite.path, line=suite.dataset_line) from None
     embedder = MiniLMEmbedder()
     async with connect(
         url=request.url, api_key=request.api_key, app=request.app, timeout_s=spec.timeout_s

@@ -22,7 +22,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from gateway.errors import ConfigError
 from gateway.prompts.spec import PromptMessage
-from gateway.yamlspec import NAME_PATTERN, StrictModel, format_validation_error, parse_yaml_text
+from gateway.yamlspec import NAME_PATTERN, StrictModel, format_validation_error, line_of, parse_yaml_text
 
 Stat = Literal["mean", "median", "p95", "min", "max"]
 
@@ -46,6 +46,18 @@ class DatasetSpec(StrictModel):
     fields: dict[CaseField, str] = Field(default_factory=dict)
     where: dict[str, Any] = Field(default_factory=dict, description="Keep only lines whose keys equal these.")
     limit: int | None = Field(None, ge=1, description="The first N cases (after `where`).")
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        """Relative to the project (or the suite's directory), never absolute, never up with `..`."""
+        from gateway.registry.tree import UnsafePath, normalise
+
+        try:
+            normalise(value.replace("\\", "/"))
+        except UnsafePath as exc:
+            raise ValueError(f"{value!r} {exc.reason}") from None
+        return value
 
 
 class MetricUse(StrictModel):
@@ -217,6 +229,22 @@ class LoadedSuite(StrictModel):
     spec: SuiteSpec
     path: str
     content_hash: str
+    dataset_line: int | None = None  # where the suite names its dataset (errors about the path point here)
+
+
+def read_suite_template(suite_dir: Path, file: str) -> str:
+    """A suite's template file, below the suite's directory: a regular file reached through no link, like
+    every file an author names (gateway/registry/tree.py); `ConfigError` saying why not."""
+    from gateway.registry.tree import UnsafePath, read_project_file
+
+    try:
+        return read_project_file(suite_dir, file).decode("utf-8")
+    except UnsafePath as exc:
+        raise ConfigError(f"file: {file!r} {exc.reason}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"file: {file!r} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"file: {file!r} cannot be read: {exc.strerror}") from None
 
 
 def load_suite(file: Path, *, display: str | None = None) -> LoadedSuite:
@@ -238,4 +266,17 @@ def load_suite(file: Path, *, display: str | None = None) -> LoadedSuite:
         spec = SuiteSpec.model_validate(data)
     except ValidationError as exc:
         raise format_validation_error(exc, root, shown) from exc
-    return LoadedSuite(spec=spec, path=shown, content_hash=hashlib.sha256(raw).hexdigest())
+    for i, message in enumerate(spec.messages):  # refused before any case is run
+        if message.file is not None:
+            try:
+                read_suite_template(file.parent, message.file)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"messages.{i}.{exc.detail}", path=shown, line=line_of(root, ("messages", i, "file"))
+                ) from None
+    return LoadedSuite(
+        spec=spec,
+        path=shown,
+        content_hash=hashlib.sha256(raw).hexdigest(),
+        dataset_line=line_of(root, ("dataset", "path")),
+    )

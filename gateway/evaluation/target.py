@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from gateway.db.models import RequestLog
 from gateway.evaluation.metrics.base import EvalCase, TargetOutput
-from gateway.evaluation.spec import SuiteSpec
+from gateway.evaluation.spec import SuiteSpec, read_suite_template
 from gateway.prompts.render import environment
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionRecord, VersionStore
@@ -94,7 +94,7 @@ def render_case_messages(spec: SuiteSpec, case: EvalCase, suite_dir: Path) -> li
         source = message.content
         if source is None:
             assert message.file is not None
-            source = (suite_dir / message.file).read_text(encoding="utf-8")
+            source = read_suite_template(suite_dir, message.file)
         out.append({"role": message.role, "content": env.from_string(source).render(**values)})
     return out
 

@@ -52,11 +52,15 @@ MAX_BACKOFF_S = 300.0
 
 def load_file_rules(config_dir: Path, display: str) -> AlertsSpec:
     """config/alerts.yaml as committed to the working tree (used only while the registry has no
-    `alert:alerts` version at production); no file: no rules."""
+    `alert:alerts` version at production); no file: no rules. Read like every file an author commits
+    (never through a link) and checked against the operator's egress rules, as `opsgate sync` does."""
+    from gateway.registry.files import file_context
+
     file = config_dir / ALERTS_FILE
-    if not file.exists():
+    if not os.path.lexists(file):
         return AlertsSpec()
-    return load_spec(file, AlertsSpec, display=display)
+    project = config_dir.parent
+    return load_spec(file, AlertsSpec, display=display, root=project, context=file_context(project))
 
 
 class AlertEngine:
@@ -316,9 +320,10 @@ class AlertEngine:
         receiver = spec.receivers.get(notice.receiver)
         if receiver is None:
             return f"receiver {notice.receiver!r} is no longer defined in the alert rules"
-        refused = self.egress.webhook_problem(receiver.url)
+        refused = receiver.egress_problems(self.egress)
         if refused:  # the host is never contacted, the secret never read
-            return refused
+            loc, problem = refused[0]
+            return f"receiver {notice.receiver!r}: {'.'.join(map(str, loc))}: {problem}"
         event = dict(notice.payload)
         if self.audit_tip is not None:
             with contextlib.suppress(OSError):

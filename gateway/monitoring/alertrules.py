@@ -30,14 +30,17 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 from sqlalchemy import Engine, String, cast, select
 from sqlalchemy.orm import Session
 
 from gateway.db.models import OnlineEvalScore, RequestLog
 from gateway.yamlspec import ENV_NAME_PATTERN, NAME_PATTERN, StrictModel
+
+if TYPE_CHECKING:
+    from gateway.egress import Egress
 
 ALERTS_FILE = "alerts.yaml"
 ALL = "*"  # the subject of a rule without an artifact: all traffic
@@ -85,6 +88,25 @@ class Receiver(StrictModel):
     backoff_s: float = Field(
         1.0, gt=0, le=600, description="First wait; doubles per attempt (capped at 300 s)."
     )
+
+    @model_validator(mode="after")
+    def _egress_allowed(self, info: ValidationInfo) -> Receiver:
+        """A file being loaded (`opsgate sync`, start-up): the host and the variable are the operator's to
+        allow (egress.webhook_hosts, egress.webhook_secret_envs); delivery checks both again."""
+        from gateway.egress import egress_in, raise_problems
+
+        egress = egress_in(info)
+        if egress is not None:
+            raise_problems("Receiver", self.egress_problems(egress))
+        return self
+
+    def egress_problems(self, egress: Egress) -> list[tuple[tuple[str | int, ...], str]]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if (problem := egress.webhook_problem(self.url)) is not None:
+            problems.append((("url",), problem))
+        if self.secret_env and (problem := egress.webhook_secret_problem(self.secret_env)) is not None:
+            problems.append((("secret_env",), problem))
+        return problems
 
 
 class AlertRule(StrictModel):

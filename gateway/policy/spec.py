@@ -16,6 +16,7 @@ The policy's content hash is the sha256 of the parsed spec as canonical JSON.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -177,8 +178,10 @@ def load_policy(
     """Parse the policy file (a missing file means no rules). Errors name the file, line and field."""
     model = spec_model(checks)
     shown = display or str(file)
-    spec = load_spec(file, model, display=shown) if file.exists() else model()
-    return LoadedPolicy(spec, content_hash(spec), shown if file.exists() else "(none)")
+    present = os.path.lexists(file)  # a link is present, and refused: never read through
+    # config/policies.yaml is committed by authors: read like their other files (never through a link)
+    spec = load_spec(file, model, display=shown, root=file.parent.parent) if present else model()
+    return LoadedPolicy(spec, content_hash(spec), shown if present else "(none)")
 
 
 def parse_policy(

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from gateway.egress import Egress
+from gateway.egress import CLOUD_IDENTITY_PROVIDERS, Egress
 from gateway.egress.params import Kind
 from gateway.errors import EgressDenied, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.monitoring import tracing
@@ -39,6 +39,9 @@ _HANDLER_PROVIDERS = frozenset(
         "fireworks_ai", "xai", "ollama", "ollama_chat", "hosted_vllm",
     }
 )  # fmt: skip
+
+
+NO_KEY = "none"  # what a deployment without api_key_env authenticates with: nothing of the gateway's
 
 
 class LiteLLMAdapter:
@@ -99,8 +102,13 @@ class LiteLLMAdapter:
         key = api_key_for(deployment, self._egress)
         if key:
             kwargs["api_key"] = key
-        elif deployment.provider == "openai":
-            kwargs["api_key"] = "none"  # litellm's openai client insists on a key; the upstream may not
+        elif deployment.provider not in CLOUD_IDENTITY_PROVIDERS:
+            # Credentials come only from api_key_env. Without a key litellm reads one from the environment
+            # on its own (ANTHROPIC_AUTH_TOKEN, HF_TOKEN, TOGETHER_AI_TOKEN, AWS_BEARER_TOKEN_BEDROCK, ...,
+            # none of them on the operator's list), so it always gets one: this placeholder, which also
+            # satisfies clients that insist on a key (openai) for upstreams that need none. Cloud-identity
+            # providers go only to their own hosts without api_key_env (gateway/egress).
+            kwargs["api_key"] = NO_KEY
         if deployment.headers:
             kwargs["extra_headers"] = dict(deployment.headers)
         if tracing.ON:  # the current attempt's traceparent

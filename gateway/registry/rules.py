@@ -77,8 +77,9 @@ class RuleFile:
     content_hash: str
 
 
-def parse_rules(rule: RuleKind, text: str | None) -> RuleFile:
-    """The rules of one file's text (None: the file does not exist, which means every default)."""
+def parse_rules(rule: RuleKind, text: str | None, context: dict[str, Any] | None = None) -> RuleFile:
+    """The rules of one file's text (None: the file does not exist, which means every default). `context`
+    holds the operator's egress rules when a file is synced (alert receivers' hosts and variables)."""
     model = _model(rule)
     data: Any = {}
     if text is not None:
@@ -90,20 +91,20 @@ def parse_rules(rule: RuleKind, text: str | None) -> RuleFile:
             raise ConfigError("the file must hold a mapping", path=rule.path)
         data = loaded.get(rule.section) or {} if rule.section else loaded
     if rule.section is None and text is not None:
-        spec = load_spec_text(text, model, rule.path)
+        spec = load_spec_text(text, model, rule.path, context=context)
     else:
-        spec = load_spec_text(yaml.safe_dump(data), model, rule.path)
+        spec = load_spec_text(yaml.safe_dump(data), model, rule.path, context=context)
     return RuleFile(rule, spec.model_dump(mode="json"), content_hash(spec))
 
 
-def read_rules(tree: Tree) -> tuple[list[RuleFile], list[ConfigError]]:
+def read_rules(tree: Tree, context: dict[str, Any] | None = None) -> tuple[list[RuleFile], list[ConfigError]]:
     files: list[RuleFile] = []
     errors: list[ConfigError] = []
     for rule in RULE_KINDS.values():
         try:
             present = rule.path in tree.files(rule.path.rsplit("/", 1)[0])
             text = tree.read(rule.path).decode("utf-8") if present else None
-            files.append(parse_rules(rule, text))
+            files.append(parse_rules(rule, text, context))
         except ConfigError as exc:
             errors.append(exc)
         except UnicodeDecodeError:
@@ -171,7 +172,13 @@ def bootstrap_rules(engine: Engine, project_dir: Path, *, actor: str) -> list[Ve
     if not (repo.is_repo() and repo.has_commit()):
         return None
     head = repo.head()
-    files, errors = read_rules(GitTree(repo, head, ("config",)))
+    from gateway.registry.files import file_context
+
+    try:
+        context: dict[str, Any] | None = file_context(project_dir)
+    except ConfigError:  # config/gateway.yaml itself is invalid: start-up reports it
+        context = None
+    files, errors = read_rules(GitTree(repo, head, ("config",)), context)
     sources = {f.rule.kind: source_of(repo, None, f.rule, head) for f in files}
 
     def work(session: Session) -> list[VersionRecord] | None:

@@ -33,7 +33,7 @@ from gateway.registry.bootstrap import (
     register_bootstrap,
     registry_open_now,
 )
-from gateway.registry.files import ArtifactFile, load_artifacts, spec_files
+from gateway.registry.files import ArtifactFile, file_context, load_artifacts, spec_files
 from gateway.registry.git import GitRepo
 from gateway.registry.rules import RuleFile, read_rules, register_rules
 from gateway.registry.store import (
@@ -203,7 +203,11 @@ def sync(
     report.errors.extend(errors + index_errors + dangling)
     dirty_set = set(dirty)
     sourced = [(art, _source(repo, art, dirty_set, head, engine)) for art in artifacts]
-    rule_files, rule_errors = read_rules(tree)
+    try:
+        context = file_context(project_dir)
+    except ConfigError:  # config/gateway.yaml is invalid: reported by load_artifacts above
+        context = None
+    rule_files, rule_errors = read_rules(tree, context)
     report.errors.extend(rule_errors)
     if registry_open_now(engine) and _sync_as_bootstrap(engine, report, sourced, actor=actor, blobs=blobs):
         _sync_rules(engine, repo, head, rule_files, report, actor=actor, dirty=dirty_set)
