@@ -10,13 +10,13 @@ What "the same person" means to four-eyes (requester, approvers, the version's g
   <email>` form (as git writes authors; the name may be quoted) reduced to the email; and case folded
   (`STRASSE` = `straße`). Keys store this form.
 - two principals are one person when their *identities* are equal: the normalised form with accents and
-  other combining marks dropped (`İ` = `i`, `José` = `jose`), the Turkish dotless `ı` read as `i`, and an
+  other combining marks dropped (`İ` = `i`, `José` = `jose`), the Turkish dotless i (U+0131) read as `i`, and an
   email's `+tag` dropped (`alice+ops@x` = `alice@x`; it is one mailbox);
 - a bare name (no `@`) is also the person of every email whose user part is that name: `alice` is
   `alice@example.com` (two emails are compared whole: `alice@a.com` is not `alice@b.com`);
 - a git author `Name <email>` is matched by the email, the email's user and the name.
 
-Look-alike letters from other scripts (Cyrillic `а` for Latin `a`) cannot be folded without Unicode's
+Look-alike letters from other scripts (Cyrillic U+0430 for Latin `a`) cannot be folded without Unicode's
 confusables table, so a key principal that mixes Latin, Greek, Cyrillic or other look-alike scripts is
 refused when the key is created (`mixed_scripts`). Git identities are written by whoever commits, so
 matching authors catches honest spellings, not someone committing under another name (see
@@ -46,7 +46,7 @@ _IGNORABLE_RANGES = (
     (0xE0000, 0xE0FFF),  # tags, variation selectors 17-256
 )
 _INVISIBLE_CATEGORIES = ("Cf", "Cc", "Cs", "Co", "Cn")
-# Scripts whose letters pass for each other's (Latin `a`, Cyrillic `а`, Greek `α`...): one principal uses
+# Scripts whose letters pass for each other's (Latin a, Cyrillic U+0430, Greek U+03B1...): one principal uses
 # at most one of them.
 _LOOKALIKE_SCRIPTS = ("LATIN", "GREEK", "CYRILLIC", "ARMENIAN", "CHEROKEE", "COPTIC", "GEORGIAN")
 
@@ -100,7 +100,7 @@ def normalise(principal: str | None) -> str:
 
 def identity(principal: str | None) -> str:
     """What two spellings of one person share: the normalised form without combining marks (accents, the
-    dot of `İ`), the dotless `ı` as `i`, and an email's `+tag` dropped."""
+    dot of U+0130), the dotless i (U+0131) as `i`, and an email's `+tag` dropped."""
     text = normalise(principal)
     text = "".join(
         c for c in unicodedata.normalize("NFKD", text) if unicodedata.category(c) not in ("Mn", "Me")

@@ -1,9 +1,9 @@
 """Issue 11 (8c) retried with other encodings, on a running gateway: approver keys spelled as the requester
 or as the version's git author with a variation selector, a Hangul filler, a combining grapheme joiner,
 `mailto:`, a quoted display name, the domain's trailing dot, a `+tag`, the bare user name, a Turkish `İ` or
-dotless `ı` each counted as another person and approved. gateway/principals.py now removes every
+dotless i (U+0131) each counted as another person and approved. gateway/principals.py now removes every
 default-ignorable character and folds these spellings (`identity`), and a bare name is the person of the
-email with that user; a principal mixing look-alike scripts (Cyrillic `а` in a Latin name) is refused
+email with that user; a principal mixing look-alike scripts (Cyrillic U+0430 in a Latin name) is refused
 when the key is created.
 """
 
