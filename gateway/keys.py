@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from gateway.db.generation import as_utc, bump_generation, utcnow
 from gateway.db.models import ApiKey
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.principals import normalise
+from gateway.principals import mixed_scripts, normalise
 from gateway.registry import audit
 
 ROLES = ("app", "prompt-engineer", "approver", "admin", "metrics")  # metrics: reads /metrics, nothing else
@@ -142,6 +142,14 @@ class KeyService:
             raise InvalidRequest(
                 f"principal {principal or name!r} is empty once normalised; name a person or a service",
                 param="principal",
+            )
+        scripts = mixed_scripts(who)
+        if scripts:
+            raise InvalidRequest(
+                f"principal {who!r} mixes letters of {' and '.join(scripts)}, which look alike: one person"
+                " could hold keys under two spellings that four-eyes cannot tell apart; spell it in one script",
+                param="principal",
+                code="mixed_scripts",
             )
         if value is not None and len(value) < 16:
             raise InvalidRequest("an imported key must be at least 16 characters long", param="key")

@@ -118,16 +118,18 @@ class GitRepo:
         return True
 
     def authors(self, paths: list[str], *, since: str | None, until: str) -> list[str]:
-        """Everyone (author and committer, as `Name <email>`) who committed to any of `paths` after
-        `since` up to `until`; the whole history of the paths when `since` is None or not an ancestor of
-        `until` (history rewritten since)."""
+        """Everyone (author, committer and `Co-authored-by:` trailers, as `Name <email>`) who committed to any
+        of `paths` after `since` up to `until`; the whole history of the paths when `since` is None or not an
+        ancestor of `until` (history rewritten since)."""
         if not paths:
             return []
         span = f"{since}..{until}" if since and self.is_ancestor(since, until) else until
-        out = self._git("log", "--format=%an <%ae>%x1f%cn <%ce>", span, "--", *paths)
+        # one record per commit (ended by %x1e): author, committer, and each `Co-authored-by:` trailer
+        trailers = "%(trailers:key=Co-authored-by,valueonly,separator=%x1f)"
+        out = self._git("log", f"--format=%an <%ae>%x1f%cn <%ce>%x1f{trailers}%x1e", span, "--", *paths)
         people: dict[str, None] = {}
-        for line in out.splitlines():
-            for who in line.split("\x1f"):
+        for record in out.split("\x1e"):
+            for who in record.split("\x1f"):
                 if who.strip():
                     people[who.strip()] = None
         return list(people)

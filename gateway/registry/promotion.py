@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from gateway import principals
 from gateway.db.generation import as_utc, utcnow
-from gateway.db.models import Alias, ArtifactVersion, AuditEntry, EvalRun, Promotion
+from gateway.db.models import Alias, ApiKey, ArtifactVersion, AuditEntry, EvalRun, Promotion, Rollout
 from gateway.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from gateway.keys import Principal, key_creators
 from gateway.registry import audit
@@ -277,6 +277,7 @@ class PromotionService:
         def work(session: Session) -> PromotionRecord:
             row = self._load_pending(session, promotion_id)
             rule = _stored_rule(row.rule, AliasRule(approvals=0))
+            _require_live_key(session, principal)
             self._require_role(principal, rule.approver_roles, "approving a promotion")
             version = self._version(session, row.kind, row.name, row.version)
             if row.rule.get("protected", True):
@@ -381,6 +382,7 @@ class PromotionService:
         def work(session: Session) -> PromotionRecord:
             row = self._load_pending(session, promotion_id)
             rule = _stored_rule(row.rule, AliasRule())
+            _require_live_key(session, principal)
             self._require_role(principal, rule.approver_roles, "rejecting a promotion")
             row.state = REJECTED
             row.decided_by = principal.principal
@@ -461,6 +463,7 @@ class PromotionService:
                 pending.decision_reason = "superseded by an emergency rollback"
                 pending.pending_key = None
                 session.flush()
+            _stop_rollouts(session, f"{kind}:{name}@{alias}", principal.actor)
             now = utcnow()
             row = Promotion(
                 id="prm_" + secrets.token_hex(6),
@@ -523,6 +526,37 @@ def _rules_rule(
         require_eval=rule.require_eval if rule else None,
     )
     return strict, loosens
+
+
+def _require_live_key(session: Session, principal: Principal) -> None:
+    """An approval counts only from a key that is live in the database now: a gateway's key cache (or a
+    replica's) may still hold a key revoked since (up to `cache.refresh_interval_s`)."""
+    key = session.get(ApiKey, principal.key_id)
+    if key is None or key.revoked_at is not None:
+        raise PermissionDenied(
+            f"key {principal.key_id} ({principal.principal}) was revoked: it can no longer approve or reject",
+            code="key_revoked",
+        )
+
+
+def _stop_rollouts(session: Session, target: str, actor: str) -> None:
+    """An emergency rollback ends a live rollout of the alias (gateway/rollouts/service.py): its candidate
+    serves no more traffic, and its evaluator can no longer promote the candidate back over the rollback."""
+    for live in session.scalars(select(Rollout).where(Rollout.live_key == target).with_for_update()):
+        before = live.state
+        live.state = "stopped"
+        live.ended_at = utcnow()
+        live.live_key = None
+        session.flush()
+        audit.append(
+            session,
+            actor=actor,
+            action="rollout.stop",
+            target=target,
+            before={"state": before},
+            after={"rollout": live.id, "state": "stopped"},
+            reason="superseded by an emergency rollback",
+        )
 
 
 def held_versions(session: Session, kind: str, name: str, alias: str) -> set[int]:

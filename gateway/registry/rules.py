@@ -253,11 +253,24 @@ def served_ref(engine: Engine, kind: str) -> str:
 # -- loosening ----------------------------------------------------------------------------------------
 
 MODE_STRENGTH = {"off": 0, "log": 1, "flag": 2, "warn": 2, "redact": 3, "block": 4}
+SEVERITIES = ("info", "warning", "critical")
+# Numbers known to tighten one way; any other number that changes loosens (a plugin's check, a new field).
+LOWER_IS_STRICTER = frozenset(
+    {
+        "rpm", "tpm", "usd_per_day", "usd_per_month", "max_input_tokens", "max_output_tokens",  # policy limits
+        "for_", "for", "min_samples", "evaluate_every_s",  # alerts: sooner, on fewer samples, more often
+    }
+)  # fmt: skip
+HIGHER_IS_STRICTER = frozenset({"reserve_output_tokens", "approvals", "retries"})
+# Lists known to tighten by growing (more kinds, stages, terms, screened roles) or by shrinking (exceptions).
+GROWING_IS_STRICTER = frozenset({"kinds", "apply_to", "terms", "patterns", "roles", "receivers"})
+SHRINKING_IS_STRICTER = frozenset({"allow", "approver_roles", "requester_roles", "registrar_roles"})
 
 
 def loosening(kind: str, old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     """How `new` loosens `old` (empty when it does not): one line per loosened rule. Anything not known to
-    be stricter counts as loosening (a changed match, a new value of an unknown field)."""
+    be stricter counts as loosening (a changed match, a new value of an unknown field, a number whose
+    direction is not known)."""
     if old is None:
         return []
     if kind == "governance":
@@ -266,72 +279,111 @@ def loosening(kind: str, old: dict[str, Any] | None, new: dict[str, Any]) -> lis
         return _policy_loosening(old, new)
     if kind == "alert":
         return _alert_loosening(old, new)
-    return []
+    return _changes(old, new, "")
+
+
+def _changes(
+    old: dict[str, Any], new: dict[str, Any], where: str, *, skip: tuple[str, ...] = ()
+) -> list[str]:
+    """Every field of a mapping that changed in a way not known to be stricter."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in skip:
+            continue
+        before, after = old.get(key), new.get(key)
+        if before == after or _stricter(key, before, after):
+            continue
+        out.append(f"{where}{key} {before!r} -> {after!r}")
+    return out
+
+
+def _stricter(key: str, before: Any, after: Any) -> bool:
+    """Whether a changed value is known to be stricter: a limit lowered (or set where there was none), a
+    count of approvals or retries raised, a stronger mode, failing closed, four-eyes turned on, a list of
+    what is checked grown or of exceptions shrunk."""
+    numbers = (int, float)
+    if key == "mode" and before in MODE_STRENGTH and after in MODE_STRENGTH:
+        return MODE_STRENGTH[str(after)] > MODE_STRENGTH[str(before)]
+    if key == "on_store_error":
+        return bool(after == "block")
+    if key == "four_eyes":
+        return after is True
+    if key == "require_eval":
+        return before is None and after is not None
+    if key == "description":
+        return True
+    if key == "severity" and before in SEVERITIES and after in SEVERITIES:
+        return SEVERITIES.index(str(after)) > SEVERITIES.index(str(before))
+    if key in LOWER_IS_STRICTER:
+        if before is None and isinstance(after, numbers) and not isinstance(after, bool):
+            return True  # a limit where there was none
+        return _numbers(before, after) and after < before
+    if key in HIGHER_IS_STRICTER:
+        return _numbers(before, after) and after > before
+    if key in GROWING_IS_STRICTER or key in SHRINKING_IS_STRICTER:
+        old, new = _members(before), _members(after)
+        if old is None or new is None:
+            return False
+        return old <= new if key in GROWING_IS_STRICTER else new <= old
+    return False
+
+
+def _numbers(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def _members(value: Any) -> set[str] | None:
+    """A list's (or a mapping's) members, comparable as a set; None for anything else."""
+    if isinstance(value, dict):
+        return {f"{k}={v!r}" for k, v in value.items()}
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return set(value)
+    return None
 
 
 def _alert_loosening(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Alert rules loosen when they would tell fewer people, later, or about less: a rule or receiver
-    removed, a receiver's address changed, a threshold moved away from the breach, a longer `for`."""
-    out: list[str] = []
+    removed, a receiver's address, secret or delivery changed, a threshold moved away from the breach, a
+    longer `for`, a slower evaluation."""
+    out = _changes(old, new, "", skip=("receivers", "rules"))
+    new_receivers = new.get("receivers") or {}
     for name, receiver in (old.get("receivers") or {}).items():
-        if (new.get("receivers") or {}).get(name, {}).get("url") != receiver.get("url"):
-            out.append(f"receiver {name!r} removed or its url changed")
+        if name not in new_receivers:
+            out.append(f"receiver {name!r} removed")
+            continue
+        out.extend(_changes(receiver, new_receivers[name], f"receiver {name!r}: "))
     new_rules = {r["name"]: r for r in new.get("rules") or []}
     for rule in old.get("rules") or []:
         other = new_rules.get(rule["name"])
         if other is None:
             out.append(f"rule {rule['name']!r} removed")
             continue
-        for key in sorted(set(rule) | set(other)):
-            before, after = rule.get(key), other.get(key)
-            if before == after or _stricter_alert(key, rule, before, after):
-                continue
-            out.append(f"rule {rule['name']!r}: {key} {before!r} -> {after!r}")
+        nearer: dict[str, Any] = {}  # a threshold moved towards the breach (same op): stricter
+        if other.get("op") == rule.get("op") and _numbers(rule.get("threshold"), other.get("threshold")):
+            above = str(rule.get("op", ">")).startswith(">")
+            if (
+                (other["threshold"] < rule["threshold"])
+                if above
+                else (other["threshold"] > rule["threshold"])
+            ):
+                nearer["threshold"] = other["threshold"]
+        out.extend(_changes({**rule, **nearer}, other, f"rule {rule['name']!r}: "))
     return out
 
 
-def _stricter_alert(key: str, rule: dict[str, Any], before: Any, after: Any) -> bool:
-    if key == "threshold" and isinstance(before, int | float) and isinstance(after, int | float):
-        return bool(after < before) if str(rule.get("op", ">")).startswith(">") else bool(after > before)
-    if key in ("for_", "for", "min_samples"):
-        return isinstance(after, int | float) and isinstance(before, int | float) and after < before
-    if key == "receivers":
-        return set(before or []) <= set(after or [])
-    if key == "severity":
-        order = ["info", "warning", "critical"]
-        return before in order and after in order and order.index(after) > order.index(before)
-    return key == "description"
-
-
 def _governance_loosening(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    old_aliases = old.get("protected_aliases") or {}
+    out = _changes(old, new, "", skip=("protected_aliases",))
     new_aliases = new.get("protected_aliases") or {}
-    for alias, rule in old_aliases.items():
+    for alias, rule in (old.get("protected_aliases") or {}).items():
         if alias not in new_aliases:
             out.append(f"alias {alias!r} is no longer protected")
             continue
-        other = new_aliases[alias]
-        if int(other.get("approvals", 1)) < int(rule.get("approvals", 1)):
-            out.append(f"{alias}: approvals {rule.get('approvals')} -> {other.get('approvals')}")
-        if set(other.get("approver_roles") or []) - set(rule.get("approver_roles") or []):
-            out.append(f"{alias}: more roles may approve ({', '.join(other.get('approver_roles') or [])})")
-        if rule.get("four_eyes", True) and not other.get("four_eyes", True):
-            out.append(f"{alias}: four-eyes turned off")
-        if rule.get("require_eval") and other.get("require_eval") != rule.get("require_eval"):
-            out.append(f"{alias}: the required eval changed or was removed")
-    for field in ("requester_roles", "registrar_roles"):
-        added = set(new.get(field) or []) - set(old.get(field) or [])
-        if added:
-            out.append(f"{field}: {', '.join(sorted(added))} added")
+        out.extend(_changes(rule, new_aliases[alias], f"{alias}: "))
     return out
 
 
 def _policy_loosening(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for key, value in old.items():
-        if key != "rules" and new.get(key) != value and not _stricter_scalar(key, value, new.get(key)):
-            out.append(f"{key}: {value!r} -> {new.get(key)!r}")
+    out = _changes(old, new, "", skip=("rules",))
     new_rules = {r.get("name") or str(i): r for i, r in enumerate(new.get("rules") or [])}
     for i, rule in enumerate(old.get("rules") or []):
         name = rule.get("name") or str(i)
@@ -341,41 +393,17 @@ def _policy_loosening(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             continue
         if other.get("match") != rule.get("match"):
             out.append(f"rule {name!r}: its match changed")
+        out.extend(_changes(rule, other, f"rule {name!r}: ", skip=("match", "checks")))
         new_checks = list(other.get("checks") or [])
         for check in rule.get("checks") or []:
             same = [c for c in new_checks if _label(c) == _label(check)]
             if not same:
                 out.append(f"rule {name!r}: check {check.get('type')!r} removed")
                 continue
-            changes = _check_loosening(check, same[0])
-            out.extend(f"rule {name!r}: check {check.get('type')!r}: {c}" for c in changes)
+            out.extend(_changes(check, same[0], f"rule {name!r}: check {check.get('type')!r}: "))
             new_checks.remove(same[0])
     return out
 
 
 def _label(check: dict[str, Any]) -> Any:
     return check.get("id") or check.get("type")
-
-
-def _check_loosening(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        before, after = old.get(key), new.get(key)
-        if before == after or _stricter_scalar(key, before, after):
-            continue
-        out.append(f"{key} {before!r} -> {after!r}")
-    return out
-
-
-def _stricter_scalar(key: str, before: Any, after: Any) -> bool:
-    """Whether a changed value is known to be stricter: a lower number (limits, budgets, caps), a stronger
-    mode, or failing closed."""
-    if key == "mode" and before in MODE_STRENGTH and after in MODE_STRENGTH:
-        return MODE_STRENGTH[str(after)] > MODE_STRENGTH[str(before)]
-    if key == "on_store_error":
-        return bool(after == "block")
-    numbers = (int, float)
-    if isinstance(before, numbers) and isinstance(after, numbers) and not isinstance(before, bool):
-        return bool(after < before)
-    # a limit where there was none
-    return bool(before is None and isinstance(after, numbers) and not isinstance(after, bool))

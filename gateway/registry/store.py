@@ -19,7 +19,7 @@ from gateway.db.generation import as_utc, bump_generation, utcnow
 from gateway.db.models import Alias, ArtifactVersion
 from gateway.errors import InvalidRequest, NotFound
 from gateway.registry import audit
-from gateway.registry.refs import DEFAULT_ALIAS, Ref
+from gateway.registry.refs import DEFAULT_ALIAS, Ref, validate_alias
 from gateway.shapes import ArtifactRef
 
 LATEST = "latest"
@@ -165,7 +165,9 @@ def set_alias(
     reason: str | None = None,
     action: str = "alias.move",
 ) -> int | None:
-    """Point an alias at a version; returns the version it pointed at before (None if new)."""
+    """Point an alias at a version; returns the version it pointed at before (None if new). Every path that
+    moves an alias comes here, so the one alias-name rule is checked here too (gateway/registry/refs.py)."""
+    validate_alias(alias)
     row = session.get(Alias, (kind, name, alias))
     before = row.version if row is not None else None
     if row is None:

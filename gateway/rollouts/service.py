@@ -41,6 +41,8 @@ from gateway.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from gateway.keys import Principal
 from gateway.registry import audit
 from gateway.registry.promotion import APPLIED, REJECTED, PromotionService
+from gateway.registry.refs import validate_alias
+from gateway.registry.rules import RULE_KINDS
 from gateway.registry.store import LATEST, set_alias
 from gateway.rollouts.judge import BUILTIN_METRICS, judge, read_arms
 from gateway.rollouts.stats import Direction, TestResult
@@ -263,9 +265,17 @@ class RolloutService:
             raise PermissionDenied(
                 f"starting a rollout needs the role {' or '.join(self.promotions.governance.requester_roles)}"
             )
+        validate_alias(spec.alias)
         if spec.alias == LATEST:
             raise InvalidRequest(
                 "the alias 'latest' moves by itself; roll out to another alias", param="alias"
+            )
+        if spec.kind in RULE_KINDS:
+            raise InvalidRequest(
+                f"{spec.kind} rules are served whole from their production version and change only by"
+                " promotion (a loosening change needs a second admin): request a promotion instead of a"
+                " rollout",
+                param="kind",
             )
         rule = self.promotions.rule_for(spec.alias)
         rollout_id = "rol_" + secrets.token_hex(6)
@@ -416,8 +426,19 @@ class RolloutService:
                     raise Conflict(f"rollout {rollout_id} is {row.state}, not live", code="not_live")
                 return False
             before_state = row.state
-            _cas(session, row, before_state, to_state, ended_at=utcnow(), live_key=None)
             alias_now = _alias_version(session, row.kind, row.name, row.alias)
+            facts = dict(evidence)
+            state, moving = to_state, promote
+            if promote and alias_now != row.candidate_version and self.promotions.rule_for(row.alias):
+                # a protected alias moves only by an applied promotion: an automatic promotion never
+                # moves it there, whatever this row says (it names the candidate once approved)
+                state = STOPPED
+                facts["reason"] = (
+                    f"{_target(row)} is protected and points at {alias_now}, not the candidate"
+                    f" {row.candidate_version}: request a promotion"
+                )
+                moving = False
+            _cas(session, row, before_state, state, ended_at=utcnow(), live_key=None)
             moved = None
             if revert and alias_now == row.candidate_version:
                 set_alias(
@@ -431,7 +452,7 @@ class RolloutService:
                     reason=f"rollout {row.id}",
                 )
                 moved = row.control_version
-            if promote and alias_now != row.candidate_version:
+            if moving and alias_now != row.candidate_version:
                 set_alias(
                     session,
                     kind=row.kind,
@@ -449,8 +470,8 @@ class RolloutService:
                 action=action,
                 target=_target(row),
                 before={"state": before_state, "version": alias_now},
-                after={"rollout": row.id, "state": to_state, "alias_version": moved or alias_now, **evidence},
-                reason=str(evidence.get("reason")) if evidence.get("reason") else None,
+                after={"rollout": row.id, "state": state, "alias_version": moved or alias_now, **facts},
+                reason=str(facts.get("reason")) if facts.get("reason") else None,
             )
             bump_generation(session)
             return True
@@ -492,6 +513,7 @@ class RolloutService:
                 self._end(
                     rollout_id, (ACTIVE,), PROMOTED, SYSTEM_ACTOR, "rollout.promote", evidence, promote=True
                 )
+                decision = self.get(rollout_id)["state"]  # stopped: a protected alias not on the candidate
             else:
                 self._hold(rollout_id, evidence)
         evidence["decision"] = decision

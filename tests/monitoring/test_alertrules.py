@@ -253,7 +253,10 @@ def test_what_loosens_alert_rules() -> None:
     assert loosening("alert", old, changed(op="<", threshold=0.1)) == ["rule 'r': op '>' -> '<'"]
     assert loosening("alert", old, {**old, "rules": []}) == ["rule 'r' removed"]
     moved = {**old, "receivers": {"a": {"url": "https://elsewhere.example/hook"}}}
-    assert loosening("alert", old, moved) == ["receiver 'a' removed or its url changed"]
+    assert loosening("alert", old, moved) == [
+        "receiver 'a': url 'https://a.example/hook' -> 'https://elsewhere.example/hook'"
+    ]
+    assert loosening("alert", old, {**old, "receivers": {}}) == ["receiver 'a' removed"]
 
 
 def test_the_docs_example_is_a_valid_alerts_file() -> None:
