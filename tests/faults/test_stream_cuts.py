@@ -145,4 +145,3 @@ def test_sigterm_cuts_long_streams_on_every_surface_with_their_own_error_event(
     rows = gw.log_rows([s["id"] for s in streams.values()])
     for row in rows.values():
         assert (row["status"], row["error_type"], row["stream"]) == (503, "stream_cut_by_server", True), row
-
