@@ -101,3 +101,25 @@ def cost_usd(prices: Prices | None, tokens_in: int, tokens_out: int) -> float | 
     if prices is None:
         return None
     return tokens_in * prices.input_per_token + tokens_out * prices.output_per_token
+
+
+USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def token_count(value: Any) -> int | None:
+    """A token count as an upstream's `usage` holds it (absent counts 0): a non-negative whole number,
+    or None when it is not one (text, a negative or fractional number, true/false)."""
+    value = value or 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != int(value):
+        return None
+    return int(value)
+
+
+def usage_problem(usage: Any) -> str | None:
+    """What is wrong with an upstream's `usage` (`usage.<field> = <value>`), or None when it is sound."""
+    if not isinstance(usage, dict):
+        return f"usage = {usage!r}"[:200]
+    for name in USAGE_COUNTS:
+        if token_count(usage.get(name)) is None:
+            return f"usage.{name} = {usage.get(name)!r}"[:200]
+    return None

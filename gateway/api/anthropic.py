@@ -71,9 +71,9 @@ async def create_message(request: Request) -> Response:
             answer = await gateway_of(request).chat(call, chat, surface)
             if isinstance(answer, ChatStream):
                 answer.encoder = bridge.MessagesEncoder(message_id, parsed.model)
-        if isinstance(answer, ChatStream):
-            return _sse(answer)
-        return _json(bridge.message_object(message_id, parsed.model, answer))
+                return _sse(answer)
+            data = bridge.message_object(message_id, parsed.model, answer)  # before the row is written
+        return _json(data)
 
     return await answer_errors(handle)
 

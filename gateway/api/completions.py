@@ -37,6 +37,6 @@ async def create_completion(request: Request) -> Response:
         answer = await gateway_of(request).chat(call, chat, surface)
         if isinstance(answer, ChatStream):
             answer.encoder = bridge.CompletionEncoder(legacy, surface_id(surface, call))
-    if isinstance(answer, ChatStream):
-        return _sse(answer)
-    return _json(bridge.from_chat(legacy, answer, surface_id(surface, call)))
+            return _sse(answer)
+        data = bridge.from_chat(legacy, answer, surface_id(surface, call))  # before the row is written
+    return _json(data)

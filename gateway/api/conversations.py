@@ -14,11 +14,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.api.deps import opened_call, read_json
 from gateway.api.openai import _json
 from gateway.api.openapi_spec import CALL_ERRORS, error_responses
 from gateway.api.stored import ListQuery, traffic_of
+from gateway.db.outage import database_unavailable
 from gateway.errors import InvalidRequest, NotFound
 from gateway.flow.call import Call
 from gateway.keys import Principal
@@ -76,6 +78,8 @@ async def change_items(
         stored = await asyncio.to_thread(store.change_payload, who, conversation_id, KIND, apply)
     except PayloadTooLarge as exc:
         raise too_large(exc) from None
+    except SQLAlchemyError as exc:  # an OpsgateError (503) for callers that go on without the change
+        raise database_unavailable(exc) or exc from exc
     if stored is None:
         raise not_found(conversation_id)
     return stored

@@ -74,9 +74,9 @@ async def create_response(request: Request) -> Response:
         answer = await gateway_of(request).chat(call, chat, surface)
         if isinstance(answer, ChatStream):
             answer.encoder = bridge.ResponsesEncoder(turn)
-    if isinstance(answer, ChatStream):
-        return _sse(answer)
-    return _json(bridge.response_object(turn, answer))
+            return _sse(answer)
+        data = bridge.response_object(turn, answer)  # before the row is written
+    return _json(data)
 
 
 @router.get("/responses/{response_id}", summary="Get a stored response", response_model=dict[str, Any])

@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from gateway.db.models import ArtifactVersion, OnlineEvalScore
+from gateway.db.outage import Outage, database_unavailable
 from gateway.evaluation.config import OnlineEvalConfig
 from gateway.evaluation.metrics import registry
 from gateway.evaluation.metrics.base import EvalCase, EvalContext, Metric, TargetOutput
@@ -107,6 +108,7 @@ class OnlineStats:
     dropped: int = 0
     scored: int = 0
     failed: int = 0
+    unwritten: int = 0  # scores the database did not take (it was away)
 
 
 class RollingMeans:
@@ -152,6 +154,7 @@ class OnlineEvaluator:
         self._tasks: list[asyncio.Task[None]] = []
         self._rows: list[dict[str, Any]] = []  # scores waiting for the next batch write
         self._flushed = time.monotonic()
+        self._outage = Outage("online eval: database", log)  # one line per change of state
         self._connection: Any = None
         self._gauge = Gauge(
             "opsgate_online_eval_rolling_mean",
@@ -265,8 +268,14 @@ class OnlineEvaluator:
         if rows:
             try:
                 await asyncio.to_thread(self._store, rows)
-            except SQLAlchemyError:
-                log.exception("online eval: %d scores could not be written", len(rows))
+            except SQLAlchemyError as exc:
+                if database_unavailable(exc) is None:
+                    log.exception("online eval: %d scores could not be written", len(rows))
+                else:  # dropped (counted): scores are samples, the request log keeps every answer
+                    self.stats.unwritten += len(rows)
+                    self._outage.failed(exc, f"{self.stats.unwritten} scores not written so far")
+            else:
+                self._outage.recovered()
 
     async def process(self, job: Job) -> list[dict[str, Any]]:
         """Score one sampled answer; update rolling means and alerts; return its rows for the store."""

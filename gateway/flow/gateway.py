@@ -54,6 +54,7 @@ from gateway.tokens_cost import (
     encoding_for,
     message_text,
     prices_for,
+    token_count,
 )
 
 METRICS_ONLY = frozenset({"metrics"})
@@ -464,16 +465,16 @@ def _prices(deployment: Deployment) -> Prices | None:
 
 def _count(usage: dict[str, Any], name: str, deployment: Deployment) -> int:
     """A token count from the upstream's `usage`: a non-negative whole number, or the upstream is at fault."""
-    value = usage.get(name) or 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != int(value):
+    count = token_count(usage.get(name))
+    if count is None:
         raise UpstreamError(
-            f"deployment {deployment.id!r} ({deployment.model}) answered with usage.{name} = {value!r},"
-            " which is not a token count",
+            f"deployment {deployment.id!r} ({deployment.model}) answered with usage.{name} ="
+            f" {usage.get(name)!r}, which is not a token count",
             retryable=False,
             deployment=deployment.id,
             code="invalid_upstream_usage",
         )
-    return int(value)
+    return count
 
 
 def _answer_text(data: Json) -> str:

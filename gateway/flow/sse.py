@@ -19,6 +19,7 @@ import orjson
 from gateway.errors import ClientTooSlow, OpsgateError, StreamCut, UpstreamError
 from gateway.flow.call import Call
 from gateway.shapes import ChunkStream, Json
+from gateway.tokens_cost import usage_problem
 
 log = logging.getLogger("opsgate.stream")
 # (call, status, error, usage, answer text) -> None: accounting and the log row
@@ -125,7 +126,14 @@ class ChatStream:
             chunk: Json | None = first
             while chunk is not None:
                 if chunk.get("usage"):
-                    usage = chunk["usage"]
+                    problem = usage_problem(chunk["usage"])
+                    if problem is None:
+                        usage = chunk["usage"]
+                    else:  # the answer itself is sound: the gateway counts it, and the row says why
+                        call.extra["usage_error"] = (
+                            f"the upstream streamed {problem}, which is not a token count"
+                        )
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
                 for choice in chunk.get("choices") or ():
                     delta = choice.get("delta") or {}
                     if isinstance(delta.get("content"), str):

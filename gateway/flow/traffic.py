@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway.db.outage import Outage, database_unavailable
 from gateway.flow.call import Call
 from gateway.shapes import ChunkStream, Json
 from gateway.traffic.assemble import ChunkAssembler
 from gateway.traffic.config import TrafficConfig
 from gateway.traffic.redact import redact_payload
 from gateway.traffic.store import StoredCall, TrafficStore
+
+log = logging.getLogger("opsgate.traffic")
 
 
 def body_digest(body: Json) -> str:
@@ -60,22 +64,31 @@ class TrafficRecorder:
         self.config = config
         self._routers = frozenset(config.routers)
         self._prompts = frozenset(config.prompts)
+        # the database away: answers are served unstored, one log line per change of state
+        self.outage = Outage("traffic store: database", log)
 
     def wanted(self, asked: bool | None, router: str, prompt: str | None) -> bool:
         return bool(asked) or router in self._routers or (prompt is not None and prompt in self._prompts)
 
     def recording(self, call: Call, surface: Surface, request: Json, metadata: Any) -> Recording:
         meta = {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
-        return Recording(self.store, call, surface, request, meta)
+        return Recording(self.store, call, surface, request, meta, self.outage)
 
 
 class Recording:
     """One call on its way into the store."""
 
     def __init__(
-        self, store: TrafficStore, call: Call, surface: Surface, request: Json, metadata: dict[str, str]
+        self,
+        store: TrafficStore,
+        call: Call,
+        surface: Surface,
+        request: Json,
+        metadata: dict[str, str],
+        outage: Outage,
     ) -> None:
         self.store = store
+        self.outage = outage
         self.call = call
         self.surface = surface
         self.kind = surface.kind
@@ -84,7 +97,8 @@ class Recording:
         self.metadata = metadata
 
     async def save(self, upstream: Json, response: Json) -> bool:
-        """Store the call (in a thread); the log row's `extra.traffic` says whether it was."""
+        """Store the call (in a thread); the log row's `extra.traffic` says whether it was. With the
+        database away the answer is not thrown away: it is served unstored, and the row says why."""
         call = self.call
         surface = self.surface
         answer = surface.render(response) if surface.render is not None else response
@@ -104,7 +118,15 @@ class Recording:
             self.id, call.request_id, self.kind, call.ts, call.principal.principal, call.principal.key_id,
             call.model, self.metadata, payload,
         )  # fmt: skip
-        saved = await asyncio.to_thread(self.store.save, stored)
+        try:
+            saved = await asyncio.to_thread(self.store.save, stored)
+        except Exception as exc:
+            if database_unavailable(exc) is None:
+                raise
+            self.outage.failed(exc, "answers are served but not stored until it is back")
+            call.extra["traffic"] = {"id": self.id, "stored": False, "reason": "database_unavailable"}
+            return False
+        self.outage.recovered()
         call.extra["traffic"] = {"id": self.id, "stored": saved} | ({} if saved else {"reason": "too_large"})
         if surface.stored is not None:
             await surface.stored(answer)

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway.db.generation import utcnow
+from gateway.db.outage import Outage, database_unavailable
 from gateway.errors import InvalidFields, ModelNotFound, NotFound, OpsgateError, PermissionDenied
 from gateway.flow.access import VersionAccess
 from gateway.flow.call import Call
@@ -156,6 +157,7 @@ class MLService:
         self._failed: dict[Key, tuple[float, OpsgateError]] = {}
         self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (name, version)
         self._monitor_task: asyncio.Task[None] | None = None
+        self._monitor_outage = Outage("ML monitoring: database", log)  # one line per change of state
         self.scheduler = self._scheduler()
         # Preloads started before the first request: /readyz waits for them, so a replica takes no traffic
         # while its models (and skops, ~10 s to import on a cold machine) are still loading. None once warm.
@@ -658,8 +660,14 @@ class MLService:
             for served in list(self._served.values()):
                 try:
                     await self.check(served)
-                except Exception:
-                    log.exception("monitoring %s failed; will retry", served.ref)
+                except Exception as exc:
+                    if database_unavailable(exc) is None:
+                        log.exception("monitoring %s failed; will retry", served.ref)
+                    else:
+                        self._monitor_outage.failed(exc, "drift, accuracy and fairness wait until it answers")
+                        break
+                else:
+                    self._monitor_outage.recovered()
 
 
 def _artifact(served: ServedModel) -> str:

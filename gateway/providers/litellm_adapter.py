@@ -24,6 +24,7 @@ from gateway.egress import CLOUD_IDENTITY_PROVIDERS, Egress
 from gateway.egress.params import Kind
 from gateway.errors import EgressDenied, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.monitoring import tracing
+from gateway.providers.answers import check_chat, check_chunk
 from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment
 from gateway.providers.deployment import Deployment
 from gateway.providers.openai_compat import status_error
@@ -183,7 +184,7 @@ class LiteLLMAdapter:
         data.pop("_hidden_params", None)
         if not (data.get("usage") or {}).get("total_tokens"):
             data.pop("usage", None)  # litellm's all-zero placeholder when the upstream sent none
-        return data
+        return check_chat(data, deployment)
 
     async def chat_stream(self, deployment: Deployment, body: Json) -> AsyncIterator[Json]:
         lib = self._lib()
@@ -195,7 +196,7 @@ class LiteLLMAdapter:
             async for chunk in stream:
                 data: Json = chunk.model_dump(exclude_none=True)
                 data.pop("_hidden_params", None)
-                for choice in data.get("choices") or ():
+                for choice in check_chunk(data, deployment).get("choices") or ():
                     if choice.get("finish_reason"):
                         finished = True
                 yield data

@@ -27,6 +27,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.monitoring import tracing
+from gateway.providers.answers import check_chat, check_chunk, check_responses
 from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment, upstream_message
 from gateway.providers.deployment import Deployment
 from gateway.surfaces.responses import native_chat
@@ -166,7 +167,7 @@ class OpenAICompatAdapter:
     async def chat(self, deployment: Deployment, body: Json) -> Json:
         payload = {**self._payload(deployment, body, "chat"), "stream": False}
         payload.pop("stream_options", None)
-        return await self._post_json(deployment, "/chat/completions", payload, "chat")
+        return check_chat(await self._post_json(deployment, "/chat/completions", payload, "chat"), deployment)
 
     async def responses(self, deployment: Deployment, body: Json) -> Json:
         """A Responses API call passed to the deployment's own `/responses` (`responses: native`): the
@@ -182,7 +183,7 @@ class OpenAICompatAdapter:
             "stream": False,
         }
         data = await self._post_json(deployment, "/responses", payload, "chat")
-        return native_chat(data)
+        return native_chat(check_responses(data, deployment))
 
     async def embed(self, deployment: Deployment, body: Json) -> Json:
         payload = self._payload(deployment, body, "embedding")
@@ -325,7 +326,7 @@ def _parse_chunk(data: bytes, deployment: Deployment) -> Json:
             f"deployment {deployment.id!r} failed mid-stream: {upstream_message(chunk, 'error event')}",
             deployment=deployment.id,
         )
-    return chunk
+    return check_chunk(chunk, deployment)
 
 
 def _loads_or_text(raw: bytes) -> Any:

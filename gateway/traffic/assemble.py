@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.tokens_cost import usage_problem
+
 Json = dict[str, Any]
 
 
@@ -20,7 +22,7 @@ class ChunkAssembler:
     def add(self, chunk: Json) -> None:
         if not self.meta:
             self.meta = {k: chunk[k] for k in ("id", "created", "model", "system_fingerprint") if k in chunk}
-        if chunk.get("usage"):
+        if chunk.get("usage") and usage_problem(chunk["usage"]) is None:  # else counted by the gateway
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             self._add_choice(choice)

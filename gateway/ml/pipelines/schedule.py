@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.db.generation import as_utc, lock_key, utcnow
+from gateway.db.outage import Outage, database_unavailable
 from gateway.ml.pipelines.cron import ScheduleSpec
 from gateway.ml.pipelines.spec import PipelineSpec
 from gateway.registry.store import VersionRecord, VersionStore
@@ -148,6 +149,7 @@ class PipelineScheduler:
         self.busy = busy  # a run of this pipeline is still going here: do not claim the next one yet
         self.tick_s = tick_s
         self._task: asyncio.Task[None] | None = None
+        self.outage = Outage("pipeline schedule: database", log)  # one line per change of state
 
     def due(self, now: datetime | None = None) -> list[tuple[VersionRecord, datetime]]:
         """Blocking: the runs this replica won the claim for."""
@@ -183,5 +185,10 @@ class PipelineScheduler:
             await asyncio.sleep(self.tick_s)
             try:
                 await self.tick()
-            except Exception:  # the database is away: the next tick tries again
-                log.exception("pipeline schedule check failed; will retry")
+            except Exception as exc:  # the next tick tries again
+                if database_unavailable(exc) is None:
+                    log.exception("pipeline schedule check failed; will retry")
+                else:
+                    self.outage.failed(exc, "no scheduled run starts until it answers")
+            else:
+                self.outage.recovered()
