@@ -6,8 +6,9 @@ On the code before these fixes, on PostgreSQL:
   upstream body could not be serialised), and on chat and completions it was sent upstream as `1e+20`;
 - a model name with a NUL character was answered 404, but its log row was refused by PostgreSQL and
   dropped: a caller could make requests that leave no trace in the request log;
-- `/v1/messages/count_tokens` on 4 MB of text, or a chat answer from an upstream that reports no usage,
-  was counted on the event loop: /healthz waited 5 to 10 s.
+- `/v1/messages/count_tokens` on 4 MB of text, a chat answer from an upstream that reports no usage, or
+  the input of a request under token limits (token_cap, rate_limit tpm, budget) was counted on the event
+  loop: /healthz waited 4 to 10 s.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ from tests.fakes.upstream import FakeUpstream
 pytestmark = pytest.mark.postgres
 MESSAGES = [{"role": "user", "content": "hello"}]
 BIG = 100000000000000000000  # 10**20: more than 64 bits
+# token limits for app keys (config/policies.yaml's commented example): each counts the input's tokens
+POLICIES = """\
+rules:
+  - name: apps
+    match: {roles: [app]}
+    checks:
+      - {type: pii, mode: redact}
+      - {type: token_cap, max_input_tokens: 100000000}
+      - {type: rate_limit, rpm: 6000, tpm: 100000000}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +53,7 @@ def gw(
         "nousage": {"deployments": [deployment("nu", fake_upstream.url("nousage-badin"), adapter="openai")]},
         "vectors": {"kind": "embedding", "deployments": [deployment("v", fake_upstream.url("ok-badin"))]},
     }
-    project = project_factory(routers=routers)
+    project = project_factory(routers=routers, files={"config/policies.yaml": POLICIES})
     with gateway_factory(project, database_url=new_pg_database()) as gateway:
         yield gateway
 
@@ -154,8 +165,9 @@ def _worst_healthz_during(
             "/v1/chat/completions",
             {"model": "nousage", "stream": True, "messages": [{"role": "user", "content": "a" * 3_900_000}]},
         ),
+        ("/v1/chat/completions", {"model": "up", "messages": [{"role": "user", "content": "a" * 3_900_000}]}),
     ],
-    ids=["count_tokens", "chat-no-usage", "stream-no-usage"],
+    ids=["count_tokens", "chat-no-usage", "stream-no-usage", "token-limits"],
 )
 def test_counting_tokens_of_a_4mb_input_holds_no_event_loop(
     gw: GatewayProcess, app_key: str, path: str, body: dict[str, Any]
