@@ -176,3 +176,45 @@ def test_counting_tokens_of_a_4mb_input_holds_no_event_loop(
     r, worst = _worst_healthz_during(gw, lambda: post(gw, path, body, app_key, timeout=120))
     assert r.status_code == 200, r.text[:300]
     assert worst < 1.0, f"/healthz waited {worst:.2f} s"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/chat/completions?model=up%00", None),
+        ("GET", "/v1/chat/completions?after=chatcmpl-x%00", None),
+        ("GET", "/v1/chat/completions/chatcmpl-%00", None),
+        ("GET", "/v1/chat/completions/chatcmpl-%00/messages", None),
+        ("POST", "/v1/chat/completions/chatcmpl-%00", {"metadata": {"a": "b"}}),
+        ("DELETE", "/v1/chat/completions/chatcmpl-%00", None),
+        ("GET", "/v1/responses/resp_%00", None),
+        ("DELETE", "/v1/responses/resp_%00", None),
+        ("GET", "/v1/responses/resp_%00/input_items", None),
+        ("POST", "/v1/responses", {"model": "up", "input": "hi", "previous_response_id": "resp_\u0000"}),
+        ("POST", "/v1/responses", {"model": "up", "input": "hi", "conversation": "conv_\u0000"}),
+        ("GET", "/v1/conversations/conv_%00", None),
+        ("POST", "/v1/conversations/conv_%00", {"metadata": {"a": "b"}}),
+        ("DELETE", "/v1/conversations/conv_%00", None),
+        ("GET", "/v1/conversations/conv_%00/items", None),
+        (
+            "POST",
+            "/v1/conversations/conv_%00/items",
+            {"items": [{"type": "message", "role": "user", "content": "x"}]},
+        ),
+    ],
+)
+def test_a_nul_in_a_stored_id_or_filter_is_not_found(
+    gw: GatewayProcess, app_key: str, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    """PostgreSQL refuses NUL in text: the traffic store never sends one (no stored id holds it)."""
+    with gw.http() as http:
+        content = json.dumps(body).encode() if body is not None else None
+        r = http.request(
+            method, path, content=content, headers={**gw.auth(app_key), "content-type": "application/json"}
+        )
+    if "?" in path:  # a filter that matches nothing: an empty page
+        assert r.status_code == 200 and r.json()["data"] == [], r.text
+    else:
+        assert r.status_code == 404, r.text
+    assert gw.log_row(r.headers["x-opsgate-request-id"])["status"] == r.status_code
+    assert gw.count_rows(r.headers["x-opsgate-request-id"]) == 1
