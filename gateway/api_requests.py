@@ -29,10 +29,20 @@ R = TypeVar("R", bound="_Request")
 GATEWAY_FIELDS = frozenset({"prompt_variables", "prompt_id", "prompt_version", "opsgate"})
 
 
+# The integers a body may hold: what a 64-bit column or an upstream's JSON parser takes (orjson reads a
+# larger JSON integer as a float, which the strict integer check then refuses, naming the field).
+_INT_RANGE = 2**63
+
+
+def _whole_float(value: Any) -> bool:
+    return isinstance(value, float) and value.is_integer()
+
+
 def _whole_numbers(value: Any) -> Any:
     """JSON has one number type: `13.0` is the integer 13 (JSON Schema says so, and clients that compute a
-    count in floating point send it). Anything else is left for the strict integer check to refuse."""
-    if isinstance(value, float) and value.is_integer():
+    count in floating point send it). Anything else (1e20 included) is left for the strict integer check to
+    refuse."""
+    if isinstance(value, float) and value.is_integer() and -_INT_RANGE <= value < _INT_RANGE:
         return int(value)
     if isinstance(value, list) and any(isinstance(v, float | list) for v in value):
         return [_whole_numbers(v) for v in value]
@@ -314,6 +324,8 @@ def validate(model: type[M], data: Any) -> M:
             msg = "this field is required"
         elif first["type"] == "extra_forbidden":
             msg = "unknown parameter for this API"
+        elif first["type"] == "int_type" and _whole_float(first.get("input")):
+            msg = f"must be an integer from -2^63 to 2^63-1, not {first['input']:g}"
         raise InvalidParameter(
             f"{param}: {msg}" if param else msg,
             param=param,

@@ -4,6 +4,7 @@ or `Authorization: Bearer`; errors come in Anthropic's shape."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -92,10 +93,14 @@ async def count_tokens(request: Request) -> Response:
             router_, asked = gateway.resolver.router(call, parsed.model, "chat")
             gateway.access.authorise(call.principal, [asked])
             messages = bridge.chat_messages(parsed.system, parsed.messages)
+            tools = bridge.chat_tools(parsed.tools) if parsed.tools else []
             model = router_.spec.deployments[0].model
-            total = count_message_tokens(messages, model)
-            if parsed.tools:
-                total += sum(count_text_tokens(str(tool), model) for tool in bridge.chat_tools(parsed.tools))
+            # off the event loop: 4 MB of text takes seconds to count, and /healthz must keep answering
+            total = await asyncio.to_thread(_count_input, messages, tools, model)
         return _json({"input_tokens": total})
 
     return await answer_errors(handle)
+
+
+def _count_input(messages: list[Any], tools: list[Any], model: str) -> int:
+    return count_message_tokens(messages, model) + sum(count_text_tokens(str(tool), model) for tool in tools)

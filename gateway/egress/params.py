@@ -186,37 +186,30 @@ def check_responses_params(body: Mapping[str, Any]) -> None:
 
 def responses_problems(body: Mapping[str, Any]) -> list[ParamProblem]:
     """Every key of a Responses API body, top level or nested, that is not one of OpenAI's: what the
-    chat bridge would drop and a deployment serving the API natively would get as it is."""
+    chat bridge would drop and a deployment serving the API natively would get as it is. Values of the
+    wrong type are left to the body's schema (gateway/surfaces/responses.py), which names them."""
     found = [_refusal((str(k),), "responses") for k in body if k not in RESPONSES_PARAMS]
-    input_ = body.get("input")
-    if isinstance(input_, list):
-        found.extend(_list_problems("input", input_, _responses_item_problems))
-    elif input_ is not None and not isinstance(input_, str):
-        found.append(_invalid(("input",), "must be a string or a list of input items"))
-    found.extend(_list_problems("tools", body.get("tools"), _responses_tool_problems))
-    choice = body.get("tool_choice")
-    if choice is not None and not isinstance(choice, str):
-        found.extend(_keys_problems(("tool_choice",), choice, _RESPONSES_TOOL_CHOICE_KEYS, "responses"))
-    text = body.get("text")
-    if text is not None:
-        found.extend(_keys_problems(("text",), text, _RESPONSES_TEXT_KEYS, "responses"))
-        if isinstance(text, Mapping) and text.get("format") is not None:
+    for name, each in (("input", _responses_item_problems), ("tools", _responses_tool_problems)):
+        items = body.get(name)
+        if isinstance(items, list):
             found.extend(
-                _keys_problems(("text", "format"), text["format"], _RESPONSES_FORMAT_KEYS, "responses")
+                p for i, item in enumerate(items) if isinstance(item, Mapping) for p in each((name, i), item)
             )
-    if body.get("reasoning") is not None:
-        found.extend(
-            _keys_problems(("reasoning",), body["reasoning"], _RESPONSES_REASONING_KEYS, "responses")
-        )
-    found.extend(_metadata_problems(body.get("metadata")))
-    if body.get("include"):
-        found.append(_invalid(("include",), "no extra output data is available through this gateway"))
+    nested = (
+        (("tool_choice",), body.get("tool_choice"), _RESPONSES_TOOL_CHOICE_KEYS),
+        (("text",), body.get("text"), _RESPONSES_TEXT_KEYS),
+        (("text", "format"), (body.get("text") or {}).get("format") if isinstance(body.get("text"), Mapping) else None, _RESPONSES_FORMAT_KEYS),
+        (("reasoning",), body.get("reasoning"), _RESPONSES_REASONING_KEYS),
+    )  # fmt: skip
+    for loc, value, keys in nested:
+        if isinstance(value, Mapping):
+            found.extend(_keys_problems(loc, value, keys, "responses"))
+    if isinstance(body.get("metadata"), Mapping):
+        found.extend(_metadata_problems(body["metadata"]))
     return found
 
 
-def _responses_item_problems(loc: Loc, item: Any) -> list[ParamProblem]:
-    if not isinstance(item, Mapping):
-        return [_invalid(loc, "must be an object")]
+def _responses_item_problems(loc: Loc, item: Mapping[str, Any]) -> list[ParamProblem]:
     kind = item.get("type", "message")
     allowed = _RESPONSES_ITEM_KEYS.get(kind) if isinstance(kind, str) else None
     if allowed is None:
@@ -235,7 +228,7 @@ def _responses_item_problems(loc: Loc, item: Any) -> list[ParamProblem]:
     return found
 
 
-def _responses_tool_problems(loc: Loc, tool: Any) -> list[ParamProblem]:
+def _responses_tool_problems(loc: Loc, tool: Mapping[str, Any]) -> list[ParamProblem]:
     found = _keys_problems(loc, tool, _RESPONSES_TOOL_KEYS, "responses")
     if not found and tool.get("type") != "function":
         return [_invalid(loc, "only function tools ({type: function, name, parameters}) are served")]

@@ -253,6 +253,8 @@ class Gateway:
         text = "".join(
             message_text(c.get("message")) for c in data.get("choices") or () if isinstance(c, dict)
         )
+        if not usage or "prompt_tokens" not in usage:  # counted off the event loop: seconds for a long text
+            usage = await asyncio.to_thread(self._usage_from_text, call, upstream.messages, text)
         self._account(call, result.deployment, usage, upstream.messages, text)
         with tracing.span("opsgate.policy.output"):
             self.policy.check_chat_output(call, data)

@@ -152,10 +152,10 @@ class ChatStream:
                     chunk = await anext(rest, None)
                 finally:
                     self._task = None
-            counted = encoder.wants_usage and usage is None
-            if counted:
-                usage = self._count_usage("".join(pieces))
-            yield b"".join([*out, encoder.end(last_meta, usage, counted)])
+            counted = usage is None
+            if counted:  # the upstream sent none: counted off the event loop (a long answer takes seconds)
+                usage = await asyncio.to_thread(self._count_usage, "".join(pieces))
+            yield b"".join([*out, encoder.end(last_meta, usage, counted and encoder.wants_usage)])
         except (UpstreamError, StreamCut) as exc:
             status, error = exc.status, exc
             yield encoder.error(out, last_meta, exc)

@@ -61,6 +61,9 @@ class LogRow:
             value = values[name]
             if isinstance(value, str) and len(value) > length:
                 values[name] = value[:length]
+        for name, value in values.items():  # PostgreSQL text holds no NUL: a caller's model name may
+            if isinstance(value, str) and "\x00" in value:
+                values[name] = value.replace("\x00", "\\x00")
         return values
 
 

@@ -56,6 +56,9 @@ class Slot:
         self.container[self.key] = text
 
 
+LARGE_TEXT = 64 * 1024  # characters: tiktoken takes ~5 ms on this much, up to ~1 s per MB on one word
+
+
 @dataclass(slots=True)
 class Payload:
     """What a request sends (or an answer returns), whatever its endpoint: chat, embeddings, ML records."""
@@ -76,6 +79,14 @@ class Payload:
     def changed(self) -> None:
         """A check rewrote some text: counts made before are stale."""
         self._tokens = None
+
+    def uncounted_and_large(self) -> bool:
+        """Whether counting the input tokens now would take long enough to hold the event loop."""
+        return (
+            self._tokens is None
+            and self.token_counter is not None
+            and sum(len(slot.text) for slot in self.slots) > LARGE_TEXT
+        )
 
     def max_output_tokens(self) -> int | None:
         if self.body is None:
@@ -188,6 +199,8 @@ class PolicyCheck(Generic[C]):
         screens_query      also runs on the caller's text before it becomes a retrieval query
         tracks_spend       the request's cost is counted in the key's and principal's ledgers
         needs_full_answer  on a streamed answer, runs once on the whole text at the end
+        counts_tokens      reads the request's input token count (counted off the event loop first
+                           when the text is large: tiktoken takes seconds on 4 MB)
     """
 
     type: ClassVar[str]
@@ -197,6 +210,7 @@ class PolicyCheck(Generic[C]):
     screens_query: ClassVar[bool] = False  # also run on the retrieval query (an embedder may be remote)
     tracks_spend: ClassVar[bool] = False
     needs_full_answer: ClassVar[bool] = False
+    counts_tokens: ClassVar[bool] = False
 
     def __init__(self, config: C, rule: str) -> None:
         self.config = config

@@ -324,6 +324,8 @@ class Pipeline:
         for check in policy.checks_for(subject):
             if check.stage == "authorise":
                 continue
+            if check.counts_tokens and payload.uncounted_and_large():
+                await asyncio.to_thread(payload.input_tokens)  # seconds for 4 MB: never on the event loop
             started = time.perf_counter()
             finding = check.check_input(subject, payload)
             made = check.charges(subject, payload)

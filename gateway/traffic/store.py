@@ -90,6 +90,8 @@ class TrafficStore:
     # -- reading -----------------------------------------------------------------------------------------
 
     def get(self, who: Principal, call_id: str, kind: str) -> StoredCall | None:
+        if _unstorable(call_id):
+            return None
         query = self._visible(who, kind).where(TrafficCall.id == call_id)
         with self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
@@ -119,6 +121,8 @@ class TrafficStore:
     ) -> Page:
         """A page of `who`'s calls (all calls for an admin), oldest first unless `order="desc"`, starting
         after the call `after` (a cursor that is not one of the visible calls gives an empty page)."""
+        if _unstorable(model, after):
+            return Page([], False)
         query = self._visible(who, kind)
         if model is not None:
             query = query.where(TrafficCall.model == model)
@@ -178,6 +182,8 @@ class TrafficStore:
         database can: two changes of one record do not lose each other's); its retention starts again.
         None when `who` cannot see such a record; `PayloadTooLarge` when the new payload is over
         `max_payload_bytes` (nothing changes)."""
+        if _unstorable(call_id):
+            return None
         query = self._visible(who, kind).where(TrafficCall.id == call_id).with_for_update()
         with self.engine.begin() as conn:
             row = conn.execute(query).mappings().first()
@@ -229,3 +235,9 @@ def _scan(conn: Any, query: Select[TrafficCall]) -> Iterator[Any]:
         if len(rows) < _SCAN_BATCH:
             return
         offset += _SCAN_BATCH
+
+
+def _unstorable(*values: str | None) -> bool:
+    """A caller's id, cursor or filter holding NUL: no stored value can match it (PostgreSQL refuses it in
+    text, so it is never sent: the answer is "not found", as for any id that never existed)."""
+    return any(value is not None and "\x00" in value for value in values)

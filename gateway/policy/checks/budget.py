@@ -100,6 +100,7 @@ class Budget(PolicyCheck[BudgetConfig]):
     type = "budget"
     config_model = BudgetConfig
     phase = 70
+    counts_tokens = True
     tracks_spend = True
 
     def charges(self, subject: Subject, payload: Payload) -> list[Charge]:

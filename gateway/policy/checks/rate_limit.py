@@ -49,6 +49,7 @@ class RateLimit(PolicyCheck[RateLimitConfig]):
     type = "rate_limit"
     config_model = RateLimitConfig
     phase = 60
+    counts_tokens = True
 
     def admission_charges(self, subject: Subject) -> list[Charge]:
         cfg = self.config

@@ -35,6 +35,7 @@ class TokenCap(PolicyCheck[TokenCapConfig]):
     type = "token_cap"
     config_model = TokenCapConfig
     phase = 50
+    counts_tokens = True
 
     def check_input(self, subject: Subject, payload: Payload) -> Finding | None:
         cfg = self.config
