@@ -29,6 +29,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 from jsonschema import Draft202012Validator
 
+from gateway.egress.schemas import Unresolvable
+from gateway.egress.schemas import validator as schema_validator
 from gateway.errors import InvalidRequest
 from gateway.limits import RenderLimits
 
@@ -261,7 +263,7 @@ def _compile(source: str) -> Template:
 def _validator(schema_json: str) -> Draft202012Validator:
     import orjson
 
-    return Draft202012Validator(orjson.loads(schema_json))
+    return schema_validator(orjson.loads(schema_json))
 
 
 def check_variables(spec: PromptSpec, variables: dict[str, Any]) -> None:
@@ -269,7 +271,15 @@ def check_variables(spec: PromptSpec, variables: dict[str, Any]) -> None:
     import orjson
 
     validator = _validator(orjson.dumps(spec.variables, option=orjson.OPT_SORT_KEYS).decode())
-    errors = sorted(validator.iter_errors(variables), key=lambda e: list(e.absolute_path))
+    try:
+        errors = sorted(validator.iter_errors(variables), key=lambda e: list(e.absolute_path))
+    except Unresolvable as exc:  # a version synced before `$ref`s leaving the schema were refused
+        raise InvalidRequest(
+            f"prompt {spec.name!r}: its variables schema refers outside itself ({exc}); opsgate never"
+            " fetches a schema: sync a version that keeps its definitions under $defs",
+            param="model",
+            code="invalid_prompt",
+        ) from None
     if not errors:
         return
     err = errors[0]

@@ -114,17 +114,44 @@ class PromptSpec(StrictModel):
 
     @field_validator("variables")
     @classmethod
-    def _json_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _json_schema(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from jsonschema import Draft202012Validator, SchemaError
+
+        from gateway.egress import egress_in
 
         try:
             Draft202012Validator.check_schema(value)
         except SchemaError as exc:
             raise ValueError(f"not a valid JSON Schema: {exc.message}") from exc
+        # a file being loaded (sync, start-up); a stored version is refused on the request path instead
+        outside = outside_refs(value) if egress_in(info) is not None else []
+        if outside:
+            where, ref = outside[0]
+            raise ValueError(
+                f"{where}: {ref!r} points outside the schema; opsgate never fetches a schema (no host or file"
+                " is read): put the definition under $defs and refer to it as '#/$defs/<name>'"
+            )
         return value
 
     def referenced_files(self) -> list[str]:
         return [m.file for m in self.messages if m.file]
+
+
+def outside_refs(schema: Any, where: str = "") -> list[tuple[str, str]]:
+    """(location, reference) of every `$ref` / `$dynamicRef` that leaves the schema (a URL, a file, another
+    document): only references within it (`#...`) resolve."""
+    found: list[tuple[str, str]] = []
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#"):
+                found.append((here, value))
+            else:
+                found.extend(outside_refs(value, here))
+    elif isinstance(schema, list):
+        for i, item in enumerate(schema):
+            found.extend(outside_refs(item, f"{where}.{i}" if where else str(i)))
+    return found
 
 
 def check_template(source: str) -> None:

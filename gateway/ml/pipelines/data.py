@@ -141,6 +141,7 @@ def _load_sql(sql: str, name: str, databases: dict[str, str], engine: Engine | N
     with db.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SET TRANSACTION READ ONLY"))
+            _refuse_server_file_access(conn, name)
         elif conn.dialect.name == "sqlite":
             conn.exec_driver_sql("PRAGMA query_only = ON")
         try:
@@ -153,6 +154,29 @@ def _load_sql(sql: str, name: str, databases: dict[str, str], engine: Engine | N
             conn.rollback()
     frame = frame.astype(object).where(frame.notna(), None)
     return Loaded(frame, _frame_hash(frame), f"sql on {name}")
+
+
+# A role that can read or write files on the database server, or run programs there: a SELECT alone could
+# then read any file the server can (pg_read_file, pg_read_binary_file), read-only transaction or not.
+_SERVER_FILE_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program")
+_FILE_POWERS = text(
+    "SELECT r.rolname, r.rolsuper OR EXISTS (SELECT 1 FROM pg_roles p WHERE p.rolname IN"
+    " ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program')"
+    " AND pg_has_role(current_user, p.oid, 'USAGE')) FROM pg_roles r WHERE r.rolname = current_user"
+)
+
+
+def _refuse_server_file_access(conn: Any, name: str) -> None:
+    """A pipeline's query is an author's: it runs only as a role that cannot reach the server's files."""
+    row = conn.execute(_FILE_POWERS).one_or_none()
+    if row is None or row[1]:
+        role = row[0] if row is not None else "(unknown)"
+        raise ConfigError(
+            f"source.database {name!r}: the operator's role {role!r} can read files on the database server (a"
+            f" superuser, or a member of {', '.join(_SERVER_FILE_ROLES)}), so an author's SELECT could read"
+            " them; nothing was run. Give ml.pipelines.databases the URL of a role with SELECT on the tables"
+            " pipelines read and nothing more"
+        )
 
 
 def _load_feedback(spec: PipelineSpec, engine: Engine) -> Loaded:

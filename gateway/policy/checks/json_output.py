@@ -16,6 +16,8 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from gateway.egress.schemas import Unresolvable
+from gateway.egress.schemas import validator as schema_validator
 from gateway.errors import UpstreamError
 from gateway.policy.base import CheckConfig, Finding, Payload, PolicyCheck, Subject, Verdict
 
@@ -32,7 +34,7 @@ def _validator(schema_json: bytes) -> Draft202012Validator | None:
         Draft202012Validator.check_schema(schema)
     except SchemaError:
         return None  # not ours to judge: the upstream accepted or refused the schema itself
-    return Draft202012Validator(schema)
+    return schema_validator(schema)  # references resolve within the schema: nothing is fetched
 
 
 def schema_of(response_format: Any) -> dict[str, Any] | None:
@@ -57,7 +59,10 @@ def problem(text: str, response_format: Any) -> str | None:
     validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
     if validator is None:
         return None
-    error = next(iter(validator.iter_errors(value)), None)
+    try:
+        error = next(iter(validator.iter_errors(value)), None)
+    except Unresolvable:
+        return None  # a `$ref` outside the schema: not ours to judge (and never fetched)
     if error is None:
         return None
     path = "/".join(str(p) for p in error.absolute_path) or "(root)"

@@ -3,13 +3,14 @@ and writes nothing), and the model's logged predictions joined with their feedba
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 from gateway.db.engine import make_engine, migrate
@@ -43,7 +44,27 @@ def test_sql_source_reads_the_operators_database(
 ) -> None:
     warehouse = create_engine(pg_url)
     pd.read_csv(DATA).to_sql("credit", warehouse, index=False)
-    monkeypatch.setenv("WAREHOUSE_URL", pg_url)
+    # the operator's role: it may read (and, to show the read-only transaction, delete) the table, nothing
+    # more; a superuser could read the server's files and is refused (tests/security/test_pipeline_sql_server_files.py)
+    role = f"opsgate_reader_{secrets.token_hex(4)}"
+    database = pg_url.rsplit("/", 1)[1]
+    with warehouse.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"'))
+        conn.execute(text(f'GRANT SELECT, DELETE ON credit TO "{role}"'))
+    reader = make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
+    monkeypatch.setenv("WAREHOUSE_URL", reader)
+    try:
+        _sql_source(credit_project, tmp_path, warehouse)
+    finally:
+        with warehouse.begin() as conn:
+            conn.execute(text(f'REVOKE ALL ON credit FROM "{role}"'))
+            conn.execute(text(f'REVOKE ALL ON DATABASE "{database}" FROM "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        warehouse.dispose()
+
+
+def _sql_source(credit_project: Path, tmp_path: Path, warehouse: Any) -> None:
     source = {"sql": "SELECT * FROM credit ORDER BY 1", "database": "warehouse"}
     engine, data_dir = _setup(credit_project, tmp_path, source)
     result = run_pipeline(
@@ -82,7 +103,6 @@ def test_sql_source_reads_the_operators_database(
     assert attack.status == "error" and "read-only" in (attack.error or ""), attack.error
     with warehouse.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM credit")).scalar() == 1000
-    warehouse.dispose()
 
 
 def test_feedback_source_trains_on_logged_predictions(credit_project: Path, tmp_path: Path) -> None:
