@@ -344,7 +344,8 @@ class PromotionService:
         self, session: Session, principal: Principal, row: Promotion, version: ArtifactVersion
     ) -> None:
         """Neither the requester, nor anyone who committed to a file of the version since the previous
-        version, nor a key the requester created (directly or through keys it created) may approve."""
+        version, nor a key the requester or one of those authors created (directly or through keys it
+        created) may approve."""
         who = principal.principal
         if principals.same(who, row.requested_by):
             raise PermissionDenied(
@@ -363,6 +364,14 @@ class PromotionService:
                 raise PermissionDenied(
                     f"four-eyes: key {principal.key_id} ({who}) was created by {row.requested_by}'s key"
                     f" {key_id}, so its approval of {row.requested_by}'s request {row.id} does not count;"
+                    " an approver whose key someone else created must approve",
+                    code="four_eyes",
+                )
+            wrote = principals.is_author(creator, authors)
+            if wrote is not None:
+                raise PermissionDenied(
+                    f"four-eyes: key {principal.key_id} ({who}) was created by key {key_id} of {creator}, an"
+                    f" author of {row.kind}:{row.name}@{row.version} ({wrote}), so its approval does not count;"
                     " an approver whose key someone else created must approve",
                     code="four_eyes",
                 )
