@@ -188,6 +188,7 @@ class KeyService:
                     "roles": role_list,
                     "allow": row.allow,
                     "created_by_key": created_by_key,
+                    "fingerprint": audit.key_fingerprint(conn, digest),
                 },
             )
             bump_generation(conn)

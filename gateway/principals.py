@@ -30,6 +30,7 @@ import unicodedata
 
 _NAME_EMAIL = re.compile(r"^(?P<name>[^<>]*)<(?P<email>[^<>]*)>$")
 _MAILTO = re.compile(r"^mailto:", re.IGNORECASE)
+_ACTOR_KEY = re.compile(r"\s*\(key key_[0-9a-f]+\)$")  # `Principal.actor`: "alice@example.com (key key_1a2b)"
 
 # Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt) that are not already format (Cf) or
 # unassigned: they render as nothing, so `alice` and `alice` plus one of them look the same.
@@ -89,7 +90,7 @@ def normalise(principal: str | None) -> str:
     """The form a principal is stored and compared in ('' for nothing at all)."""
     if not principal:
         return ""
-    text = _clean(principal)
+    text = _ACTOR_KEY.sub("", _clean(principal))
     _, email = _split(text)
     text = _unwrap(email if email is not None else text)
     if "@" in text:  # `alice@example.com.`: the domain's root dot

@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.db.generation import as_utc, read_counter, set_counter, utcnow
-from gateway.db.models import Alias, AuditEntry
+from gateway.db.models import Alias, ApiKey, AuditEntry, Promotion
 
 T = TypeVar("T")
 GENESIS = "0" * 64
@@ -107,6 +107,14 @@ def setup(engine: Engine, data_dir: Path, *, create: bool = True) -> Keyring | N
 
     write_transaction(engine, mark)
     return ring
+
+
+def key_fingerprint(session: Session, key_hash: str) -> str | None:
+    """What the chain records of a key's hash (`key.create`): its MAC under the audit key, so a key row
+    whose hash was replaced (someone's own key value put in an admin's row) no longer matches, while the
+    audit log never holds the hash itself. None where the chain is not keyed."""
+    ring = _session_keyring(session)
+    return ring.mac(f"api-key {key_hash}") if ring is not None else None
 
 
 def keyring(engine: Engine) -> Keyring | None:
@@ -283,7 +291,14 @@ def verify(engine: Engine) -> VerifyResult:
         if not result.ok:
             return result
         aliases = list(conn.execute(select(Alias)).scalars().all())
-    return reconcile_aliases(rows, aliases) or result
+        keys = list(conn.execute(select(ApiKey)).scalars().all())
+        pending = list(conn.execute(select(Promotion).where(Promotion.state == "pending")).scalars().all())
+    return (
+        reconcile_aliases(rows, aliases)
+        or reconcile_keys(rows, keys, ring)
+        or reconcile_promotions(rows, pending)
+        or result
+    )
 
 
 def verify_entries(rows: list[AuditEntry], *, tip: int = 0, ring: Keyring | None = None) -> VerifyResult:
@@ -409,5 +424,106 @@ def reconcile_aliases(rows: list[AuditEntry], aliases: list[Alias]) -> VerifyRes
                 f"alias {target} points at version {alias.version} but the audit chain says {said}: the"
                 " aliases table was changed outside the chain",
                 None,
+            )
+    return None
+
+
+def reconcile_keys(rows: list[AuditEntry], keys: list[ApiKey], ring: Keyring | None) -> VerifyResult | None:
+    """The keys table must be what the chain's `key.create` and `key.revoke` entries say: a key inserted,
+    given other roles, principal, grants or creator, un-revoked, or whose hash was replaced fails."""
+    created: dict[str, dict[str, Any]] = {}
+    revoked: set[str] = set()
+    for row in rows:
+        if row.action == "key.create" and isinstance(row.after, dict):
+            created[row.target.removeprefix("key:")] = row.after
+        elif row.action == "key.revoke":
+            revoked.add(row.target.removeprefix("key:"))
+
+    def problem(message: str) -> VerifyResult:
+        return VerifyResult(
+            False, len(rows), f"{message}: the keys table was changed outside the chain", None
+        )
+
+    for key in keys:
+        said = created.get(key.id)
+        if said is None:
+            return problem(
+                f"key {key.id} ({key.principal}, roles {', '.join(key.roles)}) has no key.create entry"
+            )
+        for field in ("principal", "roles", "allow", "created_by_key"):
+            if field in said and said[field] != getattr(key, field):
+                return problem(
+                    f"key {key.id} has {field} {getattr(key, field)!r} but the chain says {said[field]!r}"
+                )
+        mark = said.get("fingerprint")
+        if (
+            mark is not None
+            and ring is not None
+            and not hmac.compare_digest(str(mark), ring.mac(f"api-key {key.key_hash}"))
+        ):
+            return problem(
+                f"key {key.id} ({key.principal}) has another key hash than the one it was created with"
+            )
+        if (key.revoked_at is not None) != (key.id in revoked):
+            state = "revoked" if key.revoked_at is not None else "active"
+            said_state = "revoked" if key.id in revoked else "active"
+            return problem(f"key {key.id} ({key.principal}) is {state} but the chain says {said_state}")
+    return None
+
+
+def promotion_entries(session: Session, promotion: Promotion) -> list[AuditEntry]:
+    """The chain's entries of one promotion's request and approvals (by target, then promotion id)."""
+    rows = session.execute(
+        select(AuditEntry)
+        .where(AuditEntry.target == f"{promotion.kind}:{promotion.name}@{promotion.alias}")
+        .where(AuditEntry.action.in_((f"{promotion.action}.request", f"{promotion.action}.approve")))
+        .order_by(AuditEntry.seq)
+    ).scalars()
+    return [r for r in rows if isinstance(r.after, dict) and r.after.get("promotion") == promotion.id]
+
+
+def promotion_problem(entries: list[AuditEntry], promotion: Promotion) -> str | None:
+    """How a pending promotion's row differs from what its entries in the chain say (its version, the
+    version it moves from, the rule it was filed under, who requested it, its approvals), or None."""
+    requests = [e for e in entries if e.action.endswith(".request")]
+    if not requests:
+        return f"promotion {promotion.id} has no request entry in the audit chain"
+    asked = requests[0]
+    after = asked.after if isinstance(asked.after, dict) else {}
+    before = asked.before if isinstance(asked.before, dict) else {}
+    said = {"version": after.get("version"), "from_version": before.get("version")}
+    for field in ("rule", "requested_by"):
+        if field in after:
+            said[field] = after[field]
+    for field, value in said.items():
+        if getattr(promotion, field) != value:
+            return f"promotion {promotion.id} has {field} {getattr(promotion, field)!r} but the chain says {value!r}"
+    approved = [e for e in entries if e.action.endswith(".approve")]
+    keys = [a.get("key") for a in promotion.approvals if isinstance(a, dict)]
+    recorded = [e.after.get("key") for e in approved if isinstance(e.after, dict)]
+    if len(keys) != len(approved) or any(k is not None and k not in keys for k in recorded):
+        return (
+            f"promotion {promotion.id} lists {len(keys)} approval(s) ({', '.join(str(k) for k in keys) or 'none'})"
+            f" but the chain records {len(approved)}"
+        )
+    return None
+
+
+def reconcile_promotions(rows: list[AuditEntry], pending: list[Promotion]) -> VerifyResult | None:
+    """A pending promotion must be what the chain says it is: its rule loosened, its version swapped or an
+    approval added in the database would otherwise be applied by the next real approval."""
+    for promotion in pending:
+        entries = [
+            r
+            for r in rows
+            if r.target == f"{promotion.kind}:{promotion.name}@{promotion.alias}"
+            and r.action in (f"{promotion.action}.request", f"{promotion.action}.approve")
+            and isinstance(r.after, dict)
+            and r.after.get("promotion") == promotion.id
+        ]
+        found = promotion_problem(entries, promotion)
+        if found:
+            return VerifyResult(
+                False, len(rows), f"{found}: the promotions table was changed outside the chain", None
             )
     return None

@@ -254,7 +254,12 @@ class PromotionService:
                 action=f"{action}.request",
                 target=f"{kind}:{name}@{alias}",
                 before={"version": current},
-                after={"version": version, "promotion": row.id},
+                after={
+                    "version": version,
+                    "promotion": row.id,
+                    "rule": row.rule,
+                    "requested_by": row.requested_by,
+                },
                 reason=reason,
             )
             if effective is None or effective.approvals == 0:
@@ -276,6 +281,13 @@ class PromotionService:
     ) -> PromotionRecord:
         def work(session: Session) -> PromotionRecord:
             row = self._load_pending(session, promotion_id)
+            tampered = audit.promotion_problem(audit.promotion_entries(session, row), row)
+            if tampered:
+                raise Conflict(
+                    f"{tampered}: the promotion was changed outside the audit chain and cannot be approved;"
+                    " reject it and request again",
+                    code="promotion_tampered",
+                )
             rule = _stored_rule(row.rule, AliasRule(approvals=0))
             _require_live_key(session, principal)
             self._require_role(principal, rule.approver_roles, "approving a promotion")
@@ -303,7 +315,12 @@ class PromotionService:
                 actor=principal.actor,
                 action=f"{row.action}.approve",
                 target=f"{row.kind}:{row.name}@{row.alias}",
-                after={"promotion": row.id, "approvals": len(approvals), "needed": rule.approvals},
+                after={
+                    "promotion": row.id,
+                    "approvals": len(approvals),
+                    "needed": rule.approvals,
+                    "key": principal.key_id,
+                },
                 reason=comment,
             )
             if len(approvals) >= rule.approvals:
@@ -327,7 +344,8 @@ class PromotionService:
         self, session: Session, principal: Principal, row: Promotion, version: ArtifactVersion
     ) -> None:
         """Neither the requester, nor anyone who committed to a file of the version since the previous
-        version, nor a key the requester created (directly or through keys it created) may approve."""
+        version, nor a key the requester or one of those authors created (directly or through keys it
+        created) may approve."""
         who = principal.principal
         if principals.same(who, row.requested_by):
             raise PermissionDenied(
@@ -346,6 +364,14 @@ class PromotionService:
                 raise PermissionDenied(
                     f"four-eyes: key {principal.key_id} ({who}) was created by {row.requested_by}'s key"
                     f" {key_id}, so its approval of {row.requested_by}'s request {row.id} does not count;"
+                    " an approver whose key someone else created must approve",
+                    code="four_eyes",
+                )
+            wrote = principals.is_author(creator, authors)
+            if wrote is not None:
+                raise PermissionDenied(
+                    f"four-eyes: key {principal.key_id} ({who}) was created by key {key_id} of {creator}, an"
+                    f" author of {row.kind}:{row.name}@{row.version} ({wrote}), so its approval does not count;"
                     " an approver whose key someone else created must approve",
                     code="four_eyes",
                 )

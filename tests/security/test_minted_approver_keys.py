@@ -57,3 +57,36 @@ def test_an_approver_key_the_requester_minted_does_not_count(
     carol = new_key(gw, root, "carol", "carol@example.com", ["approver"])
     done = post(gw, f"/admin/promotions/{pid}/approve", carol, {})
     assert done.status_code == 200 and done.json()["state"] == "applied", done.text
+
+
+def test_an_approver_key_an_author_minted_does_not_count(
+    make_project: ProjectFactory, start_gateway: GatewayFactory
+) -> None:
+    """Retried with the author instead of the requester: Mallory commits version 2, Rita (who did not write
+    it) requests the promotion, and Mallory, an admin, mints an approver that approves. A key created by an
+    author of the version (directly or through keys it created) does not count either."""
+    project = make_project(files={"prompts/hello.yaml": PROMPT % 1})
+    gw = start_gateway(project)
+    root = gw.admin_key
+    mallory = new_key(gw, root, "mallory", "Mallory@Example.com", ["admin"])
+    rita = new_key(gw, root, "rita", "rita@example.com", ["prompt-engineer"])
+    (project / "prompts" / "hello.yaml").write_text(PROMPT % 2, encoding="utf-8")
+    commit_project(project, "version 2", author=("Mallory", "mallory@example.com"))
+    assert post(gw, "/admin/sync", rita, {}).status_code == 200
+    request = post(gw, "/admin/promotions", rita, {"ref": "prompt:hello@2", "to": "production"})
+    assert request.status_code == 201, request.text
+    pid = request.json()["id"]
+
+    assert post(gw, f"/admin/promotions/{pid}/approve", mallory, {}).status_code == 403  # the author
+    proxy = new_key(gw, mallory, "proxy", "proxy@example.com", ["admin"])
+    for sock in (
+        new_key(gw, mallory, "sock", "sock-puppet@example.com", ["approver"]),
+        new_key(gw, proxy, "deeper", "deeper@example.com", ["approver"]),
+    ):
+        refused = post(gw, f"/admin/promotions/{pid}/approve", sock, {})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "four_eyes"
+        assert "an author of prompt:hello@2" in refused.json()["error"]["message"]
+    carol = new_key(gw, root, "carol", "carol@example.com", ["approver"])
+    done = post(gw, f"/admin/promotions/{pid}/approve", carol, {})
+    assert done.status_code == 200 and done.json()["state"] == "applied", done.text

@@ -455,6 +455,8 @@ def register_candidate(
             commit=record.git_commit,
             author=actor,
             message=f"candidate from {lineage['pipeline']} run {lineage['run_id']}",
+            # whoever wrote the pipeline version wrote the recipe of this model: four-eyes counts them
+            authors=tuple(record.authors) or ((record.git_author,) if record.git_author else ()),
         )
         created, _ = register_artifact(engine, art, source, actor=actor, blobs=BlobStore(blob_root(data_dir)))
     return created
