@@ -5,7 +5,8 @@ An answer that is not (an error body sent with HTTP 200, `choices` that are not 
 that is not a string) is the upstream's fault, raised as an `UpstreamError` naming the deployment: a
 failed attempt (the router falls back, and the deployment moves toward cooldown), a 502 to the caller.
 Only what the gateway reads is checked; fields it passes through untouched stay the upstream's business.
-Token counts in `usage` are checked where they are counted (gateway.flow.gateway `_count`).
+A plain answer's `usage` must hold whole numbers (a stream's is counted by the gateway when it does not,
+gateway/flow/sse.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, NoReturn
 from gateway.errors import UpstreamError
 from gateway.providers.base import Json, upstream_message
 from gateway.providers.deployment import Deployment
+from gateway.tokens_cost import usage_problem
 
 
 def check_chat(data: Json, deployment: Deployment) -> Json:
@@ -30,6 +32,15 @@ def check_chat(data: Json, deployment: Deployment) -> Json:
         problem = _message_problem(message, complete=True)
         if problem:
             _fail(deployment, f"choices[{i}].message.{problem}")
+    problem = usage_problem(data["usage"]) if data.get("usage") is not None else None
+    if problem:  # not retried: a count the upstream cannot make (the gateway counts a stream's itself)
+        raise UpstreamError(
+            f"deployment {deployment.id!r} ({deployment.model}) answered with {problem}, which is not a token"
+            " count",
+            retryable=False,
+            deployment=deployment.id,
+            code="invalid_upstream_usage",
+        )
     return data
 
 

@@ -38,6 +38,8 @@ def _chat_junk(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         data["choices"] = ["not a choice"]
     elif kind == "messagestr":
         data["choices"][0]["message"] = "not a message"
+    elif kind == "usagetext":
+        data["usage"] = {"prompt_tokens": "many", "completion_tokens": 3, "total_tokens": "many"}
     elif kind == "argsdict":
         data["choices"][0]["message"] = {
             "role": "assistant",
@@ -90,7 +92,7 @@ def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
     return fake_upstream
 
 
-KINDS = ["error200", "choicesnum", "choicestr", "messagestr", "argsdict"]
+KINDS = ["error200", "choicesnum", "choicestr", "messagestr", "argsdict", "usagetext"]
 NATIVE_KINDS = ["error200", "outputnum", "textnum"]
 STREAM_KINDS = ["chunkstr", "indexstr"]
 
@@ -162,6 +164,8 @@ def test_a_plain_answer_that_is_not_an_answer_is_a_502_naming_the_deployment(
     assert "deployment 'junky'" in message, message
     if kind == "error200":
         assert "quota exceeded for this project" in message
+    if kind == "usagetext":
+        assert "usage.prompt_tokens = 'many', which is not a token count" in message
     row = one_row(gw, r)
     assert (row["status"], row["deployment"]) == (502, "junky"), row
     assert row["attempts"][-1]["ok"] is False, row["attempts"]
