@@ -1,5 +1,6 @@
-"""What an upstream's answer must be before the gateway reads it: a chat completion, a stream chunk, or
-(for deployments serving it natively) a Responses API object, in the shapes OpenAI documents.
+"""What an upstream's answer must be before the gateway reads it: a chat completion, a stream chunk, an
+embeddings list, or (for deployments serving it natively) a Responses API object, in the shapes OpenAI
+documents.
 
 An answer that is not (an error body sent with HTTP 200, `choices` that are not choice objects, a text
 that is not a string) is the upstream's fault, raised as an `UpstreamError` naming the deployment: a
@@ -41,6 +42,22 @@ def check_chat(data: Json, deployment: Deployment) -> Json:
             deployment=deployment.id,
             code="invalid_upstream_usage",
         )
+    return data
+
+
+def check_embeddings(data: Json, deployment: Deployment) -> Json:
+    """An embeddings list (`data`: objects whose `embedding` is a list of numbers, or base64 text), or
+    the upstream's fault."""
+    _raise_error_body(data, deployment, "data")
+    items = data.get("data")
+    if not isinstance(items, list):
+        _fail(deployment, f"data = {_shown(items)}, which is not a list of embeddings")
+    for i, item in enumerate(items):
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if not isinstance(vector, list | str) or (isinstance(vector, list) and not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in vector
+        )):  # fmt: skip
+            _fail(deployment, f"data[{i}] = {_shown(item)}, which is not an embedding")
     return data
 
 
