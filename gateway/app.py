@@ -65,7 +65,7 @@ from gateway.registry.blobs import BlobStore, blob_root
 from gateway.registry.promotion import PromotionService
 from gateway.registry.refs import parse_ref
 from gateway.registry.rules import bootstrap_rules
-from gateway.registry.sync import bootstrap, dangling_in_project, drifted
+from gateway.registry.sync import bootstrap, dangling_alerts_in_project, dangling_in_project, drifted
 from gateway.retrieval.build import bootstrap_indexes
 from gateway.retrieval.retriever import IndexLibrary, IndexRetriever
 from gateway.retrieval.store import make_store
@@ -124,6 +124,8 @@ def _bootstrap_registry(settings: Settings, engine: Engine) -> None:
         log.warning("bootstrap: %s", warning)
     for warning in dangling_in_project(engine, settings.project_dir):
         log.warning("%s (requests to this prompt will fail; `opsgate sync` refuses it)", warning)
+    for warning in dangling_alerts_in_project(engine, settings.project_dir):
+        log.warning("%s (`opsgate sync` refuses it)", warning)
     for note in drifted(engine, settings.project_dir):
         log.warning("%s: serving the registered version; run `opsgate sync` and promote to change it", note)
     rules = bootstrap_rules(engine, settings.project_dir, actor="system:bootstrap")

@@ -65,9 +65,12 @@ def serve(
         config = settings.load_gateway_config()
         from gateway.policy.setup import validate_policy_file
         from gateway.registry.files import load_artifacts
+        from gateway.registry.sync import rule_file_twins
+        from gateway.registry.tree import WorkingTree
 
         # every file start-up reads: a bad prompt or index failed later, inside the app, as a traceback (exit 3)
         _, errors = load_artifacts(settings.project_dir, kinds.names())
+        errors += rule_file_twins(WorkingTree(settings.project_dir))  # config/alerts.yml is never read
         if errors:
             for err in errors:
                 typer.echo(f"opsgate: {err.message}", err=True)

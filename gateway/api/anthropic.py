@@ -14,7 +14,14 @@ from fastapi.responses import Response
 
 from gateway.api.deps import gateway_of, opened_call, read_json
 from gateway.api.openai import _json, _sse
-from gateway.api.openapi_spec import CALL_ERRORS, AnthropicErrorBody, error_responses
+from gateway.api.openapi_spec import (
+    CALL_ERRORS,
+    AnthropicErrorBody,
+    AnthropicMessage,
+    TokenCount,
+    error_responses,
+    streamed,
+)
 from gateway.errors import OpsgateError
 from gateway.flow.call import Call
 from gateway.flow.sse import ChatStream
@@ -56,7 +63,11 @@ async def answer_errors(handler: Callable[[], Awaitable[Response]]) -> Response:
 @router.post(
     "/messages",
     summary="Create a message (Anthropic Messages API; streamed with Anthropic's events)",
-    response_model=dict[str, Any],
+    responses=streamed(
+        AnthropicMessage,
+        "`stream: true`: Anthropic's events (`event:` and `data:` lines), message_start first and"
+        " message_stop last; a stream cut after it started ends with an `error` event.",
+    ),
     openapi_extra=_schema(bridge.MessagesRequest),
 )
 async def create_message(request: Request) -> Response:
@@ -82,7 +93,7 @@ async def create_message(request: Request) -> Response:
 @router.post(
     "/messages/count_tokens",
     summary="Count the input tokens of a message request",
-    response_model=dict[str, Any],
+    response_model=TokenCount,
     openapi_extra=_schema(bridge.CountRequest),
 )
 async def count_tokens(request: Request) -> Response:

@@ -3,14 +3,12 @@ same routers, prompts, policies, lineage and one log row as chat."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.api.deps import gateway_of, opened_call, read_json
 from gateway.api.openai import _json, _sse
-from gateway.api.openapi_spec import CALL_ERRORS, error_responses
+from gateway.api.openapi_spec import CALL_ERRORS, TextCompletion, error_responses, streamed
 from gateway.flow.sse import ChatStream
 from gateway.flow.traffic import Surface, surface_id
 from gateway.surfaces import completions as bridge
@@ -21,7 +19,11 @@ router = APIRouter(prefix="/v1", tags=["completions"], responses=error_responses
 @router.post(
     "/completions",
     summary="Create a (legacy) completion, plain or streamed",
-    response_model=dict[str, Any],
+    responses=streamed(
+        TextCompletion,
+        "`stream: true`: `data:` lines of text_completion chunks, then `data: [DONE]`; a stream cut after it"
+        ' started ends with a chunk whose finish_reason is "error", then an `error` object.',
+    ),
     openapi_extra={
         "requestBody": {
             "content": {"application/json": {"schema": bridge.CompletionRequest.model_json_schema()}}

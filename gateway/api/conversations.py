@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.api.deps import opened_call, read_json
 from gateway.api.openai import _json
-from gateway.api.openapi_spec import CALL_ERRORS, error_responses
+from gateway.api.openapi_spec import CALL_ERRORS, Conversation, Deleted, ItemList, error_responses
 from gateway.api.stored import ListQuery, traffic_of
 from gateway.db.outage import database_unavailable
 from gateway.errors import InvalidRequest, NotFound
@@ -88,7 +88,7 @@ async def change_items(
 @router.post(
     "/conversations",
     summary="Create a conversation",
-    response_model=dict[str, Any],
+    response_model=Conversation,
     openapi_extra=_body(shapes.ConversationCreate),
 )
 async def create_conversation(request: Request) -> Response:
@@ -111,7 +111,7 @@ async def create_conversation(request: Request) -> Response:
     return _json(shapes.conversation_object(conversation_id, created, stored.metadata))
 
 
-@router.get("/conversations/{conversation_id}", summary="Get a conversation", response_model=dict[str, Any])
+@router.get("/conversations/{conversation_id}", summary="Get a conversation", response_model=Conversation)
 async def get_conversation(request: Request, conversation_id: str) -> Response:
     async with opened_call(request, "/v1/conversations/{id}") as call:
         stored = await load(traffic_of(request), _who(call), conversation_id, "conversation_id")
@@ -121,7 +121,7 @@ async def get_conversation(request: Request, conversation_id: str) -> Response:
 @router.post(
     "/conversations/{conversation_id}",
     summary="Update a conversation's metadata",
-    response_model=dict[str, Any],
+    response_model=Conversation,
 )
 async def update_conversation(request: Request, conversation_id: str) -> Response:
     async with opened_call(request, "/v1/conversations/{id}:update") as call:
@@ -134,9 +134,7 @@ async def update_conversation(request: Request, conversation_id: str) -> Respons
     return _json(_object(stored))
 
 
-@router.delete(
-    "/conversations/{conversation_id}", summary="Delete a conversation", response_model=dict[str, Any]
-)
+@router.delete("/conversations/{conversation_id}", summary="Delete a conversation", response_model=Deleted)
 async def delete_conversation(request: Request, conversation_id: str) -> Response:
     async with opened_call(request, "/v1/conversations/{id}:delete") as call:
         deleted = await asyncio.to_thread(traffic_of(request).delete, _who(call), conversation_id, KIND)
@@ -148,7 +146,7 @@ async def delete_conversation(request: Request, conversation_id: str) -> Respons
 @router.get(
     "/conversations/{conversation_id}/items",
     summary="List a conversation's items",
-    response_model=dict[str, Any],
+    response_model=ItemList,
 )
 async def list_items(request: Request, conversation_id: str) -> Response:
     async with opened_call(request, "/v1/conversations/{id}/items") as call:
@@ -163,7 +161,7 @@ async def list_items(request: Request, conversation_id: str) -> Response:
 @router.post(
     "/conversations/{conversation_id}/items",
     summary="Add items to a conversation",
-    response_model=dict[str, Any],
+    response_model=ItemList,
     openapi_extra=_body(shapes.ItemsCreate),
 )
 async def create_items(request: Request, conversation_id: str) -> Response:
@@ -191,7 +189,7 @@ async def get_item(request: Request, conversation_id: str, item_id: str) -> Resp
 @router.delete(
     "/conversations/{conversation_id}/items/{item_id}",
     summary="Delete one item of a conversation",
-    response_model=dict[str, Any],
+    response_model=Conversation,
 )
 async def delete_item(request: Request, conversation_id: str, item_id: str) -> Response:
     async with opened_call(request, "/v1/conversations/{id}/items/{item_id}:delete") as call:

@@ -240,6 +240,106 @@ SSE_CHUNKS = {
 }
 
 
+def sse(description: str) -> dict[str, Any]:
+    """The `text/event-stream` media type of a route that streams when asked (`stream: true`)."""
+    return {"text/event-stream": {"schema": {"type": "string", "description": description}}}
+
+
+def streamed(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a call that answers `model` as JSON, or streams (`stream: true`) as described."""
+    return {
+        200: {"model": model, "description": "The answer (JSON), or its stream.", "content": sse(description)}
+    }
+
+
+class TextChoice(_Shape):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class TextCompletion(_Shape):
+    """OpenAI's (legacy) completion object."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage | None = None
+
+
+class ResponseUsage(_Shape):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class ResponseObject(_Shape):
+    """OpenAI's Responses API `response` object (output items: message, function_call, and whatever a
+    natively served deployment adds, such as reasoning)."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: str
+    model: str
+    output: list[dict[str, Any]]
+    error: dict[str, Any] | None = None
+    usage: ResponseUsage | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class Deleted(_Shape):
+    """A deleted object (`object` names its kind, e.g. response, conversation.deleted)."""
+
+    id: str
+    object: str
+    deleted: bool
+
+
+class ItemList(_Shape):
+    """A page of items, OpenAI's list shape."""
+
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class Conversation(_Shape):
+    """OpenAI's conversation object (its items are listed apart)."""
+
+    id: str
+    object: Literal["conversation"]
+    created_at: int
+    metadata: dict[str, str]
+
+
+class AnthropicUsage(_Shape):
+    input_tokens: int
+    output_tokens: int
+
+
+class AnthropicMessage(_Shape):
+    """Anthropic's `message` object (content blocks: text and tool_use)."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[dict[str, Any]]
+    stop_reason: str | None
+    stop_sequence: str | None = None
+    usage: AnthropicUsage
+
+
+class TokenCount(_Shape):
+    input_tokens: int
+
+
 class Embedding(_Shape):
     object: Literal["embedding"]
     index: int

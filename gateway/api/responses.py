@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -17,7 +16,14 @@ from fastapi.responses import Response
 from gateway.api import conversations
 from gateway.api.deps import gateway_of, opened_call, read_json
 from gateway.api.openai import _json, _sse
-from gateway.api.openapi_spec import CALL_ERRORS, error_responses
+from gateway.api.openapi_spec import (
+    CALL_ERRORS,
+    Deleted,
+    ItemList,
+    ResponseObject,
+    error_responses,
+    streamed,
+)
 from gateway.api.stored import ListQuery, traffic_of
 from gateway.errors import NotFound, OpsgateError
 from gateway.flow.call import Call
@@ -36,7 +42,11 @@ KIND = "response"
 @router.post(
     "/responses",
     summary="Create a model response (streamed as Responses events)",
-    response_model=dict[str, Any],
+    responses=streamed(
+        ResponseObject,
+        "`stream: true`: the Responses API's events (`event:` and `data:` lines), response.created first and"
+        " response.completed last; a stream cut after it started ends with `error` then response.failed.",
+    ),
     openapi_extra={
         "requestBody": {
             "content": {"application/json": {"schema": bridge.ResponsesRequest.model_json_schema()}}
@@ -79,14 +89,14 @@ async def create_response(request: Request) -> Response:
     return _json(data)
 
 
-@router.get("/responses/{response_id}", summary="Get a stored response", response_model=dict[str, Any])
+@router.get("/responses/{response_id}", summary="Get a stored response", response_model=ResponseObject)
 async def get_response(request: Request, response_id: str) -> Response:
     async with opened_call(request, "/v1/responses/{id}") as call:
         stored = await _stored(request, call, response_id)
     return _json(stored.payload.get("response") or {})
 
 
-@router.delete("/responses/{response_id}", summary="Delete a stored response", response_model=dict[str, Any])
+@router.delete("/responses/{response_id}", summary="Delete a stored response", response_model=Deleted)
 async def delete_response(request: Request, response_id: str) -> Response:
     async with opened_call(request, "/v1/responses/{id}:delete") as call:
         assert call.principal is not None
@@ -99,7 +109,7 @@ async def delete_response(request: Request, response_id: str) -> Response:
 @router.get(
     "/responses/{response_id}/input_items",
     summary="The input items of a stored response",
-    response_model=dict[str, Any],
+    response_model=ItemList,
 )
 async def list_input_items(request: Request, response_id: str) -> Response:
     async with opened_call(request, "/v1/responses/{id}/input_items") as call:

@@ -1,11 +1,13 @@
-"""What an upstream's answer must be before the gateway reads it: a chat completion, a stream chunk, or
-(for deployments serving it natively) a Responses API object, in the shapes OpenAI documents.
+"""What an upstream's answer must be before the gateway reads it: a chat completion, a stream chunk, an
+embeddings list, or (for deployments serving it natively) a Responses API object, in the shapes OpenAI
+documents.
 
 An answer that is not (an error body sent with HTTP 200, `choices` that are not choice objects, a text
 that is not a string) is the upstream's fault, raised as an `UpstreamError` naming the deployment: a
 failed attempt (the router falls back, and the deployment moves toward cooldown), a 502 to the caller.
 Only what the gateway reads is checked; fields it passes through untouched stay the upstream's business.
-Token counts in `usage` are checked where they are counted (gateway.flow.gateway `_count`).
+A plain answer's `usage` must hold whole numbers (a stream's is counted by the gateway when it does not,
+gateway/flow/sse.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, NoReturn
 from gateway.errors import UpstreamError
 from gateway.providers.base import Json, upstream_message
 from gateway.providers.deployment import Deployment
+from gateway.tokens_cost import usage_problem
 
 
 def check_chat(data: Json, deployment: Deployment) -> Json:
@@ -30,6 +33,31 @@ def check_chat(data: Json, deployment: Deployment) -> Json:
         problem = _message_problem(message, complete=True)
         if problem:
             _fail(deployment, f"choices[{i}].message.{problem}")
+    problem = usage_problem(data["usage"]) if data.get("usage") is not None else None
+    if problem:  # not retried: a count the upstream cannot make (the gateway counts a stream's itself)
+        raise UpstreamError(
+            f"deployment {deployment.id!r} ({deployment.model}) answered with {problem}, which is not a token"
+            " count",
+            retryable=False,
+            deployment=deployment.id,
+            code="invalid_upstream_usage",
+        )
+    return data
+
+
+def check_embeddings(data: Json, deployment: Deployment) -> Json:
+    """An embeddings list (`data`: objects whose `embedding` is a list of numbers, or base64 text), or
+    the upstream's fault."""
+    _raise_error_body(data, deployment, "data")
+    items = data.get("data")
+    if not isinstance(items, list):
+        _fail(deployment, f"data = {_shown(items)}, which is not a list of embeddings")
+    for i, item in enumerate(items):
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if not isinstance(vector, list | str) or (isinstance(vector, list) and not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in vector
+        )):  # fmt: skip
+            _fail(deployment, f"data[{i}] = {_shown(item)}, which is not an embedding")
     return data
 
 

@@ -24,7 +24,7 @@ from gateway.egress import CLOUD_IDENTITY_PROVIDERS, Egress
 from gateway.egress.params import Kind
 from gateway.errors import EgressDenied, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.monitoring import tracing
-from gateway.providers.answers import check_chat, check_chunk
+from gateway.providers.answers import check_chat, check_chunk, check_embeddings
 from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment
 from gateway.providers.deployment import Deployment
 from gateway.providers.openai_compat import status_error
@@ -224,7 +224,7 @@ class LiteLLMAdapter:
             raise self._error(exc, deployment) from exc
         data: Json = response.model_dump(exclude_none=True)
         data.pop("_hidden_params", None)
-        return data
+        return check_embeddings(data, deployment)
 
 
 _CONNECT_ERRORS = (httpx.ConnectError, aiohttp.ClientConnectorError, ConnectionRefusedError)

@@ -27,7 +27,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.monitoring import tracing
-from gateway.providers.answers import check_chat, check_chunk, check_responses
+from gateway.providers.answers import check_chat, check_chunk, check_embeddings, check_responses
 from gateway.providers.base import AdapterServices, Json, api_key_for, check_deployment, upstream_message
 from gateway.providers.deployment import Deployment
 from gateway.surfaces.responses import native_chat
@@ -187,7 +187,9 @@ class OpenAICompatAdapter:
 
     async def embed(self, deployment: Deployment, body: Json) -> Json:
         payload = self._payload(deployment, body, "embedding")
-        return await self._post_json(deployment, "/embeddings", payload, "embedding")
+        return check_embeddings(
+            await self._post_json(deployment, "/embeddings", payload, "embedding"), deployment
+        )
 
     def chat_stream(self, deployment: Deployment, body: Json) -> ChunkStream:
         return ChunkStream(self._stream_batches(deployment, body))

@@ -35,7 +35,7 @@ from gateway.registry.bootstrap import (
 )
 from gateway.registry.files import ArtifactFile, file_context, load_artifacts, spec_files
 from gateway.registry.git import GitRepo
-from gateway.registry.rules import RuleFile, read_rules, register_rules
+from gateway.registry.rules import RULE_KINDS, RuleFile, read_rules, register_rules
 from gateway.registry.store import (
     SourceInfo,
     VersionRecord,
@@ -44,6 +44,7 @@ from gateway.registry.store import (
     set_alias,
 )
 from gateway.registry.tree import GitTree, Tree, WorkingTree
+from gateway.yamlspec import line_of, parse_yaml_text
 
 
 def watched() -> list[str]:
@@ -208,7 +209,8 @@ def sync(
     except ConfigError:  # config/gateway.yaml is invalid: reported by load_artifacts above
         context = None
     rule_files, rule_errors = read_rules(tree, context)
-    report.errors.extend(rule_errors)
+    rule_files, refused = refuse_dangling_alerts(engine, tree, rule_files, artifacts + indexes)
+    report.errors.extend(rule_errors + rule_file_twins(tree) + refused)
     if registry_open_now(engine) and _sync_as_bootstrap(engine, report, sourced, actor=actor, blobs=blobs):
         _sync_rules(engine, repo, head, rule_files, report, actor=actor, dirty=dirty_set)
         return report
@@ -272,6 +274,59 @@ def _sync_as_bootstrap(
     return True
 
 
+def rule_file_twins(tree: Tree) -> list[ConfigError]:
+    """`config/alerts.yml` (beside or instead of config/alerts.yaml) would be ignored in silence, as would
+    `config/policies.yml` or `config/gateway.yml`: each is an error naming the file that is read."""
+    errors = []
+    for rule in RULE_KINDS.values():
+        folder, name = rule.path.rsplit("/", 1)
+        twin = f"{folder}/{name.removesuffix('.yaml')}.yml"
+        present = tree.files(folder)
+        if twin not in present:
+            continue
+        problem = (
+            f"{rule.path} and {twin} both hold the {rule.kind} rules; keep {rule.path}"
+            if rule.path in present
+            else f"this file is never read: the {rule.kind} rules are read from {rule.path}; rename it"
+        )
+        errors.append(ConfigError(problem, path=twin, line=1))
+    return errors
+
+
+def refuse_dangling_alerts(
+    engine: Engine, tree: Tree, rule_files: list[RuleFile], artifacts: list[ArtifactFile]
+) -> tuple[list[RuleFile], list[ConfigError]]:
+    """Alert rules that watch an artifact existing nowhere (not in the project, not in the registry) would
+    never fire: the alert file is refused, naming the rule's line."""
+    alerts = next((f for f in rule_files if f.rule.kind == "alert"), None)
+    if alerts is None:
+        return rule_files, []
+    known = {(a.kind, a.name) for a in artifacts} | _registered(engine)
+    for i, rule in enumerate(alerts.spec.get("rules") or ()):
+        artifact = rule.get("artifact")
+        kind, _, rest = str(artifact or "").partition(":")
+        if not artifact or (kind, rest.partition("@")[0]) in known:
+            continue
+        path = alerts.rule.path
+        root = parse_yaml_text(tree.read(path).decode("utf-8"), path)[1]
+        error = ConfigError(
+            f"rules.{i}.artifact: {artifact!r} is not in the project or the registry: the rule would never"
+            f" fire; name an existing {kind} (kind:name)",
+            path=path,
+            line=line_of(root, ("rules", i, "artifact")),
+        )
+        return [f for f in rule_files if f is not alerts], [error]
+    return rule_files, []
+
+
+def _registered(engine: Engine) -> set[tuple[str, str]]:
+    with Session(engine) as s:
+        return {
+            (kind, name)
+            for kind, name in s.execute(select(ArtifactVersion.kind, ArtifactVersion.name).distinct())
+        }
+
+
 def refuse_dangling(
     engine: Engine, artifacts: list[ArtifactFile], index_names: set[str]
 ) -> tuple[list[ArtifactFile], list[ConfigError]]:
@@ -287,8 +342,7 @@ def dangling_references(
 ) -> list[tuple[ArtifactFile, ConfigError]]:
     """(prompt, error) for each prompt naming a router, judge or index that neither the project's files
     nor the registry have. One error per prompt (its first missing name)."""
-    with Session(engine) as s:
-        registered = set(s.execute(select(ArtifactVersion.kind, ArtifactVersion.name).distinct()).all())
+    registered = _registered(engine)
     routers = {a.name for a in artifacts if a.kind == "router"} | {n for k, n in registered if k == "router"}
     indexes = index_names | {n for k, n in registered if k == "index"}
     out = []
@@ -433,3 +487,12 @@ def dangling_in_project(engine: Engine, project_dir: Path) -> list[str]:
     artifacts, _ = load_artifacts(project_dir, kinds.synced())
     tree = WorkingTree(project_dir)
     return [err.message for _, err in dangling_references(engine, artifacts, _index_files(tree))]
+
+
+def dangling_alerts_in_project(engine: Engine, project_dir: Path) -> list[str]:
+    """Warnings for `opsgate serve`: alert rules in config/alerts.yaml watching an artifact that exists
+    nowhere."""
+    artifacts, _ = load_artifacts(project_dir, (*kinds.synced(), *kinds.built()))
+    tree = WorkingTree(project_dir)
+    rule_files, _ = read_rules(tree)
+    return [err.message for err in refuse_dangling_alerts(engine, tree, rule_files, artifacts)[1]]

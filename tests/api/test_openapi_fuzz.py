@@ -272,3 +272,41 @@ def test_admin_bodies_are_not_coerced(
         answer = http.post(path, json=body, headers=fuzz_gateway.auth())
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "shape", "streams"),
+    [
+        ("/v1/completions", "post", "TextCompletion", True),
+        ("/v1/responses", "post", "ResponseObject", True),
+        ("/v1/messages", "post", "AnthropicMessage", True),
+        ("/v1/messages/count_tokens", "post", "TokenCount", False),
+        ("/v1/responses/{response_id}", "get", "ResponseObject", False),
+        ("/v1/responses/{response_id}", "delete", "Deleted", False),
+        ("/v1/responses/{response_id}/input_items", "get", "ItemList", False),
+        ("/v1/conversations", "post", "Conversation", False),
+        ("/v1/conversations/{conversation_id}", "get", "Conversation", False),
+        ("/v1/conversations/{conversation_id}", "delete", "Deleted", False),
+        ("/v1/conversations/{conversation_id}/items", "get", "ItemList", False),
+        ("/v1/conversations/{conversation_id}/items", "post", "ItemList", False),
+    ],
+)
+def test_the_later_surfaces_publish_their_answers(
+    fuzz_gateway: GatewayProcess, path: str, method: str, shape: str, streams: bool
+) -> None:
+    """The surfaces added after chat and embeddings say what they answer (not a bare object), so the fuzz
+    pass checks their bodies too; the streaming ones say how they stream; the Anthropic surface's errors
+    have Anthropic's shape."""
+    doc = httpx.get(f"{fuzz_gateway.root_url}/openapi.json").json()
+    operation = doc["paths"][path][method]
+    ok = operation["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": f"#/components/schemas/{shape}"}
+    assert ("text/event-stream" in ok) == streams
+    assert shape in doc["components"]["schemas"]
+    assert set(operation["responses"]) >= {"400", "401", "403", "404", "413", "429", "502", "503", "504"}
+    error = "AnthropicErrorBody" if path.startswith("/v1/messages") else "ErrorBody"
+    assert operation["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        f"/{error}"
+    )
+    if method == "post" and path != "/v1/conversations":
+        assert "requestBody" in operation

@@ -1,12 +1,14 @@
 """An upstream that answers HTTP 200 with something that is not an answer is the upstream's fault, on every
-surface that calls a model (chat, completions, responses bridged and native, messages), plain or streamed:
-a 502 in the surface's own error shape naming the deployment (never a 500), exactly one log row and one
-request metric with that status, the attempt logged failed, and the deployment moves toward cooldown.
+surface that calls a model (chat, completions, responses bridged and native, messages, embeddings), plain
+or streamed: a 502 in the surface's own error shape naming the deployment (never a 500), exactly one log
+row and one request metric with that status, and the attempt logged failed (so the router falls back and
+the deployment moves toward cooldown, as for a 5xx).
 
 Faults: an error body with status 200; `choices` that are not a list of choice objects; a message that is
-not an object; tool call arguments that are not a string; stream chunks whose choices are not objects; a
-streamed usage that holds text where token counts belong; a native Responses answer whose output is not a
-list of items, or whose text is not a string; an error body with status 200 from a native upstream.
+not an object; tool call arguments that are not a string; a usage with text for counts; stream chunks
+whose choices (or their index) are not choices; a native Responses answer whose output is not a list of
+items, or whose text is not a string; an embeddings answer without embeddings. A streamed usage with text
+for counts is counted by the gateway instead (the answer itself arrived whole).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def _chat_junk(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         data["choices"] = ["not a choice"]
     elif kind == "messagestr":
         data["choices"][0]["message"] = "not a message"
+    elif kind == "usagetext":
+        data["usage"] = {"prompt_tokens": "many", "completion_tokens": 3, "total_tokens": "many"}
     elif kind == "argsdict":
         data["choices"][0]["message"] = {
             "role": "assistant",
@@ -53,6 +57,10 @@ def _chat_junk(kind: str, body: dict[str, Any]) -> dict[str, Any]:
 async def mode_junk(hit: Hit) -> web.StreamResponse | None:
     """`junk-<kind>`: a plain answer (status 200) of the given kind of garbage; streams: see below."""
     kind = hit.args[0]
+    if hit.endpoint == "embeddings":
+        return json_response(
+            ERROR_200 if kind == "error200" else {"object": "list", "data": ["not an embedding"]}
+        )
     if hit.endpoint == "responses":
         data = native_answer(hit.body)
         if kind == "error200":
@@ -90,9 +98,10 @@ def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
     return fake_upstream
 
 
-KINDS = ["error200", "choicesnum", "choicestr", "messagestr", "argsdict"]
+KINDS = ["error200", "choicesnum", "choicestr", "messagestr", "argsdict", "usagetext"]
 NATIVE_KINDS = ["error200", "outputnum", "textnum"]
 STREAM_KINDS = ["chunkstr", "indexstr"]
+EMBEDDING_KINDS = ["error200", "datastr"]
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +114,11 @@ def gw(
     for kind in NATIVE_KINDS:
         routers[f"n-{kind}"] = {
             "deployments": [deployment("junky", upstream.url(f"junk-{kind}-n"), responses="native")]
+        }
+    for kind in EMBEDDING_KINDS:
+        routers[f"e-{kind}"] = {
+            "kind": "embedding",
+            "deployments": [deployment("junky", upstream.url(f"junk-{kind}-e"))],
         }
     files = {"config/gateway.yaml": FAST_GATEWAY_YAML}
     with gateway_factory(project_factory(routers, files=files)) as gateway:
@@ -162,6 +176,8 @@ def test_a_plain_answer_that_is_not_an_answer_is_a_502_naming_the_deployment(
     assert "deployment 'junky'" in message, message
     if kind == "error200":
         assert "quota exceeded for this project" in message
+    if kind == "usagetext":
+        assert "usage.prompt_tokens = 'many', which is not a token count" in message
     row = one_row(gw, r)
     assert (row["status"], row["deployment"]) == (502, "junky"), row
     assert row["attempts"][-1]["ok"] is False, row["attempts"]
@@ -171,6 +187,18 @@ def test_a_plain_answer_that_is_not_an_answer_is_a_502_naming_the_deployment(
 @pytest.mark.parametrize("kind", NATIVE_KINDS)
 def test_a_native_responses_answer_that_is_not_a_response_is_a_502(gw: GatewayProcess, kind: str) -> None:
     r = call(gw, "responses", f"n-{kind}")
+    assert r.status_code == 502, r.text
+    assert r.json()["error"]["type"] == "upstream_error"
+    assert "deployment 'junky'" in r.json()["error"]["message"]
+    row = one_row(gw, r)
+    assert (row["status"], row["deployment"]) == (502, "junky"), row
+    assert row["attempts"][-1]["ok"] is False
+
+
+@pytest.mark.parametrize("kind", EMBEDDING_KINDS)
+def test_an_embeddings_answer_that_is_not_embeddings_is_a_502(gw: GatewayProcess, kind: str) -> None:
+    with gw.http(timeout=30) as http:
+        r = http.post("/v1/embeddings", json={"model": f"e-{kind}", "input": "hello"}, headers=gw.auth())
     assert r.status_code == 502, r.text
     assert r.json()["error"]["type"] == "upstream_error"
     assert "deployment 'junky'" in r.json()["error"]["message"]
