@@ -218,3 +218,41 @@ def test_a_nul_in_a_stored_id_or_filter_is_not_found(
         assert r.status_code == 404, r.text
     assert gw.log_row(r.headers["x-opsgate-request-id"])["status"] == r.status_code
     assert gw.count_rows(r.headers["x-opsgate-request-id"]) == 1
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+DEEP = _nested(300)  # within the JSON parser's 1,024 levels, beyond the 254 orjson can write back
+FN = {"type": "function", "function": {"name": "f"}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"model": "up", "messages": MESSAGES, "tools": [{**FN, "function": {"name": "f", "parameters": DEEP}}]}, "tools"),
+        ("/v1/chat/completions", {"model": "up", "messages": [{"role": "user", "content": "hi", "x": DEEP}]}, "messages"),
+        ("/v1/chat/completions", {"model": "up", "messages": MESSAGES, "store": True, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": DEEP}}}, "response_format"),
+        ("/v1/responses", {"model": "up", "input": "hi", "tools": [{"type": "function", "name": "f", "parameters": DEEP}]}, "tools"),
+        ("/v1/responses", {"model": "up", "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}, {"type": "function_call_output", "call_id": "c", "output": DEEP}]}, "input"),
+        ("/v1/messages", {"model": "up", "max_tokens": 5, "messages": MESSAGES, "tools": [{"name": "f", "input_schema": DEEP}]}, "tools"),
+        ("/v1/messages", {"model": "up", "max_tokens": 5, "messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": DEEP}]}, {"role": "user", "content": "x"}]}, "messages"),
+        ("/v1/completions", {"model": "up", "prompt": "x", "prompt_variables": {"x": DEEP}}, "prompt_variables"),
+        ("/v1/conversations", {"items": [{"type": "message", "role": "user", "content": "x", "y": DEEP}]}, "items"),
+    ],
+)  # fmt: skip
+def test_a_body_nested_deeper_than_it_could_be_sent_is_400_naming_the_field(
+    gw: GatewayProcess, app_key: str, fake_upstream: FakeUpstream, path: str, body: dict[str, Any], param: str
+) -> None:
+    before = len(fake_upstream.requests)
+    r = post(gw, path, body, app_key)
+    if path == "/v1/messages":
+        assert r.status_code == 400 and f"{param}: JSON nested deeper than 128 levels" in r.text, r.text
+        assert gw.log_row(r.headers["x-opsgate-request-id"])["status"] == 400
+    else:
+        assert_error(gw, r, 400, type_="invalid_request_error", code="too_deep", param=param)
+    assert len(fake_upstream.requests) == before
