@@ -38,6 +38,7 @@ rules:
       - {type: pii, mode: redact}
       - {type: token_cap, max_input_tokens: 100000000}
       - {type: rate_limit, rpm: 6000, tpm: 100000000}
+      - {type: access, routers: [up, nousage, vectors]}
 """
 
 
@@ -52,6 +53,7 @@ def gw(
         "up": {"deployments": [deployment("up", fake_upstream.url("ok-badin"), adapter="openai")]},
         "nousage": {"deployments": [deployment("nu", fake_upstream.url("nousage-badin"), adapter="openai")]},
         "vectors": {"kind": "embedding", "deployments": [deployment("v", fake_upstream.url("ok-badin"))]},
+        "secret": {"deployments": [deployment("s", fake_upstream.url("ok-badin"), adapter="openai")]},
     }
     project = project_factory(routers=routers, files={"config/policies.yaml": POLICIES})
     with gateway_factory(project, database_url=new_pg_database()) as gateway:
@@ -256,3 +258,19 @@ def test_a_body_nested_deeper_than_it_could_be_sent_is_400_naming_the_field(
     else:
         assert_error(gw, r, 400, type_="invalid_request_error", code="too_deep", param=param)
     assert len(fake_upstream.requests) == before
+
+
+def test_count_tokens_applies_the_policy_access_rules_of_the_call_it_counts(
+    gw: GatewayProcess, app_key: str
+) -> None:
+    """An app key the policy keeps off a router got 403 on chat but 200 on count_tokens for it."""
+    body = {"model": "secret", "messages": MESSAGES}
+    assert post(gw, "/v1/chat/completions", body, app_key).status_code == 403
+    r = post(gw, "/v1/messages/count_tokens", body, app_key)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["type"] == "permission_error"
+    assert gw.log_row(r.headers["x-opsgate-request-id"])["status"] == 403
+    assert (
+        post(gw, "/v1/messages/count_tokens", {"model": "up", "messages": MESSAGES}, app_key).status_code
+        == 200
+    )
