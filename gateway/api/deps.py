@@ -13,6 +13,7 @@ from fastapi import Request
 from gateway.db.outage import database_unavailable
 from gateway.errors import InvalidJSON, InvalidRequest, OpsgateError
 from gateway.evaluation.target import EVAL_HEADER
+from gateway.flow.access import CANDIDATE_ROLES
 from gateway.flow.call import Call
 from gateway.flow.gateway import Gateway
 from gateway.monitoring import tracing
@@ -37,12 +38,14 @@ async def opened_call(
     gateway = gateway_of(request)
     call = call_for(request, route)
     call.model = model
-    run = request.headers.get(EVAL_HEADER)
-    if run:  # evaluator traffic: the log row says which run, and online evaluation leaves it alone
-        call.extra["eval_run"] = run[:64]
     token = tracing.start_request(call, request.headers)
     try:
-        gateway.authenticate(call, authorization or request.headers.get("authorization"))
+        principal = gateway.authenticate(call, authorization or request.headers.get("authorization"))
+        run = request.headers.get(EVAL_HEADER)
+        # evaluator traffic (the log row says which run, online evaluation leaves it alone): an evaluator's
+        # word only; an application key cannot take its traffic out of online evaluation with a header
+        if run and principal.has_role(*CANDIDATE_ROLES):
+            call.extra["eval_run"] = run[:64]
         yield call
     except OpsgateError as exc:
         gateway.finish(call, exc.status, exc)
