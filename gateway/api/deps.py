@@ -85,6 +85,8 @@ async def read_json(request: Request) -> Any:
     except orjson.JSONDecodeError as exc:
         reason = str(exc).split(":", 1)[0]
         raise InvalidJSON(f"the request body is not valid JSON ({reason}); send a UTF-8 JSON object") from exc
+    if isinstance(data, dict):
+        _check_lists(data, gateway_of(request).limits.requests.max_items)
     if raw.count(b"[") + raw.count(b"{") > MAX_BODY_DEPTH and _too_deep(data, MAX_BODY_DEPTH):
         items = data.items() if isinstance(data, dict) else ()
         field = next((str(k) for k, v in items if _too_deep(v, MAX_BODY_DEPTH - 1)), None)
@@ -94,6 +96,17 @@ async def read_json(request: Request) -> Any:
             code="too_deep",
         )
     return data
+
+
+def _check_lists(data: dict[str, Any], most: int) -> None:
+    """400 naming a top-level list of objects (messages, input items) longer than `limits.requests`."""
+    for name, value in data.items():
+        if isinstance(value, list) and len(value) > most and isinstance(value[0], dict):
+            raise InvalidRequest(
+                f"{name} holds {len(value)} items; at most {most} per request (limits.requests.max_items)",
+                param=name,
+                code="too_many_items",
+            )
 
 
 def _too_deep(value: Any, depth: int) -> bool:

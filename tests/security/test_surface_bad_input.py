@@ -274,3 +274,29 @@ def test_count_tokens_applies_the_policy_access_rules_of_the_call_it_counts(
         post(gw, "/v1/messages/count_tokens", {"model": "up", "messages": MESSAGES}, app_key).status_code
         == 200
     )
+
+
+ITEM = {"type": "message", "role": "user", "content": "x"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"model": "up", "messages": [{"role": "user", "content": "x"}] * 70_000}, "messages"),
+        ("/v1/responses", {"model": "up", "input": [ITEM] * 70_000}, "input"),
+        ("/v1/messages", {"model": "up", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}] * 70_000}, "messages"),
+    ],
+)  # fmt: skip
+def test_a_list_of_70000_messages_or_items_is_400_before_any_work(
+    gw: GatewayProcess, app_key: str, fake_upstream: FakeUpstream, path: str, body: dict[str, Any], param: str
+) -> None:
+    """Each item is validated, screened, converted and stored on the request path: 70,000 Responses input
+    items held /healthz for 3 s. At most limits.requests.max_items (10,000) per list."""
+    before = len(fake_upstream.requests)
+    r, worst = _worst_healthz_during(gw, lambda: post(gw, path, body, app_key))
+    if path == "/v1/messages":
+        assert r.status_code == 400 and f"{param} holds 70000 items" in r.text, r.text
+    else:
+        assert_error(gw, r, 400, type_="invalid_request_error", code="too_many_items", param=param)
+    assert worst < 1.0, f"/healthz waited {worst:.2f} s"
+    assert len(fake_upstream.requests) == before
