@@ -64,10 +64,23 @@ class EmbeddingLimits(StrictModel):
     )
 
 
+class RequestLimits(StrictModel):
+    """Every model API body (/v1/chat/completions, /v1/responses, /v1/messages, /v1/conversations, ...)."""
+
+    max_items: int = Field(
+        10_000,
+        gt=0,
+        description="Objects in one top-level list of a body: chat and Messages `messages`, Responses `input`"
+        " items (400 too_many_items, param the field). Each costs validation, screening and storing on the"
+        " request path: 80,000 short messages held the event loop for a second.",
+    )
+
+
 class LimitsConfig(StrictModel):
     render: RenderLimits = RenderLimits()
     local: LocalLimits = LocalLimits()
     embeddings: EmbeddingLimits = EmbeddingLimits()
+    requests: RequestLimits = RequestLimits()
 
 
 def check_embedding_input(value: Any, limits: EmbeddingLimits, vocab_size: int) -> None:

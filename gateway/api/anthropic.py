@@ -26,6 +26,7 @@ from gateway.errors import OpsgateError
 from gateway.flow.call import Call
 from gateway.flow.sse import ChatStream
 from gateway.flow.traffic import Surface, surface_id
+from gateway.policy.base import Subject
 from gateway.surfaces import anthropic as bridge
 from gateway.surfaces.common import parse
 from gateway.tokens_cost import count_message_tokens, count_text_tokens
@@ -103,6 +104,9 @@ async def count_tokens(request: Request) -> Response:
             gateway = gateway_of(request)
             router_, asked = gateway.resolver.router(call, parsed.model, "chat")
             gateway.access.authorise(call.principal, [asked])
+            # access rules and admission limits (rpm) as for the call it counts
+            subject = Subject.of(call.principal, (("router", router_.name),), "chat")
+            await gateway.policy.authorise(call, subject, early=True)
             messages = bridge.chat_messages(parsed.system, parsed.messages)
             tools = bridge.chat_tools(parsed.tools) if parsed.tools else []
             model = router_.spec.deployments[0].model

@@ -109,17 +109,22 @@ class Recording:
             kept["contexts"] = call.retrieval.context()
         if surface.render is not None:
             kept["chat"] = {k: v for k, v in response.items() if k != "native_response"}  # as checked
-        payload = redact_payload(kept)
-        payload["upstream_sha256"] = body_digest(upstream)
-        payload["rendered_sha256"] = rendered_digest(upstream.get("messages"))
-        payload["versions"] = [str(ref) for ref in call.artifacts]
         assert call.principal is not None
-        stored = StoredCall(
-            self.id, call.request_id, self.kind, call.ts, call.principal.principal, call.principal.key_id,
-            call.model, self.metadata, payload,
-        )  # fmt: skip
+        principal = call.principal
+
+        def redact_and_save() -> bool:  # in a thread: 4 MB of many items takes seconds to redact and hash
+            payload = redact_payload(kept)
+            payload["upstream_sha256"] = body_digest(upstream)
+            payload["rendered_sha256"] = rendered_digest(upstream.get("messages"))
+            payload["versions"] = [str(ref) for ref in call.artifacts]
+            stored = StoredCall(
+                self.id, call.request_id, self.kind, call.ts, principal.principal, principal.key_id,
+                call.model, self.metadata, payload,
+            )  # fmt: skip
+            return self.store.save(stored)
+
         try:
-            saved = await asyncio.to_thread(self.store.save, stored)
+            saved = await asyncio.to_thread(redact_and_save)
         except Exception as exc:
             if database_unavailable(exc) is None:
                 raise

@@ -38,6 +38,7 @@ rules:
       - {type: pii, mode: redact}
       - {type: token_cap, max_input_tokens: 100000000}
       - {type: rate_limit, rpm: 6000, tpm: 100000000}
+      - {type: access, routers: [up, nousage, vectors]}
 """
 
 
@@ -52,6 +53,7 @@ def gw(
         "up": {"deployments": [deployment("up", fake_upstream.url("ok-badin"), adapter="openai")]},
         "nousage": {"deployments": [deployment("nu", fake_upstream.url("nousage-badin"), adapter="openai")]},
         "vectors": {"kind": "embedding", "deployments": [deployment("v", fake_upstream.url("ok-badin"))]},
+        "secret": {"deployments": [deployment("s", fake_upstream.url("ok-badin"), adapter="openai")]},
     }
     project = project_factory(routers=routers, files={"config/policies.yaml": POLICIES})
     with gateway_factory(project, database_url=new_pg_database()) as gateway:
@@ -218,3 +220,83 @@ def test_a_nul_in_a_stored_id_or_filter_is_not_found(
         assert r.status_code == 404, r.text
     assert gw.log_row(r.headers["x-opsgate-request-id"])["status"] == r.status_code
     assert gw.count_rows(r.headers["x-opsgate-request-id"]) == 1
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+DEEP = _nested(300)  # within the JSON parser's 1,024 levels, beyond the 254 orjson can write back
+FN = {"type": "function", "function": {"name": "f"}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"model": "up", "messages": MESSAGES, "tools": [{**FN, "function": {"name": "f", "parameters": DEEP}}]}, "tools"),
+        ("/v1/chat/completions", {"model": "up", "messages": [{"role": "user", "content": "hi", "x": DEEP}]}, "messages"),
+        ("/v1/chat/completions", {"model": "up", "messages": MESSAGES, "store": True, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": DEEP}}}, "response_format"),
+        ("/v1/responses", {"model": "up", "input": "hi", "tools": [{"type": "function", "name": "f", "parameters": DEEP}]}, "tools"),
+        ("/v1/responses", {"model": "up", "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}, {"type": "function_call_output", "call_id": "c", "output": DEEP}]}, "input"),
+        ("/v1/messages", {"model": "up", "max_tokens": 5, "messages": MESSAGES, "tools": [{"name": "f", "input_schema": DEEP}]}, "tools"),
+        ("/v1/messages", {"model": "up", "max_tokens": 5, "messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": DEEP}]}, {"role": "user", "content": "x"}]}, "messages"),
+        ("/v1/completions", {"model": "up", "prompt": "x", "prompt_variables": {"x": DEEP}}, "prompt_variables"),
+        ("/v1/conversations", {"items": [{"type": "message", "role": "user", "content": "x", "y": DEEP}]}, "items"),
+    ],
+)  # fmt: skip
+def test_a_body_nested_deeper_than_it_could_be_sent_is_400_naming_the_field(
+    gw: GatewayProcess, app_key: str, fake_upstream: FakeUpstream, path: str, body: dict[str, Any], param: str
+) -> None:
+    before = len(fake_upstream.requests)
+    r = post(gw, path, body, app_key)
+    if path == "/v1/messages":
+        assert r.status_code == 400 and f"{param}: JSON nested deeper than 128 levels" in r.text, r.text
+        assert gw.log_row(r.headers["x-opsgate-request-id"])["status"] == 400
+    else:
+        assert_error(gw, r, 400, type_="invalid_request_error", code="too_deep", param=param)
+    assert len(fake_upstream.requests) == before
+
+
+def test_count_tokens_applies_the_policy_access_rules_of_the_call_it_counts(
+    gw: GatewayProcess, app_key: str
+) -> None:
+    """An app key the policy keeps off a router got 403 on chat but 200 on count_tokens for it."""
+    body = {"model": "secret", "messages": MESSAGES}
+    assert post(gw, "/v1/chat/completions", body, app_key).status_code == 403
+    r = post(gw, "/v1/messages/count_tokens", body, app_key)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["type"] == "permission_error"
+    assert gw.log_row(r.headers["x-opsgate-request-id"])["status"] == 403
+    assert (
+        post(gw, "/v1/messages/count_tokens", {"model": "up", "messages": MESSAGES}, app_key).status_code
+        == 200
+    )
+
+
+ITEM = {"type": "message", "role": "user", "content": "x"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"model": "up", "messages": [{"role": "user", "content": "x"}] * 70_000}, "messages"),
+        ("/v1/responses", {"model": "up", "input": [ITEM] * 70_000}, "input"),
+        ("/v1/messages", {"model": "up", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}] * 70_000}, "messages"),
+    ],
+)  # fmt: skip
+def test_a_list_of_70000_messages_or_items_is_400_before_any_work(
+    gw: GatewayProcess, app_key: str, fake_upstream: FakeUpstream, path: str, body: dict[str, Any], param: str
+) -> None:
+    """Each item is validated, screened, converted and stored on the request path: 70,000 Responses input
+    items held /healthz for 3 s. At most limits.requests.max_items (10,000) per list."""
+    before = len(fake_upstream.requests)
+    r, worst = _worst_healthz_during(gw, lambda: post(gw, path, body, app_key))
+    if path == "/v1/messages":
+        assert r.status_code == 400 and f"{param} holds 70000 items" in r.text, r.text
+    else:
+        assert_error(gw, r, 400, type_="invalid_request_error", code="too_many_items", param=param)
+    assert worst < 1.0, f"/healthz waited {worst:.2f} s"
+    assert len(fake_upstream.requests) == before

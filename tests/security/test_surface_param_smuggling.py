@@ -234,3 +234,50 @@ def test_documented_nested_keys_still_pass(
     r2 = post(gw, "/v1/chat/completions", chat, app_key)
     assert r2.status_code == 200, r2.text
     assert_no_leak(gw, attacker, r.text, r2.text)
+
+
+def test_headers_the_caller_sends_are_not_forwarded_and_steer_nothing(
+    gw: GatewayProcess,
+    app_key: str,
+    attacker: Listener,
+    fake_upstream: FakeUpstream,
+    fake_anthropic: Listener,
+) -> None:
+    """Provider and proxy headers a caller sends never reach an upstream, and an application key cannot
+    mark its traffic as evaluator traffic (which online evaluation leaves alone) with `x-opsgate-eval-run`."""
+    headers = {
+        "x-forwarded-host": "attacker.example", "x-forwarded-proto": "https", "openai-organization": "org-x",
+        "openai-project": "proj-x", "anthropic-version": "2099-01-01", "anthropic-beta": "evil-2099",
+        "x-opsgate-deployment": "other", "x-opsgate-eval-run": "run_hidden", "x-api-key-upstream": "sk-x",
+    }  # fmt: skip
+    sent = []
+    for path, body in [
+        ("/v1/chat/completions", {"model": "direct", "messages": MESSAGES}),
+        ("/v1/chat/completions", {"model": "claude", "messages": MESSAGES}),
+        ("/v1/messages", {"model": "claude", "max_tokens": 16, "messages": MESSAGES}),
+        ("/v1/responses", {"model": "native", "input": "hi"}),
+    ]:
+        up, an = len(fake_upstream.requests), len(fake_anthropic.received)
+        with gw.http() as http:
+            r = http.post(path, json=body, headers={**gw.auth(app_key), **headers})
+        assert r.status_code == 200, r.text
+        sent += [h["headers"] for h in fake_upstream.requests[up:]] + fake_anthropic.headers_seen()[an:]
+        row = gw.log_row(r.headers["x-opsgate-request-id"])
+        assert "eval_run" not in (row.get("extra") or {}), row
+    assert len(sent) == 4
+    for seen in sent:
+        lowered = {k.lower(): v for k, v in seen.items()}
+        assert not {"x-forwarded-host", "openai-organization", "openai-project", "anthropic-beta"} & set(
+            lowered
+        )
+        assert not any(k.startswith("x-opsgate") for k in lowered)
+        assert lowered.get("anthropic-version", "2023-06-01") == "2023-06-01"
+        assert "sk-x" not in str(lowered)
+    with gw.http() as http:  # an evaluator's key still tags its run
+        r = http.post(
+            "/v1/chat/completions",
+            json={"model": "direct", "messages": MESSAGES},
+            headers={**gw.auth(gw.admin_key), "x-opsgate-eval-run": "run_1"},
+        )
+    assert gw.log_row(r.headers["x-opsgate-request-id"])["extra"]["eval_run"] == "run_1"
+    assert_no_leak(gw, attacker, r.text)
