@@ -110,6 +110,22 @@ def read_project_file(root: Path, path: str) -> bytes:
         return handle.read()
 
 
+def read_author_text(root: Path, file: Path, display: str) -> str:
+    """The UTF-8 text of `file`, below the project directory `root`, read like every file an author commits
+    (never through a link, only a regular file); `ConfigError` naming `display` otherwise."""
+    rel = Path(os.path.relpath(file, root)).as_posix()
+    try:
+        data = read_project_file(root.resolve(), rel)
+    except UnsafePath as exc:
+        raise ConfigError(exc.reason, path=display) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", path=display) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("the file is not valid UTF-8", path=display) from None
+
+
 def is_plain_file(root: Path, path: str) -> bool:
     """True when `path` under `root` is a regular file reached through no link (nothing is read)."""
     try:
