@@ -62,6 +62,9 @@ def plant(root: Path, canary: Canary, outside: Path) -> dict[str, tuple[str, int
     os.symlink(outside, evals / "data" / "leak.jsonl")
     os.symlink(canary.file.parent, evals / "linked_data")
     up = os.path.relpath(outside, root)
+    spool = root / ".opsgate" / "spool" / "request-log"  # what the data directory keeps: log rows
+    spool.mkdir(parents=True)
+    (spool / "0000000001-1.jsonl").write_text(outside.read_text(encoding="utf-8"), encoding="utf-8")
     suites = {
         "template_link": (suite("evals/data/ok.jsonl", "templates/leak.j2"), 4, "messages.0.file: 'templates/leak.j2' is a symbolic link"),
         "template_dir": (suite("evals/data/ok.jsonl", f"templates/linked/{canary.file.name}"), 4, "messages.0.file: 'templates/linked/secret.txt' is reached through templates/linked, a symbolic link"),
@@ -69,6 +72,7 @@ def plant(root: Path, canary: Canary, outside: Path) -> dict[str, tuple[str, int
         "dataset_up": (suite(up), 6, "dataset.path: "),
         "dataset_link": (suite("evals/data/leak.jsonl"), 6, "dataset.path: 'evals/data/leak.jsonl' is a symbolic link"),
         "dataset_dir": (suite("evals/linked_data/cases.jsonl"), 6, "is reached through evals/linked_data, a symbolic link"),
+        "dataset_own": (suite(".opsgate/spool/request-log/0000000001-1.jsonl"), 6, "dataset.path: '.opsgate/spool/request-log/0000000001-1.jsonl' names a file opsgate keeps for itself"),
     }  # fmt: skip
     for name, (text, _, _) in suites.items():
         (evals / f"{name}.yaml").write_text(text, encoding="utf-8")
