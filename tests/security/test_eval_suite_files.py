@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,23 @@ def test_eval_suites_never_read_files_outside_the_project(
         assert not canary.found_in(output), name
     assert not canary.found_in([h["json"] for h in fake_upstream.hits(MODE)])
     assert not canary.found_in(gw.logs(limit=1000))
+
+
+def test_a_suite_template_is_bounded_like_a_prompts(
+    project: tuple[Path, Path], start_gateway: GatewayFactory, fake_upstream: FakeUpstream
+) -> None:
+    """A suite's templates are an author's too: `{{ 9**(9**8) }}` burned minutes of CPU in the runner
+    (then a traceback); it now stops at once with the render limit's message, before any call."""
+    root, _ = project
+    text = suite("evals/data/ok.jsonl").replace("'{{ question }}'", "'{{ 9**(9**8) }}'")
+    (root / "evals" / "slow.yaml").write_text(text, encoding="utf-8")
+    commit_project(root, "a slow suite")
+    gw = start_gateway(root)
+    fake_upstream.clear()
+    started = time.monotonic()
+    code, output = run(gw, "slow")
+    assert code == 2, output
+    assert time.monotonic() - started < 30
+    assert "suite 'leak' message 1: the template built an integer of more than" in output, output
+    assert "Traceback" not in output
+    assert fake_upstream.hits(MODE) == []
