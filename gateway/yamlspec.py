@@ -6,7 +6,6 @@ Every file a user writes (routers, prompts, indexes, models, policies, gateway.y
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -169,27 +168,13 @@ def load_spec_and_tree(
 
 
 def load_spec(
-    file: Path,
-    model: type[M],
-    *,
-    display: str | None = None,
-    context: dict[str, Any] | None = None,
-    root: Path | None = None,
+    file: Path, model: type[M], *, display: str | None = None, context: dict[str, Any] | None = None
 ) -> M:
-    """`file` parsed into `model`. With `root` (a file an author commits, below the project directory
-    `root`), the file is read like every such file: never through a link (gateway/registry/tree.py)."""
     shown = display or str(file)
     try:
-        if root is None:
-            text = file.read_text(encoding="utf-8")
-        else:
-            from gateway.registry.tree import read_project_file
-
-            rel = Path(os.path.relpath(file, root)).as_posix()
-            text = read_project_file(root.resolve(), rel).decode("utf-8")
+        text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError("the file is not valid UTF-8", path=shown) from exc
     except OSError as exc:
-        reason = getattr(exc, "reason", None) or f"cannot read the file: {exc.strerror}"
-        raise ConfigError(reason, path=shown) from exc
+        raise ConfigError(f"cannot read the file: {exc.strerror}", path=shown) from exc
     return load_spec_text(text, model, shown, context=context)

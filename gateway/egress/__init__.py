@@ -440,13 +440,20 @@ class Egress:
             problem = self.env_problem(deployment.api_key_env)
             if problem:
                 problems.append((("api_key_env",), problem))
-        for name in deployment.headers:
-            problem = self.header_problem(name)
+        for name, value in deployment.headers.items():
+            problem = self.header_problem(name) or _header_value_problem(value)
             if problem:
                 problems.append((("headers", name), problem))
         for found in self.params.problems(deployment.params, "chat" if kind == "chat" else "embedding"):
             problems.append((("params", *found.loc), found.reason))
         return problems
+
+
+def _header_value_problem(value: str) -> str | None:
+    """A header value is one line of visible text: CR, LF or another control character could add headers."""
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+        return "the header's value holds a line break or another control character; write it on one line"
+    return None
 
 
 def _listed_env_problem(name: str, patterns: Sequence[str], who: str, field: str, what: str) -> str | None:

@@ -86,6 +86,7 @@ def run_command(
             url=url,
             app=functools.partial(create_app, settings),
             limit=limit,
+            data_dir=settings.resolved_data_dir(),
         )
         outcome = _with_progress(lambda p: execute(request, engine, p), enabled=progress)
     except OpsgateError as exc:

@@ -18,7 +18,7 @@ import orjson
 from gateway.errors import ConfigError
 from gateway.evaluation.metrics.base import EvalCase
 from gateway.evaluation.spec import CaseField, DatasetSpec
-from gateway.registry.tree import UnsafePath, normalise, read_project_file
+from gateway.registry.tree import UnsafePath, is_under, normalise, own_dirs, read_project_file
 
 OUR_FIELDS: tuple[str, ...] = get_args(CaseField)
 
@@ -30,15 +30,23 @@ class Dataset:
     cases: list[EvalCase]
 
 
-def resolve_path(spec: DatasetSpec, project_dir: Path, suite_dir: Path) -> tuple[Path, str]:
+def resolve_path(
+    spec: DatasetSpec, project_dir: Path, suite_dir: Path, data_dir: Path | None = None
+) -> tuple[Path, str]:
     """Where the dataset is, as (directory, path below it): relative to the project directory, else to
-    the suite's own directory. Read by `load_dataset` from that directory without following links."""
+    the suite's own directory. Read by `load_dataset` from that directory without following links; never
+    in what opsgate keeps for itself (its data directory, with the spooled log rows)."""
     try:
         rel = normalise(spec.path)
     except UnsafePath as exc:
         raise ConfigError(f"dataset.path: {spec.path!r} {exc.reason}") from None
     for base in (project_dir, suite_dir):
         if os.path.lexists(base / rel):
+            found = (base / rel).absolute()
+            if is_under(
+                Path(os.path.relpath(found, project_dir)).as_posix(), own_dirs(project_dir, data_dir)
+            ):
+                raise ConfigError(f"dataset.path: {spec.path!r} is in a folder opsgate keeps for itself")
             return base, rel
     return project_dir, rel
 

@@ -49,6 +49,7 @@ class RunRequest:
     url: str | None = None
     app: Callable[[], Any] | None = None  # builds the in-process gateway when there is no url
     limit: int | None = None
+    data_dir: Path | None = None  # the gateway's data directory: never a dataset's source
 
 
 def principal_for(engine: Engine, api_key: str) -> Principal:
@@ -103,7 +104,7 @@ async def execute(request: RunRequest, engine: Engine, progress: Progress | None
         spec.dataset if request.limit is None else spec.dataset.model_copy(update={"limit": request.limit})
     )
     try:
-        root, rel = resolve_path(data_spec, request.project_dir, request.suite_file.parent)
+        root, rel = resolve_path(data_spec, request.project_dir, request.suite_file.parent, request.data_dir)
         dataset = load_dataset(data_spec, root, rel, display=data_spec.path)
     except ConfigError as exc:
         if exc.path is not None:  # a problem inside the dataset file, at its own line

@@ -51,12 +51,14 @@ class DatasetSpec(StrictModel):
     @classmethod
     def _inside(cls, value: str) -> str:
         """Relative to the project (or the suite's directory), never absolute, never up with `..`."""
-        from gateway.registry.tree import UnsafePath, normalise
+        from gateway.registry.tree import OPSGATE_OWN, UnsafePath, normalise
 
         try:
-            normalise(value.replace("\\", "/"))
+            rel = normalise(value.replace("\\", "/"))
         except UnsafePath as exc:
             raise ValueError(f"{value!r} {exc.reason}") from None
+        if rel.split("/", 1)[0] in OPSGATE_OWN:
+            raise ValueError(f"{value!r} names a file opsgate keeps for itself ({', '.join(OPSGATE_OWN)})")
         return value
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from gateway.db.models import RequestLog
 from gateway.evaluation.metrics.base import EvalCase, TargetOutput
 from gateway.evaluation.spec import SuiteSpec, read_suite_template
-from gateway.prompts.render import environment
+from gateway.prompts.render import render_template
 from gateway.registry.refs import parse_ref
 from gateway.registry.store import VersionRecord, VersionStore
 
@@ -78,7 +78,8 @@ async def connect(
 
 
 def render_case_messages(spec: SuiteSpec, case: EvalCase, suite_dir: Path) -> list[dict[str, str]]:
-    env = environment()
+    """The suite's own messages for one case: an author's templates, rendered in the sandbox within the
+    same bounds as a prompt's (limits.render defaults: time, sizes, integer digits, loops)."""
     values = {
         "id": case.id,
         "question": case.question,
@@ -90,12 +91,13 @@ def render_case_messages(spec: SuiteSpec, case: EvalCase, suite_dir: Path) -> li
         "metadata": case.metadata,
     }
     out = []
-    for message in spec.messages:
+    for i, message in enumerate(spec.messages):
         source = message.content
         if source is None:
             assert message.file is not None
             source = read_suite_template(suite_dir, message.file)
-        out.append({"role": message.role, "content": env.from_string(source).render(**values)})
+        where = f"suite {spec.name!r} message {i}"
+        out.append({"role": message.role, "content": render_template(source, values, where=where)})
     return out
 
 

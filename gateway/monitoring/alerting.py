@@ -42,7 +42,7 @@ from gateway.egress import Egress
 from gateway.monitoring.alertrules import ALERTS_FILE, AlertRule, AlertsSpec, figures
 from gateway.monitoring.alerts import post_signed
 from gateway.registry.rules import served_ref, served_spec
-from gateway.yamlspec import load_spec
+from gateway.yamlspec import load_spec_text
 
 log = logging.getLogger("opsgate.alerting")
 OK, PENDING, FIRING = "ok", "pending", "firing"
@@ -55,12 +55,14 @@ def load_file_rules(config_dir: Path, display: str) -> AlertsSpec:
     `alert:alerts` version at production); no file: no rules. Read like every file an author commits
     (never through a link) and checked against the operator's egress rules, as `opsgate sync` does."""
     from gateway.registry.files import file_context
+    from gateway.registry.tree import read_author_text
 
     file = config_dir / ALERTS_FILE
     if not os.path.lexists(file):
         return AlertsSpec()
     project = config_dir.parent
-    return load_spec(file, AlertsSpec, display=display, root=project, context=file_context(project))
+    text = read_author_text(project, file, display)
+    return load_spec_text(text, AlertsSpec, display, context=file_context(project))
 
 
 class AlertEngine:

@@ -28,7 +28,7 @@ from pydantic import Field, create_model, model_validator
 from gateway import extensions
 from gateway.policy.base import CheckConfig, PolicyCheck, Subject
 from gateway.registry.hashing import content_hash
-from gateway.yamlspec import StrictModel, load_spec, load_spec_text
+from gateway.yamlspec import StrictModel, load_spec_text
 
 POLICY_FILE = "policies.yaml"
 Globs = list[Annotated[str, Field(min_length=1)]]
@@ -179,8 +179,12 @@ def load_policy(
     model = spec_model(checks)
     shown = display or str(file)
     present = os.path.lexists(file)  # a link is present, and refused: never read through
-    # config/policies.yaml is committed by authors: read like their other files (never through a link)
-    spec = load_spec(file, model, display=shown, root=file.parent.parent) if present else model()
+    if present:  # config/policies.yaml is committed by authors: read like their other files (no link)
+        from gateway.registry.tree import read_author_text
+
+        spec = load_spec_text(read_author_text(file.parent.parent, file, shown), model, shown)
+    else:
+        spec = model()
     return LoadedPolicy(spec, content_hash(spec), shown if present else "(none)")
 
 

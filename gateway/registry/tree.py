@@ -17,6 +17,7 @@ report unreadable files keep doing so; the trees raise `ConfigError` naming the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -108,6 +109,40 @@ def read_project_file(root: Path, path: str) -> bytes:
     fd = open_project_file(root, path)
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
+
+
+# What opsgate keeps for itself inside the project: git's own files and the default data directory (its
+# database, admin.key, audit key, model blobs, spool). Never a source of an author's file, whatever it says.
+OPSGATE_OWN = (".git", ".opsgate")
+
+
+def own_dirs(root: Path, data_dir: Path | None) -> list[str]:
+    """Project-relative folders no author's file may name: `OPSGATE_OWN` and the data directory."""
+    out = list(OPSGATE_OWN)
+    if data_dir is not None:
+        with contextlib.suppress(ValueError):  # outside the project: nothing of it can be named
+            out.append(data_dir.resolve().relative_to(root.resolve()).as_posix())
+    return out
+
+
+def is_under(rel: str, folders: list[str]) -> bool:
+    return any(rel == f or rel.startswith(f + "/") for f in folders)
+
+
+def read_author_text(root: Path, file: Path, display: str) -> str:
+    """The UTF-8 text of `file`, below the project directory `root`, read like every file an author commits
+    (never through a link, only a regular file); `ConfigError` naming `display` otherwise."""
+    rel = Path(os.path.relpath(file, root)).as_posix()
+    try:
+        data = read_project_file(root.resolve(), rel)
+    except UnsafePath as exc:
+        raise ConfigError(exc.reason, path=display) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", path=display) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("the file is not valid UTF-8", path=display) from None
 
 
 def is_plain_file(root: Path, path: str) -> bool:

@@ -23,7 +23,13 @@ import orjson
 
 from gateway.errors import ConfigError
 from gateway.registry.files import ArtifactFile
-from gateway.registry.tree import UnsafePath, open_project_file, read_project_file
+from gateway.registry.tree import (
+    UnsafePath,
+    is_under,
+    open_project_file,
+    own_dirs,
+    read_project_file,
+)
 from gateway.retrieval.spec import FilesSource, IndexSpec, JsonlSource
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst"})
@@ -59,9 +65,6 @@ def safe_id(text: str) -> str:
     return re.sub(r"[\s\[\]]+", "_", text.strip()) or "_"
 
 
-ALWAYS_EXCLUDED = (".git", ".opsgate")  # git's own files and the default data directory are never sources
-
-
 def matching_files(
     project_dir: Path, source: FilesSource | JsonlSource, *, data_dir: Path | None = None
 ) -> list[str]:
@@ -69,12 +72,12 @@ def matching_files(
     link are sources: a match that is a link (or lies beyond one), a FIFO or a device raises
     `UnsafePath`; `.git`, `.opsgate` and the data directory are never matched."""
     root = project_dir.resolve()
-    excluded = _excluded_dirs(root, data_dir)
+    excluded = own_dirs(root, data_dir)
     found: dict[str, Path] = {}
     for pattern in source.paths:
         for match in root.glob(pattern):
             rel = match.relative_to(root).as_posix()
-            if not _under(rel, excluded) and not _is_dir_itself(match):
+            if not is_under(rel, excluded) and not _is_dir_itself(match):
                 found[rel] = match
     if isinstance(source, FilesSource):
         for pattern in source.exclude:
@@ -84,18 +87,6 @@ def matching_files(
         with contextlib.suppress(FileNotFoundError):  # gone since the glob saw it
             os.close(open_project_file(root, rel))
     return sorted(found)
-
-
-def _excluded_dirs(root: Path, data_dir: Path | None) -> list[str]:
-    out = list(ALWAYS_EXCLUDED)
-    if data_dir is not None:
-        with contextlib.suppress(ValueError):
-            out.append(data_dir.resolve().relative_to(root).as_posix())
-    return out
-
-
-def _under(rel: str, folders: list[str]) -> bool:
-    return any(rel == f or rel.startswith(f + "/") for f in folders)
 
 
 def _is_dir_itself(path: Path) -> bool:

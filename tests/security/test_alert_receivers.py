@@ -86,6 +86,15 @@ def test_serve_refuses_receivers_the_operator_did_not_allow(
         done = serve(project, tmp_path / "data2")
         assert done.returncode == 2, done.stderr
         assert "config/alerts.yaml: is a symbolic link" in done.stderr
+        # config/policies.yaml likewise (read at start until a policy version is at production)
+        (project / "config" / "alerts.yaml").unlink()
+        policies = tmp_path / "policies.yaml"
+        policies.write_text("rules: []\n", encoding="utf-8")
+        (project / "config" / "policies.yaml").unlink(missing_ok=True)
+        os.symlink(policies, project / "config" / "policies.yaml")
+        done = serve(project, tmp_path / "data3")
+        assert done.returncode == 2, done.stderr
+        assert "config/policies.yaml: is a symbolic link" in done.stderr
     finally:
         receiver.stop()
     assert attacker.received == [] and receiver.received == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,9 @@ def plant(root: Path, canary: Canary, outside: Path) -> dict[str, tuple[str, int
     os.symlink(outside, evals / "data" / "leak.jsonl")
     os.symlink(canary.file.parent, evals / "linked_data")
     up = os.path.relpath(outside, root)
+    spool = root / ".opsgate" / "spool" / "request-log"  # what the data directory keeps: log rows
+    spool.mkdir(parents=True)
+    (spool / "0000000001-1.jsonl").write_text(outside.read_text(encoding="utf-8"), encoding="utf-8")
     suites = {
         "template_link": (suite("evals/data/ok.jsonl", "templates/leak.j2"), 4, "messages.0.file: 'templates/leak.j2' is a symbolic link"),
         "template_dir": (suite("evals/data/ok.jsonl", f"templates/linked/{canary.file.name}"), 4, "messages.0.file: 'templates/linked/secret.txt' is reached through templates/linked, a symbolic link"),
@@ -69,6 +73,7 @@ def plant(root: Path, canary: Canary, outside: Path) -> dict[str, tuple[str, int
         "dataset_up": (suite(up), 6, "dataset.path: "),
         "dataset_link": (suite("evals/data/leak.jsonl"), 6, "dataset.path: 'evals/data/leak.jsonl' is a symbolic link"),
         "dataset_dir": (suite("evals/linked_data/cases.jsonl"), 6, "is reached through evals/linked_data, a symbolic link"),
+        "dataset_own": (suite(".opsgate/spool/request-log/0000000001-1.jsonl"), 6, "dataset.path: '.opsgate/spool/request-log/0000000001-1.jsonl' names a file opsgate keeps for itself"),
     }  # fmt: skip
     for name, (text, _, _) in suites.items():
         (evals / f"{name}.yaml").write_text(text, encoding="utf-8")
@@ -116,3 +121,23 @@ def test_eval_suites_never_read_files_outside_the_project(
         assert not canary.found_in(output), name
     assert not canary.found_in([h["json"] for h in fake_upstream.hits(MODE)])
     assert not canary.found_in(gw.logs(limit=1000))
+
+
+def test_a_suite_template_is_bounded_like_a_prompts(
+    project: tuple[Path, Path], start_gateway: GatewayFactory, fake_upstream: FakeUpstream
+) -> None:
+    """A suite's templates are an author's too: `{{ 9**(9**8) }}` burned minutes of CPU in the runner
+    (then a traceback); it now stops at once with the render limit's message, before any call."""
+    root, _ = project
+    text = suite("evals/data/ok.jsonl").replace("'{{ question }}'", "'{{ 9**(9**8) }}'")
+    (root / "evals" / "slow.yaml").write_text(text, encoding="utf-8")
+    commit_project(root, "a slow suite")
+    gw = start_gateway(root)
+    fake_upstream.clear()
+    started = time.monotonic()
+    code, output = run(gw, "slow")
+    assert code == 2, output
+    assert time.monotonic() - started < 30
+    assert "suite 'leak' message 1: the template built an integer of more than" in output, output
+    assert "Traceback" not in output
+    assert fake_upstream.hits(MODE) == []

@@ -30,7 +30,7 @@ from gateway.db.generation import utcnow
 from gateway.errors import ConfigError
 from gateway.ml.pipelines.spec import PipelineSpec
 from gateway.ml.schema import _MISSING, coerce_csv_value, field_check
-from gateway.registry.tree import read_project_file
+from gateway.registry.tree import is_under, normalise, own_dirs, read_project_file
 
 GATEWAY_DATABASE = "gateway"  # ml.pipelines.databases value: the gateway's own database
 
@@ -56,10 +56,11 @@ def load(
     *,
     engine: Engine | None = None,
     databases: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> Loaded:
     src = spec.source
     if src.file is not None:
-        return _load_file(spec, project_dir, src.file)
+        return _load_file(spec, project_dir, src.file, data_dir)
     if src.sql is not None:
         assert src.database is not None
         return _load_sql(src.sql, src.database, databases or {}, engine)
@@ -67,9 +68,11 @@ def load(
     return _load_feedback(spec, engine)
 
 
-def _load_file(spec: PipelineSpec, project_dir: Path, rel: str) -> Loaded:
+def _load_file(spec: PipelineSpec, project_dir: Path, rel: str, data_dir: Path | None = None) -> Loaded:
     import pandas as pd
 
+    if is_under(normalise(rel), own_dirs(project_dir, data_dir)):  # the spec refuses .git and .opsgate
+        raise ConfigError(f"source.file {rel!r} is in a folder opsgate keeps for itself (its data directory)")
     try:
         data = read_project_file(project_dir, rel)
     except OSError as exc:

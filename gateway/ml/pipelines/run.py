@@ -213,7 +213,7 @@ def _run(
     deadline: bounded.Deadline,
 ) -> None:
     stage("load")
-    loaded = data.load(spec, project_dir, engine=engine, databases=pconf.databases)
+    loaded = data.load(spec, project_dir, engine=engine, databases=pconf.databases, data_dir=data_dir)
     report["data"] = {"source": loaded.source, "hash": loaded.data_hash, "rows": len(loaded.frame)}
     stage("clean")
     cleaned = data.clean(spec, loaded)

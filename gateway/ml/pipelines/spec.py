@@ -49,6 +49,7 @@ from gateway.ml.spec import (
     FieldSpec,
     OutputSpec,
 )
+from gateway.registry.tree import OPSGATE_OWN
 from gateway.yamlspec import NAME_PATTERN, StrictModel
 
 Fix = Literal["drop", "fix"]
@@ -59,6 +60,8 @@ def _project_path(value: str) -> str:
     parts = value.replace("\\", "/").split("/")
     if value.startswith("/") or ".." in parts or not value.strip():
         raise ValueError("must be a path inside the project, relative to its root, without '..'")
+    if next((p for p in parts if p not in ("", ".")), "") in OPSGATE_OWN:
+        raise ValueError(f"names a file opsgate keeps for itself ({', '.join(OPSGATE_OWN)}); name your data")
     if not value.lower().endswith(FILE_SUFFIXES):
         raise ValueError("must be a .csv or .parquet file")
     return value
