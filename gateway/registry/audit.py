@@ -432,7 +432,7 @@ def reconcile_aliases(rows: list[AuditEntry], aliases: list[Alias]) -> VerifyRes
 
 def reconcile_keys(rows: list[AuditEntry], keys: list[ApiKey], ring: Keyring | None) -> VerifyResult | None:
     """The keys table must be what the chain's `key.create` and `key.revoke` entries say: a key inserted,
-    given other roles, principal, grants or creator, un-revoked, or whose hash was replaced fails."""
+    deleted, given other roles, principal, grants or creator, un-revoked, or whose hash was replaced fails."""
     created: dict[str, dict[str, Any]] = {}
     revoked: set[str] = set()
     for row in rows:
@@ -470,6 +470,11 @@ def reconcile_keys(rows: list[AuditEntry], keys: list[ApiKey], ring: Keyring | N
             state = "revoked" if key.revoked_at is not None else "active"
             said_state = "revoked" if key.id in revoked else "active"
             return problem(f"key {key.id} ({key.principal}) is {state} but the chain says {said_state}")
+    missing = sorted(set(created) - {key.id for key in keys})
+    if missing:  # keys are revoked, never deleted: an empty table would let anyone create the first key
+        return problem(
+            f"key {missing[0]} is in the chain (key.create) but not in the database: it was deleted"
+        )
     return None
 
 
