@@ -702,6 +702,14 @@ def audit_list_cmd(
 
 
 def main() -> None:
+    for i, arg in enumerate(sys.argv[1:], start=1):
+        # bytes that are not UTF-8 reach Python as lone surrogates, which no database column or audit entry
+        # can hold: refused here, by position, before anything is read or written
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in arg):
+            typer.echo(
+                f"opsgate: argument {i} ({arg.encode('utf-8', 'replace')!r}) is not valid UTF-8", err=True
+            )
+            sys.exit(2)
     try:
         app()
     except OpsgateError as exc:

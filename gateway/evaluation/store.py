@@ -18,6 +18,7 @@ from gateway.db.generation import as_utc
 from gateway.db.models import EvalResult, EvalRun
 from gateway.errors import NotFound
 from gateway.evaluation.runner import RunResult, ScoreRow, ScoreTable
+from gateway.registry import audit
 
 PASSED, FAILED, ERROR = "passed", "failed", "error"
 
@@ -100,11 +101,14 @@ def save_run(
     created_by: str,
     baseline_run_id: str | None = None,
 ) -> None:
-    """The run and all its case results, in one transaction."""
+    """The run and all its case results, in one transaction, with its `eval.run` audit entry: a promotion
+    whose alias requires the suite counts only a run the chain records as passed (so a run inserted, or
+    flipped to passed, in the database does not count)."""
     versions = run.versions
     if run.judge is not None and run.judge.ref not in versions:
         versions = [*versions, run.judge.ref]
-    with Session(engine) as s, s.begin():
+
+    def work(s: Session) -> None:
         s.add(
             EvalRun(
                 id=run.id,
@@ -159,6 +163,22 @@ def save_run(
         ]
         for start in range(0, len(rows), 1000):
             s.execute(insert(EvalResult), rows[start : start + 1000])
+        audit.append(
+            s,
+            actor=created_by,
+            action="eval.run",
+            target=f"{run.target.kind}:{run.target.name}@{run.target.version}",
+            after={
+                "run": run.id,
+                "suite": run.suite.spec.name,
+                "suite_hash": run.suite.content_hash,
+                "target_hash": run.target.content_hash,
+                "status": status,
+                "passed": status == PASSED,
+            },
+        )
+
+    audit.write_transaction(engine, work)
 
 
 def get_run(engine: Engine, run_id: str) -> StoredRun:

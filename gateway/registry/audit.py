@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.db.generation import as_utc, read_counter, set_counter, utcnow
-from gateway.db.models import Alias, ApiKey, AuditEntry, Promotion
+from gateway.db.models import Alias, ApiKey, AuditEntry, Promotion, Rollout
 
 T = TypeVar("T")
 GENESIS = "0" * 64
@@ -293,10 +293,12 @@ def verify(engine: Engine) -> VerifyResult:
         aliases = list(conn.execute(select(Alias)).scalars().all())
         keys = list(conn.execute(select(ApiKey)).scalars().all())
         pending = list(conn.execute(select(Promotion).where(Promotion.state == "pending")).scalars().all())
+        live = list(conn.execute(select(Rollout).where(Rollout.live_key.is_not(None))).scalars().all())
     return (
         reconcile_aliases(rows, aliases)
         or reconcile_keys(rows, keys, ring)
         or reconcile_promotions(rows, pending)
+        or reconcile_rollouts(rows, live)
         or result
     )
 
@@ -430,7 +432,7 @@ def reconcile_aliases(rows: list[AuditEntry], aliases: list[Alias]) -> VerifyRes
 
 def reconcile_keys(rows: list[AuditEntry], keys: list[ApiKey], ring: Keyring | None) -> VerifyResult | None:
     """The keys table must be what the chain's `key.create` and `key.revoke` entries say: a key inserted,
-    given other roles, principal, grants or creator, un-revoked, or whose hash was replaced fails."""
+    deleted, given other roles, principal, grants or creator, un-revoked, or whose hash was replaced fails."""
     created: dict[str, dict[str, Any]] = {}
     revoked: set[str] = set()
     for row in rows:
@@ -468,6 +470,11 @@ def reconcile_keys(rows: list[AuditEntry], keys: list[ApiKey], ring: Keyring | N
             state = "revoked" if key.revoked_at is not None else "active"
             said_state = "revoked" if key.id in revoked else "active"
             return problem(f"key {key.id} ({key.principal}) is {state} but the chain says {said_state}")
+    missing = sorted(set(created) - {key.id for key in keys})
+    if missing:  # keys are revoked, never deleted: an empty table would let anyone create the first key
+        return problem(
+            f"key {missing[0]} is in the chain (key.create) but not in the database: it was deleted"
+        )
     return None
 
 
@@ -525,5 +532,38 @@ def reconcile_promotions(rows: list[AuditEntry], pending: list[Promotion]) -> Ve
         if found:
             return VerifyResult(
                 False, len(rows), f"{found}: the promotions table was changed outside the chain", None
+            )
+    return None
+
+
+def reconcile_rollouts(rows: list[AuditEntry], live: list[Rollout]) -> VerifyResult | None:
+    """A live rollout must be what its `rollout.start` entry says: its control and candidate versions,
+    share, mode and spec (schedule, metrics): a candidate swapped or a share raised in the database would
+    otherwise be served to callers."""
+    started = {
+        r.after.get("rollout"): r for r in rows if r.action == "rollout.start" and isinstance(r.after, dict)
+    }
+    for rollout in live:
+        entry = started.get(rollout.id)
+        target = f"{rollout.kind}:{rollout.name}@{rollout.alias}"
+        found = None
+        if entry is None or entry.target != target:
+            found = f"rollout {rollout.id} of {target} has no rollout.start entry"
+        else:
+            after = entry.after if isinstance(entry.after, dict) else {}
+            before = entry.before if isinstance(entry.before, dict) else {}
+            said = {
+                "control_version": before.get("version"),
+                "candidate_version": after.get("candidate"),
+                "share": after.get("share"),
+            }
+            said.update({k: after[k] for k in ("mode", "spec") if k in after})
+            for field, value in said.items():
+                if getattr(rollout, field) != value:
+                    found = f"rollout {rollout.id} has {field} {getattr(rollout, field)!r} but the chain says {value!r}"
+                    break
+        if found:
+            return VerifyResult(
+                False, len(rows), f"{found}: the rollouts table was changed outside the chain", None
             )
     return None

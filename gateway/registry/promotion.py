@@ -164,7 +164,7 @@ class PromotionService:
         if rule.require_eval is None:
             return None
         suite = rule.require_eval.suite
-        run = session.scalars(
+        runs = session.scalars(
             select(EvalRun)
             .where(
                 EvalRun.suite == suite,
@@ -174,7 +174,27 @@ class PromotionService:
                 EvalRun.passed.is_(True),
             )
             .order_by(EvalRun.started_at.desc())
-        ).first()
+        ).all()
+        # a run counts only as the chain recorded it (`eval.run`, gateway/evaluation/store.py): a row
+        # inserted or flipped to passed in the database does not
+        recorded = {
+            e.after.get("run")
+            for e in session.scalars(
+                select(AuditEntry).where(
+                    AuditEntry.action == "eval.run", AuditEntry.target == f"{kind}:{name}@{version}"
+                )
+            )
+            if isinstance(e.after, dict) and e.after.get("passed") is True and e.after.get("suite") == suite
+        }
+        run = next((r for r in runs if r.id in recorded), None)
+        if run is None and runs:
+            raise Conflict(
+                f"{kind}:{name}@{version} has passing runs of eval suite {suite!r} that the audit chain does not"
+                f" record as passed ({', '.join(r.id for r in runs[:3])}: run before this release, or written"
+                " outside the gateway); run"
+                f" `opsgate eval run evals/{suite}.yaml --target {kind}:{name}@{version}` again",
+                code="eval_required",
+            )
         if run is None:
             raise Conflict(
                 f"{kind}:{name}@{version} has no passing run of eval suite {suite!r}, which this alias requires;"

@@ -323,7 +323,13 @@ class RolloutService:
                 action="rollout.start",
                 target=target,
                 before={"version": control},
-                after={"rollout": rollout_id, "candidate": spec.candidate, "share": spec.share},
+                after={
+                    "rollout": rollout_id,
+                    "candidate": spec.candidate,
+                    "share": spec.share,
+                    "mode": spec.mode,
+                    "spec": row.spec,
+                },
                 reason=spec.reason,
             )
             bump_generation(session)

@@ -129,9 +129,12 @@ def test_missing_eval_run_is_refused_and_a_passing_run_satisfies_the_rule(
         service.request(people.alice, kind="prompt", name="support_qa", version=2, alias="production")
     assert refused.value.code == "eval_required" and "suite 'support_qa'" in refused.value.message
 
-    def add_run(passed: bool, version: int) -> str:
+    def add_run(passed: bool, version: int, *, audited: bool = True) -> str:
+        """A run as gateway/evaluation/store.py saves it (with its `eval.run` entry), or, audited=False, as
+        a database writer would insert it."""
         run_id = "run_" + secrets.token_hex(4)
-        with Session(engine) as s, s.begin():
+
+        def work(s: Session) -> None:
             s.add(
                 EvalRun(
                     id=run_id,
@@ -152,11 +155,24 @@ def test_missing_eval_run_is_refused_and_a_passing_run_satisfies_the_rule(
                     created_by="test",
                 )
             )
+            if audited:
+                audit.append(
+                    s,
+                    actor="test",
+                    action="eval.run",
+                    target=f"prompt:support_qa@{version}",
+                    after={"run": run_id, "suite": "support_qa", "passed": passed},
+                )
+
+        audit.write_transaction(engine, work)
         return run_id
 
     add_run(False, 2)  # a failing run does not count
     add_run(True, 1)  # nor does a passing run of another version
     with pytest.raises(Conflict):
+        service.request(people.alice, kind="prompt", name="support_qa", version=2, alias="production")
+    add_run(True, 2, audited=False)  # nor a passing run the audit chain does not record
+    with pytest.raises(Conflict, match="the audit chain does not record as passed"):
         service.request(people.alice, kind="prompt", name="support_qa", version=2, alias="production")
     run_id = add_run(True, 2)
     request = service.request(people.alice, kind="prompt", name="support_qa", version=2, alias="production")

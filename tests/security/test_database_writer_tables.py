@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, insert, select, text
 
+from gateway.db.models import ApiKey
 from tests.conftest import ProjectFactory
 from tests.fakes.gateway import Cli, commit_project, project_cli
 
@@ -110,6 +111,20 @@ def test_a_key_changed_behind_the_chain_is_found(
     code, problem = history.verify()
     history.sql(f"UPDATE api_keys SET {column} = {undo or repr(old)} WHERE id = '{key}'")
     assert code == 1 and key in problem and column in problem, problem
+    assert history.verify() == (0, "intact")
+
+
+def test_a_deleted_key_row_is_found(history: History) -> None:
+    """Keys are revoked, never deleted; an emptied key table would also reopen the first-key bootstrap."""
+    key = history.ids["gone"]
+    with history.engine.connect() as conn:
+        table = ApiKey.__table__
+        row = conn.execute(select(table).where(table.c.id == key)).mappings().one()  # typed, to put back
+    history.sql(f"DELETE FROM api_keys WHERE id = '{key}'")
+    code, problem = history.verify()
+    with history.engine.begin() as conn:  # put it back, typed (JSON columns)
+        conn.execute(insert(ApiKey.__table__).values(**dict(row)))
+    assert code == 1 and key in problem and "deleted" in problem, problem
     assert history.verify() == (0, "intact")
 
 

@@ -6,7 +6,8 @@
 - an automatic promotion moved a protected alias to whatever version the rollout row named (a database
   writer who edits `rollouts.candidate_version` got an unapproved version promoted, with a valid audit
   entry written by the gateway itself). It now never moves a protected alias that does not already name
-  the candidate (the approved move); the rollout stops instead, audited with the reason.
+  the candidate (the approved move); the rollout stops instead, audited with the reason; and `opsgate
+  audit verify` reconciles live rollouts with their `rollout.start` entries, naming the edited field.
 - a rollout of policy, governance or alert rules could be stopped (or rolled back by the evaluator) by a
   prompt engineer, undoing an approved tightening at once: loosening without a second admin. Rule kinds
   are refused (400 `param: kind`): they change by promotion only.
@@ -136,6 +137,9 @@ def test_an_automatic_promotion_never_moves_a_protected_alias_off_its_approved_v
     with db:
         db.execute("UPDATE rollouts SET candidate_version = 3 WHERE id = ?", (started["id"],))
     db.close()
+    verified = gw.cli("audit", "verify", key=gw.admin_key, check=False)
+    assert verified.returncode == 1, verified.stdout
+    assert f"rollout {started['id']} has candidate_version 3 but the chain says 2" in verified.stderr
     checked = call(gw, "POST", f"/admin/rollouts/{started['id']}/check", gw.admin_key).json()
     assert checked["state"] == "stopped", checked
     assert production(gw) == 2
