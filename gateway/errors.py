@@ -15,6 +15,8 @@
     │   ├── Conflict                  409 the state changed under you (e.g. racing promotions)
     │   └── RateLimited               429 with Retry-After
     ├── StreamCut                     503 the gateway ended a stream itself (shutting down)
+    ├── ServerCut                     503 the gateway stopped a plain call it was still working on (shutting
+    │                                     down), with Retry-After: another replica answers
     ├── ServiceUnavailable            503 with Retry-After: a service the gateway needs (the database)
     │                                     is away; retry shortly
     └── UpstreamError                 502 a provider failed (after retries and fallbacks)
@@ -175,6 +177,18 @@ class StreamCut(OpsgateError):
     status = 503
     type = "server_error"
     code = "stream_cut_by_server"
+
+
+class ServerCut(OpsgateError):
+    """The gateway stopped a call before answering it: its shutdown grace period ran out while the call
+    still waited (e.g. on a slow upstream). Answered, never a connection closed under the caller."""
+
+    status = 503
+    type = "server_error"
+    code = "cut_by_server"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class UpstreamError(OpsgateError):

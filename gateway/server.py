@@ -4,7 +4,8 @@ On SIGTERM uvicorn stops accepting connections and waits for requests in flight;
 `timeout_graceful_shutdown` it cancels them, which a client reads as a connection cut short. Streams can
 run for minutes, so opsgate ends them itself first: once `server.shutdown_grace_s` has passed, every
 stream still open is cut at once with an SSE error event and `finish_reason: "error"`, and logged as a
-server-side cut (503 `stream_cut_by_server`), not as a client that went away.
+server-side cut (503 `stream_cut_by_server`), not as a client that went away; a plain call still waiting
+(on a slow upstream) is stopped and answered 503 `cut_by_server` with Retry-After.
 
 Slow clients (docs/operations.md "Slow clients") hold nothing for long. The HTTP protocol here is
 uvicorn's httptools protocol with two bounds uvicorn lacks: a connection has `server.header_timeout_s`
@@ -45,8 +46,8 @@ class GatewayServer(uvicorn.Server):
 
     def cut_streams(self) -> None:
         gateway = getattr(self.app.state, "gateway", None)
-        for stream in list(getattr(gateway, "streams", ())):
-            stream.cut()
+        if gateway is not None:
+            gateway.cut_in_flight()
 
 
 class _HeadTooLarge(Exception):

@@ -11,7 +11,7 @@ import orjson
 from fastapi import Request
 
 from gateway.db.outage import database_unavailable
-from gateway.errors import InvalidJSON, InvalidRequest, OpsgateError
+from gateway.errors import InvalidJSON, InvalidRequest, OpsgateError, ServerCut
 from gateway.evaluation.target import EVAL_HEADER
 from gateway.flow.access import CANDIDATE_ROLES
 from gateway.flow.call import Call
@@ -39,6 +39,9 @@ async def opened_call(
     call = call_for(request, route)
     call.model = model
     token = tracing.start_request(call, request.headers)
+    task = asyncio.current_task()
+    if task is not None:
+        gateway.calls.add(task)  # cut at shutdown if still running after the grace period
     try:
         principal = gateway.authenticate(call, authorization or request.headers.get("authorization"))
         run = request.headers.get(EVAL_HEADER)
@@ -50,7 +53,14 @@ async def opened_call(
     except OpsgateError as exc:
         gateway.finish(call, exc.status, exc)
         raise
-    except asyncio.CancelledError:  # the client went away while we worked on its request
+    except asyncio.CancelledError:
+        if gateway.cutting and task is not None and task.uncancel() == 0:  # our cut, and only ours
+            cut = ServerCut(
+                "the gateway is shutting down and stopped this request before it was answered; retry it"
+            )
+            gateway.finish(call, cut.status, cut)
+            raise cut from None
+        # the client went away while we worked on its request
         gateway.finish(call, 499, OpsgateError("the client left before the answer", code="client_closed"))
         raise
     except Exception as exc:  # a bug: the row says so, and the middleware answers a 500 with no traceback
@@ -65,6 +75,7 @@ async def opened_call(
         if not call.streaming:
             gateway.finish(call, 200)
     finally:
+        gateway.calls.discard(task)
         tracing.detach(token)
         request.state.versions = call.versions_header
 

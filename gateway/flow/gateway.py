@@ -29,7 +29,7 @@ from gateway.flow.call import Call
 from gateway.flow.model_cards import model_card, prompt_card
 from gateway.flow.plan import ChatPlan, Resolver
 from gateway.flow.shadow import ShadowOrder, ShadowRunner
-from gateway.flow.sse import ChatStream
+from gateway.flow.sse import CUT, ChatStream
 from gateway.flow.traffic import CHAT, Recording, Surface, TrafficRecorder
 from gateway.keys import Principal
 from gateway.limits import LimitsConfig, check_embedding_input
@@ -105,7 +105,18 @@ class Gateway:
         # Hooks must be quick and must not raise: they run on the request path.
         self.finish_hooks: list[FinishHook] = []
         self.streams: set[ChatStream] = set()  # open streams, cut at shutdown after the grace period
+        self.calls: set[asyncio.Task[Any]] = set()  # plain calls being worked on (gateway.api.deps)
+        self.cutting = False  # the shutdown grace period is over: what is still running is cut
         self.shadows = ShadowRunner(self.shadow_chat, max_in_flight=shadow_in_flight)
+
+    def cut_in_flight(self) -> None:
+        """At shutdown, once the grace period is over: streams end with their error event, and plain
+        calls still waiting are stopped and answered 503 (gateway.api.deps.opened_call)."""
+        self.cutting = True
+        for stream in list(self.streams):
+            stream.cut()
+        for task in list(self.calls):
+            task.cancel(msg=CUT)
 
     # -- who calls ---------------------------------------------------------------------------------------
 

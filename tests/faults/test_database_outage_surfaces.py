@@ -20,6 +20,7 @@ from tests.conftest import GatewayFactory, ProjectFactory
 from tests.fakes.gateway import FAST_GATEWAY_YAML, GatewayProcess, deployment
 from tests.fakes.services import ThrowawayPostgres
 from tests.fakes.upstream import FakeUpstream
+from tests.ui.test_dashboard import sign_in
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +81,18 @@ def test_the_new_surfaces_through_a_database_outage(
     assert conversation.status_code == 200
     answered: list[httpx.Response] = []
     refused: list[httpx.Response] = []
+    dashboard = gw.http(timeout=30)
+    assert sign_in(dashboard, gw.admin_key).status_code == 303
     postgres.stop()
     try:
+        # the dashboard reads the database on every page: a 503 with Retry-After, never a 500
+        for page in ("/ui/approvals", "/ui/operator", "/ui/alerts", "/ui/rollouts"):
+            r = dashboard.get(page)
+            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, (
+                page,
+                r.status_code,
+                r.text[:300],
+            )
         # served: the answer is the caller's even when it cannot be stored (the row says so)
         for path, body in [
             ("/v1/chat/completions", chat("plain, store", store=True)),
@@ -116,6 +127,7 @@ def test_the_new_surfaces_through_a_database_outage(
         time.sleep(1)
     finally:
         postgres.start()
+        dashboard.close()
     ids = [r.headers["x-opsgate-request-id"] for r in answered + refused]
     rows = wait_for(lambda: (found := gw.log_rows(ids, timeout=30)) and len(found) == len(ids) and found, 40,
                     "every row written")  # fmt: skip

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -25,6 +26,12 @@ GRACE_S = 1.0
 
 
 def body_for(surface: str, model: str, text: str) -> tuple[str, dict[str, Any]]:
+    if surface == "chat":
+        return "/v1/chat/completions", {
+            "model": model,
+            "messages": [{"role": "user", "content": text}],
+            "stream": True,
+        }
     if surface == "completions":
         return "/v1/completions", {"model": model, "prompt": text, "stream": True}
     if surface == "responses":
@@ -145,3 +152,51 @@ def test_sigterm_cuts_long_streams_on_every_surface_with_their_own_error_event(
     rows = gw.log_rows([s["id"] for s in streams.values()])
     for row in rows.values():
         assert (row["status"], row["error_type"], row["stream"]) == (503, "stream_cut_by_server", True), row
+
+
+def plain_call(gw: GatewayProcess, surface: str, out: dict[str, Any]) -> None:
+    path, body = body_for(surface, "sluggish", "one two three")
+    body.pop("stream")
+    try:
+        with gw.http(timeout=30) as http:
+            r = http.post(path, json=body, headers=gw.auth())
+            out["status"], out["text"] = r.status_code, r.text
+            out["body"], out["id"] = r.json(), r.headers["x-opsgate-request-id"]
+            out["retry_after"] = r.headers.get("retry-after")
+    except httpx.HTTPError as exc:
+        out["error"] = repr(exc)
+
+
+@pytest.mark.parametrize("surface", ["chat", "messages"])
+def test_sigterm_answers_plain_calls_still_running_after_the_grace_period_with_a_503(
+    fake_upstream: FakeUpstream,
+    project_factory: ProjectFactory,
+    gateway_factory: GatewayFactory,
+    surface: str,
+) -> None:
+    """A plain call whose upstream is still working when the grace period is over gets an answer (503,
+    retry elsewhere) and a row saying the server cut it, instead of a connection closed under it and a
+    row saying the client left (499)."""
+    routers = {"sluggish": {"deployments": [deployment("slow", fake_upstream.url(f"slow-8000-{surface}"))]}}
+    gateway_yaml = f"server:\n  shutdown_grace_s: {GRACE_S}\n" + FAST_GATEWAY_YAML
+    gw = gateway_factory(project_factory(routers, files={"config/gateway.yaml": gateway_yaml}))
+    out: dict[str, Any] = {}
+    caller = threading.Thread(target=plain_call, args=(gw, surface, out))
+    before = fake_upstream.count(f"slow-8000-{surface}")
+    caller.start()
+    deadline = time.monotonic() + 10
+    while fake_upstream.count(f"slow-8000-{surface}") == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert gw.process is not None
+    signalled = time.monotonic()
+    gw.process.send_signal(signal.SIGTERM)
+    caller.join(timeout=15)
+    gw.process.wait(timeout=15)
+    assert time.monotonic() - signalled < GRACE_S + 5
+    assert "error" not in out and "body" in out, out
+    assert out["status"] == 503 and int(out["retry_after"]) >= 1, out
+    message = out["body"]["error"]["message"]
+    assert "shutting down" in message, out
+    row = gw.log_row(out["id"])
+    assert (row["status"], row["error_type"]) == (503, "cut_by_server"), row
