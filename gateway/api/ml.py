@@ -24,7 +24,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.api.deps import call_for, gateway_of
+from gateway.api.deps import opened_call
 from gateway.api.openapi_spec import (
     ML_ERRORS,
     FeedbackAccepted,
@@ -39,7 +39,6 @@ from gateway.api.openapi_spec import (
 from gateway.errors import InvalidFields, NotFound, OpsgateError, PermissionDenied
 from gateway.flow.access import CANDIDATE_ROLES, granted
 from gateway.flow.call import Call
-from gateway.flow.gateway import Gateway
 from gateway.keys import Principal
 from gateway.ml import protocol
 from gateway.ml.errors import ExplanationFailed, ModelUnavailable
@@ -50,7 +49,6 @@ from gateway.registry.store import VersionRecord
 router = APIRouter(tags=["ml"])
 MONITOR_ROLES = ("admin", "approver", "prompt-engineer")
 MAX_FEEDBACK = 10_000
-INTERNAL = "internal error; quote request id {request_id} when reporting it"  # as the middleware says
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -67,11 +65,6 @@ def ml_of(request: Request) -> MLService:
 
 async def _body(request: Request) -> bytes:
     return await request.body()
-
-
-def _fail(gateway: Gateway, call: Call, request: Request, exc: OpsgateError) -> None:
-    request.state.versions = call.versions_header
-    gateway.finish(call, exc.status, exc)
 
 
 Handler = Callable[[Call], Awaitable[Response]]
@@ -119,22 +112,12 @@ FEEDBACK_BODY: dict[str, Any] = {
 
 
 async def _logged(request: Request, route: str, handler: Handler) -> Response:
-    """Authenticate, run the route, and write exactly one log row whatever happens: the error's status
-    for an OpsgateError, 500 for anything else (the middleware renders the same message, no traceback)."""
-    gateway = gateway_of(request)
-    call = call_for(request, route)
-    try:
-        gateway.authenticate(call, request.headers.get("authorization"))
-        response = await handler(call)
-    except OpsgateError as exc:
-        _fail(gateway, call, request, exc)
-        raise
-    except Exception:
-        _fail(gateway, call, request, OpsgateError(INTERNAL.format(request_id=call.request_id)))
-        raise
-    request.state.versions = call.versions_header
-    gateway.finish(call, response.status_code)
-    return response
+    """Authenticate, run the route, and write exactly one log row whatever happens, as every model API
+    does (`opened_call`): the error's status for an OpsgateError, 503 for a database outage or a call the
+    gateway stopped at shutdown, 499 for a client that left, 500 for anything else (the middleware renders
+    the same message, no traceback)."""
+    async with opened_call(request, route) as call:
+        return await handler(call)
 
 
 @router.post(

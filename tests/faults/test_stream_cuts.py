@@ -8,6 +8,7 @@ SIGTERM cuts streams still open after `server.shutdown_grace_s` the same way, lo
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -199,4 +200,41 @@ def test_sigterm_answers_plain_calls_still_running_after_the_grace_period_with_a
     message = out["body"]["error"]["message"]
     assert "shutting down" in message, out
     row = gw.log_row(out["id"])
+    assert (row["status"], row["error_type"]) == (503, "cut_by_server"), row
+
+
+def test_sigterm_answers_a_classic_model_call_still_running_after_the_grace_period_with_a_503(
+    project_factory: ProjectFactory, gateway_factory: GatewayFactory
+) -> None:
+    """A classic-model call still running when the grace period is over (here: its body still arriving,
+    within `server.body_timeout_s`) is stopped like a model API call: 503 with Retry-After and one row
+    saying the server cut it. Before, the ML routes kept their own error handling, which did not know the
+    cut: uvicorn cancelled the call, the client read a plain 500 and no row was written."""
+    gateway_yaml = f"server:\n  shutdown_grace_s: {GRACE_S}\n" + FAST_GATEWAY_YAML
+    gw = gateway_factory(project_factory({}, files={"config/gateway.yaml": gateway_yaml}))
+    body = orjson.dumps({"rows": [{"x": 1.0}]})
+    head = (
+        f"POST /v1/ml/anything/predict HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"authorization: {gw.auth()['Authorization']}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=20) as conn:
+        conn.sendall(head + body[:5])  # the rest never comes before the cut
+        time.sleep(0.5)  # the route is reading the body
+        assert gw.process is not None
+        gw.process.send_signal(signal.SIGTERM)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 10:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    gw.process.wait(timeout=15)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 503"), answer
+    headers = {
+        k.strip().lower(): v.strip()
+        for k, _, v in (line.partition(b":") for line in rest.split(b"\r\n\r\n", 1)[0].split(b"\r\n"))
+    }
+    assert int(headers[b"retry-after"]) >= 1, headers
+    row = gw.log_row(headers[b"x-opsgate-request-id"].decode())
     assert (row["status"], row["error_type"]) == (503, "cut_by_server"), row
