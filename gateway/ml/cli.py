@@ -117,6 +117,7 @@ def monitor_cmd(
     from gateway.ml.spec import stored_spec
     from gateway.ml.trust import LoadGrant, TrustList, approved
     from gateway.registry.blobs import blob_root
+    from gateway.registry.rules import protected_aliases_in_force
     from gateway.registry.store import VersionStore
 
     settings = _settings()
@@ -134,7 +135,8 @@ def monitor_cmd(
             _fail(f"model:{name} has no version or alias {selector!r} (aliases: {aliases})")
     artifacts = ArtifactStore(blob_root(settings.resolved_data_dir()))
     config = settings.load_gateway_config()
-    trust, protected = TrustList.from_config(config.ml), tuple(config.governance.protected_aliases)
+    trust = TrustList.from_config(config.ml)
+    protected = protected_aliases_in_force(engine, config.governance.protected_aliases)
     for record in records:
         by_alias = sorted(a for a, v in aliases.items() if v == record.version)
         # the gateway's rule here too: a file that runs code loads only if trusted and approved

@@ -17,7 +17,7 @@ The first version of each is registered once, from committed files, by the first
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,6 +241,15 @@ def served_spec(engine: Engine, kind: str) -> dict[str, Any] | None:
             )
         ).first()
         return dict(row.spec) if row is not None else None
+
+
+def protected_aliases_in_force(engine: Engine, configured: Iterable[str]) -> tuple[str, ...]:
+    """The protected aliases of the governance rules version at `production`, as the gateway serves them
+    (gateway/flow/access.py); `configured` (config/gateway.yaml's) only until a rules version exists. A
+    tightening committed to the file but not yet approved, or a loosening, counts only once promoted."""
+    served = served_spec(engine, "governance")
+    aliases = served.get("protected_aliases") if served is not None else None
+    return tuple(aliases) if isinstance(aliases, dict) else tuple(configured)
 
 
 def served_ref(engine: Engine, kind: str) -> str:

@@ -359,12 +359,13 @@ def _production_metrics(
     from gateway.ml.spec import stored_spec
     from gateway.ml.trust import LoadGrant, TrustList
     from gateway.registry.blobs import blob_root
+    from gateway.registry.rules import protected_aliases_in_force
 
     try:
         mspec = stored_spec(record.spec, str(record.ref))
         grant = None
         if config is not None:
-            protected = tuple(config.governance.protected_aliases)
+            protected = protected_aliases_in_force(engine, config.governance.protected_aliases)
             grant = LoadGrant(TrustList.from_config(config.ml), True, protected)
         ref = str(record.ref)
         store_ = ArtifactStore(blob_root(data_dir))
