@@ -372,7 +372,9 @@ def sync_cmd(
 
     settings = _settings()
     engine = _engine(settings)
-    governance = _governance(settings)
+    from gateway.registry.promotion import governance_in_force
+
+    governance = governance_in_force(engine, _governance(settings))
     principal = authenticate_cli(engine, key, *governance.registrar_roles)
     try:
         blobs = BlobStore(blob_root(settings.resolved_data_dir()))

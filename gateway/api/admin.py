@@ -31,7 +31,7 @@ from gateway.errors import InvalidRequest, PermissionDenied
 from gateway.keys import KeyService, Principal
 from gateway.registry import audit
 from gateway.registry.blobs import BlobStore, blob_root
-from gateway.registry.promotion import PromotionService
+from gateway.registry.promotion import PromotionService, governance_in_force
 from gateway.registry.refs import RULE_KINDS, parse_ref, validate_alias
 from gateway.registry.store import VersionStore
 from gateway.registry.sync import sync
@@ -199,10 +199,9 @@ def diff_versions(request: Request, _: Reader, a: str, b: str) -> dict[str, str]
 @router.post("/sync", summary="Register what the gateway's project repository holds at HEAD")
 def sync_repo(request: Request, caller: Caller, body: SyncRequest) -> dict[str, Any]:
     parts = request.app.state.parts
-    if not caller.has_role(*parts.config.governance.registrar_roles):
-        raise PermissionDenied(
-            f"sync needs one of the roles {', '.join(parts.config.governance.registrar_roles)}"
-        )
+    roles = governance_in_force(parts.engine, parts.config.governance).registrar_roles
+    if not caller.has_role(*roles):
+        raise PermissionDenied(f"sync needs one of the roles {', '.join(roles)}")
     blobs = BlobStore(blob_root(parts.settings.resolved_data_dir()))
     report = sync(
         parts.engine,

@@ -25,6 +25,7 @@ from gateway.api.openapi_spec import (
     streamed,
 )
 from gateway.api.stored import ListQuery, traffic_of
+from gateway.egress.params import check_responses_params
 from gateway.errors import NotFound, OpsgateError
 from gateway.flow.call import Call
 from gateway.flow.sse import ChatStream
@@ -56,6 +57,10 @@ KIND = "response"
 async def create_response(request: Request) -> Response:
     async with opened_call(request, "/v1/responses") as call:
         body = await read_json(request)
+        if isinstance(
+            body, dict
+        ):  # nested keys too: the bridge would drop them, a native deployment gets them
+            check_responses_params(bridge.native_body(body))
         parsed = bridge.parse_request(body)
         surface = Surface(KIND, "resp_")
         turn = bridge.Turn(parsed, surface_id(surface, call), int(call.ts.timestamp()))

@@ -100,12 +100,19 @@ def is_author(principal: Principal, git_author: str | None) -> bool:
     return principals.is_author(principal.principal, [git_author] if git_author else []) is not None
 
 
+def governance_in_force(engine: Engine, configured: GovernanceConfig) -> GovernanceConfig:
+    """The governance rules version at production; `configured` (config/gateway.yaml's) only until the
+    registry serves one. Who may sync, request and approve follows the rules in force, never a file edit
+    that nobody approved."""
+    served = served_spec(engine, "governance")
+    return GovernanceConfig.model_validate(served) if served is not None else configured
+
+
 class PromotionService:
     def __init__(self, engine: Engine, governance: GovernanceConfig) -> None:
         """`governance` applies until the registry serves a governance version (then that one does)."""
         self.engine = engine
-        served = served_spec(engine, "governance")
-        self.governance = GovernanceConfig.model_validate(served) if served is not None else governance
+        self.governance = governance_in_force(engine, governance)
 
     # -- queries -------------------------------------------------------------------------------------
 

@@ -131,10 +131,11 @@ def build_cmd(
     """Build index versions: a no-op when the corpus, chunker and embedder are unchanged."""
     from gateway.cli_common import authenticate_cli
     from gateway.registry.files import artifact_paths
+    from gateway.registry.promotion import governance_in_force
 
     settings, engine = _context()
     try:
-        roles = settings.load_gateway_config().governance.registrar_roles
+        roles = governance_in_force(engine, settings.load_gateway_config().governance).registrar_roles
     except OpsgateError as exc:
         _fail(exc.message, 2)
     principal = authenticate_cli(engine, key, *roles)

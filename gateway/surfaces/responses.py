@@ -24,7 +24,6 @@ import orjson
 from pydantic import Field
 
 from gateway.api_requests import GATEWAY_FIELDS, ChatRequest
-from gateway.egress.params import check_responses_params
 from gateway.errors import OpsgateError
 from gateway.shapes import Json
 from gateway.surfaces.common import Strict, gateway_fields, parse, unsupported
@@ -123,8 +122,8 @@ _UNSERVED = {
 
 
 def parse_request(data: Any) -> ResponsesRequest:
-    if isinstance(data, dict):  # nested keys too: the bridge would drop them, a native deployment gets them
-        check_responses_params(native_body(data))
+    """The caller's body as a request; its parameters are checked against the egress allow-list first, by
+    the route (gateway/api/responses.py: this layer does not know the egress rules)."""
     request = parse(ResponsesRequest, data)
     if request.background:
         raise unsupported("background", "background responses are not available through this gateway")

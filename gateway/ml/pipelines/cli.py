@@ -28,6 +28,7 @@ def run_cmd(
 ) -> None:
     """Train and validate; on success register a candidate version of the model (no alias moves: promote it)."""
     from gateway.ml.pipelines.run import run_pipeline
+    from gateway.registry.promotion import governance_in_force
 
     settings = load_settings()
     engine = open_engine(settings)
@@ -35,7 +36,7 @@ def run_cmd(
         config = settings.load_gateway_config()
     except OpsgateError as exc:
         fail(exc.message, 2)
-    principal = authenticate_cli(engine, key, *config.governance.registrar_roles)
+    principal = authenticate_cli(engine, key, *governance_in_force(engine, config.governance).registrar_roles)
     try:
         result = run_pipeline(
             engine,
