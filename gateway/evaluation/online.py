@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from gateway.db.models import ArtifactVersion, OnlineEvalScore
 from gateway.db.outage import Outage, database_unavailable
+from gateway.errors import OpsgateError
 from gateway.evaluation.config import OnlineEvalConfig
 from gateway.evaluation.metrics import registry
 from gateway.evaluation.metrics.base import EvalCase, EvalContext, Metric, TargetOutput
@@ -338,9 +339,15 @@ class OnlineEvaluator:
             async def handle(request: httpx2.Request) -> httpx2.Response:
                 import orjson
 
-                answer = await judge(orjson.loads(request.content or b"{}"))
+                try:
+                    answer = await judge(orjson.loads(request.content or b"{}"))
+                except OpsgateError as exc:  # the judge's refusal as the gateway would answer it, so the
+                    # score's error names it (not "Connection error", as an exception in a transport reads)
+                    status, answer = exc.status, exc.to_openai()
+                else:
+                    status = 200
                 return httpx2.Response(
-                    200, content=orjson.dumps(answer), headers={"content-type": "application/json"}
+                    status, content=orjson.dumps(answer), headers={"content-type": "application/json"}
                 )
 
             http = httpx2.AsyncClient(transport=httpx2.MockTransport(handle), timeout=120)

@@ -212,8 +212,11 @@ def test_promotion_needs_a_passing_run_of_the_suite_for_that_version(
     gw = squad_gateway
     config = gw.project_dir / "config" / "gateway.yaml"
     settings = yaml.safe_load(config.read_text(encoding="utf-8"))  # a second `governance:` key is refused
-    settings["governance"] = {
-        "protected_aliases": {"staging": {"approvals": 0, "require_eval": {"suite": "squad_promo"}}}
+    settings["governance"] = {  # production stays protected: the module's online judge (an app) is served it
+        "protected_aliases": {
+            "staging": {"approvals": 0, "require_eval": {"suite": "squad_promo"}},
+            "production": {"approvals": 1},
+        }
     }
     config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     # approval rules are a governed artifact (docs/security.md): the edit applies once committed, synced
