@@ -27,6 +27,7 @@ from pydantic import Field, create_model, model_validator
 
 from gateway import extensions
 from gateway.policy.base import CheckConfig, PolicyCheck, Subject
+from gateway.principals import normalise
 from gateway.registry.hashing import content_hash
 from gateway.yamlspec import StrictModel, load_spec_text
 
@@ -139,7 +140,11 @@ class CompiledMatch:
                 targets.append((kind, compiled))
         return cls(
             compile_globs(match.keys),
-            compile_globs(match.principals),
+            # keys hold principals normalised (gateway/principals.py): `Mallory@Example.com` in a rule is the
+            # principal `mallory@example.com`, as four-eyes reads it, not a pattern that never matches
+            compile_globs(
+                [normalise(p) or p for p in match.principals] if match.principals is not None else None
+            ),
             compile_globs(match.roles),
             compile_globs(match.routes),
             tuple(targets),

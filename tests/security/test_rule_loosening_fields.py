@@ -97,3 +97,39 @@ def test_a_loosening_field_needs_a_second_admin(gateway: GatewayProcess, change:
     )
     (project / path).write_text(original, encoding="utf-8")
     commit_project(project, f"undo {change}", author=("Alice", "alice@example.com"))
+
+
+def test_an_emergency_rollback_that_loosens_rules_is_refused(gateway: GatewayProcess) -> None:
+    """Checked, held: an admin's emergency rollback (applied at once, no second pair of eyes) of policy rules
+    to an earlier, looser version is refused with 409 loosens_rules; a normal rollback request is the way."""
+    project: Path = gateway.project  # type: ignore[attr-defined]
+    alice: str = gateway.alice  # type: ignore[attr-defined]
+    served = admin(gateway, "GET", "/admin/artifacts/policy/policies/versions/production", alice).json()[
+        "version"
+    ]
+    stricter = POLICIES + "  - name: words\n    checks:\n      - {type: deny_list, terms: [forbidden-word]}\n"
+    (project / "config" / "policies.yaml").write_text(stricter, encoding="utf-8")
+    commit_project(project, "a deny list", author=("Alice", "alice@example.com"))
+    assert admin(gateway, "POST", "/admin/sync", alice, {}).status_code == 200
+    version = admin(gateway, "GET", "/admin/artifacts/policy/policies/versions/latest", alice).json()[
+        "version"
+    ]
+    request = admin(
+        gateway, "POST", "/admin/promotions", alice, {"ref": f"policy:policies@{version}", "to": "production"}
+    )
+    assert "loosens" not in request.json()["rule"], request.text  # tightening: an approver suffices
+    done = admin(gateway, "POST", f"/admin/promotions/{request.json()['id']}/approve", gateway.bob, {})  # type: ignore[attr-defined]
+    assert done.status_code == 200 and done.json()["state"] == "applied", done.text
+
+    back = admin(
+        gateway,
+        "POST",
+        "/admin/rollback",
+        alice,
+        {"ref": "policy:policies", "to_version": served, "reason": "incident", "emergency": True},
+    )
+    assert back.status_code == 409, back.text
+    assert (
+        back.json()["error"]["code"] == "loosens_rules"
+        and "rule 'words' removed" in back.json()["error"]["message"]
+    )
