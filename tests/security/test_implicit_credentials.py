@@ -13,6 +13,7 @@ without one may not set `api_base` (refused by `opsgate sync` at its line, and b
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,6 +86,14 @@ def test_a_deployment_without_api_key_env_sends_no_credential_from_the_environme
     }
     done = sync(gw, files, "routers without api_key_env")
     assert done.returncode == 0, done.stdout + done.stderr
+    names = {"implicit_claude", "implicit_hf", "implicit_together"}
+    deadline = time.monotonic() + 15  # the gateway sees new versions within its refresh interval
+    with gw.http() as http:
+        for name in sorted(names):
+            body = {"model": f"router:{name}@latest", "messages": MESSAGES}
+            while http.post("/v1/chat/completions", json=body, headers=gw.auth()).status_code == 404:
+                assert time.monotonic() < deadline, f"router {name} never reached the gateway"
+                time.sleep(0.1)
     fake_anthropic.received.clear()
     internal.received.clear()
     answers = []
