@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,23 @@ def traffic(gw: GatewayProcess, n: int = 40) -> set[str]:
     return served
 
 
+def counted_traffic(gw: GatewayProcess, rollout_id: str, per_arm: int = 5, timeout: float = 60) -> None:
+    """Traffic until the request log holds `per_arm` rows of each arm of the rollout: a replica tags
+    requests once its snapshot has the rollout, and the evaluator counts rows once they are written (on
+    a loaded machine, a burst sent right after the start can beat both)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        traffic(gw, 10)
+        arms = Counter(
+            (row.get("extra") or {}).get("rollout", {}).get("arm")
+            for row in gw.logs()
+            if ((row.get("extra") or {}).get("rollout") or {}).get("id") == rollout_id
+        )
+        if min(arms["control"], arms["candidate"]) >= per_arm:
+            return
+        assert time.monotonic() < deadline, f"the rollout's arms never reached {per_arm} rows: {arms}"
+
+
 def production(gw: GatewayProcess) -> int:
     r = call(gw, "GET", "/admin/artifacts/router/bot/versions/production", gw.admin_key)
     return int(r.json()["version"])
@@ -131,7 +150,7 @@ def test_an_automatic_promotion_never_moves_a_protected_alias_off_its_approved_v
     gw: GatewayProcess,
 ) -> None:
     started = start_canary(gw)
-    traffic(gw)
+    counted_traffic(gw, started["id"])
     # a database writer points the live rollout at version 3, which nobody approved
     db = sqlite3.connect(Path(gw.db_url().removeprefix("sqlite:///")))
     with db:
